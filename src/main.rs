@@ -1,5 +1,219 @@
 //! The `mailgate` command line; the only place that exits the process.
+//!
+//! `-c FILE` may stand before or after the subcommand; without it,
+//! `MAILGATE_CONFIG`, else `/etc/mailgate/mailgate.ini`. Invoked under the
+//! name `sendmail`, the binary is `mailgate sendmail`.
 
-fn main() {
-    println!("mailgate {}", env!("CARGO_PKG_VERSION"));
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use mailgate::config::{Config, Severity};
+use mailgate::control;
+
+const DEFAULT_CONFIG: &str = "/etc/mailgate/mailgate.ini";
+
+const USAGE: &str = "usage: mailgate [-c FILE] COMMAND
+commands:
+  serve                 run the server in the foreground
+  check                 check the config file
+  passwd                hash a password for the config
+  queue                 list the outbox
+  flush                 make the running server retry the outbox now
+  fetch [ACCOUNT]       make the running server run SmartPop now
+  sendmail [-t] [-f FROM] [-i] [RCPT...]
+                        inject a message from stdin
+  --version             print the version";
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rest: Vec<OsString> = args.into_iter().skip(1).collect();
+    if invoked_as == "sendmail" {
+        init_logging("warn");
+        return run_sendmail(None, rest);
+    }
+    match run(rest) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("mailgate: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(default_level: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_target(false)
+        .init();
+}
+
+/// Splits out `-c FILE` wherever it stands; returns (config, command, args).
+fn split_args(args: Vec<OsString>) -> Result<(Option<PathBuf>, Option<String>, Vec<OsString>), String> {
+    let mut config = None;
+    let mut command = None;
+    let mut rest = Vec::new();
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if command.as_deref() != Some("sendmail") || rest.is_empty() {
+            if text == "-c" || text == "--config" {
+                let file = iter.next().ok_or("-c needs a FILE")?;
+                config = Some(PathBuf::from(file));
+                continue;
+            }
+            if let Some(file) = text.strip_prefix("--config=") {
+                config = Some(PathBuf::from(file));
+                continue;
+            }
+        }
+        if command.is_none() {
+            command = Some(text.into_owned());
+        } else {
+            rest.push(arg);
+        }
+    }
+    Ok((config, command, rest))
+}
+
+fn config_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("MAILGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
+    let (config, command, rest) = split_args(args)?;
+    let command = command.unwrap_or_default();
+    match command.as_str() {
+        "--version" | "-V" | "version" => {
+            println!("mailgate {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "--help" | "-h" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "serve" => {
+            no_extra(&rest)?;
+            init_logging("info");
+            mailgate::server::serve(&config_path(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "check" => {
+            no_extra(&rest)?;
+            Ok(check(&config_path(config)))
+        }
+        "passwd" => {
+            no_extra(&rest)?;
+            let password = mailgate::auth::read_password_for_passwd_command()
+                .map_err(|e| format!("cannot read the password: {e}"))?;
+            if password.is_empty() {
+                return Err("empty password".into());
+            }
+            println!("{}", mailgate::auth::hash(&password));
+            Ok(ExitCode::SUCCESS)
+        }
+        "queue" => {
+            no_extra(&rest)?;
+            let config = load_quietly(&config_path(config))?;
+            print!("{}", mailgate::outbox::listing(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        "flush" => {
+            no_extra(&rest)?;
+            let config = load_quietly(&config_path(config))?;
+            control::request(&config.server.data_dir, control::Request::Flush)?;
+            println!("flush requested");
+            Ok(ExitCode::SUCCESS)
+        }
+        "fetch" => {
+            if rest.len() > 1 {
+                return Err(format!("fetch takes at most one ACCOUNT\n{USAGE}"));
+            }
+            let config = load_quietly(&config_path(config))?;
+            let account = rest.first().map(|a| a.to_string_lossy().into_owned());
+            if let Some(name) = &account {
+                if !config.smartpop.iter().any(|a| &a.name == name) {
+                    return Err(format!("no [smartpop {name}] in the config"));
+                }
+            }
+            control::request(&config.server.data_dir, control::Request::Fetch(account))?;
+            println!("fetch requested");
+            Ok(ExitCode::SUCCESS)
+        }
+        "sendmail" => {
+            init_logging("warn");
+            Ok(run_sendmail(config, rest))
+        }
+        "" => Err(format!("no command given\n{USAGE}")),
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+fn no_extra(rest: &[OsString]) -> Result<(), String> {
+    match rest.first() {
+        None => Ok(()),
+        Some(arg) => Err(format!("unexpected argument {:?}\n{USAGE}", arg.to_string_lossy())),
+    }
+}
+
+/// `mailgate check`: every diagnostic as FILE:LINE: message; 1 on errors.
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok((_, warnings)) => {
+            for w in &warnings {
+                println!("{w}");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            for d in &diags {
+                println!("{d}");
+            }
+            let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            println!("{}: {errors} error(s)", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_quietly(path: &Path) -> Result<Config, String> {
+    match Config::load(path) {
+        Ok((config, _)) => Ok(config),
+        Err(diags) => {
+            let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            Err(format!("{}\n(run `mailgate check`)", lines.join("\n")))
+        }
+    }
+}
+
+fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
+    // `sendmail -c` is not a sendmail flag; the config comes from the
+    // environment or the default when invoked as sendmail.
+    let (explicit, args) = match config {
+        Some(c) => (Some(c), args),
+        None => (None, args),
+    };
+    let path = config_path(explicit);
+    let config = match load_quietly(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            // EX_CONFIG from sysexits.h, what sendmail(8) callers expect.
+            return ExitCode::from(78);
+        }
+    };
+    match mailgate::sendmail::run(&config, &args, &mut std::io::stdin().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sendmail: {}", e.message);
+            ExitCode::from(e.exit_code)
+        }
+    }
 }

@@ -1,0 +1,182 @@
+//! `mailgate serve`: puts the pieces together and runs the loop.
+//!
+//! Owns: what every driver shares (`Shared`: config, TLS, workers, login
+//! penalties, maildrop locks), the completion type workers send back,
+//! config reloads, and start-up order (config, TLS, bind, pid file, loop).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{error, info, warn};
+use mio::net::TcpStream;
+use mio::Token;
+
+use crate::config::Config;
+use crate::event_loop::{Driver, EventLoop, ListenerKind};
+use crate::penalty::Penalty;
+use crate::proto::smtp_server::DeliveryOutcome;
+use crate::workers::Workers;
+
+/// Threads doing fsyncs and password hashes. Two keep a slow SD card busy
+/// while a hash runs; more would only add memory on a small router.
+const WORKER_THREADS: usize = 2;
+
+/// A worker's answer to the connection (token) that asked.
+pub struct Completion {
+    pub token: Token,
+    pub outcome: Outcome,
+}
+
+pub enum Outcome {
+    Delivered(DeliveryOutcome),
+    Password(bool),
+    /// The maildrop's listing after a good POP3 login.
+    Pop3Listing(std::io::Result<Vec<crate::store::maildrop::MessageInfo>>),
+    Pop3Commit(bool),
+}
+
+/// What the loop lends to every driver.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub workers: Workers<Completion>,
+    pub penalty: Penalty,
+    /// Mailboxes with a POP3 session in TRANSACTION state (RFC 1939's
+    /// exclusive-access lock; one process, so a set is enough).
+    pub maildrop_locks: HashSet<String>,
+    pub now: Instant,
+    pub stopping: bool,
+    /// The connection being dispatched; jobs it submits answer to it.
+    pub current: Token,
+    new_drivers: Vec<(Box<dyn Driver>, Option<Token>)>,
+}
+
+impl Shared {
+    /// Runs `job` on a worker; its outcome comes back to the current connection.
+    pub fn submit(&self, job: impl FnOnce() -> Outcome + Send + 'static) {
+        let token = self.current;
+        self.workers.submit(move || Completion {
+            token,
+            outcome: job(),
+        });
+    }
+
+    /// Connections created outside the loop's accept (outbox, SmartPop).
+    pub fn spawn(&mut self, driver: Box<dyn Driver>) {
+        self.new_drivers.push((driver, None));
+    }
+
+    pub fn take_new_drivers(&mut self) -> Vec<(Box<dyn Driver>, Option<Token>)> {
+        std::mem::take(&mut self.new_drivers)
+    }
+
+    /// The next moment something other than a connection needs the loop.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        None
+    }
+
+    /// SIGHUP: re-read the config; keep the old one if the new one is bad.
+    pub fn reload(&mut self) {
+        let path = self.config.path.clone();
+        match Config::load(&path) {
+            Ok((config, warnings)) => {
+                for w in &warnings {
+                    warn!("{w}");
+                }
+                if listeners(&config) != listeners(&self.config) {
+                    warn!("reload: listen addresses changed; they take effect at the next restart");
+                }
+                self.config = Arc::new(config);
+                info!("reloaded {}", path.display());
+            }
+            Err(diags) => {
+                for d in &diags {
+                    error!("{d}");
+                }
+                error!("reload of {} failed; keeping the running config", path.display());
+            }
+        }
+    }
+}
+
+/// Checks a login (full address, or a bare local part naming one mailbox).
+/// An unknown user costs the same hash work as a known one, so the answer
+/// time does not reveal which users exist.
+pub fn check_login(config: &Config, user: &str, password: &str) -> bool {
+    match config.find_login(user).and_then(|m| m.password.as_deref()) {
+        Some(stored) => crate::auth::verify(stored, password),
+        None => {
+            crate::auth::verify(crate::auth::DUMMY_HASH, password);
+            false
+        }
+    }
+}
+
+fn listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
+    let s = &config.smtp;
+    let p = &config.pop3;
+    let groups = [
+        (&s.listen, ListenerKind::SmtpMx),
+        (&s.submission, ListenerKind::Submission),
+        (&s.smtps, ListenerKind::Smtps),
+        (&p.listen, ListenerKind::Pop3),
+        (&p.pop3s, ListenerKind::Pop3s),
+    ];
+    groups
+        .iter()
+        .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, *kind)))
+        .collect()
+}
+
+fn accept(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, sh: &mut Shared) -> Box<dyn Driver> {
+    match kind {
+        ListenerKind::SmtpMx | ListenerKind::Submission | ListenerKind::Smtps => {
+            Box::new(crate::conn::smtp_in::SmtpIn::new(kind, sock, peer, sh))
+        }
+        ListenerKind::Pop3 | ListenerKind::Pop3s => {
+            Box::new(crate::conn::pop3_in::Pop3In::new(kind, sock, peer, sh))
+        }
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT. Err carries a message for the user.
+pub fn serve(config_path: &Path) -> Result<(), String> {
+    let (config, warnings) = Config::load(config_path).map_err(|diags| {
+        let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        format!("{}\nrefusing to start: the config has errors", lines.join("\n"))
+    })?;
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
+    let tls = crate::tls::server_config(
+        config.tls.cert.as_deref(),
+        config.tls.key.as_deref(),
+        &data_dir,
+        &config.server.hostname,
+    )
+    .map_err(|e| e.to_string())?;
+
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Completion>();
+    let (mut ev, waker) = EventLoop::new(&listeners(&config), done_rx)?;
+    let workers = Workers::new(WORKER_THREADS, waker, done_tx);
+    let mut sh = Shared {
+        config: Arc::new(config),
+        tls,
+        workers,
+        penalty: Penalty::new(),
+        maildrop_locks: HashSet::new(),
+        now: Instant::now(),
+        stopping: false,
+        current: Token(0),
+        new_drivers: Vec::new(),
+    };
+    info!("mailgate {} serving {}", env!("CARGO_PKG_VERSION"), config_path.display());
+    ev.run(&mut sh, accept)
+        .map_err(|e| format!("event loop failed: {e}"))
+}
