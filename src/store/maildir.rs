@@ -161,8 +161,8 @@ impl Maildir {
         Ok(dest)
     }
 
-    /// Messages in `new/` then `cur/`, each sorted by name (so by delivery
-    /// time). Hidden files and names that are not UTF-8 are skipped; a
+    /// Messages in `new/` then `cur/`, each in delivery order (see
+    /// [`delivery_order`]). Hidden files and names that are not UTF-8 are skipped; a
     /// missing Maildir is an empty one.
     pub fn list(&self) -> io::Result<Vec<Entry>> {
         let mut out = Vec::new();
@@ -201,7 +201,7 @@ impl Maildir {
                 });
             }
             if let Some(part) = out.get_mut(start..) {
-                part.sort_by(|a, b| a.name.cmp(&b.name));
+                part.sort_by_cached_key(|e| delivery_order(&e.name));
             }
         }
         Ok(out)
@@ -271,6 +271,21 @@ pub fn unique_name(now: SystemTime, host: &str, size: u64, vsize: u64) -> String
         size,
         vsize
     )
+}
+
+/// Sort key putting names in delivery order: `TIME` and `M<usec>` compared
+/// as numbers (they are not zero-padded), then the whole name. Foreign
+/// names without them sort by name.
+pub fn delivery_order(name: &str) -> (u64, u64, String) {
+    let mut parts = name.splitn(3, '.');
+    let secs = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let usec = parts
+        .next()
+        .and_then(|m| m.strip_prefix('M'))
+        .map(|m| m.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    (secs, usec, name.to_string())
 }
 
 /// `S=` and `W=` out of a Maildir name (fields after the first `,`, up to
@@ -466,7 +481,8 @@ mod tests {
         let n = unique_name(SystemTime::now(), "h:o,S=9/st", 1234, 1300);
         assert!(!n.contains('/') && !n.contains(':'));
         assert_eq!(parse_sizes(&n), (Some(1234), Some(1300)));
-        let table: &[(&str, (Option<u64>, Option<u64>))] = &[
+        type Sizes = (Option<u64>, Option<u64>);
+        let table: &[(&str, Sizes)] = &[
             ("1.M1P1Q1.h,S=10,W=12:2,S", (Some(10), Some(12))),
             ("1.M1P1Q1.h,S=10", (Some(10), None)),
             ("1.M1P1Q1.h,W=7", (None, Some(7))),
@@ -479,6 +495,28 @@ mod tests {
         for (name, want) in table {
             assert_eq!(parse_sizes(name), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn delivery_order_is_numeric() {
+        let mut names = vec![
+            "1795571202.M122021P7Q3.h,S=1",
+            "1795571202.M74457P7Q1.h,S=1",
+            "999999999.M999999P7Q9.h,S=1",
+            "foreign",
+            "1795571202.Mjunk.h",
+        ];
+        names.sort_by_key(|n| delivery_order(n));
+        assert_eq!(
+            names,
+            vec![
+                "foreign",
+                "999999999.M999999P7Q9.h,S=1",
+                "1795571202.Mjunk.h",
+                "1795571202.M74457P7Q1.h,S=1",
+                "1795571202.M122021P7Q3.h,S=1",
+            ]
+        );
     }
 
     #[test]

@@ -79,11 +79,11 @@ pub fn address_literal(ip: IpAddr) -> String {
 /// One `Received:` header field, CRLF line ends included (RFC 5321 4.4):
 ///
 /// ```text
-/// Received: from HELO ([IP])
-/// 	by HOSTNAME (mailgate) with PROTOCOL id ID
-/// 	(using TLSv1.3 with cipher X)
-/// 	(authenticated as USER)
-/// 	for <RCPT>; DATE
+/// Received: from HELO ([IP])   (continuation lines start with a TAB)
+///     by HOSTNAME (mailgate) with PROTOCOL id ID
+///     (using TLSv1.3 with cipher X)
+///     (authenticated as USER)
+///     for <RCPT>; DATE
 /// ```
 ///
 /// TCP-info holds only the address literal: RFC 5321 reserves the domain
