@@ -1,0 +1,655 @@
+//! Local delivery: one SMTP transaction (or one SmartPop message) into the
+//! Maildirs of its local recipients, all or nothing.
+//!
+//! Each copy gets `Return-Path:`, `Delivered-To:` and one `Received:` line
+//! in front of the message (RFC 5321 4.4), is staged in `tmp/` and fsynced;
+//! only when every copy is staged are they renamed into `new/` and the
+//! `new/` folders fsynced. If anything fails, every copy already moved is
+//! removed again, so the client's retry after a 4xx does not duplicate.
+//! Errors carry the SMTP reply (code, enhanced code, text) to send.
+//!
+//! Must not: run on the event-loop thread (it fsyncs; use `crate::workers`)
+//! or decide routing (recipients arrive resolved and deduplicated).
+
+use crate::store::maildir::{self, Maildir};
+use crate::store::trace::{self, TraceInfo};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// RFC 5321 6.3: counting `Received:` fields detects loops; the threshold
+/// SHOULD be large, "normally at least 100".
+pub const MAX_RECEIVED: usize = 100;
+
+/// A delivery failure, with the reply the SMTP layer sends for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// 4xx: the client keeps the message and retries.
+    Temporary {
+        code: u16,
+        enhanced: &'static str,
+        text: String,
+    },
+    /// 5xx: the client must not retry (and bounces).
+    Permanent {
+        code: u16,
+        enhanced: &'static str,
+        text: String,
+    },
+}
+
+impl DeliveryError {
+    pub fn code(&self) -> u16 {
+        match self {
+            DeliveryError::Temporary { code, .. } | DeliveryError::Permanent { code, .. } => *code,
+        }
+    }
+    pub fn enhanced(&self) -> &'static str {
+        match self {
+            DeliveryError::Temporary { enhanced, .. }
+            | DeliveryError::Permanent { enhanced, .. } => enhanced,
+        }
+    }
+    pub fn text(&self) -> &str {
+        match self {
+            DeliveryError::Temporary { text, .. } | DeliveryError::Permanent { text, .. } => text,
+        }
+    }
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Permanent { .. })
+    }
+
+    /// 452 4.3.1 (RFC 3463 "mail system full") on ENOSPC/EDQUOT; any other
+    /// IO failure is 451 4.3.0 (RFC 5321 "local error in processing").
+    /// Both are temporary: the client keeps the message.
+    pub fn from_io(e: &io::Error) -> DeliveryError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => DeliveryError::Temporary {
+                code: 452,
+                enhanced: "4.3.1",
+                text: "Insufficient system storage".into(),
+            },
+            _ => DeliveryError::Temporary {
+                code: 451,
+                enhanced: "4.3.0",
+                text: "Local error in processing".into(),
+            },
+        }
+    }
+
+    fn mailbox_full(mailbox: &str) -> DeliveryError {
+        DeliveryError::Temporary {
+            code: 452,
+            enhanced: "4.2.2",
+            text: format!(
+                "Mailbox full: {}",
+                trace::sanitize(mailbox, trace::MAX_PATH)
+            ),
+        }
+    }
+
+    fn bad_mailbox() -> DeliveryError {
+        DeliveryError::Permanent {
+            code: 553,
+            enhanced: "5.1.3",
+            text: "Bad destination mailbox address syntax".into(),
+        }
+    }
+}
+
+/// `452 4.3.1 Insufficient system storage`: the reply line, without CRLF.
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code(), self.enhanced(), self.text())
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+/// One local mailbox to receive a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRecipient {
+    /// The resolved mailbox, `local@domain` (its Maildir).
+    pub mailbox: String,
+    /// The forward-path the client gave (alias, `+tag`, catch-all), for
+    /// the `for <...>` clause.
+    pub original: String,
+    /// The mailbox's quota in bytes on disk (`new/` + `cur/`), if any.
+    pub quota: Option<u64>,
+}
+
+/// One transaction's delivery to local mailboxes.
+#[derive(Debug, Clone)]
+pub struct LocalDelivery<'a> {
+    /// MAIL FROM address without angle brackets; empty for the null
+    /// reverse-path (bounces).
+    pub reverse_path: String,
+    /// Resolved, deduplicated mailboxes.
+    pub recipients: Vec<LocalRecipient>,
+    pub trace: TraceInfo,
+    /// The message as received: CRLF line ends, dot-stuffing removed.
+    pub message: &'a [u8],
+}
+
+/// A copy now durable in a `new/` folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredCopy {
+    pub mailbox: String,
+    pub path: PathBuf,
+    /// Size on disk (the `S=` of its name).
+    pub size: u64,
+}
+
+/// Header section of a message: up to the first empty line (RFC 5322 2.1),
+/// iterated as (field name, raw value including folded lines).
+fn header_fields(message: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
+    let mut lines = message.split(|&b| b == b'\n').peekable();
+    std::iter::from_fn(move || loop {
+        let line = lines.next()?;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            // End of the header section: stop for good.
+            while lines.next().is_some() {}
+            return None;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue; // continuation without a field, or junk: skip
+        };
+        let (name, value) = line.split_at(colon);
+        let mut value = value.get(1..).unwrap_or(&[]).to_vec();
+        while let Some(next) = lines.peek() {
+            if matches!(next.first(), Some(b' ') | Some(b'\t')) {
+                let next = next.strip_suffix(b"\r").unwrap_or(next);
+                value.extend_from_slice(next);
+                lines.next();
+            } else {
+                break;
+            }
+        }
+        return Some((name.trim_ascii(), value));
+    })
+}
+
+/// Number of `Received:` fields in the header section.
+pub fn count_received(message: &[u8]) -> usize {
+    header_fields(message)
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"Received"))
+        .count()
+}
+
+/// RFC 5321 6.3 loop detection by hop count: 554 5.4.6 past
+/// [`MAX_RECEIVED`].
+pub fn check_hops(message: &[u8]) -> Result<(), DeliveryError> {
+    if count_received(message) > MAX_RECEIVED {
+        Err(DeliveryError::Permanent {
+            code: 554,
+            enhanced: "5.4.6",
+            text: "Too many hops".into(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// A message that already carries `Delivered-To: MAILBOX` came back to the
+/// mailbox it was delivered to (a forward loop): 554 5.4.6.
+pub fn check_delivered_to(message: &[u8], mailbox: &str) -> Result<(), DeliveryError> {
+    let looped = header_fields(message).any(|(name, value)| {
+        if !name.eq_ignore_ascii_case(b"Delivered-To") {
+            return false;
+        }
+        let v = value.trim_ascii();
+        let v = v
+            .strip_prefix(b"<")
+            .and_then(|v| v.strip_suffix(b">"))
+            .unwrap_or(v);
+        v.eq_ignore_ascii_case(mailbox.as_bytes())
+    });
+    if looped {
+        Err(DeliveryError::Permanent {
+            code: 554,
+            enhanced: "5.4.6",
+            text: "Mail loop detected".into(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The trace fields we put in front of one copy, CRLF line ends.
+fn copy_headers(req: &LocalDelivery<'_>, r: &LocalRecipient, now: SystemTime) -> String {
+    let rp = req.reverse_path.trim();
+    let rp = rp
+        .strip_prefix('<')
+        .and_then(|p| p.strip_suffix('>'))
+        .unwrap_or(rp);
+    format!(
+        "Return-Path: <{}>\r\nDelivered-To: {}\r\n{}",
+        trace::sanitize_path(rp),
+        r.mailbox,
+        trace::received_line(&req.trace, Some(&r.original), now)
+    )
+}
+
+/// One copy on its way.
+struct Copy {
+    mailbox: String,
+    md: Maildir,
+    name: String,
+    size: u64,
+    staged: bool,
+    published: bool,
+}
+
+/// Undo a failed transaction: remove staged and published files, then
+/// fsync the `new/` folders that lost a name. Best effort; errors logged.
+fn roll_back(copies: &[Copy]) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for c in copies {
+        let (path, dir) = if c.published {
+            (c.md.new_dir().join(&c.name), c.md.new_dir())
+        } else if c.staged {
+            (c.md.tmp_dir().join(&c.name), c.md.tmp_dir())
+        } else {
+            continue;
+        };
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::error!("delivery rollback: cannot remove {}: {e}", path.display());
+            }
+        }
+        if c.published && !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for d in dirs {
+        if let Err(e) = crate::store::durable::fsync_dir(&d) {
+            log::error!("delivery rollback: fsync {}: {e}", d.display());
+        }
+    }
+}
+
+/// Deliver one message to every local recipient, all or nothing. On `Ok`
+/// every copy is durable in its `new/` and the SMTP layer may reply 250;
+/// on `Err` no copy is left anywhere and the error says which reply to
+/// send. Loop checks ([`check_hops`], [`check_delivered_to`]) run here too.
+pub fn deliver_local(
+    data_dir: &Path,
+    req: &LocalDelivery<'_>,
+) -> Result<Vec<DeliveredCopy>, DeliveryError> {
+    check_hops(req.message)?;
+    let now = SystemTime::now();
+    let (body_s, body_w) = maildir::lf_sizes(&[req.message]);
+
+    // Prepare every copy (names, sizes, quota) before writing anything.
+    let mut copies = Vec::with_capacity(req.recipients.len());
+    let mut headers = Vec::with_capacity(req.recipients.len());
+    for r in &req.recipients {
+        let md = Maildir::for_mailbox(data_dir, &r.mailbox).map_err(|e| {
+            log::error!("refusing delivery to {:?}: {e}", r.mailbox);
+            DeliveryError::bad_mailbox()
+        })?;
+        check_delivered_to(req.message, &r.mailbox)?;
+        let hdr = copy_headers(req, r, now);
+        // The header block ends in CRLF, so sizes simply add up.
+        let (hs, hw) = maildir::lf_sizes(&[hdr.as_bytes()]);
+        let (size, vsize) = (hs + body_s, hw + body_w);
+        if let Some(quota) = r.quota {
+            let used = md.usage().map_err(|e| {
+                log::error!("quota of {}: {e}", md.root().display());
+                DeliveryError::from_io(&e)
+            })?;
+            if used.saturating_add(size) > quota {
+                return Err(DeliveryError::mailbox_full(&r.mailbox));
+            }
+        }
+        let name = maildir::unique_name(now, &req.trace.hostname, size, vsize);
+        copies.push(Copy {
+            mailbox: r.mailbox.clone(),
+            md,
+            name,
+            size,
+            staged: false,
+            published: false,
+        });
+        headers.push(hdr);
+    }
+
+    let result = write_all_copies(&mut copies, &headers, req.message);
+    match result {
+        Ok(()) => Ok(copies
+            .into_iter()
+            .map(|c| DeliveredCopy {
+                path: c.md.new_dir().join(&c.name),
+                mailbox: c.mailbox,
+                size: c.size,
+            })
+            .collect()),
+        Err((path, e)) => {
+            log::error!("delivery failed at {}: {e}", path.display());
+            roll_back(&copies);
+            Err(DeliveryError::from_io(&e))
+        }
+    }
+}
+
+/// Stage every copy, publish every copy, fsync every `new/`. The error
+/// names the path that failed, for the log.
+fn write_all_copies(
+    copies: &mut [Copy],
+    headers: &[String],
+    message: &[u8],
+) -> Result<(), (PathBuf, io::Error)> {
+    for (c, hdr) in copies.iter_mut().zip(headers) {
+        c.md.stage(&c.name, |w| {
+            maildir::write_lf(w, &[hdr.as_bytes(), message])
+        })
+        .map_err(|e| (c.md.tmp_dir().join(&c.name), e))?;
+        c.staged = true;
+    }
+    for c in copies.iter_mut() {
+        c.md.publish(&c.name)
+            .map_err(|e| (c.md.new_dir().join(&c.name), e))?;
+        c.published = true;
+    }
+    // Group commit: one fsync per distinct new/ folder.
+    let mut synced: Vec<PathBuf> = Vec::new();
+    for c in copies.iter() {
+        let dir = c.md.new_dir();
+        if !synced.contains(&dir) {
+            crate::store::durable::fsync_dir(&dir).map_err(|e| (dir.clone(), e))?;
+            synced.push(dir);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::durable::tests::TempDir;
+    use std::fs;
+
+    const MSG: &[u8] = b"From: a@example.org\r\nSubject: test\r\n\r\nHello\r\n.dot\r\n";
+
+    fn trace_info() -> TraceInfo {
+        TraceInfo {
+            hostname: "mail.example.test".into(),
+            helo: "client.example.org".into(),
+            peer: "192.0.2.1".parse().unwrap(),
+            protocol: "ESMTP",
+            tls: None,
+            auth_user: None,
+            id: trace::new_id(SystemTime::now()),
+        }
+    }
+
+    fn rcpt(mailbox: &str, quota: Option<u64>) -> LocalRecipient {
+        LocalRecipient {
+            mailbox: mailbox.into(),
+            original: mailbox.into(),
+            quota,
+        }
+    }
+
+    fn req<'a>(rcpts: Vec<LocalRecipient>, message: &'a [u8]) -> LocalDelivery<'a> {
+        LocalDelivery {
+            reverse_path: "a@example.org".into(),
+            recipients: rcpts,
+            trace: trace_info(),
+            message,
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        match fs::read_dir(dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn delivers_to_three_mailboxes() {
+        let t = TempDir::new("deliver3");
+        let mut r = req(
+            vec![
+                rcpt("alice@example.test", None),
+                rcpt("bob@example.test", Some(1 << 20)),
+                rcpt("carol@other.test", None),
+            ],
+            MSG,
+        );
+        r.recipients[1].original = "robert+tag@example.test".into();
+        let copies = deliver_local(t.path(), &r).unwrap();
+        assert_eq!(copies.len(), 3);
+        for c in &copies {
+            let data = fs::read(&c.path).unwrap();
+            assert_eq!(data.len() as u64, c.size);
+            let name = c.path.file_name().unwrap().to_str().unwrap();
+            let (s, w) = maildir::parse_sizes(name);
+            assert_eq!(s, Some(c.size));
+            let lfs = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(w, Some(c.size + lfs));
+            assert!(!data.contains(&b'\r'));
+            let text = String::from_utf8(data).unwrap();
+            let want_start = format!(
+                "Return-Path: <a@example.org>\nDelivered-To: {}\nReceived: from client.example.org ([192.0.2.1])\n\tby mail.example.test (mailgate) with ESMTP id ",
+                c.mailbox
+            );
+            assert!(text.starts_with(&want_start), "{text}");
+            assert!(text.ends_with("\nFrom: a@example.org\nSubject: test\n\nHello\n.dot\n"));
+            let md = Maildir::for_mailbox(t.path(), &c.mailbox).unwrap();
+            assert_eq!(files(&md.tmp_dir()), Vec::<PathBuf>::new());
+            assert_eq!(files(&md.new_dir()), vec![c.path.clone()]);
+        }
+        let bob = fs::read_to_string(&copies[1].path).unwrap();
+        assert!(bob.contains("\tfor <robert+tag@example.test>; "));
+    }
+
+    #[test]
+    fn null_reverse_path_and_hostile_sender() {
+        let t = TempDir::new("deliver-null");
+        let mut r = req(vec![rcpt("bob@example.test", None)], MSG);
+        r.reverse_path = String::new();
+        let c = deliver_local(t.path(), &r).unwrap();
+        assert!(fs::read_to_string(&c[0].path)
+            .unwrap()
+            .starts_with("Return-Path: <>\n"));
+        r.reverse_path = "<x@y>\r\nX-Injected: 1".into();
+        r.trace.helo = "evil\r\nX-Injected: 1".into();
+        let c = deliver_local(t.path(), &r).unwrap();
+        let text = fs::read_to_string(&c[0].path).unwrap();
+        assert!(!text.contains("\nX-Injected"), "{text}");
+    }
+
+    #[test]
+    fn failure_at_stage_leaves_nothing() {
+        let t = TempDir::new("deliver-stage-fail");
+        // carol's Maildir path is a file: staging her copy fails.
+        let dom = t.path().join("mail/example.test");
+        fs::create_dir_all(&dom).unwrap();
+        fs::write(dom.join("carol"), b"not a folder").unwrap();
+        let r = req(
+            vec![
+                rcpt("alice@example.test", None),
+                rcpt("bob@example.test", None),
+                rcpt("carol@example.test", None),
+            ],
+            MSG,
+        );
+        let err = deliver_local(t.path(), &r).unwrap_err();
+        assert_eq!(err.to_string(), "451 4.3.0 Local error in processing");
+        assert!(!err.is_permanent());
+        for who in ["alice", "bob"] {
+            let md = Maildir::for_mailbox(t.path(), &format!("{who}@example.test")).unwrap();
+            assert_eq!(files(&md.tmp_dir()), Vec::<PathBuf>::new());
+            assert_eq!(files(&md.new_dir()), Vec::<PathBuf>::new());
+        }
+    }
+
+    #[test]
+    fn failure_at_publish_rolls_back_published_copies() {
+        let t = TempDir::new("deliver-publish-fail");
+        // carol has tmp/ but her new/ is a file: staging works, the rename
+        // into new/ fails after alice's and bob's copies were published.
+        let carol = Maildir::for_mailbox(t.path(), "carol@example.test").unwrap();
+        fs::create_dir_all(carol.tmp_dir()).unwrap();
+        fs::create_dir_all(carol.cur_dir()).unwrap();
+        fs::write(carol.new_dir(), b"not a folder").unwrap();
+        let r = req(
+            vec![
+                rcpt("alice@example.test", None),
+                rcpt("bob@example.test", None),
+                rcpt("carol@example.test", None),
+            ],
+            MSG,
+        );
+        assert!(deliver_local(t.path(), &r).is_err());
+        for who in ["alice", "bob", "carol"] {
+            let md = Maildir::for_mailbox(t.path(), &format!("{who}@example.test")).unwrap();
+            assert_eq!(files(&md.tmp_dir()), Vec::<PathBuf>::new(), "{who} tmp");
+            if who != "carol" {
+                assert_eq!(files(&md.new_dir()), Vec::<PathBuf>::new(), "{who} new");
+            }
+        }
+        // The retry after fixing the folder delivers exactly one copy each.
+        fs::remove_file(carol.new_dir()).unwrap();
+        assert_eq!(deliver_local(t.path(), &r).unwrap().len(), 3);
+        for who in ["alice", "bob", "carol"] {
+            let md = Maildir::for_mailbox(t.path(), &format!("{who}@example.test")).unwrap();
+            assert_eq!(files(&md.new_dir()).len(), 1, "{who}");
+        }
+    }
+
+    #[test]
+    fn quota() {
+        let t = TempDir::new("deliver-quota");
+        let r = req(vec![rcpt("bob@example.test", None)], MSG);
+        let first = deliver_local(t.path(), &r).unwrap();
+        let size = first[0].size;
+        // Room for exactly one more copy (the next one is the same size,
+        // give or take the id; allow a few bytes).
+        let r = req(vec![rcpt("bob@example.test", Some(2 * size + 4))], MSG);
+        deliver_local(t.path(), &r).unwrap();
+        let err = deliver_local(t.path(), &r).unwrap_err();
+        assert_eq!(err.code(), 452);
+        assert_eq!(err.enhanced(), "4.2.2");
+        assert!(err.text().starts_with("Mailbox full"));
+        // A full mailbox fails the whole transaction, the others get nothing.
+        let r = req(
+            vec![
+                rcpt("alice@example.test", None),
+                rcpt("bob@example.test", Some(1)),
+            ],
+            MSG,
+        );
+        assert_eq!(deliver_local(t.path(), &r).unwrap_err().enhanced(), "4.2.2");
+        let alice = Maildir::for_mailbox(t.path(), "alice@example.test").unwrap();
+        assert_eq!(files(&alice.new_dir()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn refuses_unsafe_mailboxes() {
+        let t = TempDir::new("deliver-unsafe");
+        for bad in [
+            "../x@example.test",
+            "bob@..",
+            "b/b@example.test",
+            "nodomain",
+        ] {
+            let r = req(vec![rcpt(bad, None)], MSG);
+            let err = deliver_local(t.path(), &r).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "553 5.1.3 Bad destination mailbox address syntax"
+            );
+        }
+        assert_eq!(files(t.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn hop_count_and_delivered_to_loops() {
+        let hops = |n: usize| {
+            let mut m = Vec::new();
+            for _ in 0..n {
+                m.extend_from_slice(b"Received: from x by y; Thu, 01 Jan 1970 00:00:00 +0000\r\n");
+            }
+            m.extend_from_slice(b"Subject: x\r\n\r\nReceived: in the body\r\n");
+            m
+        };
+        assert_eq!(count_received(&hops(3)), 3);
+        assert!(check_hops(&hops(MAX_RECEIVED)).is_ok());
+        let err = check_hops(&hops(MAX_RECEIVED + 1)).unwrap_err();
+        assert_eq!(err.to_string(), "554 5.4.6 Too many hops");
+        assert!(err.is_permanent());
+        let t = TempDir::new("deliver-loop");
+        let big = hops(MAX_RECEIVED + 1);
+        let r = req(vec![rcpt("bob@example.test", None)], &big);
+        assert_eq!(deliver_local(t.path(), &r).unwrap_err().code(), 554);
+
+        let table: &[(&[u8], bool)] = &[
+            (b"Delivered-To: bob@example.test\r\n\r\n", true),
+            (b"delivered-to:   <BOB@Example.Test>  \r\n\r\n", true),
+            (b"Delivered-To:\r\n bob@example.test\r\n\r\n", true),
+            (b"Delivered-To: bob@example.test\n\n", true),
+            (b"Delivered-To: alice@example.test\r\n\r\n", false),
+            (
+                b"Subject: x\r\n\r\nDelivered-To: bob@example.test\r\n",
+                false,
+            ),
+            (b"X-Delivered-To: bob@example.test\r\n\r\n", false),
+            (b"Delivered-To: bob@example.test.evil\r\n\r\n", false),
+            (b"", false),
+            (b"\xff\xfe\0garbage no colon", false),
+        ];
+        for (msg, looped) in table {
+            let got = check_delivered_to(msg, "bob@example.test");
+            assert_eq!(got.is_err(), *looped, "{:?}", String::from_utf8_lossy(msg));
+        }
+        let r = req(
+            vec![rcpt("bob@example.test", None)],
+            b"Delivered-To: bob@example.test\r\n\r\nx\r\n",
+        );
+        assert_eq!(
+            deliver_local(t.path(), &r).unwrap_err().to_string(),
+            "554 5.4.6 Mail loop detected"
+        );
+    }
+
+    #[test]
+    fn io_error_classes() {
+        let full = DeliveryError::from_io(&io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.to_string(), "452 4.3.1 Insufficient system storage");
+        let quota = DeliveryError::from_io(&io::Error::from_raw_os_error(libc::EDQUOT));
+        assert_eq!(quota.code(), 452);
+        let eio = DeliveryError::from_io(&io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(eio.to_string(), "451 4.3.0 Local error in processing");
+    }
+
+    #[test]
+    fn odd_messages_sizes_match_disk() {
+        let t = TempDir::new("deliver-odd");
+        let table: &[&[u8]] = &[
+            b"",
+            b"no newline at all",
+            b"bare\rCR\r\n",
+            b"ends in CR\r",
+            b"\r\n",
+            b"\n\nbare LFs\n",
+            b"8bit \xff\xfe and NUL \0\r\n",
+        ];
+        for msg in table {
+            let r = req(vec![rcpt("bob@example.test", None)], msg);
+            let c = deliver_local(t.path(), &r).unwrap();
+            let data = fs::read(&c[0].path).unwrap();
+            assert_eq!(data.len() as u64, c[0].size, "{msg:?}");
+            let name = c[0].path.file_name().unwrap().to_str().unwrap();
+            let lfs = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(
+                maildir::parse_sizes(name),
+                (Some(c[0].size), Some(c[0].size + lfs))
+            );
+        }
+    }
+}

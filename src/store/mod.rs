@@ -1,0 +1,10 @@
+//! Everything that puts bytes on disk for good: the one durable-write
+//! helper, Maildir folders, local delivery with its trace headers.
+//!
+//! Must not: speak any protocol or run on the event-loop thread (every
+//! function here may block on fsync; call it from `crate::workers`).
+
+pub mod deliver;
+pub mod durable;
+pub mod maildir;
+pub mod trace;
