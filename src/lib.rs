@@ -3,4 +3,7 @@
 //! The binary (`main.rs`) is a thin CLI over this library; integration
 //! tests drive the binary, unit tests drive the modules directly.
 
+pub mod auth;
 pub mod config;
+pub mod penalty;
+pub mod tls;
