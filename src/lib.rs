@@ -3,6 +3,15 @@
 //! The binary (`main.rs`) is a thin CLI over this library; integration
 //! tests drive the binary, unit tests drive the modules directly.
 
+pub mod auth;
 pub mod config;
+pub mod conn;
+pub mod control;
+pub mod delivery;
+pub mod event_loop;
+pub mod net;
+pub mod penalty;
+pub mod server;
 pub mod store;
+pub mod tls;
 pub mod workers;
