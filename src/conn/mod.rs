@@ -1,0 +1,4 @@
+//! One driver per connection role; each owns a socket and a sans-IO core.
+
+pub mod pop3_in;
+pub mod smtp_in;

@@ -1,0 +1,125 @@
+//! Accepting one message for its recipients: copies into local Maildirs,
+//! and one outbox entry for the remote recipients, all or nothing.
+//!
+//! Runs on a worker thread (it fsyncs). Used by SMTP, `sendmail`, bounces
+//! and SmartPop, so that every way in writes mail the same way.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use log::info;
+
+use crate::config::Config;
+use crate::proto::smtp_server::{DeliveryOutcome, Transaction};
+use crate::store::deliver::{self, DeliveryError, LocalDelivery, LocalRecipient};
+use crate::store::trace::{self, TraceInfo};
+
+/// Where one accepted message goes, after recipient resolution.
+pub struct Routed {
+    pub local: Vec<LocalRecipient>,
+    pub remote: Vec<String>,
+}
+
+/// Collects every recipient's mailboxes and remote addresses, each once.
+pub fn route(config: &Config, tx: &Transaction) -> Routed {
+    let mut local: Vec<LocalRecipient> = Vec::new();
+    let mut remote: Vec<String> = Vec::new();
+    for rcpt in &tx.recipients {
+        for mailbox in &rcpt.resolution.local {
+            if local.iter().any(|l| &l.mailbox == mailbox) {
+                continue;
+            }
+            local.push(LocalRecipient {
+                mailbox: mailbox.clone(),
+                original: rcpt.address.clone(),
+                quota: config.mailboxes.get(mailbox).and_then(|m| m.quota),
+            });
+        }
+        for addr in &rcpt.resolution.remote {
+            if !remote.iter().any(|r| r.eq_ignore_ascii_case(addr)) {
+                remote.push(addr.clone());
+            }
+        }
+    }
+    Routed { local, remote }
+}
+
+/// Stores `tx` durably; the outcome is the reply the client gets.
+pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> DeliveryOutcome {
+    let now = SystemTime::now();
+    let trace = TraceInfo {
+        hostname: config.server.hostname.clone(),
+        helo: tx.helo.clone(),
+        peer: tx.peer,
+        protocol: tx.protocol,
+        tls,
+        auth_user: tx.auth_user.clone(),
+        id: trace::new_id(now),
+    };
+    let routed = route(config, &tx);
+    match store(&config.server.data_dir, config, &tx, &routed, &trace, now) {
+        Ok(()) => {
+            let to: Vec<String> = tx.recipients.iter().map(|r| format!("<{}>", r.address)).collect();
+            info!(
+                "accepted id={} from=<{}> to={} size={} client={} [{}]{}",
+                trace.id,
+                tx.reverse_path,
+                to.join(","),
+                tx.data.len(),
+                trace::sanitize(&tx.helo, 64),
+                tx.peer,
+                tx.auth_user.as_deref().map(|u| format!(" user={u}")).unwrap_or_default()
+            );
+            DeliveryOutcome::Accepted { queue_id: trace.id }
+        }
+        Err(e) => {
+            info!(
+                "rejected from=<{}> client=[{}]: {e}",
+                tx.reverse_path, tx.peer
+            );
+            let (code, enhanced, text) = (e.code(), e.enhanced(), e.text().to_string());
+            if e.is_permanent() {
+                DeliveryOutcome::PermFail { code, enhanced, text }
+            } else {
+                DeliveryOutcome::TempFail { code, enhanced, text }
+            }
+        }
+    }
+}
+
+/// The remote part is queued first: if the local copies then fail, the
+/// queue entry is removed again, so the client's retry after a 4xx finds
+/// nothing half done.
+fn store(
+    data_dir: &Path,
+    config: &Config,
+    tx: &Transaction,
+    routed: &Routed,
+    trace: &TraceInfo,
+    now: SystemTime,
+) -> Result<(), DeliveryError> {
+    deliver::check_hops(&tx.data)?;
+    let queued = if routed.remote.is_empty() {
+        None
+    } else {
+        Some(crate::outbox::enqueue_relayed(config, tx, &routed.remote, trace, now)?)
+    };
+    if routed.local.is_empty() {
+        return Ok(());
+    }
+    let request = LocalDelivery {
+        reverse_path: tx.reverse_path.clone(),
+        recipients: routed.local.clone(),
+        trace: trace.clone(),
+        message: &tx.data,
+    };
+    match deliver::deliver_local(data_dir, &request) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if let Some(id) = queued {
+                crate::outbox::cancel(config, &id);
+            }
+            Err(e)
+        }
+    }
+}

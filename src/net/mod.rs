@@ -1,0 +1,3 @@
+//! Network plumbing shared by every connection driver.
+
+pub mod transport;
