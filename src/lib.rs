@@ -10,6 +10,7 @@ pub mod control;
 pub mod delivery;
 pub mod event_loop;
 pub mod net;
+pub mod outbox;
 pub mod penalty;
 pub mod server;
 pub mod store;
