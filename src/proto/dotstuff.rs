@@ -183,7 +183,11 @@ mod tests {
         (b"x\n.\r\n.\n", None, b"x\r\n..\r\n..\r\n.\r\n"),
         (b"\0\xff\n", None, b"\0\xff\r\n.\r\n"),
         // TOP: header, blank line, n body lines.
-        (b"H: 1\nG: 2\n\nb1\nb2\nb3\n", Some(0), b"H: 1\r\nG: 2\r\n\r\n.\r\n"),
+        (
+            b"H: 1\nG: 2\n\nb1\nb2\nb3\n",
+            Some(0),
+            b"H: 1\r\nG: 2\r\n\r\n.\r\n",
+        ),
         (
             b"H: 1\n\n.b1\nb2\nb3\n",
             Some(2),
