@@ -12,6 +12,8 @@ pub mod event_loop;
 pub mod net;
 pub mod outbox;
 pub mod penalty;
+pub mod proto;
+pub mod sendmail;
 pub mod server;
 pub mod store;
 pub mod tls;

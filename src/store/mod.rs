@@ -1,5 +1,6 @@
 //! Everything that puts bytes on disk for good: the one durable-write
-//! helper, Maildir folders, local delivery with its trace headers.
+//! helper, Maildir folders, local delivery with its trace headers, and the
+//! POP3 view of a Maildir.
 //!
 //! Must not: speak any protocol or run on the event-loop thread (every
 //! function here may block on fsync; call it from `crate::workers`).
@@ -7,4 +8,5 @@
 pub mod deliver;
 pub mod durable;
 pub mod maildir;
+pub mod maildrop;
 pub mod trace;

@@ -1,0 +1,330 @@
+//! Streaming dot-stuffing for multi-line data: POP3 RETR/TOP responses
+//! (RFC 1939 3) and the SMTP DATA body (RFC 5321 4.5.2).
+//!
+//! Owns: turning stored message text, whose lines end in LF (Maildir files),
+//! CRLF, or a stray CR, into the wire form: every line ends in CRLF, a line
+//! starting with "." gets a second "." ("byte-stuffing"), and `finish()`
+//! appends the terminating ".CRLF". Optionally cuts the text the way TOP
+//! wants it: the header, the blank line, then the first n body lines.
+//!
+//! Must not: read files or sockets, or hold a message: state is a few flags,
+//! so memory stays bounded whatever the chunking (the POP3 driver feeds 64 KiB
+//! file chunks; chunk boundaries may fall anywhere, even between CR and LF).
+//!
+//! A stray CR (not followed by LF) is ended as a line of its own. Passing it
+//! through would let stored text carry `<CR>.<CR>`-style sequences that some
+//! receivers take as the end of data (SMTP smuggling); the wire form we emit
+//! has CR and LF only as CRLF pairs.
+
+/// The line that ends a multi-line response or DATA (RFC 1939 3, RFC 5321 4.1.1.4).
+const TERMINATOR: &[u8] = b".\r\n";
+/// The only line end on the wire (RFC 1939 3, RFC 5321 2.3.8).
+const CRLF: &[u8] = b"\r\n";
+
+/// A streaming dot-stuffer; feed it with [`DotStuffer::encode`], end with
+/// [`DotStuffer::finish`].
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    /// Nothing of the current line emitted yet (so a "." here gets doubled).
+    at_line_start: bool,
+    /// The previous chunk ended in CR: its line end depends on the next byte.
+    pending_cr: bool,
+    /// TOP: number of body lines wanted after the header (RFC 1939 7).
+    body_line_limit: Option<usize>,
+    /// Still inside the header (before the first empty line).
+    in_header: bool,
+    /// Body lines emitted so far.
+    body_lines: usize,
+    /// The TOP cut is reached: the rest of the input is dropped.
+    saturated: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    /// A stuffer that passes the whole text (RETR, SMTP DATA).
+    pub fn new() -> Self {
+        DotStuffer {
+            at_line_start: true,
+            pending_cr: false,
+            body_line_limit: None,
+            in_header: true,
+            body_lines: 0,
+            saturated: false,
+        }
+    }
+
+    /// A stuffer that keeps the header, the empty line after it, and the
+    /// first `body_lines` lines of the body (POP3 TOP, RFC 1939 7).
+    /// `None` passes everything.
+    pub fn with_body_line_limit(body_lines: Option<usize>) -> Self {
+        DotStuffer {
+            body_line_limit: body_lines,
+            ..Self::new()
+        }
+    }
+
+    /// True once a TOP cut is reached: further input would be discarded, so
+    /// the caller may stop reading and call [`DotStuffer::finish`].
+    pub fn is_saturated(&self) -> bool {
+        self.saturated
+    }
+
+    /// Encodes one chunk of text, appending the wire form to `out`.
+    /// Output is at most twice the input plus 2 bytes.
+    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut rest = input;
+        while !self.saturated {
+            if self.pending_cr {
+                if rest.is_empty() {
+                    // The byte after the CR is still to come.
+                    break;
+                }
+                self.pending_cr = false;
+                // CRLF split across chunks, or a stray CR: both end the line.
+                if let Some(after_lf) = rest.strip_prefix(b"\n") {
+                    rest = after_lf;
+                }
+                self.end_line(out);
+                continue;
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let split = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+            let (run, tail) = rest.split_at(split.unwrap_or(rest.len()));
+            if let Some(&first) = run.first() {
+                if self.at_line_start && first == b'.' {
+                    // RFC 1939 3 / RFC 5321 4.5.2: double a leading period.
+                    out.push(b'.');
+                }
+                out.extend_from_slice(run);
+                self.at_line_start = false;
+            }
+            match tail.split_first() {
+                None => break,
+                Some((&b'\n', after)) => {
+                    rest = after;
+                    self.end_line(out);
+                }
+                Some((_, after)) => {
+                    // CR: wait for the next byte, which may be in the next chunk.
+                    rest = after;
+                    self.pending_cr = true;
+                }
+            }
+        }
+    }
+
+    /// Ends an unterminated last line with CRLF and appends ".CRLF". The
+    /// stuffer is then ready for another text with the same line limit.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.saturated && (self.pending_cr || !self.at_line_start) {
+            out.extend_from_slice(CRLF);
+        }
+        out.extend_from_slice(TERMINATOR);
+        *self = Self::with_body_line_limit(self.body_line_limit);
+    }
+
+    /// Emits CRLF and advances the TOP cut.
+    fn end_line(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(CRLF);
+        let was_empty = self.at_line_start;
+        self.at_line_start = true;
+        let Some(limit) = self.body_line_limit else {
+            return;
+        };
+        if self.in_header {
+            // RFC 5322 2.1: the first empty line separates header and body.
+            if was_empty {
+                self.in_header = false;
+                self.saturated = limit == 0;
+            }
+        } else {
+            self.body_lines = self.body_lines.saturating_add(1);
+            self.saturated = self.body_lines >= limit;
+        }
+    }
+}
+
+/// Encodes a whole text at once, terminator included (bounces, tests).
+pub fn stuff(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 16 + 8);
+    let mut stuffer = DotStuffer::new();
+    stuffer.encode(input, &mut out);
+    stuffer.finish(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (input, TOP body line limit, expected wire form)
+    const CASES: &[(&[u8], Option<usize>, &[u8])] = &[
+        (b"", None, b".\r\n"),
+        (b"a\n", None, b"a\r\n.\r\n"),
+        (b"a", None, b"a\r\n.\r\n"),
+        (b"a\r\n", None, b"a\r\n.\r\n"),
+        (b"a\nb\n", None, b"a\r\nb\r\n.\r\n"),
+        (b".\n", None, b"..\r\n.\r\n"),
+        (b".", None, b"..\r\n.\r\n"),
+        (b"..x\n.y\r\n", None, b"...x\r\n..y\r\n.\r\n"),
+        (b"a.b\n.\n", None, b"a.b\r\n..\r\n.\r\n"),
+        (b"\n\n", None, b"\r\n\r\n.\r\n"),
+        (b"a\rb\n", None, b"a\r\nb\r\n.\r\n"),
+        (b"a\r", None, b"a\r\n.\r\n"),
+        (b"\r.\r\n", None, b"\r\n..\r\n.\r\n"),
+        (b"a\r\r\n", None, b"a\r\n\r\n.\r\n"),
+        (b"x\n.\r\n.\n", None, b"x\r\n..\r\n..\r\n.\r\n"),
+        (b"\0\xff\n", None, b"\0\xff\r\n.\r\n"),
+        // TOP: header, blank line, n body lines.
+        (
+            b"H: 1\nG: 2\n\nb1\nb2\nb3\n",
+            Some(0),
+            b"H: 1\r\nG: 2\r\n\r\n.\r\n",
+        ),
+        (
+            b"H: 1\n\n.b1\nb2\nb3\n",
+            Some(2),
+            b"H: 1\r\n\r\n..b1\r\nb2\r\n.\r\n",
+        ),
+        (b"H: 1\n\nb1", Some(5), b"H: 1\r\n\r\nb1\r\n.\r\n"),
+        (b"H: 1\nG: 2", Some(0), b"H: 1\r\nG: 2\r\n.\r\n"),
+        (b"H: 1\r\n\r\nb1\r\nb2", Some(1), b"H: 1\r\n\r\nb1\r\n.\r\n"),
+        (b"\nb1\nb2\n", Some(1), b"\r\nb1\r\n.\r\n"),
+        (b"H: 1\n\n", Some(3), b"H: 1\r\n\r\n.\r\n"),
+    ];
+
+    fn run(chunks: &[&[u8]], limit: Option<usize>) -> Vec<u8> {
+        let mut s = DotStuffer::with_body_line_limit(limit);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.encode(c, &mut out);
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn show(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).escape_debug().to_string()
+    }
+
+    #[test]
+    fn table_whole_and_every_split() {
+        for &(input, limit, want) in CASES {
+            assert_eq!(run(&[input], limit), want, "input {}", show(input));
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(run(&[a, b], limit), want, "split {i} of {}", show(input));
+                for j in i..=input.len() {
+                    let (b1, b2) = b.split_at(j - i);
+                    assert_eq!(run(&[a, b1, b2], limit), want, "splits {i},{j}");
+                }
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(run(&bytes, limit), want, "bytewise {}", show(input));
+        }
+    }
+
+    /// A plain, whole-text model of the encoder to compare against.
+    fn model(input: &[u8]) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut cur = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            match input[i] {
+                b'\r' => {
+                    lines.push(std::mem::take(&mut cur));
+                    if input.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                    }
+                }
+                b'\n' => lines.push(std::mem::take(&mut cur)),
+                b => cur.push(b),
+            }
+            i += 1;
+        }
+        if !cur.is_empty() {
+            lines.push(cur);
+        }
+        let mut out = Vec::new();
+        for l in lines {
+            if l.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(&l);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn random_texts_match_model_under_random_chunking() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const ALPHABET: &[u8] = b".\r\na \0\xff";
+        for _ in 0..2000 {
+            let len = (next() % 40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let mut chunks = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let n = 1 + (next() % 5) as usize;
+                let (a, b) = rest.split_at(n.min(rest.len()));
+                chunks.push(a);
+                rest = b;
+            }
+            let got = run(&chunks, None);
+            assert_eq!(got, model(&input), "input {}", show(&input));
+            // The wire form never has a bare CR or LF.
+            for (k, &b) in got.iter().enumerate() {
+                if b == b'\r' {
+                    assert_eq!(got.get(k + 1), Some(&b'\n'));
+                }
+                if b == b'\n' {
+                    assert_eq!(k.checked_sub(1).and_then(|p| got.get(p)), Some(&b'\r'));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn saturation_and_reuse() {
+        let mut s = DotStuffer::with_body_line_limit(Some(1));
+        let mut out = Vec::new();
+        s.encode(b"H: x\n\nbody\nmore\n", &mut out);
+        assert!(s.is_saturated());
+        s.encode(b"ignored\n", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"H: x\r\n\r\nbody\r\n.\r\n");
+        // After finish the same stuffer serves the next text.
+        out.clear();
+        assert!(!s.is_saturated());
+        s.encode(b".a\n\nb\nc", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"..a\r\n\r\nb\r\n.\r\n");
+    }
+
+    #[test]
+    fn large_chunks_stay_proportional() {
+        let chunk = vec![b'.'; 64 * 1024];
+        let mut s = DotStuffer::new();
+        let mut out = Vec::new();
+        s.encode(&chunk, &mut out);
+        assert_eq!(out.len(), chunk.len() + 1);
+        assert_eq!(stuff(b"x\n"), b"x\r\n.\r\n");
+    }
+}

@@ -1,0 +1,2 @@
+pub mod dotstuff;
+pub mod pop3_server;
