@@ -71,7 +71,10 @@ pub trait Driver {
     /// dropped by a stop until the job comes back.
     fn is_idle(&self) -> bool;
     fn interest(&self) -> Interest;
-    fn socket(&mut self) -> &mut TcpStream;
+    /// The socket the loop registers for this driver; None for drivers
+    /// that change sockets over their life (outbound: DNS, then TCP) and
+    /// register them themselves through `Shared::registry` and `current`.
+    fn source(&mut self) -> Option<&mut TcpStream>;
 }
 
 struct Entry {
@@ -257,10 +260,12 @@ impl EventLoop {
 
     fn insert(&mut self, token: Token, mut driver: Box<dyn Driver>, ip: Option<IpAddr>, sh: &mut Shared) {
         let interest = driver.interest();
-        if let Err(e) = self.poll.registry().register(driver.socket(), token, interest) {
-            error!("cannot register connection: {e}");
-            self.release(ip);
-            return;
+        if let Some(sock) = driver.source() {
+            if let Err(e) = self.poll.registry().register(sock, token, interest) {
+                error!("cannot register connection: {e}");
+                self.release(ip);
+                return;
+            }
         }
         self.conns.insert(
             token,
@@ -298,15 +303,19 @@ impl EventLoop {
         if entry.driver.is_done() && entry.driver.is_idle() {
             if let Some(entry) = self.conns.remove(&token) {
                 let mut entry = entry;
-                let _ = self.poll.registry().deregister(entry.driver.socket());
+                if let Some(sock) = entry.driver.source() {
+                    let _ = self.poll.registry().deregister(sock);
+                }
                 self.release(entry.ip);
             }
             return;
         }
         let interest = entry.driver.interest();
         if interest != entry.interest {
-            if let Err(e) = self.poll.registry().reregister(entry.driver.socket(), token, interest) {
-                warn!("cannot reregister connection: {e}");
+            if let Some(sock) = entry.driver.source() {
+                if let Err(e) = self.poll.registry().reregister(sock, token, interest) {
+                    warn!("cannot reregister connection: {e}");
+                }
             }
             entry.interest = interest;
         }

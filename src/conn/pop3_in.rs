@@ -21,6 +21,7 @@ use crate::net::transport::{ReadStatus, Transport};
 use crate::proto::dotstuff::DotStuffer;
 use crate::proto::pop3_server::{LoginFailure, Pop3Event, Pop3Params, Pop3Session};
 use crate::server::{Completion, Outcome, Shared};
+use crate::store::maildir::Maildir;
 use crate::store::maildrop;
 
 /// RETR reads the message file in chunks of this size and refills only
@@ -142,12 +143,14 @@ impl Pop3In {
                             continue;
                         }
                         Err(e) => {
-                            // Half a message already went out: the only honest
-                            // thing left is to drop the connection (RFC 1939
-                            // has no way to abort a multi-line response).
+                            // Part of the message already went out: the only
+                            // honest thing left is to drop the connection
+                            // (RFC 1939 cannot abort a multi-line response).
                             warn!("pop3 {}: reading message failed: {e}", self.t.peer());
-                            self.finish(sh);
-                            return;
+                            self.waiting = Waiting::Nothing;
+                            self.session.send_failed(&mut self.events);
+                            self.handle_events(sh);
+                            continue;
                         }
                     }
                 }
@@ -219,14 +222,15 @@ impl Pop3In {
         };
         match File::open(dir.join(&path)) {
             Ok(file) => {
-                let stuffer = DotStuffer::new(body_lines);
+                let stuffer = DotStuffer::with_body_line_limit(body_lines);
                 self.waiting = Waiting::Sending(Box::new(Stream { file, stuffer }));
             }
             Err(e) => {
                 // The "+OK" is already queued; a vanished file (deleted by an
                 // admin or another program) can only end the connection.
                 warn!("pop3 {}: cannot open {}: {e}", self.t.peer(), path.display());
-                self.finish(sh);
+                self.session.send_failed(&mut self.events);
+                self.handle_events(sh);
             }
         }
     }
@@ -256,9 +260,9 @@ fn refill(stream: &mut Stream, out: &mut Vec<u8>) -> std::io::Result<bool> {
                 return Ok(false);
             }
             Ok(n) => {
-                let more = stream.stuffer.push(&buf[..n], out);
-                if !more {
-                    // TOP's line limit reached.
+                stream.stuffer.encode(&buf[..n], out);
+                if stream.stuffer.is_saturated() {
+                    // TOP's line limit reached: the rest of the file is not needed.
                     stream.stuffer.finish(out);
                     return Ok(false);
                 }
@@ -290,7 +294,21 @@ impl Driver for Pop3In {
                         } else {
                             sh.maildrop_locks.insert(mailbox.clone());
                             self.locked = true;
-                            let dir = crate::store::maildir::mailbox_path(&sh.config.server.data_dir, &mailbox);
+                            let data_dir = &sh.config.server.data_dir;
+                            let dir = match Maildir::for_mailbox(data_dir, &mailbox) {
+                                Ok(m) => m.root().to_path_buf(),
+                                Err(e) => {
+                                    warn!("pop3 {}: bad mailbox {mailbox}: {e}", self.t.peer());
+                                    self.session.login_failed(
+                                        LoginFailure::Temporary,
+                                        &mut self.out,
+                                        &mut self.events,
+                                    );
+                                    self.handle_events(sh);
+                                    self.pump(sh);
+                                    return;
+                                }
+                            };
                             self.maildir = Some(dir.clone());
                             self.waiting = Waiting::Scan;
                             sh.submit(move || Outcome::Pop3Listing(maildrop::scan(&dir)));
@@ -389,7 +407,7 @@ impl Driver for Pop3In {
         self.t.interest()
     }
 
-    fn socket(&mut self) -> &mut TcpStream {
-        self.t.socket()
+    fn source(&mut self) -> Option<&mut TcpStream> {
+        Some(self.t.socket())
     }
 }

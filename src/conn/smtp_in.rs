@@ -325,8 +325,8 @@ impl Driver for SmtpIn {
         self.t.interest()
     }
 
-    fn socket(&mut self) -> &mut TcpStream {
-        self.t.socket()
+    fn source(&mut self) -> Option<&mut TcpStream> {
+        Some(self.t.socket())
     }
 }
 
