@@ -476,6 +476,9 @@ impl SmtpClient {
     pub fn new(mut params: ClientParams, env: Envelope) -> SmtpClient {
         // The name goes into a command line: keep it one line.
         params.helo_name.retain(|c| !c.is_control() && c != ' ');
+        if params.helo_name.is_empty() {
+            params.helo_name = "localhost".to_string();
+        }
         let tls_active = params.tls == TlsPolicy::Implicit;
         let outcomes = vec![None; env.recipients.len()];
         SmtpClient {
