@@ -4,3 +4,5 @@
 //! tests drive the binary, unit tests drive the modules directly.
 
 pub mod config;
+pub mod proto;
+pub mod smartpop;

@@ -1,0 +1,3 @@
+//! Sans-IO protocol cores: bytes and completions in, reply bytes and events out.
+
+pub mod pop3_client;
