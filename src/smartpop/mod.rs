@@ -23,8 +23,9 @@
 //! 4. On `Oversized { uidl, .. }`: log it for the user and
 //!    `records.record_oversized(uidl, now)` so the report is made once.
 //! 5. On `Done(summary)`: if `summary.remaining` is `Some(list)` (QUIT got
-//!    +OK, so the server committed our DELEs), `records.prune(&list)` and
-//!    save; then close the connection.
+//!    +OK, so the server committed our DELEs), `records.prune_and_save(&list)`
+//!    (on a worker); then close the connection. On a lost connection or a
+//!    timeout, `connection_lost()` gives the summary instead: never prune then.
 
 pub mod records;
 pub mod route;

@@ -247,6 +247,15 @@ impl Records {
         before - self.entries.len()
     }
 
+    /// `prune`, then `save` if anything was dropped.
+    pub fn prune_and_save<S: AsRef<str>>(&mut self, on_server: &[S]) -> io::Result<usize> {
+        let dropped = self.prune(on_server);
+        if dropped > 0 {
+            self.save()?;
+        }
+        Ok(dropped)
+    }
+
     /// Rewrites the whole file durably (see `write_durable`).
     pub fn save(&self) -> io::Result<()> {
         write_durable(&self.path, self.to_text().as_bytes())
@@ -484,6 +493,8 @@ mod tests {
         let back = Records::load(path.clone()).unwrap();
         assert_eq!(back, r);
         assert_eq!(fs::read_to_string(&path).unwrap(), "m1 100 d\nm2 200 o\n");
+        assert_eq!(r.prune_and_save(&["m2"]).unwrap(), 1);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "m2 200 o\n");
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
