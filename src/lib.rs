@@ -15,6 +15,7 @@ pub mod penalty;
 pub mod proto;
 pub mod sendmail;
 pub mod server;
+pub mod smartpop;
 pub mod store;
 pub mod tls;
 pub mod workers;

@@ -1,0 +1,31 @@
+//! SmartPop: collecting ISP POP3 maildrops into local mailboxes.
+//!
+//! Owns: what SmartPop remembers per account (`records`) and multi-drop
+//! routing by headers (`route`). The POP3 dialogue itself is the sans-IO
+//! core `proto::pop3_client`; the socket, TLS and timers are the driver's
+//! (`conn::pop3_fetch`).
+//! Must not: open sockets or run on the event-loop thread where it writes
+//! files (`Records::record_*` fsync; call them from a worker).
+//!
+//! One collection run for account NAME, as the driver performs it:
+//!
+//! 1. `records::Records::load(records::records_path(data_dir, NAME)?)`.
+//! 2. Connect (TLS first when `tls = tls`), build
+//!    `proto::pop3_client::Pop3Fetch::new(params, &records)`, feed it bytes.
+//! 3. On `Deliver { uidl, data, .. }`: on a worker, pick the mailboxes
+//!    (`route::route` when `multidrop = yes`, else `deliver_to`; `Unrouted`
+//!    also means `deliver_to`), write the message durably into each Maildir,
+//!    THEN `records.record_delivered(uidl, now)`, then report
+//!    `delivered(ok)` back to the core on the loop thread. Only then may the
+//!    core send DELE: this ordering is the no-loss rule. (A crash between the
+//!    Maildir rename and the records write can deliver that one message twice
+//!    on the next run; it can never lose it.)
+//! 4. On `Oversized { uidl, .. }`: log it for the user and
+//!    `records.record_oversized(uidl, now)` so the report is made once.
+//! 5. On `Done(summary)`: if `summary.remaining` is `Some(list)` (QUIT got
+//!    +OK, so the server committed our DELEs), `records.prune_and_save(&list)`
+//!    (on a worker); then close the connection. On a lost connection or a
+//!    timeout, `connection_lost()` gives the summary instead: never prune then.
+
+pub mod records;
+pub mod route;

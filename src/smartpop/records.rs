@@ -1,0 +1,518 @@
+//! SmartPop's memory of one account: `data_dir/smartpop/NAME`.
+//!
+//! Owns: the set of UIDLs (RFC 1939 "unique-id listing") seen on one remote
+//! maildrop, each with the time it was first seen and two flags
+//! (`delivered`: the message is durably in the local Maildir, so it must never
+//! be fetched again; `oversized`: the "too big" report was already made), the
+//! text file that holds them, and its durable rewrite.
+//! Must not: talk to the network or decide what to fetch (that is
+//! `proto::pop3_client`); it only answers "what do we know about this UIDL".
+//!
+//! File format, one entry per line, fields separated by one space:
+//!
+//! ```text
+//! UIDL FIRST_SEEN FLAGS
+//! ```
+//!
+//! `UIDL` is 1..=`MAX_UIDL_LEN` octets in 0x21..=0x7E (RFC 1939 section 7,
+//! so it never contains a space), `FIRST_SEEN` is unix seconds, `FLAGS` is
+//! `-` or any of `d` (delivered) and `o` (oversized reported). Lines that do
+//! not parse are skipped when loading (a torn or hand-edited file must never
+//! stop collection): the worst that follows is a duplicate delivery, never a
+//! loss, because a message is only DELEd after its line is durable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// RFC 1939 section 7 limits a unique-id to 70 octets. Some servers send
+/// longer ones; we accept up to this many rather than refuse to collect.
+pub const MAX_UIDL_LEN: usize = 255;
+
+/// Longest account name used as a file name (config section names are short;
+/// the bound keeps us well under NAME_MAX = 255 with the `.tmp` suffix).
+pub const MAX_ACCOUNT_NAME_LEN: usize = 128;
+
+/// Subdirectory of `data_dir` that holds one records file per account.
+pub const RECORDS_DIR: &str = "smartpop";
+
+/// Is `s` a unique-id as RFC 1939 section 7 defines it (printable ASCII
+/// 0x21..0x7E), within our length bound?
+pub fn valid_uidl(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_UIDL_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// What we know about one UIDL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// Unix seconds when this UIDL was first recorded; `keep = 7d` counts from here.
+    pub first_seen: u64,
+    /// The message is durably in the local Maildir: never fetch it again.
+    pub delivered: bool,
+    /// The "message too big" report was made: do not repeat it every interval.
+    pub oversized: bool,
+}
+
+/// Why an account name cannot be a file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadAccountName(pub String);
+
+impl std::fmt::Display for BadAccountName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "smartpop account name {:?} cannot be used as a file name",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadAccountName {}
+
+/// `data_dir/smartpop/NAME`, refusing names that could escape the directory
+/// or hide (`/`, `..`, a leading `.`, control characters, anything but
+/// `A-Z a-z 0-9 - _ . @ +`).
+pub fn records_path(data_dir: &Path, account: &str) -> Result<PathBuf, BadAccountName> {
+    let ok = !account.is_empty()
+        && account.len() <= MAX_ACCOUNT_NAME_LEN
+        && !account.starts_with('.')
+        && !account.contains("..")
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+'));
+    if ok {
+        Ok(data_dir.join(RECORDS_DIR).join(account))
+    } else {
+        Err(BadAccountName(account.to_string()))
+    }
+}
+
+/// The records of one account, in memory, bound to their file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    path: PathBuf,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Records {
+    /// No entries yet; nothing is written until the first `record_*` or `save`.
+    pub fn empty(path: PathBuf) -> Records {
+        Records {
+            path,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// Reads the file at `path`; a missing file is an empty record set.
+    /// Junk lines are skipped (and counted in the log), never fatal.
+    pub fn load(path: PathBuf) -> io::Result<Records> {
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (mut records, skipped) = Records::parse(&text);
+        if skipped > 0 {
+            log::warn!("{}: skipped {skipped} unreadable line(s)", path.display());
+        }
+        records.path = path;
+        Ok(records)
+    }
+
+    /// Parses file text; returns the records (with an empty path) and the
+    /// number of lines skipped as junk.
+    pub fn parse(text: &[u8]) -> (Records, usize) {
+        let mut records = Records::empty(PathBuf::new());
+        let mut skipped = 0;
+        for line in text.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            match parse_line(line) {
+                Some((uidl, entry)) => records.merge(uidl, entry),
+                None => skipped += 1,
+            }
+        }
+        (records, skipped)
+    }
+
+    /// The file text, one line per entry, sorted by UIDL.
+    pub fn to_text(&self) -> String {
+        let mut s = String::with_capacity(self.entries.len() * 32);
+        for (uidl, e) in &self.entries {
+            let flags = match (e.delivered, e.oversized) {
+                (false, false) => "-",
+                (true, false) => "d",
+                (false, true) => "o",
+                (true, true) => "do",
+            };
+            s.push_str(uidl);
+            s.push(' ');
+            s.push_str(&e.first_seen.to_string());
+            s.push(' ');
+            s.push_str(flags);
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, uidl: &str) -> Option<&Entry> {
+        self.entries.get(uidl)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Marks `uidl` delivered in memory (first seen `now` if new).
+    /// Invalid UIDLs are ignored: they could not be written back as a line.
+    pub fn mark_delivered(&mut self, uidl: &str, now: u64) {
+        if valid_uidl(uidl) {
+            self.entries
+                .entry(uidl.to_string())
+                .or_insert(Entry {
+                    first_seen: now,
+                    ..Entry::default()
+                })
+                .delivered = true;
+        }
+    }
+
+    /// Marks the oversize report for `uidl` as made, in memory.
+    pub fn mark_oversized(&mut self, uidl: &str, now: u64) {
+        if valid_uidl(uidl) {
+            self.entries
+                .entry(uidl.to_string())
+                .or_insert(Entry {
+                    first_seen: now,
+                    ..Entry::default()
+                })
+                .oversized = true;
+        }
+    }
+
+    /// Records `uidl` as delivered and makes it durable before returning.
+    /// Call it after the message itself is durable in the Maildir and before
+    /// telling the client `delivered(true)`: only then may DELE be sent.
+    /// On error the in-memory state is left as it was.
+    pub fn record_delivered(&mut self, uidl: &str, now: u64) -> io::Result<()> {
+        let before = self.entries.get(uidl).copied();
+        self.mark_delivered(uidl, now);
+        self.save_or_revert(uidl, before)
+    }
+
+    /// Records that the oversize report for `uidl` was made, durably.
+    pub fn record_oversized(&mut self, uidl: &str, now: u64) -> io::Result<()> {
+        let before = self.entries.get(uidl).copied();
+        self.mark_oversized(uidl, now);
+        self.save_or_revert(uidl, before)
+    }
+
+    fn save_or_revert(&mut self, uidl: &str, before: Option<Entry>) -> io::Result<()> {
+        let result = self.save();
+        if result.is_err() {
+            match before {
+                Some(e) => {
+                    self.entries.insert(uidl.to_string(), e);
+                }
+                None => {
+                    self.entries.remove(uidl);
+                }
+            }
+        }
+        result
+    }
+
+    /// Forgets every UIDL not in `on_server` (the maildrop's listing after a
+    /// session whose QUIT got +OK), so the file does not grow forever.
+    /// Returns how many entries were dropped; call `save` if non-zero.
+    pub fn prune<S: AsRef<str>>(&mut self, on_server: &[S]) -> usize {
+        let keep: HashSet<&str> = on_server.iter().map(|s| s.as_ref()).collect();
+        let before = self.entries.len();
+        self.entries.retain(|uidl, _| keep.contains(uidl.as_str()));
+        before - self.entries.len()
+    }
+
+    /// `prune`, then `save` if anything was dropped.
+    pub fn prune_and_save<S: AsRef<str>>(&mut self, on_server: &[S]) -> io::Result<usize> {
+        let dropped = self.prune(on_server);
+        if dropped > 0 {
+            self.save()?;
+        }
+        Ok(dropped)
+    }
+
+    /// Rewrites the whole file durably (see `write_durable`).
+    pub fn save(&self) -> io::Result<()> {
+        write_durable(&self.path, self.to_text().as_bytes())
+    }
+
+    fn merge(&mut self, uidl: String, entry: Entry) {
+        let e = self.entries.entry(uidl).or_insert(entry);
+        e.first_seen = e.first_seen.min(entry.first_seen);
+        e.delivered |= entry.delivered;
+        e.oversized |= entry.oversized;
+    }
+}
+
+fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut fields = line.split(' ');
+    let uidl = fields.next()?;
+    let first_seen = fields.next()?;
+    let flags = fields.next()?;
+    if fields.next().is_some() || !valid_uidl(uidl) {
+        return None;
+    }
+    if first_seen.is_empty() || !first_seen.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let first_seen: u64 = first_seen.parse().ok()?;
+    let mut entry = Entry {
+        first_seen,
+        ..Entry::default()
+    };
+    if flags != "-" {
+        if flags.is_empty() {
+            return None;
+        }
+        for c in flags.chars() {
+            match c {
+                'd' => entry.delivered = true,
+                'o' => entry.oversized = true,
+                _ => return None,
+            }
+        }
+    }
+    Some((uidl.to_string(), entry))
+}
+
+// TODO(lead): use store::durable::write_durable once merged; this is a
+// private equivalent so this branch stands alone.
+/// Replaces `path` with `data` so that after a crash the file is either the
+/// old one or the new one, whole: write `.NAME.tmp` in the same directory,
+/// fsync it, rename over `path`, fsync the directory (so the rename itself
+/// survives power loss).
+fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "records path has no file name")
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = match dir {
+        Some(d) => {
+            fs::create_dir_all(d)?;
+            d.join(tmp_name)
+        }
+        None => PathBuf::from(tmp_name),
+    };
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    File::open(dir.unwrap_or_else(|| Path::new(".")))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn temp_dir() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "mailgate-records-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn account_names() {
+        let d = Path::new("/data");
+        for good in ["isp-bob", "bob@isp.example", "a_b+c", "x.y", "A1"] {
+            assert_eq!(
+                records_path(d, good),
+                Ok(PathBuf::from("/data/smartpop").join(good)),
+                "{good}"
+            );
+        }
+        let long = "a".repeat(MAX_ACCOUNT_NAME_LEN + 1);
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "/abs",
+            ".hidden",
+            "a..b",
+            "a b",
+            "a\0b",
+            "a\nb",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(records_path(d, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn uidl_validity() {
+        assert!(valid_uidl("whqtswO00WBw418f9t5JxYwZ"));
+        assert!(valid_uidl("!~"));
+        assert!(!valid_uidl(""));
+        assert!(!valid_uidl("a b"));
+        assert!(!valid_uidl("a\x7f"));
+        assert!(!valid_uidl("é"));
+        assert!(valid_uidl(&"x".repeat(MAX_UIDL_LEN)));
+        assert!(!valid_uidl(&"x".repeat(MAX_UIDL_LEN + 1)));
+    }
+
+    #[test]
+    fn text_roundtrip() {
+        let mut r = Records::empty(PathBuf::from("x"));
+        r.mark_delivered("b", 20);
+        r.mark_oversized("a", 10);
+        r.mark_delivered("c", 30);
+        r.mark_oversized("c", 99);
+        r.mark_delivered("bad uidl", 5);
+        let text = r.to_text();
+        assert_eq!(text, "a 10 o\nb 20 d\nc 30 do\n");
+        let (back, skipped) = Records::parse(text.as_bytes());
+        assert_eq!(skipped, 0);
+        assert_eq!(back.entries, r.entries);
+    }
+
+    #[test]
+    fn junk_lines_are_skipped() {
+        let text: &[u8] = b"good 1 d\r\n\
+            \n\
+            only-two 5\n\
+            four fields 1 d\n\
+            neg -1 d\n\
+            big 99999999999999999999999 d\n\
+            flags 1 x\n\
+            flags2 1 \n\
+            \xff\xfe 1 d\n\
+            nul\x00 1 d\n\
+            plain 7 -\n\
+            dup 9 d\n\
+            dup 3 o\n\
+            trailing 1 d";
+        let (r, skipped) = Records::parse(text);
+        assert_eq!(skipped, 8);
+        assert_eq!(
+            r.get("good"),
+            Some(&Entry {
+                first_seen: 1,
+                delivered: true,
+                oversized: false
+            })
+        );
+        assert_eq!(
+            r.get("plain"),
+            Some(&Entry {
+                first_seen: 7,
+                ..Entry::default()
+            })
+        );
+        assert_eq!(
+            r.get("dup"),
+            Some(&Entry {
+                first_seen: 3,
+                delivered: true,
+                oversized: true
+            })
+        );
+        assert!(r.get("trailing").is_some());
+        assert_eq!(r.len(), 4);
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic() {
+        let mut junk = Vec::new();
+        for b in 0..=255u8 {
+            junk.extend_from_slice(&[b, b' ', b'1', b' ', b, b'\n', b'\r', b]);
+        }
+        let _ = Records::parse(&junk);
+        let _ = Records::parse(b"\n\n\r\r  \n");
+    }
+
+    #[test]
+    fn prune_keeps_only_listed() {
+        let mut r = Records::empty(PathBuf::from("x"));
+        for u in ["a", "b", "c"] {
+            r.mark_delivered(u, 1);
+        }
+        assert_eq!(r.prune(&["b", "zz"]), 2);
+        assert_eq!(r.iter().map(|(u, _)| u).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(r.prune::<&str>(&[]), 1);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn durable_file_roundtrip() {
+        let dir = temp_dir();
+        let path = records_path(&dir, "isp-bob").unwrap();
+        let mut r = Records::load(path.clone()).unwrap();
+        assert!(r.is_empty());
+        r.record_delivered("m1", 100).unwrap();
+        r.record_oversized("m2", 200).unwrap();
+        let back = Records::load(path.clone()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "m1 100 d\nm2 200 o\n");
+        assert_eq!(r.prune_and_save(&["m2"]).unwrap(), 1);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "m2 200 o\n");
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("isp-bob")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn failed_save_reverts_memory() {
+        let dir = temp_dir();
+        fs::create_dir_all(&dir).unwrap();
+        // A regular file where the records directory should be.
+        fs::write(dir.join(RECORDS_DIR), b"not a dir").unwrap();
+        let mut r = Records::empty(records_path(&dir, "acct").unwrap());
+        assert!(r.record_delivered("m1", 1).is_err());
+        assert!(r.get("m1").is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
