@@ -44,8 +44,9 @@ pub fn route(config: &Config, tx: &Transaction) -> Routed {
     Routed { local, remote }
 }
 
-/// Stores `tx` durably; the outcome is the reply the client gets.
-pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> DeliveryOutcome {
+/// Stores `tx` durably; the outcome is the reply the client gets, and
+/// true when the outbox got mail to send.
+pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (DeliveryOutcome, bool) {
     let now = SystemTime::now();
     let trace = TraceInfo {
         hostname: config.server.hostname.clone(),
@@ -70,7 +71,7 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> Delivery
                 tx.peer,
                 tx.auth_user.as_deref().map(|u| format!(" user={u}")).unwrap_or_default()
             );
-            DeliveryOutcome::Accepted { queue_id: trace.id }
+            (DeliveryOutcome::Accepted { queue_id: trace.id }, !routed.remote.is_empty())
         }
         Err(e) => {
             info!(
@@ -78,11 +79,12 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> Delivery
                 tx.reverse_path, tx.peer
             );
             let (code, enhanced, text) = (e.code(), e.enhanced(), e.text().to_string());
-            if e.is_permanent() {
+            let outcome = if e.is_permanent() {
                 DeliveryOutcome::PermFail { code, enhanced, text }
             } else {
                 DeliveryOutcome::TempFail { code, enhanced, text }
-            }
+            };
+            (outcome, false)
         }
     }
 }

@@ -94,7 +94,6 @@ pub struct EventLoop {
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
     per_ip: HashMap<IpAddr, usize>,
     inbound: usize,
-    done_rx: Receiver<Completion>,
     signals: Signals,
     stopping: Option<Instant>,
 }
@@ -104,10 +103,7 @@ pub type Acceptor = fn(ListenerKind, TcpStream, SocketAddr, &mut Shared) -> Box<
 
 impl EventLoop {
     /// Binds every listener. Fails with a message naming the address.
-    pub fn new(
-        binds: &[(SocketAddr, ListenerKind)],
-        done_rx: Receiver<Completion>,
-    ) -> Result<(EventLoop, Arc<Waker>), String> {
+    pub fn new(binds: &[(SocketAddr, ListenerKind)]) -> Result<(EventLoop, Arc<Waker>), String> {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let waker = Arc::new(
             Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create waker: {e}"))?,
@@ -136,7 +132,6 @@ impl EventLoop {
                 timers: BinaryHeap::new(),
                 per_ip: HashMap::new(),
                 inbound: 0,
-                done_rx,
                 signals,
                 stopping: None,
             },
@@ -150,8 +145,13 @@ impl EventLoop {
         self.insert(token, driver, None, sh);
     }
 
+    /// A handle for drivers that register their own sockets.
+    pub fn registry(&self) -> io::Result<mio::Registry> {
+        self.poll.registry().try_clone()
+    }
+
     /// Runs until SIGTERM/SIGINT and the grace period are over.
-    pub fn run(&mut self, sh: &mut Shared, accept: Acceptor) -> io::Result<()> {
+    pub fn run(&mut self, sh: &mut Shared, accept: Acceptor, done_rx: Receiver<Completion>) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
             sh.now = Instant::now();
@@ -179,11 +179,16 @@ impl EventLoop {
                 }
             }
             // Worker results arrive whether or not the waker fired this round.
-            while let Ok(done) = self.done_rx.try_recv() {
+            while let Ok(done) = done_rx.try_recv() {
                 let token = done.token;
-                self.dispatch(token, sh, move |d, sh| d.complete(done, sh));
+                if token == crate::server::MANAGER {
+                    sh.manager_complete(done);
+                } else {
+                    self.dispatch(token, sh, move |d, sh| d.complete(done, sh));
+                }
             }
             self.fire_timers(sh);
+            sh.tick();
             for (driver, token) in sh.take_new_drivers() {
                 let token = token.unwrap_or_else(|| self.take_token());
                 self.insert(token, driver, None, sh);

@@ -205,7 +205,7 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
         smtputf8,
         body_8bitmime: smtputf8,
     };
-    match crate::delivery::accept(config, tx, None) {
+    match crate::delivery::accept(config, tx, None).0 {
         DeliveryOutcome::Accepted { .. } => {
             // Remote mail leaves now if a server runs; if none does, it
             // leaves when one starts. Either way the message is safe.

@@ -16,6 +16,7 @@ use mio::Token;
 
 use crate::config::Config;
 use crate::event_loop::{Driver, EventLoop, ListenerKind};
+use crate::outbox::runner::Outbox;
 use crate::penalty::Penalty;
 use crate::proto::smtp_server::DeliveryOutcome;
 use crate::workers::Workers;
@@ -24,6 +25,9 @@ use crate::workers::Workers;
 /// while a hash runs; more would only add memory on a small router.
 const WORKER_THREADS: usize = 2;
 
+/// Jobs of the outbox and SmartPop answer to this token, not a connection.
+pub const MANAGER: Token = Token(3);
+
 /// A worker's answer to the connection (token) that asked.
 pub struct Completion {
     pub token: Token,
@@ -31,7 +35,10 @@ pub struct Completion {
 }
 
 pub enum Outcome {
-    Delivered(DeliveryOutcome),
+    /// The reply for the client, and whether the outbox got new mail.
+    Delivered(DeliveryOutcome, bool),
+    /// An outbox attempt's results are written (the entry id).
+    OutboxRecorded(String),
     Password(bool),
     /// The maildrop's listing after a good POP3 login.
     Pop3Listing(std::io::Result<Vec<crate::store::maildrop::MessageInfo>>),
@@ -49,6 +56,9 @@ pub struct Shared {
     pub maildrop_locks: HashSet<String>,
     pub now: Instant,
     pub stopping: bool,
+    /// For drivers that register their own sockets (outbound).
+    pub registry: mio::Registry,
+    pub outbox: Option<Outbox>,
     /// The connection being dispatched; jobs it submits answer to it.
     pub current: Token,
     new_drivers: Vec<(Box<dyn Driver>, Option<Token>)>,
@@ -75,7 +85,70 @@ impl Shared {
 
     /// The next moment something other than a connection needs the loop.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        None
+        self.outbox.as_ref().and_then(|o| o.next_wakeup())
+    }
+
+    /// Starts what the outbox and SmartPop have due; runs every loop turn.
+    pub fn tick(&mut self) {
+        let Some(outbox) = self.outbox.as_mut() else {
+            return;
+        };
+        for driver in outbox.tick(&self.config, self.now, self.stopping) {
+            self.new_drivers.push((driver, None));
+        }
+        for (entry, reports) in outbox.take_ready() {
+            let config = Arc::clone(&self.config);
+            self.workers.submit(move || Completion {
+                token: MANAGER,
+                outcome: Outcome::OutboxRecorded(crate::outbox::runner::record(&config, entry, reports)),
+            });
+        }
+    }
+
+    /// A worker finished a job of the outbox or SmartPop (not a connection's).
+    pub fn manager_complete(&mut self, done: Completion) {
+        if let Outcome::OutboxRecorded(id) = done.outcome {
+            if let Some(outbox) = self.outbox.as_mut() {
+                outbox.recorded(&id, self.now);
+            }
+        }
+    }
+
+    /// An outbound session's results.
+    pub fn outbox_report(&mut self, report: crate::conn::smtp_out::GroupReport) {
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.report(report);
+        }
+    }
+
+    /// New mail may be in the queue.
+    pub fn outbox_kick(&mut self) {
+        let now = self.now;
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.kick(now);
+        }
+    }
+
+    /// SIGUSR1 (`mailgate flush`): every queued message is due now.
+    pub fn flush_requested(&mut self) {
+        info!("flush requested: retrying the whole outbox");
+        let data_dir = self.config.server.data_dir.clone();
+        let now = crate::outbox::unix_secs(std::time::SystemTime::now());
+        // Make every pending recipient due, then scan. The envelopes are
+        // rewritten on a worker so the loop never fsyncs.
+        self.workers.submit(move || {
+            crate::outbox::queue::make_all_due(&data_dir, now);
+            Completion {
+                token: MANAGER,
+                outcome: Outcome::OutboxRecorded(String::new()),
+            }
+        });
+    }
+
+    /// SIGUSR2 (`mailgate fetch`): run SmartPop now.
+    pub fn fetch_requested(&mut self) {
+        let request = crate::control::take_fetch_request(&self.config.server.data_dir);
+        info!("fetch requested: {:?}", request.flatten().unwrap_or_else(|| "all accounts".into()));
     }
 
     /// SIGHUP: re-read the config; keep the old one if the new one is bad.
@@ -90,6 +163,9 @@ impl Shared {
                     warn!("reload: listen addresses changed; they take effect at the next restart");
                 }
                 self.config = Arc::new(config);
+                if let Some(outbox) = self.outbox.as_mut() {
+                    outbox.reload(&self.config);
+                }
                 info!("reloaded {}", path.display());
             }
             Err(diags) => {
@@ -162,10 +238,14 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Completion>();
-    let (mut ev, waker) = EventLoop::new(&listeners(&config), done_rx)?;
-    let workers = Workers::new(WORKER_THREADS, waker, done_tx);
+    let _pid_file = crate::control::lock_pid_file(&data_dir)?;
+    let outbox = Outbox::new(&config)?;
+    let (mut ev, waker) = EventLoop::new(&listeners(&config))?;
+    let (workers, done_rx) = Workers::new(WORKER_THREADS, waker);
+    let registry = ev.registry().map_err(|e| format!("cannot clone the poll registry: {e}"))?;
     let mut sh = Shared {
+        registry,
+        outbox: Some(outbox),
         config: Arc::new(config),
         tls,
         workers,
@@ -177,6 +257,6 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         new_drivers: Vec::new(),
     };
     info!("mailgate {} serving {}", env!("CARGO_PKG_VERSION"), config_path.display());
-    ev.run(&mut sh, accept)
+    ev.run(&mut sh, accept, done_rx)
         .map_err(|e| format!("event loop failed: {e}"))
 }

@@ -206,7 +206,8 @@ impl SmtpIn {
         let config = Arc::clone(&sh.config);
         let tls = self.t.tls_description();
         sh.submit(move || {
-            Outcome::Delivered(crate::delivery::accept(&config, tx, tls))
+            let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
+            Outcome::Delivered(outcome, queued)
         });
     }
 
@@ -226,8 +227,11 @@ impl Driver for SmtpIn {
     fn complete(&mut self, done: Completion, sh: &mut Shared) {
         let config = Arc::clone(&sh.config);
         match done.outcome {
-            Outcome::Delivered(outcome) => {
+            Outcome::Delivered(outcome, queued) => {
                 self.waiting = Waiting::Nothing;
+                if queued {
+                    sh.outbox_kick();
+                }
                 if self.done {
                     return;
                 }

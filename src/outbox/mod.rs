@@ -7,6 +7,7 @@
 
 pub mod bounce;
 pub mod queue;
+pub mod runner;
 pub mod schedule;
 
 use std::time::{SystemTime, UNIX_EPOCH};

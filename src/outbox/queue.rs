@@ -300,6 +300,27 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {
     Ok(())
 }
 
+/// `mailgate flush`: makes every pending recipient of every entry due at
+/// `now`. Errors are logged; an entry that cannot be rewritten keeps its
+/// old time.
+pub fn make_all_due(data_dir: &Path, now: u64) {
+    let queue = Queue::at(data_dir);
+    for mut entry in queue.load_all().entries {
+        let mut changed = false;
+        for r in entry.recipients.iter_mut() {
+            if r.state == RcptState::Pending && r.next_try > now {
+                r.next_try = now;
+                changed = true;
+            }
+        }
+        if changed {
+            if let Err(e) = queue.update(&entry) {
+                log::warn!("flush: cannot update {}: {e}", entry.id);
+            }
+        }
+    }
+}
+
 /// Envelopes read, and what was wrong with the ones that could not be.
 #[derive(Debug, Default)]
 pub struct Loaded {

@@ -458,6 +458,8 @@ pub struct MxLookup {
     tries: u32,
     /// The last transient failure of a host lookup, if any.
     host_error: Option<String>,
+    /// Only A/AAAA of `domain` (see `addresses_of`).
+    addresses_only: bool,
 }
 
 impl MxLookup {
@@ -477,11 +479,25 @@ impl MxLookup {
             current: None,
             tries: 0,
             host_error: None,
+            addresses_only: false,
         }
+    }
+
+    /// Resolves `host` itself (A, then AAAA), without asking for MX: for a
+    /// smarthost name, where an MX record would be beside the point.
+    pub fn addresses_of(host: &str, want_ipv6: bool, seed: u64) -> MxLookup {
+        let mut lookup = MxLookup::new(host, want_ipv6, seed);
+        lookup.implicit = true;
+        lookup.hosts = vec![lookup.domain.clone()];
+        lookup.addresses_only = true;
+        lookup
     }
 
     /// The first query (MX of the domain), or an immediate failure.
     pub fn start(&mut self) -> LookupStep {
+        if self.addresses_only {
+            return self.resolve_host(0);
+        }
         self.stage = Stage::Mx;
         let domain = self.domain.clone();
         self.query(domain, QType::Mx, false)

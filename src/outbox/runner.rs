@@ -1,0 +1,419 @@
+//! The outbox at work: decides which queued messages are due, starts one
+//! outbound session per message and destination, collects the results,
+//! and has a worker record them (retry times, bounces, removal).
+//!
+//! Lives on the loop thread inside `Shared`. Reads the small envelope files
+//! when a scan is due (cheap: a household's queue holds a handful); every
+//! write to the queue happens on a worker, one job per message at a time,
+//! so two writers never race on an envelope.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{error, info, warn};
+
+use crate::config::{Config, OutboxMode};
+use crate::conn::smtp_out::{GroupReport, OutboundJob, RouteSpec, SmtpOut};
+use crate::event_loop::Driver;
+use crate::outbox::bounce::{self, BounceParams, FailedRecipient};
+use crate::outbox::queue::{QueueEntry, RcptState};
+use crate::outbox::schedule::{self, Next};
+use crate::outbox::{queue::Queue, unix_secs};
+use crate::proto::smtp_client::{Credentials, Envelope, Outcome};
+use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
+use crate::store::trace::{self, TraceInfo};
+
+/// Outbound sessions at once: a home uplink gains nothing from more, and
+/// each costs a socket and buffers.
+const MAX_SESSIONS: usize = 4;
+
+/// Look at the queue at least this often, to pick up what `sendmail` queued
+/// while no signal could reach us.
+const SAFETY_SCAN: Duration = Duration::from_secs(300);
+
+/// One message being delivered: its sessions' reports, gathered until the
+/// last one is in.
+struct Attempt {
+    entry: QueueEntry,
+    sessions_left: usize,
+    reports: Vec<GroupReport>,
+}
+
+pub struct Outbox {
+    attempts: HashMap<String, Attempt>,
+    /// Entries whose results a worker is writing.
+    recording: HashSet<String>,
+    next_scan: Option<Instant>,
+    sessions: usize,
+    /// Direct mode: hosts whose STARTTLS handshake failed; the next
+    /// attempt to them goes without TLS (opportunistic TLS, RFC 7435).
+    plaintext_hosts: HashSet<String>,
+    verified_tls: Option<Arc<rustls::ClientConfig>>,
+    opportunistic_tls: Arc<rustls::ClientConfig>,
+}
+
+/// The resolver to ask: `[outbox] nameserver`, else /etc/resolv.conf's first.
+pub fn nameserver(config: &Config) -> Option<SocketAddr> {
+    config.outbox.nameserver.or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|t| crate::proto::dns::resolv_conf_nameserver(&t))
+    })
+}
+
+impl Outbox {
+    /// Opens the queue (recovering from a crash) and prepares TLS.
+    pub fn new(config: &Config) -> Result<Outbox, String> {
+        let (_, loaded) = Queue::open(&config.server.data_dir)
+            .map_err(|e| format!("cannot open the outbox queue: {e}"))?;
+        if !loaded.entries.is_empty() {
+            info!("outbox: {} message(s) queued", loaded.entries.len());
+        }
+        let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Outbox {
+            attempts: HashMap::new(),
+            recording: HashSet::new(),
+            next_scan: Some(Instant::now()),
+            sessions: 0,
+            plaintext_hosts: HashSet::new(),
+            verified_tls: Some(verified_tls),
+            opportunistic_tls: crate::tls::opportunistic_client_config(),
+        })
+    }
+
+    /// Something may be due now (flush, new mail, a finished attempt).
+    pub fn kick(&mut self, now: Instant) {
+        self.next_scan = Some(now);
+    }
+
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.next_scan
+    }
+
+    /// Rebuilds the TLS client config after a reload (ca_file may change).
+    pub fn reload(&mut self, config: &Config) {
+        match crate::tls::client_config(config.outbox.ca_file.as_deref()) {
+            Ok(c) => self.verified_tls = Some(c),
+            Err(e) => error!("outbox: {e}; keeping the previous CA setup"),
+        }
+    }
+
+    /// Starts sessions for what is due; returns their drivers.
+    pub fn tick(&mut self, config: &Config, now: Instant, stopping: bool) -> Vec<Box<dyn Driver>> {
+        match self.next_scan {
+            Some(at) if at <= now && !stopping => {}
+            _ => return Vec::new(),
+        }
+        let queue = Queue::at(&config.server.data_dir);
+        let loaded = queue.load_all();
+        let now_secs = unix_secs(SystemTime::now());
+        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+        let mut next_due: Option<u64> = None;
+        let mut waiting_for_slot = false;
+        for entry in loaded.entries {
+            if self.attempts.contains_key(&entry.id) || self.recording.contains(&entry.id) {
+                continue;
+            }
+            if !entry.due(now_secs) {
+                if let Some(d) = entry.next_due() {
+                    next_due = Some(next_due.map_or(d, |n| n.min(d)));
+                }
+                continue;
+            }
+            if self.sessions >= MAX_SESSIONS {
+                waiting_for_slot = true;
+                continue;
+            }
+            match self.start(config, &queue, entry, now_secs) {
+                Ok(started) => drivers.extend(started),
+                Err(e) => warn!("outbox: {e}"),
+            }
+        }
+        self.next_scan = if waiting_for_slot {
+            // A finished session kicks us; this is only a fallback.
+            Some(now + Duration::from_secs(1))
+        } else {
+            let safety = now + SAFETY_SCAN;
+            Some(next_due.map_or(safety, |d| {
+                let wait = d.saturating_sub(now_secs);
+                (now + Duration::from_secs(wait)).min(safety)
+            }))
+        };
+        drivers
+    }
+
+    /// One session per destination: all due recipients together through
+    /// the smarthost, or one session per recipient domain in direct mode.
+    fn start(
+        &mut self,
+        config: &Config,
+        queue: &Queue,
+        entry: QueueEntry,
+        now: u64,
+    ) -> Result<Vec<Box<dyn Driver>>, String> {
+        let message: Arc<[u8]> = std::fs::read(queue.message_path(&entry.id))
+            .map_err(|e| format!("cannot read queued message {}: {e}", entry.id))?
+            .into();
+        let due: Vec<String> = entry
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending && r.next_try <= now)
+            .map(|r| r.address.clone())
+            .collect();
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for rcpt in due {
+            let key = match config.outbox.mode {
+                OutboxMode::Smarthost => String::new(),
+                OutboxMode::Direct => rcpt.rsplit('@').next().unwrap_or("").to_ascii_lowercase(),
+            };
+            groups.entry(key).or_default().push(rcpt);
+        }
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        // RFC 5321 6.3: a message that went round too often is a loop.
+        if deliver::count_received(&message) > deliver::MAX_RECEIVED {
+            let reports = groups
+                .values()
+                .map(|rcpts| GroupReport {
+                    entry_id: entry.id.clone(),
+                    results: rcpts
+                        .iter()
+                        .map(|r| crate::proto::smtp_client::RcptResult {
+                            recipient: r.clone(),
+                            outcome: Outcome::Permanent {
+                                reply: "too many hops (Received: lines), mail loop".into(),
+                                enhanced: "5.4.6".into(),
+                            },
+                            remote: false,
+                        })
+                        .collect(),
+                    relay: None,
+                    tls_failed_host: None,
+                })
+                .collect();
+            self.attempts.insert(
+                entry.id.clone(),
+                Attempt {
+                    entry,
+                    sessions_left: 0,
+                    reports,
+                },
+            );
+            return Ok(Vec::new());
+        }
+        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+        for (domain, recipients) in &groups {
+            let route = match config.outbox.mode {
+                OutboxMode::Smarthost => RouteSpec::Smarthost {
+                    hosts: config.outbox.hosts.clone(),
+                    tls: config.outbox.tls,
+                    credentials: match (&config.outbox.username, &config.outbox.password) {
+                        (Some(u), Some(p)) => Some(Credentials {
+                            username: u.clone(),
+                            password: p.clone(),
+                        }),
+                        _ => None,
+                    },
+                    tls_config: self.verified_tls.clone().unwrap_or_else(|| Arc::clone(&self.opportunistic_tls)),
+                },
+                OutboxMode::Direct => {
+                    let Some(ns) = nameserver(config) else {
+                        return Err("no DNS resolver: set [outbox] nameserver".into());
+                    };
+                    RouteSpec::Direct {
+                        domain: domain.clone(),
+                        nameserver: ns,
+                        plaintext_hosts: self.plaintext_hosts.iter().cloned().collect(),
+                        tls_config: Arc::clone(&self.opportunistic_tls),
+                    }
+                }
+            };
+            drivers.push(Box::new(SmtpOut::new(OutboundJob {
+                entry_id: entry.id.clone(),
+                envelope: Envelope {
+                    reverse_path: entry.sender.clone(),
+                    recipients: recipients.clone(),
+                    message: Arc::clone(&message),
+                    smtputf8: entry.smtputf8,
+                },
+                helo_name: config.server.hostname.clone(),
+                route,
+            })));
+        }
+        self.sessions += drivers.len();
+        self.attempts.insert(
+            entry.id.clone(),
+            Attempt {
+                entry,
+                sessions_left: drivers.len(),
+                reports: Vec::new(),
+            },
+        );
+        Ok(drivers)
+    }
+
+    /// Attempts whose results are all in (or that needed no session).
+    pub fn take_ready(&mut self) -> Vec<(QueueEntry, Vec<GroupReport>)> {
+        let ready: Vec<String> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.sessions_left == 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|id| {
+                let a = self.attempts.remove(&id)?;
+                self.recording.insert(id);
+                Some((a.entry, a.reports))
+            })
+            .collect()
+    }
+
+    /// A session finished.
+    pub fn report(&mut self, report: GroupReport) {
+        self.sessions = self.sessions.saturating_sub(1);
+        if let Some(host) = &report.tls_failed_host {
+            self.plaintext_hosts.insert(host.clone());
+        }
+        if let Some(a) = self.attempts.get_mut(&report.entry_id) {
+            a.sessions_left = a.sessions_left.saturating_sub(1);
+            a.reports.push(report);
+        }
+    }
+
+    /// A worker has written an attempt's results.
+    pub fn recorded(&mut self, id: &str, now: Instant) {
+        self.recording.remove(id);
+        self.kick(now);
+    }
+}
+
+/// Worker side: writes one attempt's results into the queue, bounces what
+/// failed for good, and removes the entry once nothing is left to do.
+pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>) -> String {
+    let now = unix_secs(SystemTime::now());
+    let queue = Queue::at(&config.server.data_dir);
+    let mut failed: Vec<FailedRecipient> = Vec::new();
+    for report in &reports {
+        for r in &report.results {
+            let Some(state) = entry.recipients.iter_mut().find(|s| s.address == r.recipient) else {
+                continue;
+            };
+            match &r.outcome {
+                Outcome::Delivered { .. } => state.state = RcptState::Delivered,
+                Outcome::Permanent { reply, enhanced } => {
+                    state.state = RcptState::Failed;
+                    state.last_error = reply.clone();
+                    failed.push(FailedRecipient {
+                        address: r.recipient.clone(),
+                        status: enhanced.clone(),
+                        remote_mta: if r.remote { report.relay.clone() } else { None },
+                        diagnostic: reply.clone(),
+                    });
+                }
+                Outcome::Transient { reply, enhanced } => {
+                    state.attempts += 1;
+                    state.last_error = reply.clone();
+                    let retry = &config.outbox.retry;
+                    match schedule::next_attempt(entry.created, state.attempts, now, retry, config.outbox.give_up_after) {
+                        Next::RetryAt(t) => state.next_try = t,
+                        Next::GiveUp => {
+                            info!("outbox {}: giving up on <{}> after {} attempts", entry.id, r.recipient, state.attempts);
+                            state.state = RcptState::Failed;
+                            let status = enhanced
+                                .as_deref()
+                                .filter(|e| e.len() >= 5)
+                                .map(|e| format!("5{}", &e[1..]))
+                                .unwrap_or_else(|| "5.4.7".into());
+                            failed.push(FailedRecipient {
+                                address: r.recipient.clone(),
+                                status,
+                                remote_mta: if r.remote { report.relay.clone() } else { None },
+                                diagnostic: format!("gave up after {} attempts: {reply}", state.attempts),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !failed.is_empty() && bounce::should_bounce(&entry.sender) {
+        // The bounce is stored before the envelope changes: a crash in
+        // between can repeat a bounce, never lose one.
+        if let Err(e) = send_bounce(config, &queue, &entry, &failed, now) {
+            error!("outbox {}: cannot store the bounce: {e}; will retry", entry.id);
+            return entry.id;
+        }
+    }
+    let result = if entry.is_finished() {
+        queue.remove(&entry.id)
+    } else {
+        queue.update(&entry)
+    };
+    if let Err(e) = result {
+        error!("outbox {}: cannot update the queue: {e}", entry.id);
+    }
+    entry.id
+}
+
+fn send_bounce(
+    config: &Config,
+    queue: &Queue,
+    entry: &QueueEntry,
+    failed: &[FailedRecipient],
+    now: u64,
+) -> Result<(), String> {
+    let original = std::fs::read(queue.message_path(&entry.id)).unwrap_or_default();
+    let bounce_id = format!("{}.B{now}", entry.id);
+    let message = bounce::build_bounce(&BounceParams {
+        hostname: &config.server.hostname,
+        original_sender: &entry.sender,
+        original_message: &original,
+        arrival_date: entry.created,
+        failures: failed,
+        now,
+        bounce_id: &bounce_id,
+    });
+    let sender = entry.sender.clone();
+    let local = config.resolve(&sender).filter(|r| !r.local.is_empty());
+    info!("outbox {}: bounce to <{sender}> for {} recipient(s)", entry.id, failed.len());
+    match local {
+        Some(resolution) => {
+            let now_t = SystemTime::now();
+            let request = LocalDelivery {
+                reverse_path: String::new(),
+                recipients: resolution
+                    .local
+                    .iter()
+                    .map(|m| LocalRecipient {
+                        mailbox: m.clone(),
+                        original: sender.clone(),
+                        quota: None,
+                    })
+                    .collect(),
+                trace: TraceInfo {
+                    hostname: config.server.hostname.clone(),
+                    helo: config.server.hostname.clone(),
+                    peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                    protocol: "local",
+                    tls: None,
+                    auth_user: None,
+                    id: trace::new_id(now_t),
+                },
+                message: &message,
+            };
+            deliver::deliver_local(&config.server.data_dir, &request)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        None => queue
+            .ensure_dirs()
+            .and_then(|_| queue.enqueue("", std::slice::from_ref(&sender), &message, !sender.is_ascii(), now))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    }
+}
