@@ -4,3 +4,4 @@
 //! tests drive the binary, unit tests drive the modules directly.
 
 pub mod config;
+pub mod proto;

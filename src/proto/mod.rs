@@ -1,0 +1,7 @@
+//! Sans-IO protocol cores: plain structs fed with bytes and completions,
+//! giving back reply bytes and events. No sockets, files, threads, clock
+//! or TLS in here; the drivers in `conn/` own all IO.
+
+pub mod address;
+pub mod line;
+pub mod smtp_server;
