@@ -507,7 +507,8 @@ impl SmtpSession {
         self.state = State::Command;
     }
 
-    /// The client was silent too long (RFC 5321 4.5.3.2).
+    /// The client was silent too long (RFC 5321 4.5.3.2). Not meant for
+    /// a session waiting on the driver (that silence is ours).
     pub fn timed_out(&mut self, out: &mut Vec<u8>) {
         if matches!(self.state, State::Closed) {
             return;
@@ -524,7 +525,10 @@ impl SmtpSession {
 
     /// The server is stopping. While a delivery or an authentication is
     /// pending, its reply is written first and the 421 follows it (then a
-    /// `Close` event comes from `delivered()` / `auth_result()`).
+    /// `Close` event comes from `delivered()` / `auth_result()`). A client
+    /// in the middle of DATA is cut off at once: to let transactions
+    /// finish, call this when `in_transaction()` is false or the grace
+    /// period is over.
     pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
         match self.state {
             State::Closed => {}
@@ -537,8 +541,11 @@ impl SmtpSession {
         }
     }
 
-    /// False while waiting for the driver with input already held, and
-    /// once closed: the driver stops reading (backpressure).
+    /// False while waiting for the driver (delivery, password check) with
+    /// input already held, and once closed: the driver stops reading
+    /// (backpressure), so held input is bounded by one read. During the
+    /// TLS handshake nothing is held (plaintext is dropped), so this stays
+    /// true; the driver reads for rustls then, not for the session.
     pub fn wants_input(&self) -> bool {
         match self.state {
             State::Closed => false,
