@@ -1,9 +1,12 @@
-//! Sans-IO protocol cores: bytes and completions in, bytes and events out.
-//! No sockets, files, threads, clock or rustls in here; drivers in
-//! `crate::conn` own the IO.
+//! Sans-IO protocol cores: plain structs fed with bytes and completions,
+//! giving back reply bytes and events. No sockets, files, threads, clock
+//! or TLS in here; the drivers in `conn/` own all IO.
 
+pub mod address;
 pub mod dns;
 pub mod dotstuff;
+pub mod line;
 pub mod pop3_client;
 pub mod pop3_server;
 pub mod smtp_client;
+pub mod smtp_server;
