@@ -26,6 +26,11 @@ use std::io::{self, BufRead, Write};
 /// second", and a few concurrent logins would queue behind each other.
 pub const HASH_ROUNDS: u32 = 10_000;
 
+/// Checked instead when the user does not exist, so a wrong user and a
+/// wrong password take the same time (no user enumeration). A real
+/// `$6$rounds=10000$` hash of a password nobody uses.
+pub const DUMMY_HASH: &str = "$6$rounds=10000$dummysaltdummysa$YuOjPkC.Ukdigl44tBIqKb6nhTb9J4vD.YVkM0jzkaCHDVm4tzA1xvhtUi1WdMSYMuT2Ymcquy0jwC8DuAsQ8/";
+
 /// SHA-crypt spec ("Unix crypt using SHA-256 and SHA-512", U. Drepper):
 /// `rounds=` is clamped to this range, not refused.
 const ROUNDS_MIN: u64 = 1_000;

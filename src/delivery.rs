@@ -110,6 +110,8 @@ fn store(
         return Ok(());
     }
     let request = LocalDelivery {
+                extra_headers: String::new(),
+                delivered_to_check: true,
         reverse_path: tx.reverse_path.clone(),
         recipients: routed.local.clone(),
         trace: trace.clone(),

@@ -17,6 +17,7 @@ use mio::Token;
 use crate::config::Config;
 use crate::event_loop::{Driver, EventLoop, ListenerKind};
 use crate::outbox::runner::Outbox;
+use crate::smartpop::runner::SmartPop;
 use crate::penalty::Penalty;
 use crate::proto::smtp_server::DeliveryOutcome;
 use crate::workers::Workers;
@@ -39,6 +40,11 @@ pub enum Outcome {
     Delivered(DeliveryOutcome, bool),
     /// An outbox attempt's results are written (the entry id).
     OutboxRecorded(String),
+    /// SmartPop: a fetched message is (true) or is not durable, with the
+    /// account's records handed back.
+    SmartPopDelivered(bool, Option<Box<crate::smartpop::records::Records>>),
+    /// SmartPop bookkeeping done; nothing to report.
+    SmartPopNoted,
     Password(bool),
     /// The maildrop's listing after a good POP3 login.
     Pop3Listing(std::io::Result<Vec<crate::store::maildrop::MessageInfo>>),
@@ -59,6 +65,7 @@ pub struct Shared {
     /// For drivers that register their own sockets (outbound).
     pub registry: mio::Registry,
     pub outbox: Option<Outbox>,
+    pub smartpop: SmartPop,
     /// The connection being dispatched; jobs it submits answer to it.
     pub current: Token,
     new_drivers: Vec<(Box<dyn Driver>, Option<Token>)>,
@@ -85,11 +92,19 @@ impl Shared {
 
     /// The next moment something other than a connection needs the loop.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.outbox.as_ref().and_then(|o| o.next_wakeup())
+        let outbox = self.outbox.as_ref().and_then(|o| o.next_wakeup());
+        let smartpop = self.smartpop.next_wakeup();
+        match (outbox, smartpop) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Starts what the outbox and SmartPop have due; runs every loop turn.
     pub fn tick(&mut self) {
+        for driver in self.smartpop.tick(&self.config, self.now, self.stopping) {
+            self.new_drivers.push((driver, None));
+        }
         let Some(outbox) = self.outbox.as_mut() else {
             return;
         };
@@ -147,8 +162,14 @@ impl Shared {
 
     /// SIGUSR2 (`mailgate fetch`): run SmartPop now.
     pub fn fetch_requested(&mut self) {
-        let request = crate::control::take_fetch_request(&self.config.server.data_dir);
-        info!("fetch requested: {:?}", request.flatten().unwrap_or_else(|| "all accounts".into()));
+        let account = crate::control::take_fetch_request(&self.config.server.data_dir).flatten();
+        info!("fetch requested: {}", account.as_deref().unwrap_or("all accounts"));
+        self.smartpop.request(account.as_deref(), self.now);
+    }
+
+    /// A SmartPop run ended.
+    pub fn smartpop_finished(&mut self, account: &str) {
+        self.smartpop.finished(account);
     }
 
     /// SIGHUP: re-read the config; keep the old one if the new one is bad.
@@ -166,6 +187,7 @@ impl Shared {
                 if let Some(outbox) = self.outbox.as_mut() {
                     outbox.reload(&self.config);
                 }
+                self.smartpop.reload(&self.config, self.now);
                 info!("reloaded {}", path.display());
             }
             Err(diags) => {
@@ -246,6 +268,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let mut sh = Shared {
         registry,
         outbox: Some(outbox),
+        smartpop: SmartPop::new(&config, Instant::now()),
         config: Arc::new(config),
         tls,
         workers,

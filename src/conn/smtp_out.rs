@@ -6,19 +6,20 @@
 //! its per-recipient results to the outbox runner. Must not: touch the
 //! queue files (the runner's worker job does).
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
-use mio::net::{TcpStream, UdpSocket};
+use log::{debug, info};
+use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::config::{HostPort, TlsMode};
 use crate::event_loop::Driver;
 use crate::net::transport::{ReadStatus, Transport};
-use crate::proto::dns::{self, LookupStep, MxLookup, DNS_TIMEOUT};
+use crate::net::resolver::Resolver;
+use crate::proto::dns::{self, MxLookup};
 use crate::proto::smtp_client::{
     ClientEvent, ClientParams, Credentials, Envelope, Outcome, RcptResult, SessionResult, SmtpClient,
     TlsPolicy,
@@ -70,23 +71,11 @@ struct Target {
     addr: SocketAddr,
 }
 
-enum DnsSock {
-    Udp(UdpSocket),
-    Tcp {
-        sock: TcpStream,
-        out: Vec<u8>,
-        input: Vec<u8>,
-    },
-}
-
 enum Phase {
     /// Looking up `names` one after another (smarthost: each host; direct:
     /// the domain's MX then addresses, all in one `MxLookup`).
     Resolving {
-        lookup: MxLookup,
-        sock: Option<DnsSock>,
-        query: Vec<u8>,
-        deadline: Instant,
+        resolver: Resolver,
         /// The port and name being resolved (smarthost), or None (direct).
         current: Option<HostPort>,
     },
@@ -106,7 +95,6 @@ enum Phase {
 pub struct SmtpOut {
     job: OutboundJob,
     token: Option<Token>,
-    registry: Option<Registry>,
     phase: Phase,
     /// Smarthost names still to resolve, in order.
     unresolved: Vec<HostPort>,
@@ -128,7 +116,6 @@ impl SmtpOut {
         SmtpOut {
             job,
             token: None,
-            registry: None,
             phase: Phase::Done,
             unresolved,
             targets: Vec::new(),
@@ -170,7 +157,8 @@ impl SmtpOut {
                 match TcpStream::connect(addr) {
                     Ok(sock) => {
                         let mut t = Transport::new(sock, addr);
-                        if self.register(t.socket(), Interest::READABLE | Interest::WRITABLE).is_err() {
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if register(&sh.registry, self.token, t.socket(), interest).is_err() {
                             continue;
                         }
                         self.phase = Phase::Connecting {
@@ -198,176 +186,43 @@ impl SmtpOut {
         }
     }
 
-    fn register(&mut self, source: &mut dyn mio::event::Source, interest: Interest) -> io::Result<()> {
-        match (&self.registry, self.token) {
-            (Some(r), Some(t)) => r.register(source, t, interest),
-            _ => Err(io::Error::other("driver not registered")),
-        }
-    }
 
-    fn start_lookup(&mut self, mut lookup: MxLookup, current: Option<HostPort>, sh: &mut Shared) {
-        match lookup.start() {
-            LookupStep::Query(q) => {
-                self.phase = Phase::Resolving {
-                    lookup,
-                    sock: None,
-                    query: Vec::new(),
-                    deadline: sh.now,
-                    current,
-                };
-                self.send_query(q, sh);
-            }
-            LookupStep::Done(result) => self.lookup_done(result, current, sh),
-        }
-    }
-
-    fn nameserver(&self, sh: &Shared) -> Option<SocketAddr> {
-        match &self.job.route {
+    fn start_lookup(&mut self, lookup: MxLookup, current: Option<HostPort>, sh: &mut Shared) {
+        let ns = match &self.job.route {
             RouteSpec::Direct { nameserver, .. } => Some(*nameserver),
             RouteSpec::Smarthost { .. } => crate::outbox::runner::nameserver(&sh.config),
-        }
-    }
-
-    fn send_query(&mut self, q: dns::DnsQuery, sh: &mut Shared) {
-        let Some(ns) = self.nameserver(sh) else {
-            self.lookup_done(
-                Err(dns::LookupFailure {
-                    permanent: false,
-                    enhanced: "4.4.3",
-                    reason: "no DNS resolver configured (nameserver, /etc/resolv.conf)".into(),
-                }),
-                None,
-                sh,
-            );
+        };
+        let (Some(ns), Some(token)) = (ns, self.token) else {
+            let failure = dns::LookupFailure {
+                permanent: false,
+                enhanced: "4.4.3",
+                reason: "no DNS resolver configured (nameserver, /etc/resolv.conf)".into(),
+            };
+            self.lookup_done(Err(failure), current, sh);
             return;
         };
-        let sock = if q.tcp {
-            match TcpStream::connect(ns).and_then(|s| dns::tcp_frame(&q.packet).map(|f| (s, f)).map_err(io::Error::other)) {
-                Ok((sock, frame)) => Some(DnsSock::Tcp {
-                    sock,
-                    out: frame,
-                    input: Vec::new(),
-                }),
-                Err(e) => {
-                    debug!("dns tcp to {ns}: {e}");
-                    None
-                }
-            }
-        } else {
-            let local: SocketAddr = if ns.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            UdpSocket::bind(local)
-                .and_then(|s| s.connect(ns).map(|_| s))
-                .and_then(|s| s.send(&q.packet).map(|_| s))
-                .map(DnsSock::Udp)
-                .map_err(|e| debug!("dns udp to {ns}: {e}"))
-                .ok()
+        match Resolver::start(lookup, ns, &sh.registry, token, sh.now) {
+            Ok(resolver) => self.phase = Phase::Resolving { resolver, current },
+            Err(result) => self.lookup_done(result, current, sh),
+        }
+    }
+
+    /// The resolver's socket is ready, or its deadline passed.
+    fn pump_dns(&mut self, sh: &mut Shared, timed_out: bool) {
+        let Phase::Resolving { resolver, .. } = &mut self.phase else {
+            return;
         };
-        let now = sh.now;
-        if let Phase::Resolving {
-            sock: slot,
-            query,
-            deadline,
-            ..
-        } = &mut self.phase
-        {
-            *query = q.packet;
-            *deadline = now + DNS_TIMEOUT;
-            *slot = sock;
-        }
-        // Register the new socket (the old one, if any, was dropped).
-        let mut reg = None;
-        if let Phase::Resolving { sock: Some(s), .. } = &mut self.phase {
-            reg = Some(match s {
-                DnsSock::Udp(u) => self.registry_register(u, Interest::READABLE),
-                DnsSock::Tcp { sock, .. } => self.registry_register(sock, Interest::READABLE | Interest::WRITABLE),
-            });
-        }
-        if let Some(Err(e)) = reg {
-            debug!("cannot register dns socket: {e}");
-        }
-    }
-
-    fn registry_register(&self, source: &mut dyn mio::event::Source, interest: Interest) -> io::Result<()> {
-        match (&self.registry, self.token) {
-            (Some(r), Some(t)) => r.register(source, t, interest),
-            _ => Err(io::Error::other("driver not registered")),
-        }
-    }
-
-    /// Reads DNS answers; feeds them to the lookup.
-    fn pump_dns(&mut self, sh: &mut Shared) {
-        let mut step = None;
-        if let Phase::Resolving { lookup, sock: Some(sock), .. } = &mut self.phase {
-            match sock {
-                DnsSock::Udp(u) => {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match u.recv(&mut buf) {
-                            Ok(n) => {
-                                if let Some(s) = lookup.on_response(&buf[..n]) {
-                                    step = Some(s);
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            // ICMP port unreachable and friends: wait for the timeout.
-                            Err(_) => break,
-                        }
-                    }
-                }
-                DnsSock::Tcp { sock, out, input } => {
-                    while !out.is_empty() {
-                        match sock.write(out) {
-                            Ok(n) => {
-                                out.drain(..n);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
-                            Err(_) => break,
-                        }
-                    }
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match sock.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                input.extend_from_slice(&buf[..n]);
-                                // Never more than one 64 KiB DNS message.
-                                if input.len() > 70_000 {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(_) => break,
-                        }
-                    }
-                    if let Some(packet) = dns::tcp_take(input) {
-                        step = lookup.on_response(&packet);
-                    }
-                }
-            }
-        }
-        if let Some(step) = step {
-            self.lookup_step(step, sh);
-        }
-    }
-
-    fn lookup_step(&mut self, step: LookupStep, sh: &mut Shared) {
-        match step {
-            LookupStep::Query(q) => self.send_query(q, sh),
-            LookupStep::Done(result) => {
-                let current = match std::mem::replace(&mut self.phase, Phase::Done) {
-                    Phase::Resolving { current, .. } => current,
-                    _ => None,
-                };
-                self.lookup_done(result, current, sh);
-            }
+        let result = if timed_out {
+            resolver.timeout(&sh.registry, sh.now)
+        } else {
+            resolver.ready(&sh.registry, sh.now)
+        };
+        if let Some(result) = result {
+            let current = match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Resolving { current, .. } => current,
+                _ => None,
+            };
+            self.lookup_done(result, current, sh);
         }
     }
 
@@ -591,8 +446,8 @@ impl SmtpOut {
             self.session_done(result, sh);
         } else if let Phase::Session { t, .. } = &mut self.phase {
             let interest = t.interest();
-            if let (Some(r), Some(tok)) = (&self.registry, self.token) {
-                let _ = r.reregister(t.socket(), tok, interest);
+            if let Some(tok) = self.token {
+                let _ = sh.registry.reregister(t.socket(), tok, interest);
             }
         }
     }
@@ -681,6 +536,19 @@ impl SmtpOut {
     }
 }
 
+/// Registers a socket of this driver under its token.
+fn register(
+    registry: &Registry,
+    token: Option<Token>,
+    source: &mut dyn mio::event::Source,
+    interest: Interest,
+) -> io::Result<()> {
+    match token {
+        Some(t) => registry.register(source, t, interest),
+        None => Err(io::Error::other("driver not registered")),
+    }
+}
+
 fn client_failure(client: &mut SmtpClient, t: &Transport, e: &io::Error) -> SessionResult {
     if t.is_tls() && !t.tls_established() {
         client.tls_failed(&e.to_string())
@@ -693,7 +561,6 @@ impl Driver for SmtpOut {
     fn ready(&mut self, sh: &mut Shared) {
         if self.token.is_none() {
             self.token = Some(sh.current);
-            self.registry = sh.registry.try_clone().map_err(|e| warn!("registry: {e}")).ok();
             match &self.job.route {
                 RouteSpec::Direct { domain, .. } => {
                     let lookup = MxLookup::new(domain, true, Self::seed());
@@ -704,7 +571,7 @@ impl Driver for SmtpOut {
             return;
         }
         match self.phase {
-            Phase::Resolving { .. } => self.pump_dns(sh),
+            Phase::Resolving { .. } => self.pump_dns(sh, false),
             Phase::Connecting { .. } => self.connected(sh),
             Phase::Session { .. } => self.pump_session(sh),
             Phase::Done => {}
@@ -715,9 +582,8 @@ impl Driver for SmtpOut {
 
     fn timer(&mut self, sh: &mut Shared) {
         match &mut self.phase {
-            Phase::Resolving { lookup, deadline, .. } if *deadline <= sh.now => {
-                let step = lookup.on_timeout();
-                self.lookup_step(step, sh);
+            Phase::Resolving { resolver, .. } if resolver.deadline() <= sh.now => {
+                self.pump_dns(sh, true);
             }
             Phase::Connecting { t, deadline } if *deadline <= sh.now => {
                 let peer = t.peer();
@@ -735,9 +601,8 @@ impl Driver for SmtpOut {
 
     fn deadline(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Resolving { deadline, .. } | Phase::Connecting { deadline, .. } | Phase::Session { deadline, .. } => {
-                Some(*deadline)
-            }
+            Phase::Resolving { resolver, .. } => Some(resolver.deadline()),
+            Phase::Connecting { deadline, .. } | Phase::Session { deadline, .. } => Some(*deadline),
             Phase::Done => None,
         }
     }

@@ -1,3 +1,4 @@
 //! Network plumbing shared by every connection driver.
 
+pub mod resolver;
 pub mod transport;

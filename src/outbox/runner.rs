@@ -385,6 +385,8 @@ fn send_bounce(
         Some(resolution) => {
             let now_t = SystemTime::now();
             let request = LocalDelivery {
+                extra_headers: String::new(),
+                delivered_to_check: true,
                 reverse_path: String::new(),
                 recipients: resolution
                     .local

@@ -27,5 +27,7 @@
 //!    (on a worker); then close the connection. On a lost connection or a
 //!    timeout, `connection_lost()` gives the summary instead: never prune then.
 
+pub mod collect;
 pub mod records;
 pub mod route;
+pub mod runner;

@@ -131,6 +131,13 @@ pub struct LocalDelivery<'a> {
     pub trace: TraceInfo,
     /// The message as received: CRLF line ends, dot-stuffing removed.
     pub message: &'a [u8],
+    /// Extra header lines (CRLF-terminated) placed after `Received:`,
+    /// e.g. SmartPop's `X-Mailgate-Routed:`.
+    pub extra_headers: String,
+    /// Refuse a message already `Delivered-To:` the mailbox (a loop).
+    /// Off for SmartPop, whose ISP's `Delivered-To:` legitimately names
+    /// the local mailbox it is routed to.
+    pub delivered_to_check: bool,
 }
 
 /// A copy now durable in a `new/` folder.
@@ -226,10 +233,11 @@ fn copy_headers(req: &LocalDelivery<'_>, r: &LocalRecipient, now: SystemTime) ->
         .and_then(|p| p.strip_suffix('>'))
         .unwrap_or(rp);
     format!(
-        "Return-Path: <{}>\r\nDelivered-To: {}\r\n{}",
+        "Return-Path: <{}>\r\nDelivered-To: {}\r\n{}{}",
         trace::sanitize_path(rp),
         r.mailbox,
-        trace::received_line(&req.trace, Some(&r.original), now)
+        trace::received_line(&req.trace, Some(&r.original), now),
+        req.extra_headers
     )
 }
 
@@ -291,7 +299,9 @@ pub fn deliver_local(
             log::error!("refusing delivery to {:?}: {e}", r.mailbox);
             DeliveryError::bad_mailbox()
         })?;
-        check_delivered_to(req.message, &r.mailbox)?;
+        if req.delivered_to_check {
+            check_delivered_to(req.message, &r.mailbox)?;
+        }
         let hdr = copy_headers(req, r, now);
         // The header block ends in CRLF, so sizes simply add up.
         let (hs, hw) = maildir::lf_sizes(&[hdr.as_bytes()]);
@@ -396,6 +406,8 @@ mod tests {
 
     fn req<'a>(rcpts: Vec<LocalRecipient>, message: &'a [u8]) -> LocalDelivery<'a> {
         LocalDelivery {
+            extra_headers: String::new(),
+            delivered_to_check: true,
             reverse_path: "a@example.org".into(),
             recipients: rcpts,
             trace: trace_info(),

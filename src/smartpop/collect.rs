@@ -1,0 +1,212 @@
+//! Worker side of SmartPop: delivering one fetched message into local
+//! mailboxes and recording its UIDL, in that order (the no-loss rule:
+//! the core sends DELE only after both are durable).
+//!
+//! Collected mail never goes through the outbox and is never bounced to
+//! its header sender: a failure leaves it on the ISP's server.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use log::{info, warn};
+
+use crate::config::{Config, SmartPopConfig};
+use crate::outbox::unix_secs;
+use crate::smartpop::records::Records;
+use crate::smartpop::route::{self, Route};
+use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
+use crate::store::trace::{self, TraceInfo};
+
+/// One message the POP3 core fetched.
+pub struct Fetched {
+    pub config: Arc<Config>,
+    pub account: SmartPopConfig,
+    pub server: String,
+    pub peer: IpAddr,
+    pub uidl: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl Fetched {
+    /// Delivers, then records the UIDL; true only when both are durable.
+    pub fn deliver(self, records: Option<Records>) -> (bool, Option<Records>) {
+        let mut records = records;
+        let (mailboxes, how) = self.mailboxes();
+        if mailboxes.is_empty() {
+            warn!(
+                "smartpop {}: deliver_to {} reaches no local mailbox; message left on the server",
+                self.account.name, self.account.deliver_to
+            );
+            return (false, records);
+        }
+        let (reverse_path, message) = take_return_path(&self.data);
+        let now = SystemTime::now();
+        let trace_info = TraceInfo {
+            hostname: self.config.server.hostname.clone(),
+            helo: format!("{} (smartpop {})", self.server, self.account.name),
+            peer: self.peer,
+            protocol: if self.account.tls == crate::config::TlsMode::None { "POP3" } else { "POP3S" },
+            tls: None,
+            auth_user: None,
+            id: trace::new_id(now),
+        };
+        let request = LocalDelivery {
+            reverse_path,
+            recipients: mailboxes
+                .iter()
+                .map(|m| LocalRecipient {
+                    mailbox: m.clone(),
+                    original: m.clone(),
+                    quota: self.config.mailboxes.get(m).and_then(|c| c.quota),
+                })
+                .collect(),
+            trace: trace_info,
+            message: &message,
+            extra_headers: format!("X-Mailgate-Routed: {how}\r\n"),
+            delivered_to_check: false,
+        };
+        if let Err(e) = deliver::deliver_local(&self.config.server.data_dir, &request) {
+            warn!("smartpop {}: delivery failed, left on the server: {e}", self.account.name);
+            return (false, records);
+        }
+        info!(
+            "smartpop {}: delivered uidl={} to {} ({how}) size={}",
+            self.account.name,
+            self.uidl.as_deref().unwrap_or("-"),
+            mailboxes.join(","),
+            message.len()
+        );
+        if let (Some(uidl), Some(r)) = (&self.uidl, records.as_mut()) {
+            if let Err(e) = r.record_delivered(uidl, unix_secs(now)) {
+                // Delivered but not recorded: the core must not DELE, or a
+                // crash now would fetch it again... which is only a duplicate;
+                // not deleting keeps it safe and the next run retries.
+                warn!("smartpop {}: cannot record uidl {uidl}: {e}", self.account.name);
+                return (false, records);
+            }
+        }
+        (true, records)
+    }
+
+    /// The local mailboxes and a description of how they were chosen.
+    fn mailboxes(&self) -> (Vec<String>, String) {
+        let local_of = |addr: &str| self.config.resolve(addr).map(|r| r.local).filter(|l| !l.is_empty());
+        if self.account.multidrop {
+            let resolver = |addr: &str| -> Option<Vec<String>> {
+                // Only local domains count: a remote address resolves to
+                // itself as "remote", which multi-drop must ignore.
+                local_of(addr)
+            };
+            if let Route::Routed { mailboxes, by } = route::route(&self.data, &resolver) {
+                return (mailboxes, format!("multidrop by {by}"));
+            }
+            let fallback = local_of(&self.account.deliver_to).unwrap_or_default();
+            return (fallback, format!("multidrop unmatched, to {}", self.account.deliver_to));
+        }
+        let to = local_of(&self.account.deliver_to).unwrap_or_default();
+        (to, format!("single-drop to {}", self.account.deliver_to))
+    }
+}
+
+/// Removes `Return-Path:` fields from the header section (the delivery
+/// writes its own on top) and returns the address they named.
+fn take_return_path(message: &[u8]) -> (String, Vec<u8>) {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |p| p + 2);
+    let (head, body) = message.split_at(end);
+    let mut kept = Vec::with_capacity(message.len());
+    let mut path = String::new();
+    let mut skipping = false;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            skipping = line.len() >= 12 && line[..12].eq_ignore_ascii_case(b"return-path:");
+            if skipping && path.is_empty() {
+                let value = String::from_utf8_lossy(&line[12..]);
+                path = value
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .trim()
+                    .to_string();
+            }
+        }
+        if !skipping {
+            kept.extend_from_slice(line);
+        }
+    }
+    kept.extend_from_slice(body);
+    (path, kept)
+}
+
+/// A job that tells the owner of `deliver_to` about a message too big to
+/// collect (once per message: the caller records that it did).
+pub fn oversize_notice(config: &Arc<Config>, account: &SmartPopConfig, size: u64) -> impl FnOnce() + Send {
+    let config = Arc::clone(config);
+    let account = account.clone();
+    move || {
+        let Some(resolution) = config.resolve(&account.deliver_to) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let hostname = &config.server.hostname;
+        let text = format!(
+            "From: MAILER-DAEMON@{hostname}\r\nTo: {to}\r\nSubject: SmartPop: a message too large to collect\r\n\
+             Date: {date}\r\nMessage-ID: <{id}@{hostname}>\r\nAuto-Submitted: auto-generated\r\n\r\n\
+             SmartPop account {name} found a message of {size} bytes on {server},\r\n\
+             larger than max_message_size ({max} bytes). It was left on the server;\r\n\
+             read it with your ISP's webmail, or raise max_message_size.\r\n",
+            to = account.deliver_to,
+            date = trace::rfc5322_date(now),
+            id = trace::new_id(now),
+            name = account.name,
+            server = account.host.host,
+            max = config.smtp.max_message_size,
+        );
+        let request = LocalDelivery {
+            reverse_path: String::new(),
+            recipients: resolution
+                .local
+                .iter()
+                .map(|m| LocalRecipient {
+                    mailbox: m.clone(),
+                    original: account.deliver_to.clone(),
+                    quota: None,
+                })
+                .collect(),
+            trace: TraceInfo {
+                hostname: hostname.clone(),
+                helo: hostname.clone(),
+                peer: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                protocol: "local",
+                tls: None,
+                auth_user: None,
+                id: trace::new_id(now),
+            },
+            message: text.as_bytes(),
+            extra_headers: String::new(),
+            delivered_to_check: true,
+        };
+        if let Err(e) = deliver::deliver_local(&config.server.data_dir, &request) {
+            warn!("smartpop {}: cannot deliver the oversize notice: {e}", account.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_path_taken_out() {
+        let (p, m) = take_return_path(b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n");
+        assert_eq!(p, "a@b.example");
+        assert_eq!(m, b"Subject: x\r\n\r\nReturn-Path: body\r\n".to_vec());
+        let (p, m) = take_return_path(b"Subject: y\r\n\r\nbody");
+        assert_eq!(p, "");
+        assert_eq!(m, b"Subject: y\r\n\r\nbody".to_vec());
+    }
+}
