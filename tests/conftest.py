@@ -83,6 +83,7 @@ class Server:
             text = text.replace(old, new)
         self.config_text = text + extra
         self.config = tmp_path / "mailgate.ini"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.config.write_text(self.config_text)
         self.log = tmp_path / "mailgate.log"
         self.proc = None
@@ -183,8 +184,6 @@ def make_server(tmp_path):
 
     def make(extra="", replace=None, start=True, env=None):
         s = Server(tmp_path / f"s{len(servers)}", extra, replace)
-        s.dir.mkdir(parents=True, exist_ok=True)
-        s.config.write_text(s.config_text)
         servers.append(s)
         if start:
             s.start(env=env)
