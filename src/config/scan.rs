@@ -86,10 +86,8 @@ pub fn scan(text: &str) -> (Vec<RawSection>, Vec<SyntaxError>) {
             continue;
         }
         let Some((key, value)) = content.split_once('=') else {
-            err(format!(
-                "expected `key = value`, a [section] or a comment, got {}",
-                super::shown(trimmed)
-            ));
+            // Not echoed: a line missing its `=` may well be `password secret`.
+            err("expected `key = value`, a [section] or a comment".into());
             continue;
         };
         let key = key.trim();

@@ -411,7 +411,7 @@ const ERRORS: &[(&str, usize, &str)] = &[
     ("user = root;rm\n", 3, "invalid user"),
     ("recipient_delimiter = ++\n", 3, "invalid recipient_delimiter \"++\": expected one character"),
     ("recipient_delimiter = @\n", 3, "invalid recipient_delimiter"),
-    ("junk\n", 3, "expected `key = value`, a [section] or a comment, got \"junk\""),
+    ("junk\n", 3, "expected `key = value`, a [section] or a comment"),
     ("[smtp] ; comment\n", 3, "a section header is [NAME] alone on its line"),
     ("= 5\n", 3, "missing key name before ="),
     ("bad\0 = 1\n", 3, "control character '\\0' in line"),
