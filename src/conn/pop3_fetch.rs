@@ -33,10 +33,20 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 enum Phase {
     Start,
     Resolving(Resolver),
-    Connecting { t: Transport, deadline: Instant },
-    Session { t: Transport, core: Box<Pop3Fetch>, deadline: Instant },
+    Connecting {
+        t: Transport,
+        deadline: Instant,
+    },
+    Session {
+        t: Transport,
+        core: Box<Pop3Fetch>,
+        deadline: Instant,
+    },
     /// A worker is storing a message.
-    Delivering { t: Transport, core: Box<Pop3Fetch> },
+    Delivering {
+        t: Transport,
+        core: Box<Pop3Fetch>,
+    },
     Done,
 }
 
@@ -84,14 +94,23 @@ impl Pop3FetchDriver {
 
     fn begin(&mut self, sh: &mut Shared) {
         self.token = Some(sh.current);
-        let host = self.account.host.host.trim_start_matches('[').trim_end_matches(']');
+        let host = self
+            .account
+            .host
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if let Ok(ip) = host.parse::<IpAddr>() {
-            self.targets.push(SocketAddr::new(ip, self.account.host.port));
+            self.targets
+                .push(SocketAddr::new(ip, self.account.host.port));
             self.connect_next(sh);
             return;
         }
         let Some(ns) = crate::outbox::runner::nameserver(&sh.config) else {
-            self.finish(sh, summary_error(FetchError::Connection("no DNS resolver configured".into())));
+            self.finish(
+                sh,
+                summary_error(FetchError::Connection("no DNS resolver configured".into())),
+            );
             return;
         };
         let seed = std::time::SystemTime::now()
@@ -109,11 +128,18 @@ impl Pop3FetchDriver {
         match result {
             Ok(hosts) => {
                 let port = self.account.host.port;
-                self.targets = hosts.into_iter().flat_map(|h| h.addrs).map(|a| SocketAddr::new(a, port)).collect();
+                self.targets = hosts
+                    .into_iter()
+                    .flat_map(|h| h.addrs)
+                    .map(|a| SocketAddr::new(a, port))
+                    .collect();
                 self.connect_next(sh);
             }
             Err(f) => {
-                let e = FetchError::Connection(format!("cannot resolve {}: {}", self.account.host.host, f.reason));
+                let e = FetchError::Connection(format!(
+                    "cannot resolve {}: {}",
+                    self.account.host.host, f.reason
+                ));
                 self.finish(sh, summary_error(e));
             }
         }
@@ -126,7 +152,11 @@ impl Pop3FetchDriver {
             match TcpStream::connect(addr) {
                 Ok(sock) => {
                     let mut t = Transport::new(sock, addr);
-                    if let Err(e) = sh.registry.register(t.socket(), token, Interest::READABLE | Interest::WRITABLE) {
+                    if let Err(e) = sh.registry.register(
+                        t.socket(),
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         self.last_error = Some(e.to_string());
                         continue;
                     }
@@ -139,12 +169,16 @@ impl Pop3FetchDriver {
                 Err(e) => self.last_error = Some(format!("connect to {addr}: {e}")),
             }
         }
-        let why = self.last_error.take().unwrap_or_else(|| "no address".into());
+        let why = self
+            .last_error
+            .take()
+            .unwrap_or_else(|| "no address".into());
         self.finish(sh, summary_error(FetchError::Connection(why)));
     }
 
     fn connected(&mut self, sh: &mut Shared) {
-        let Phase::Connecting { mut t, deadline } = std::mem::replace(&mut self.phase, Phase::Done) else {
+        let Phase::Connecting { mut t, deadline } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
             return;
         };
         match t.socket().take_error() {
@@ -262,7 +296,9 @@ impl Pop3FetchDriver {
                     }
                 }
                 FetchEvent::Deliver { uidl, data, .. } => {
-                    let Phase::Session { t, core, .. } = std::mem::replace(&mut self.phase, Phase::Done) else {
+                    let Phase::Session { t, core, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
                         continue;
                     };
                     let peer = t.peer().ip();
@@ -283,10 +319,17 @@ impl Pop3FetchDriver {
                 }
                 FetchEvent::Oversized { uidl, size, .. } => {
                     warn!("smartpop {}: a message of {size} bytes is over max_message_size; left on the server", self.name());
-                    let notice = crate::smartpop::collect::oversize_notice(&self.config, &self.account, size);
+                    let notice = crate::smartpop::collect::oversize_notice(
+                        &self.config,
+                        &self.account,
+                        size,
+                    );
                     // The record keeps the notice to once per message.
                     if let (Some(uidl), Some(records)) = (uidl, self.records.as_mut()) {
-                        records.mark_oversized(&uidl, crate::outbox::unix_secs(std::time::SystemTime::now()));
+                        records.mark_oversized(
+                            &uidl,
+                            crate::outbox::unix_secs(std::time::SystemTime::now()),
+                        );
                     }
                     let records = self.records.clone();
                     sh.submit(move || {
@@ -372,7 +415,9 @@ impl Driver for Pop3FetchDriver {
     fn complete(&mut self, done: Completion, sh: &mut Shared) {
         if let Outcome::SmartPopDelivered(ok, records) = done.outcome {
             self.records = records.map(|r| *r);
-            if let Phase::Delivering { t, mut core } = std::mem::replace(&mut self.phase, Phase::Done) {
+            if let Phase::Delivering { t, mut core } =
+                std::mem::replace(&mut self.phase, Phase::Done)
+            {
                 core.delivered(ok, &mut self.out, &mut self.events);
                 self.phase = Phase::Session {
                     t,
@@ -422,7 +467,10 @@ impl Driver for Pop3FetchDriver {
                 let summary = core.connection_lost();
                 self.finish(sh, summary);
             }
-            _ => self.finish(sh, summary_error(FetchError::Connection("server stopping".into()))),
+            _ => self.finish(
+                sh,
+                summary_error(FetchError::Connection("server stopping".into())),
+            ),
         }
     }
 

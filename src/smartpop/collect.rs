@@ -46,7 +46,11 @@ impl Fetched {
             hostname: self.config.server.hostname.clone(),
             helo: format!("{} (smartpop {})", self.server, self.account.name),
             peer: self.peer,
-            protocol: if self.account.tls == crate::config::TlsMode::None { "POP3" } else { "POP3S" },
+            protocol: if self.account.tls == crate::config::TlsMode::None {
+                "POP3"
+            } else {
+                "POP3S"
+            },
             tls: None,
             auth_user: None,
             id: trace::new_id(now),
@@ -67,7 +71,10 @@ impl Fetched {
             delivered_to_check: false,
         };
         if let Err(e) = deliver::deliver_local(&self.config.server.data_dir, &request) {
-            warn!("smartpop {}: delivery failed, left on the server: {e}", self.account.name);
+            warn!(
+                "smartpop {}: delivery failed, left on the server: {e}",
+                self.account.name
+            );
             return (false, records);
         }
         info!(
@@ -82,7 +89,10 @@ impl Fetched {
                 // Delivered but not recorded: the core must not DELE, or a
                 // crash now would fetch it again... which is only a duplicate;
                 // not deleting keeps it safe and the next run retries.
-                warn!("smartpop {}: cannot record uidl {uidl}: {e}", self.account.name);
+                warn!(
+                    "smartpop {}: cannot record uidl {uidl}: {e}",
+                    self.account.name
+                );
                 return (false, records);
             }
         }
@@ -91,7 +101,12 @@ impl Fetched {
 
     /// The local mailboxes and a description of how they were chosen.
     fn mailboxes(&self) -> (Vec<String>, String) {
-        let local_of = |addr: &str| self.config.resolve(addr).map(|r| r.local).filter(|l| !l.is_empty());
+        let local_of = |addr: &str| {
+            self.config
+                .resolve(addr)
+                .map(|r| r.local)
+                .filter(|l| !l.is_empty())
+        };
         if self.account.multidrop {
             let resolver = |addr: &str| -> Option<Vec<String>> {
                 // Only local domains count: a remote address resolves to
@@ -102,7 +117,10 @@ impl Fetched {
                 return (mailboxes, format!("multidrop by {by}"));
             }
             let fallback = local_of(&self.account.deliver_to).unwrap_or_default();
-            return (fallback, format!("multidrop unmatched, to {}", self.account.deliver_to));
+            return (
+                fallback,
+                format!("multidrop unmatched, to {}", self.account.deliver_to),
+            );
         }
         let to = local_of(&self.account.deliver_to).unwrap_or_default();
         (to, format!("single-drop to {}", self.account.deliver_to))
@@ -144,7 +162,11 @@ fn take_return_path(message: &[u8]) -> (String, Vec<u8>) {
 
 /// A job that tells the owner of `deliver_to` about a message too big to
 /// collect (once per message: the caller records that it did).
-pub fn oversize_notice(config: &Arc<Config>, account: &SmartPopConfig, size: u64) -> impl FnOnce() + Send {
+pub fn oversize_notice(
+    config: &Arc<Config>,
+    account: &SmartPopConfig,
+    size: u64,
+) -> impl FnOnce() + Send {
     let config = Arc::clone(config);
     let account = account.clone();
     move || {
@@ -191,7 +213,10 @@ pub fn oversize_notice(config: &Arc<Config>, account: &SmartPopConfig, size: u64
             delivered_to_check: true,
         };
         if let Err(e) = deliver::deliver_local(&config.server.data_dir, &request) {
-            warn!("smartpop {}: cannot deliver the oversize notice: {e}", account.name);
+            warn!(
+                "smartpop {}: cannot deliver the oversize notice: {e}",
+                account.name
+            );
         }
     }
 }
@@ -202,7 +227,9 @@ mod tests {
 
     #[test]
     fn return_path_taken_out() {
-        let (p, m) = take_return_path(b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n");
+        let (p, m) = take_return_path(
+            b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n",
+        );
         assert_eq!(p, "a@b.example");
         assert_eq!(m, b"Subject: x\r\n\r\nReturn-Path: body\r\n".to_vec());
         let (p, m) = take_return_path(b"Subject: y\r\n\r\nbody");
