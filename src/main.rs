@@ -46,10 +46,98 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line per event with its level. Where stderr goes decides the rest:
+///
+/// - the systemd journal (`JOURNAL_STREAM` names our stderr): `<N>LEVEL
+///   message`, the sd-daemon(3) prefix, so journald records the syslog
+///   priority and adds time, host and pid itself;
+/// - a pipe or socket (OpenWrt's procd feeding logd, runit, s6, docker):
+///   `LEVEL message`, since the reader stamps each line itself;
+/// - a terminal or a file (`serve 2>>mailgate.log`): env_logger's usual
+///   `[2026-11-25T02:02:20Z INFO ] message`.
+///
+/// Control characters in a message (a peer's HELO, a file name) are
+/// escaped, so an event can never span lines or forge a second one.
 fn init_logging(default_level: &str) {
+    use std::io::Write;
+
+    let style = log_style();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_target(false)
+        .format(move |buf, record| {
+            let level = record.level();
+            let text = record.args().to_string();
+            let message = one_line(&text);
+            match style {
+                LogStyle::Journal => {
+                    writeln!(buf, "<{}>{level:<5} {message}", syslog_priority(level))
+                }
+                LogStyle::Bare => writeln!(buf, "{level:<5} {message}"),
+                LogStyle::Stamped => {
+                    let color = buf.default_level_style(level);
+                    let ts = buf.timestamp_seconds();
+                    writeln!(buf, "[{ts} {color}{level:<5}{color:#}] {message}")
+                }
+            }
+        })
         .init();
+}
+
+#[derive(Clone, Copy)]
+enum LogStyle {
+    Journal,
+    Bare,
+    Stamped,
+}
+
+fn log_style() -> LogStyle {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        return LogStyle::Stamped;
+    }
+    // SAFETY: fstat(2) on descriptor 2 fills the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return LogStyle::Stamped;
+    }
+    // systemd.exec(5): JOURNAL_STREAM is "DEVICE:INODE" of the stream
+    // connected to the journal; it is inherited, so compare it with ours.
+    let journal = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (dev, ino) = v.split_once(':')?;
+        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+    });
+    if journal == Some((st.st_dev as u64, st.st_ino as u64)) {
+        return LogStyle::Journal;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO | libc::S_IFSOCK => LogStyle::Bare,
+        _ => LogStyle::Stamped,
+    }
+}
+
+/// RFC 5424 6.2.1 severities, as sd-daemon(3) prefixes carry them.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// `text` with control characters (except tab) escaped as `\n`, `\u{1b}`...
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The command line with `-c FILE` taken out, wherever it stood.
@@ -236,5 +324,34 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
             eprintln!("sendmail: {}", e.message);
             ExitCode::from(e.exit_code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_table() {
+        for (text, want) in [
+            ("plain", "plain"),
+            ("tab\tkept", "tab\tkept"),
+            ("two\nlines", "two\\nlines"),
+            ("cr\r\nlf", "cr\\r\\nlf"),
+            ("esc \u{1b}[31mred", "esc \\u{1b}[31mred"),
+            ("nul\0", "nul\\u{0}"),
+            ("8-bit é ü", "8-bit é ü"),
+            ("", ""),
+        ] {
+            assert_eq!(one_line(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn priorities() {
+        assert_eq!(syslog_priority(log::Level::Error), 3);
+        assert_eq!(syslog_priority(log::Level::Warn), 4);
+        assert_eq!(syslog_priority(log::Level::Info), 6);
+        assert_eq!(syslog_priority(log::Level::Trace), 7);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns: what every driver shares (`Shared`: config, TLS, workers, login
 //! penalties, maildrop locks), the completion type workers send back,
-//! config reloads, and start-up order (config, TLS, bind, pid file, loop).
+//! config reloads, and start-up order (config, bind, privilege drop,
+//! data_dir, TLS, pid file, workers, loop; see `serve`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::event_loop::{Driver, EventLoop, ListenerKind};
 use crate::outbox::runner::Outbox;
 use crate::penalty::Penalty;
+use crate::privileges;
 use crate::proto::smtp_server::DeliveryOutcome;
 use crate::smartpop::runner::SmartPop;
 use crate::workers::Workers;
@@ -254,6 +256,14 @@ fn accept(
 }
 
 /// Runs the server until SIGTERM/SIGINT. Err carries a message for the user.
+///
+/// Start-up order, for `[server] user` (see `privileges`): everything root
+/// must do comes first and touches nothing inside a `data_dir` the user
+/// owns (config, the user's lookup, a read-only look at the pid file, TLS
+/// files named in `[tls]`, binding the ports, creating a missing
+/// `data_dir`); then the drop; then, as the user, what writes into
+/// `data_dir` (self-signed certificate, pid file, queue) and last the
+/// worker threads, so the drop happens while the process has one thread.
 pub fn serve(config_path: &Path) -> Result<(), String> {
     let (config, warnings) = Config::load(config_path).map_err(|diags| {
         let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
@@ -262,23 +272,64 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             lines.join("\n")
         )
     })?;
-    for w in &warnings {
+    for w in warnings
+        .iter()
+        .map(|w| w.to_string())
+        .chain(privileges::config_file_warnings(&config))
+    {
         warn!("{w}");
     }
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
-    let tls = crate::tls::server_config(
-        config.tls.cert.as_deref(),
-        config.tls.key.as_deref(),
-        &data_dir,
-        &config.server.hostname,
-    )
-    .map_err(|e| e.to_string())?;
+    let account = privileges::configured_account(&config)?;
+    let drop_to = match &account {
+        Some(a) => privileges::must_drop(a, privileges::euid())?.then_some(a),
+        None => {
+            if privileges::euid() == 0 {
+                info!("running as root: set [server] user to drop root after binding the ports");
+            }
+            None
+        }
+    };
+    if let Some(running) = privileges::running_server(&data_dir) {
+        return Err(running);
+    }
+    let make_tls = || {
+        crate::tls::server_config(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &data_dir,
+            &config.server.hostname,
+        )
+        .map_err(|e| e.to_string())
+    };
+    // Files named in [tls] are read as root (the key may stay root-only,
+    // as for other daemons); a self-signed pair is made in data_dir, so
+    // only after the drop.
+    let named_tls = config.tls.cert.is_some() && config.tls.key.is_some();
+    let early_tls = if named_tls { Some(make_tls()?) } else { None };
+
+    let (mut ev, waker) = EventLoop::new(&listeners(&config))?;
+    match drop_to {
+        Some(account) => {
+            privileges::prepare_data_dir(&data_dir, account)?;
+            privileges::drop_to(account)?;
+            if let Some(w) = privileges::config_readable_warning(&config, account) {
+                warn!("{w}");
+            }
+        }
+        None => std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?,
+    }
+    for w in privileges::check_data_dir(&data_dir, account.as_ref().map(|a| a.name.as_str()))? {
+        warn!("{w}");
+    }
+    let tls = match early_tls {
+        Some(tls) => tls,
+        None => make_tls()?,
+    };
 
     let _pid_file = crate::control::lock_pid_file(&data_dir)?;
     let outbox = Outbox::new(&config)?;
-    let (mut ev, waker) = EventLoop::new(&listeners(&config))?;
     let (workers, done_rx) = Workers::new(WORKER_THREADS, waker);
     let registry = ev
         .registry()
