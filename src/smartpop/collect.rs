@@ -24,6 +24,8 @@ pub struct Fetched {
     pub account: SmartPopConfig,
     pub server: String,
     pub peer: IpAddr,
+    /// "TLSv1.3 with cipher ..." when the session was encrypted.
+    pub tls: Option<String>,
     pub uidl: Option<String>,
     pub data: Vec<u8>,
 }
@@ -44,10 +46,12 @@ impl Fetched {
         let now = SystemTime::now();
         let trace_info = TraceInfo {
             hostname: self.config.server.hostname.clone(),
-            helo: format!("{} (smartpop {})", self.server, self.account.name),
+            // `trace::received_line` turns spaces and parentheses in the
+            // helo into '?', so the account is named in X-Mailgate-Routed.
+            helo: self.server.clone(),
             peer: self.peer,
-            protocol: if self.account.tls == crate::config::TlsMode::None { "POP3" } else { "POP3S" },
-            tls: None,
+            protocol: if self.tls.is_some() { "POP3S" } else { "POP3" },
+            tls: self.tls.clone(),
             auth_user: None,
             id: trace::new_id(now),
         };
@@ -63,7 +67,10 @@ impl Fetched {
                 .collect(),
             trace: trace_info,
             message: &message,
-            extra_headers: format!("X-Mailgate-Routed: {how}\r\n"),
+            extra_headers: format!(
+                "X-Mailgate-Routed: smartpop {} from {}:{}, {how}\r\n",
+                self.account.name, self.account.host.host, self.account.host.port
+            ),
             delivered_to_check: false,
         };
         if let Err(e) = deliver::deliver_local(&self.config.server.data_dir, &request) {
