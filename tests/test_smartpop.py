@@ -11,6 +11,7 @@ what is tested.
 import poplib
 import re
 import select
+import signal
 import smtplib
 import socket
 import ssl
@@ -34,7 +35,7 @@ SUMMARY = r"smartpop {name}: fetched=(\d+) kept=(\d+) deleted=(\d+) oversized=(\
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
-    return TestCA(tmp_path_factory.mktemp("ca"))
+    return TestCA(tmp_path_factory.mktemp("ca"), names=("localhost", "pop.isp.test"))
 
 
 @pytest.fixture
@@ -557,11 +558,12 @@ def test_fault_proxy_no_loss_no_duplicates(make_server, dovecot, proxies):
     assert dovecot.count("bob123") == 3
     fetch(server, "faulty")
     s2 = wait_polls(server, "faulty", 2)[1]
-    assert s2[0] == 1 and "error" in s2[5], s2
+    # One DELE was answered, but without QUIT nothing was deleted.
+    assert s2[:3] == (1, 0, 0) and "undeleted=1 error" in s2[5], s2
     assert dovecot.count("bob123") == 3  # the DELE was never committed
     fetch(server, "faulty")
     s3 = wait_polls(server, "faulty", 3)[2]
-    assert s3[0] == 2 and "error" in s3[5], s3
+    assert s3[:3] == (2, 0, 0) and "undeleted=3 error" in s3[5], s3
     assert dovecot.count("bob123") == 3
     fetch(server, "faulty")
     s4 = wait_polls(server, "faulty", 4)[3]
@@ -597,3 +599,119 @@ def test_fetch_command_and_one_line_per_poll(make_server, make_dovecot):
     server.stop()
     r = server.run("fetch")
     assert r.returncode != 0 and b"no mailgate server" in r.stderr
+
+
+def test_delivery_failure_is_never_bounced(make_server, dovecot):
+    """A full mailbox: the message stays on the ISP's server, nothing goes to
+    the outbox or back to the sender; after the quota is raised (SIGHUP) the
+    next poll collects it."""
+    dovecot.add("bob123", message("fills the mailbox", size=5000))
+    quota = {"aliases = robert, postmaster": "aliases = robert, postmaster\nquota = 2K"}
+    server = make_server(extra=account("full", dovecot.pop3), replace=quota)
+    (s,) = wait_polls(server, "full", 1)
+    assert s[:5] == (0, 0, 0, 0, 0) and "left on the server" in s[5], s
+    assert dovecot.count("bob123") == 1
+    assert server.messages("bob@example.test") == []
+    assert_no_outbox(server)
+    server.config.write_text(server.config_text.replace("quota = 2K", "quota = 1M"))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while "reloaded" not in server.log_text():
+        assert time.time() < deadline, server.log_text()[-3000:]
+        time.sleep(0.05)
+    fetch(server, "full")
+    assert wait_polls(server, "full", 2)[1][:5] == (1, 0, 1, 0, 0)
+    assert subjects(server.messages("bob@example.test")) == ["fills the mailbox"]
+    assert dovecot.count("bob123") == 0
+    assert_no_outbox(server)
+
+
+def test_undeliverable_message_does_not_block_the_others(make_server, dovecot):
+    """A message mailgate will never store (more Received lines than the hop
+    limit) stays on the server, is reported as failed and not fetched again,
+    and the messages after it are collected."""
+    hops = "".join(f"Received: from hop{i}.example by hop{i + 1}.example; Mon, 1 Jan 2024 00:00:00 +0000\n"
+                   for i in range(40))
+    poison = hops.encode() + message("looping")
+    dovecot.add("bob123", poison)
+    dovecot.add("bob123", message("after the loop"))
+    server = make_server(extra=account("poison", dovecot.pop3))
+    (s,) = wait_polls(server, "poison", 1)
+    assert s[:5] == (1, 0, 1, 0, 1), s
+    assert subjects(server.messages("bob@example.test")) == ["after the loop"]
+    assert dovecot.count("bob123") == 1
+    fetch(server, "poison")
+    assert wait_polls(server, "poison", 2)[1][:5] == (0, 0, 0, 0, 1)
+    assert len(re.findall(r"smartpop poison: .*cannot be stored", server.log_text())) == 1
+    assert dovecot.count("bob123") == 1
+    assert_no_outbox(server)
+
+
+class DnsServer:
+    """Answers A queries for a few names on a loopback UDP port."""
+
+    def __init__(self, names):
+        from dnslib import A, QTYPE, RCODE, RR, DNSRecord
+
+        self.names = {n.rstrip(".").lower() + ".": ip for n, ip in names.items()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self.stopping = False
+
+        def loop():
+            while not self.stopping:
+                try:
+                    data, peer = self.sock.recvfrom(4096)
+                except (socket.timeout, TimeoutError):
+                    continue
+                except OSError:
+                    return
+                try:
+                    q = DNSRecord.parse(data)
+                except Exception:
+                    continue
+                qname = str(q.q.qname).lower()
+                self.queries.append((qname, QTYPE[q.q.qtype]))
+                reply = q.reply()
+                if qname not in self.names:
+                    reply.header.rcode = RCODE.NXDOMAIN
+                elif q.q.qtype == QTYPE.A:
+                    reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A(self.names[qname]), ttl=60))
+                self.sock.sendto(reply.pack(), peer)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+
+def test_host_names_resolved_without_blocking(make_server, make_dovecot, ca):
+    d = make_dovecot({"bob123": "secret", "alice77": "rabbit", "carol": "x"})
+    d.add("bob123", message("by dns name"))
+    d.add("alice77", message("by localhost"))
+    d.add("carol", message("never"))
+    dns = DnsServer({"pop.isp.test": "127.0.0.1"})
+    try:
+        extra = (
+            f"\n[outbox]\nmode = direct\nnameserver = 127.0.0.1:{dns.port}\n"
+            + account("named", d.pop3s, host="pop.isp.test", tls="tls", ca_file=ca.ca_cert)
+            + account("local", d.pop3, host="localhost", tls="starttls", ca_file=ca.ca_cert,
+                      user="alice77", password="rabbit", deliver_to="alice@example.test")
+            + account("unknown", d.pop3, host="no-such-host.test", user="carol", password="x")
+        )
+        server = make_server(extra=extra)
+        assert wait_polls(server, "named", 1)[0][:5] == (1, 0, 1, 0, 0)
+        assert wait_polls(server, "local", 1)[0][:5] == (1, 0, 1, 0, 0)
+        (s,) = wait_polls(server, "unknown", 1)
+        assert s[0] == 0 and "cannot resolve no-such-host.test" in s[5], s
+        assert ("pop.isp.test.", "A") in dns.queries
+        assert not any(q[0].startswith("localhost") for q in dns.queries), dns.queries
+        assert subjects(server.messages("bob@example.test")) == ["by dns name"]
+        assert subjects(server.messages("alice@example.test")) == ["by localhost"]
+        assert d.count("carol") == 1
+    finally:
+        dns.close()

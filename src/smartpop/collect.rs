@@ -32,6 +32,8 @@ pub struct Fetched {
 
 impl Fetched {
     /// Delivers, then records the UIDL; true only when both are durable.
+    /// On false, `records` marks the UIDL `rejected` when the delivery
+    /// refused the message for good (and that mark is durable).
     pub fn deliver(self, records: Option<Records>) -> (bool, Option<Records>) {
         let mut records = records;
         let (mailboxes, how) = self.mailboxes();
@@ -74,7 +76,26 @@ impl Fetched {
             delivered_to_check: false,
         };
         if let Err(e) = deliver::deliver_local(&self.config.server.data_dir, &request) {
-            warn!("smartpop {}: delivery failed, left on the server: {e}", self.account.name);
+            // A permanent refusal (too many hops) would stop every run at
+            // this message: record it as rejected, so the driver skips it
+            // now (`Pop3Fetch::rejected`) and later runs leave it alone.
+            if let (true, Some(uidl), Some(r)) = (e.is_permanent(), &self.uidl, records.as_mut()) {
+                match r.record_rejected(uidl, unix_secs(now)) {
+                    Ok(()) => warn!(
+                        "smartpop {}: message uidl={uidl} cannot be stored ({e}); left on the server, not fetched again",
+                        self.account.name
+                    ),
+                    Err(io) => warn!(
+                        "smartpop {}: message uidl={uidl} cannot be stored ({e}) nor recorded: {io}",
+                        self.account.name
+                    ),
+                }
+                return (false, records);
+            }
+            warn!(
+                "smartpop {}: delivery failed, left on the server: {e}",
+                self.account.name
+            );
             return (false, records);
         }
         info!(
@@ -89,7 +110,10 @@ impl Fetched {
                 // Delivered but not recorded: the core must not DELE, or a
                 // crash now would fetch it again... which is only a duplicate;
                 // not deleting keeps it safe and the next run retries.
-                warn!("smartpop {}: cannot record uidl {uidl}: {e}", self.account.name);
+                warn!(
+                    "smartpop {}: cannot record uidl {uidl}: {e}",
+                    self.account.name
+                );
                 return (false, records);
             }
         }
@@ -98,7 +122,12 @@ impl Fetched {
 
     /// The local mailboxes and a description of how they were chosen.
     fn mailboxes(&self) -> (Vec<String>, String) {
-        let local_of = |addr: &str| self.config.resolve(addr).map(|r| r.local).filter(|l| !l.is_empty());
+        let local_of = |addr: &str| {
+            self.config
+                .resolve(addr)
+                .map(|r| r.local)
+                .filter(|l| !l.is_empty())
+        };
         if self.account.multidrop {
             let resolver = |addr: &str| -> Option<Vec<String>> {
                 // Only local domains count: a remote address resolves to
@@ -109,7 +138,10 @@ impl Fetched {
                 return (mailboxes, format!("multidrop by {by}"));
             }
             let fallback = local_of(&self.account.deliver_to).unwrap_or_default();
-            return (fallback, format!("multidrop unmatched, to {}", self.account.deliver_to));
+            return (
+                fallback,
+                format!("multidrop unmatched, to {}", self.account.deliver_to),
+            );
         }
         let to = local_of(&self.account.deliver_to).unwrap_or_default();
         (to, format!("single-drop to {}", self.account.deliver_to))
@@ -151,7 +183,11 @@ fn take_return_path(message: &[u8]) -> (String, Vec<u8>) {
 
 /// A job that tells the owner of `deliver_to` about a message too big to
 /// collect (once per message: the caller records that it did).
-pub fn oversize_notice(config: &Arc<Config>, account: &SmartPopConfig, size: u64) -> impl FnOnce() + Send {
+pub fn oversize_notice(
+    config: &Arc<Config>,
+    account: &SmartPopConfig,
+    size: u64,
+) -> impl FnOnce() + Send {
     let config = Arc::clone(config);
     let account = account.clone();
     move || {
@@ -198,7 +234,10 @@ pub fn oversize_notice(config: &Arc<Config>, account: &SmartPopConfig, size: u64
             delivered_to_check: true,
         };
         if let Err(e) = deliver::deliver_local(&config.server.data_dir, &request) {
-            warn!("smartpop {}: cannot deliver the oversize notice: {e}", account.name);
+            warn!(
+                "smartpop {}: cannot deliver the oversize notice: {e}",
+                account.name
+            );
         }
     }
 }
@@ -209,7 +248,9 @@ mod tests {
 
     #[test]
     fn return_path_taken_out() {
-        let (p, m) = take_return_path(b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n");
+        let (p, m) = take_return_path(
+            b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n",
+        );
         assert_eq!(p, "a@b.example");
         assert_eq!(m, b"Subject: x\r\n\r\nReturn-Path: body\r\n".to_vec());
         let (p, m) = take_return_path(b"Subject: y\r\n\r\nbody");
