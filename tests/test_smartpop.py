@@ -275,22 +275,26 @@ def test_single_drop_plain_deletes_after_delivery(make_server, dovecot):
         "one": message("one"),
         "two": message("two", body="line\n.leading dot\n..two dots\n.\nend\n"),
         "three": message("three", size=20000),
+        "four": message("four", headers={"Return-Path": "<bounces@lists.example>"}),
     }
     for b in bodies.values():
         dovecot.add("bob123", b)
     server = make_server(extra=account("isp", dovecot.pop3))
     (summary,) = wait_polls(server, "isp", 1)
-    assert summary[:5] == (3, 0, 3, 0, 0), summary
+    assert summary[:5] == (4, 0, 4, 0, 0), summary
     msgs = server.messages("bob@example.test")
-    assert subjects(msgs) == ["one", "three", "two"]
+    assert subjects(msgs) == ["four", "one", "three", "two"]
     assert dovecot.count("bob123") == 0
     for raw in raw_messages(server, "bob@example.test"):
         head, _, body = raw.partition(b"\n\n")
         m = message_from_bytes(raw)
         original = bodies[m["Subject"]]
-        # The message itself is unchanged (Maildir keeps LF line ends).
-        assert raw.endswith(original), m["Subject"]
-        assert raw.startswith(b"Return-Path: <"), raw[:200]
+        # The message itself is unchanged (Maildir keeps LF line ends),
+        # but for its Return-Path, which moves to the top.
+        assert raw.endswith(original.replace(b"Return-Path: <bounces@lists.example>\n", b"")), m["Subject"]
+        want = "<bounces@lists.example>" if m["Subject"] == "four" else "<sender@remote.example>"
+        assert m.get_all("Return-Path") == [want], raw[:300]
+        assert raw.startswith(b"Return-Path: "), raw[:200]
         assert m.get_all("Delivered-To") == ["bob@example.test"]
         received = m.get_all("Received")[0]
         # The hop from the ISP's server: its name and address, and POP3.
