@@ -132,7 +132,9 @@ class Proxy:
       ("mid-retr", n, k)  after the client's n-th RETR, forward k bytes of the
                           reply, then drop both sides;
       ("before", VERB, n) drop both sides instead of forwarding the client's
-                          n-th VERB command (e.g. ("before", "QUIT", 1)).
+                          n-th VERB command (e.g. ("before", "QUIT", 1));
+      ("answer", VERB, r) answer every VERB command with the line r instead
+                          of forwarding it (a man in the middle).
     `server_ssl`: terminate TLS from the client (implicit TLS), so the test
     sees the commands sent inside it; Dovecot is reached in plaintext.
     """
@@ -206,6 +208,9 @@ class Proxy:
                         if fault and fault[0] == "before" and fault[1] == verb and fault[2] == counts[verb]:
                             commands.append("<cut>")
                             return
+                        if fault and fault[0] == "answer" and fault[1] == verb:
+                            client.sendall(fault[2].encode() + b"\r\n")
+                            continue
                         if fault and fault[0] == "mid-retr" and verb == "RETR" and fault[1] == counts[verb]:
                             cut_after = fault[2]
                             commands.append("<cut mid-retr>")
@@ -398,8 +403,14 @@ def test_multidrop_routing(make_server, dovecot):
     }
     for subject, (headers, _, _) in cases.items():
         dovecot.add("family", message(subject, headers=dict(headers)))
+    # Forwards and remote alias members are not followed for collected mail:
+    # it never goes to the outbox.
+    replace = {
+        "password = {PLAIN}wonderland": "password = {PLAIN}wonderland\nforward = alice@elsewhere.example",
+        "to = bob@example.test, alice@example.test": "to = bob@example.test, alice@example.test, gran@elsewhere.example",
+    }
     server = make_server(extra=account("family", dovecot.pop3, user="family", password="shared",
-                                       multidrop="yes"))
+                                       multidrop="yes"), replace=replace)
     (s,) = wait_polls(server, "family", 1)
     assert s[:5] == (len(cases), 0, len(cases), 0, 0), s
     got = {}
@@ -481,10 +492,12 @@ def test_oversized_left_on_server_and_reported_once(make_server, dovecot):
     assert_no_outbox(server)
 
 
-def test_two_megabyte_message(make_server, dovecot):
+@pytest.mark.parametrize("tls", ["none", "tls"])
+def test_two_megabyte_message(make_server, dovecot, ca, tls):
     big = message("two megabytes", size=2 * 1024 * 1024)
     dovecot.add("bob123", big)
-    server = make_server(extra=account("large", dovecot.pop3),
+    port = dovecot.pop3s if tls == "tls" else dovecot.pop3
+    server = make_server(extra=account("large", port, tls=tls, ca_file=ca.ca_cert),
                          replace={"max_message_size = 1M": "max_message_size = 3M"})
     assert wait_polls(server, "large", 1, timeout=60)[0][:5] == (1, 0, 1, 0, 0)
     (raw,) = raw_messages(server, "bob@example.test")
@@ -516,12 +529,16 @@ def test_stuck_server_delays_nobody(make_server, dovecot, proxies):
     hole = BlackHole()
     try:
         dovecot.add("bob123", message("not delayed"))
-        extra = account("stuck", hole.port, deliver_to="alice@example.test") + account("fine", dovecot.pop3)
+        extra = (account("stuck", hole.port, deliver_to="alice@example.test")
+                 + account("refused", free_port(), deliver_to="alice@example.test")
+                 + account("fine", dovecot.pop3))
         t0 = time.time()
         server = make_server(extra=extra)
         assert wait_polls(server, "fine", 1, timeout=10)[0][:5] == (1, 0, 1, 0, 0)
         assert time.time() - t0 < 10
         assert summaries(server, "stuck") == []  # still waiting for a greeting
+        (refused,) = wait_polls(server, "refused", 1)
+        assert "Connection refused" in refused[5], refused
         # SMTP and POP3 service go on.
         with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=5) as s:
             s.sendmail("carol@remote.test", ["bob@example.test"], b"Subject: by smtp\r\n\r\nhi\r\n")
@@ -719,3 +736,28 @@ def test_host_names_resolved_without_blocking(make_server, make_dovecot, ca):
         assert d.count("carol") == 1
     finally:
         dns.close()
+
+
+def test_many_messages_in_one_poll(make_server, dovecot, ca):
+    for i in range(150):
+        dovecot.add("bob123", message(f"n{i:03}", size=200 + 97 * i))
+    server = make_server(extra=account("many", dovecot.pop3, tls="starttls", ca_file=ca.ca_cert))
+    assert wait_polls(server, "many", 1, timeout=60)[0][:5] == (150, 0, 150, 0, 0)
+    assert subjects(server.messages("bob@example.test")) == [f"n{i:03}" for i in range(150)]
+    assert dovecot.count("bob123") == 0
+
+
+def test_stls_stripped_by_a_man_in_the_middle(make_server, dovecot, ca, proxies):
+    """tls = starttls never falls back to plaintext: when STLS is refused
+    (here by a proxy playing STRIPTLS), no credentials are sent."""
+    mitm = Proxy(dovecot.pop3, faults=[("answer", "STLS", "-ERR STLS not available")])
+    proxies.append(mitm)
+    dovecot.add("bob123", message("stays"))
+    server = make_server(extra=account("stripped", mitm.port, tls="starttls", ca_file=ca.ca_cert))
+    (s,) = wait_polls(server, "stripped", 1)
+    assert s[0] == 0 and "STLS" in s[5], s
+    verbs = mitm.verbs(0)
+    assert "STLS" in verbs
+    assert not {"USER", "PASS", "AUTH", "APOP"} & set(verbs), mitm.sessions
+    assert not any("secret" in c for c in mitm.sessions[0])
+    assert dovecot.count("bob123") == 1
