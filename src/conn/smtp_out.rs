@@ -17,12 +17,12 @@ use mio::{Interest, Registry, Token};
 
 use crate::config::{HostPort, TlsMode};
 use crate::event_loop::Driver;
-use crate::net::transport::{ReadStatus, Transport};
 use crate::net::resolver::Resolver;
+use crate::net::transport::{ReadStatus, Transport};
 use crate::proto::dns::{self, MxLookup};
 use crate::proto::smtp_client::{
-    ClientEvent, ClientParams, Credentials, Envelope, Outcome, RcptResult, SessionResult, SmtpClient,
-    TlsPolicy,
+    ClientEvent, ClientParams, Credentials, Envelope, Outcome, RcptResult, SessionResult,
+    SmtpClient, TlsPolicy,
 };
 use crate::server::{Completion, Shared};
 
@@ -85,7 +85,7 @@ enum Phase {
     },
     Session {
         t: Transport,
-        client: SmtpClient,
+        client: Box<SmtpClient>,
         deadline: Instant,
         out: Vec<u8>,
     },
@@ -140,7 +140,12 @@ impl SmtpOut {
         loop {
             // Smarthost names first, in order; IP literals need no lookup.
             if let Some(hp) = self.take_unresolved() {
-                if let Ok(ip) = hp.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                if let Ok(ip) = hp
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                {
                     self.targets.push(Target {
                         host: hp.host.clone(),
                         addr: SocketAddr::new(ip, hp.port),
@@ -185,7 +190,6 @@ impl SmtpOut {
             Some(self.unresolved.remove(0))
         }
     }
-
 
     fn start_lookup(&mut self, lookup: MxLookup, current: Option<HostPort>, sh: &mut Shared) {
         let ns = match &self.job.route {
@@ -239,7 +243,9 @@ impl SmtpOut {
                 for h in hosts {
                     for addr in h.addrs {
                         self.targets.push(Target {
-                            host: current.as_ref().map_or_else(|| h.host.clone(), |hp| hp.host.clone()),
+                            host: current
+                                .as_ref()
+                                .map_or_else(|| h.host.clone(), |hp| hp.host.clone()),
                             addr: SocketAddr::new(addr, port),
                         });
                     }
@@ -247,11 +253,15 @@ impl SmtpOut {
             }
             Err(f) => {
                 let what = current.map_or_else(|| self.domain().to_string(), |hp| hp.host);
-                info!("outbox {}: lookup of {what} failed: {}", self.job.entry_id, f.reason);
+                info!(
+                    "outbox {}: lookup of {what} failed: {}",
+                    self.job.entry_id, f.reason
+                );
                 // A smarthost name that does not resolve is an operator
                 // problem: retry, never bounce.
                 let permanent = f.permanent && matches!(self.job.route, RouteSpec::Direct { .. });
-                self.lookup_failure = Some((permanent, f.enhanced, format!("{what}: {}", f.reason)));
+                self.lookup_failure =
+                    Some((permanent, f.enhanced, format!("{what}: {}", f.reason)));
             }
         }
         self.advance(sh);
@@ -290,13 +300,17 @@ impl SmtpOut {
     }
 
     fn current_target(&self) -> Option<&Target> {
-        self.next_target.checked_sub(1).and_then(|i| self.targets.get(i))
+        self.next_target
+            .checked_sub(1)
+            .and_then(|i| self.targets.get(i))
     }
 
     fn client_params(&self) -> (ClientParams, bool) {
         let host = self.current_target().map(|t| t.host.as_str()).unwrap_or("");
         let (tls, auth, requires_tls) = match &self.job.route {
-            RouteSpec::Smarthost { tls, credentials, .. } => {
+            RouteSpec::Smarthost {
+                tls, credentials, ..
+            } => {
                 let policy = match tls {
                     TlsMode::Tls => TlsPolicy::Implicit,
                     TlsMode::StartTls => TlsPolicy::Required,
@@ -304,7 +318,9 @@ impl SmtpOut {
                 };
                 (policy, credentials.clone(), *tls != TlsMode::None)
             }
-            RouteSpec::Direct { plaintext_hosts, .. } => {
+            RouteSpec::Direct {
+                plaintext_hosts, ..
+            } => {
                 let policy = if plaintext_hosts.iter().any(|h| h == host) {
                     TlsPolicy::None
                 } else {
@@ -327,7 +343,9 @@ impl SmtpOut {
 
     fn tls_config(&self) -> Arc<rustls::ClientConfig> {
         match &self.job.route {
-            RouteSpec::Smarthost { tls_config, .. } | RouteSpec::Direct { tls_config, .. } => Arc::clone(tls_config),
+            RouteSpec::Smarthost { tls_config, .. } | RouteSpec::Direct { tls_config, .. } => {
+                Arc::clone(tls_config)
+            }
         }
     }
 
@@ -359,14 +377,17 @@ impl SmtpOut {
         }
         let (params, implicit) = self.client_params();
         if implicit {
-            let host = self.current_target().map(|t| t.host.clone()).unwrap_or_default();
+            let host = self
+                .current_target()
+                .map(|t| t.host.clone())
+                .unwrap_or_default();
             if let Err(e) = t.start_tls_client(&self.tls_config(), &host) {
                 self.note_connect_failure(&format!("TLS to {host}: {e}"));
                 self.advance(sh);
                 return;
             }
         }
-        let client = SmtpClient::new(params, self.job.envelope.clone());
+        let client = Box::new(SmtpClient::new(params, self.job.envelope.clone()));
         let deadline = sh.now + client.reply_timeout();
         self.phase = Phase::Session {
             t,
@@ -379,7 +400,10 @@ impl SmtpOut {
 
     fn pump_session(&mut self, sh: &mut Shared) {
         let mut finished: Option<SessionResult> = None;
-        let host = self.current_target().map(|t| t.host.clone()).unwrap_or_default();
+        let host = self
+            .current_target()
+            .map(|t| t.host.clone())
+            .unwrap_or_default();
         let tls_config = self.tls_config();
         let direct = matches!(self.job.route, RouteSpec::Direct { .. });
         if let Phase::Session {
@@ -453,13 +477,19 @@ impl SmtpOut {
     }
 
     fn session_done(&mut self, result: SessionResult, sh: &mut Shared) {
-        let relay = self.current_target().map(|t| format!("{}[{}]:{}", t.host, t.addr.ip(), t.addr.port()));
+        let relay = self
+            .current_target()
+            .map(|t| format!("{}[{}]:{}", t.host, t.addr.ip(), t.addr.port()));
         if let Phase::Session { mut t, .. } = std::mem::replace(&mut self.phase, Phase::Done) {
             t.close();
         }
         let more_targets = self.next_target < self.targets.len() || !self.unresolved.is_empty();
         if result.try_next_host && more_targets {
-            debug!("outbox {}: {} failed, trying the next host", self.job.entry_id, relay.as_deref().unwrap_or("?"));
+            debug!(
+                "outbox {}: {} failed, trying the next host",
+                self.job.entry_id,
+                relay.as_deref().unwrap_or("?")
+            );
             self.last_failure = Some(result);
             self.advance(sh);
             return;
@@ -486,10 +516,11 @@ impl SmtpOut {
         let results = if let Some(f) = self.last_failure.take() {
             f.recipients
         } else {
-            let (permanent, enhanced, reason) = self
-                .lookup_failure
-                .take()
-                .unwrap_or((false, "4.4.4", format!("no address to deliver to for {}", self.domain())));
+            let (permanent, enhanced, reason) = self.lookup_failure.take().unwrap_or((
+                false,
+                "4.4.4",
+                format!("no address to deliver to for {}", self.domain()),
+            ));
             self.job
                 .envelope
                 .recipients
@@ -516,7 +547,11 @@ impl SmtpOut {
                 "delivery id={} to=<{}> relay=none status={} ({})",
                 self.job.entry_id,
                 r.recipient,
-                if r.outcome.is_permanent() { "bounced" } else { "deferred" },
+                if r.outcome.is_permanent() {
+                    "bounced"
+                } else {
+                    "deferred"
+                },
                 r.outcome.reply()
             );
         }
@@ -591,7 +626,9 @@ impl Driver for SmtpOut {
                 self.note_connect_failure(&format!("connect to {peer}: timed out"));
                 self.advance(sh);
             }
-            Phase::Session { client, deadline, .. } if *deadline <= sh.now => {
+            Phase::Session {
+                client, deadline, ..
+            } if *deadline <= sh.now => {
                 let result = client.timed_out();
                 self.session_done(result, sh);
             }

@@ -71,7 +71,8 @@ impl Outbox {
         if !loaded.entries.is_empty() {
             info!("outbox: {} message(s) queued", loaded.entries.len());
         }
-        let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
+            .map_err(|e| e.to_string())?;
         Ok(Outbox {
             attempts: HashMap::new(),
             recording: HashSet::new(),
@@ -217,7 +218,10 @@ impl Outbox {
                         }),
                         _ => None,
                     },
-                    tls_config: self.verified_tls.clone().unwrap_or_else(|| Arc::clone(&self.opportunistic_tls)),
+                    tls_config: self
+                        .verified_tls
+                        .clone()
+                        .unwrap_or_else(|| Arc::clone(&self.opportunistic_tls)),
                 },
                 OutboxMode::Direct => {
                     let Some(ns) = nameserver(config) else {
@@ -300,7 +304,11 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
     let mut failed: Vec<FailedRecipient> = Vec::new();
     for report in &reports {
         for r in &report.results {
-            let Some(state) = entry.recipients.iter_mut().find(|s| s.address == r.recipient) else {
+            let Some(state) = entry
+                .recipients
+                .iter_mut()
+                .find(|s| s.address == r.recipient)
+            else {
                 continue;
             };
             match &r.outcome {
@@ -319,10 +327,19 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
                     state.attempts += 1;
                     state.last_error = reply.clone();
                     let retry = &config.outbox.retry;
-                    match schedule::next_attempt(entry.created, state.attempts, now, retry, config.outbox.give_up_after) {
+                    match schedule::next_attempt(
+                        entry.created,
+                        state.attempts,
+                        now,
+                        retry,
+                        config.outbox.give_up_after,
+                    ) {
                         Next::RetryAt(t) => state.next_try = t,
                         Next::GiveUp => {
-                            info!("outbox {}: giving up on <{}> after {} attempts", entry.id, r.recipient, state.attempts);
+                            info!(
+                                "outbox {}: giving up on <{}> after {} attempts",
+                                entry.id, r.recipient, state.attempts
+                            );
                             state.state = RcptState::Failed;
                             let status = enhanced
                                 .as_deref()
@@ -333,7 +350,10 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
                                 address: r.recipient.clone(),
                                 status,
                                 remote_mta: if r.remote { report.relay.clone() } else { None },
-                                diagnostic: format!("gave up after {} attempts: {reply}", state.attempts),
+                                diagnostic: format!(
+                                    "gave up after {} attempts: {reply}",
+                                    state.attempts
+                                ),
                             });
                         }
                     }
@@ -345,7 +365,10 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
         // The bounce is stored before the envelope changes: a crash in
         // between can repeat a bounce, never lose one.
         if let Err(e) = send_bounce(config, &queue, &entry, &failed, now) {
-            error!("outbox {}: cannot store the bounce: {e}; will retry", entry.id);
+            error!(
+                "outbox {}: cannot store the bounce: {e}; will retry",
+                entry.id
+            );
             return entry.id;
         }
     }
@@ -380,7 +403,11 @@ fn send_bounce(
     });
     let sender = entry.sender.clone();
     let local = config.resolve(&sender).filter(|r| !r.local.is_empty());
-    info!("outbox {}: bounce to <{sender}> for {} recipient(s)", entry.id, failed.len());
+    info!(
+        "outbox {}: bounce to <{sender}> for {} recipient(s)",
+        entry.id,
+        failed.len()
+    );
     match local {
         Some(resolution) => {
             let now_t = SystemTime::now();
@@ -414,7 +441,15 @@ fn send_bounce(
         }
         None => queue
             .ensure_dirs()
-            .and_then(|_| queue.enqueue("", std::slice::from_ref(&sender), &message, !sender.is_ascii(), now))
+            .and_then(|_| {
+                queue.enqueue(
+                    "",
+                    std::slice::from_ref(&sender),
+                    &message,
+                    !sender.is_ascii(),
+                    now,
+                )
+            })
             .map(|_| ())
             .map_err(|e| e.to_string()),
     }
