@@ -305,6 +305,7 @@ def test_single_drop_plain_deletes_after_delivery(make_server, dovecot):
         # The hop from the ISP's server: its name and address, and POP3.
         assert received.startswith("from 127.0.0.1 ([127.0.0.1])"), received
         assert "with POP3 " in received and "for <bob@example.test>" in received, received
+        assert "(via smartpop isp)" in received, received
         routed = m["X-Mailgate-Routed"]
         assert routed == f"smartpop isp from 127.0.0.1:{dovecot.pop3}, single-drop to bob@example.test", routed
     assert_no_outbox(server)

@@ -49,13 +49,12 @@ impl Fetched {
         let now = SystemTime::now();
         let trace_info = TraceInfo {
             hostname: self.config.server.hostname.clone(),
-            // `trace::received_line` turns spaces and parentheses in the
-            // helo into '?', so the account is named in X-Mailgate-Routed.
             helo: self.server.clone(),
             peer: self.peer,
             protocol: if self.tls.is_some() { "POP3S" } else { "POP3" },
             tls: self.tls.clone(),
             auth_user: None,
+            via: Some(format!("smartpop {}", self.account.name)),
             id: trace::new_id(now),
         };
         let request = LocalDelivery {
@@ -259,6 +258,7 @@ pub fn oversize_notice(
                 protocol: "local",
                 tls: None,
                 auth_user: None,
+                via: None,
                 id: trace::new_id(now),
             },
             message: text.as_bytes(),
