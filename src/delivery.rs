@@ -55,6 +55,7 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
         protocol: tx.protocol,
         tls,
         auth_user: tx.auth_user.clone(),
+        via: None,
         id: trace::new_id(now),
     };
     let routed = route(config, &tx);

@@ -28,6 +28,9 @@ use crate::workers::Workers;
 /// while a hash runs; more would only add memory on a small router.
 const WORKER_THREADS: usize = 2;
 
+/// How often expired login-failure records are dropped.
+const PENALTY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Jobs of the outbox and SmartPop answer to this token, not a connection.
 pub const MANAGER: Token = Token(3);
 
@@ -64,6 +67,7 @@ pub struct Shared {
     pub maildrop_locks: HashSet<String>,
     pub now: Instant,
     pub stopping: bool,
+    next_prune: Instant,
     /// For drivers that register their own sockets (outbound).
     pub registry: mio::Registry,
     pub outbox: Option<Outbox>,
@@ -104,6 +108,10 @@ impl Shared {
 
     /// Starts what the outbox and SmartPop have due; runs every loop turn.
     pub fn tick(&mut self) {
+        if self.now >= self.next_prune {
+            self.penalty.prune(self.now);
+            self.next_prune = self.now + PENALTY_PRUNE_EVERY;
+        }
         for driver in self.smartpop.tick(&self.config, self.now, self.stopping) {
             self.new_drivers.push((driver, None));
         }
@@ -345,6 +353,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         maildrop_locks: HashSet::new(),
         now: Instant::now(),
         stopping: false,
+        next_prune: Instant::now(),
         current: Token(0),
         new_drivers: Vec::new(),
     };

@@ -142,6 +142,7 @@ impl SmtpIn {
                 }
                 self.waiting = Waiting::Nothing;
                 self.session.tls_started(&mut self.out, &mut self.events);
+                self.handle_events(sh);
                 continue;
             }
             if self.closing || self.session.is_closed() {
@@ -243,6 +244,11 @@ impl Driver for SmtpIn {
                 }
                 self.session
                     .delivered(outcome, config.as_ref(), &mut self.out, &mut self.events);
+                if sh.stopping && !self.session.in_transaction() {
+                    // The transaction we waited for is done; no new one.
+                    self.session.shutting_down(&mut self.out);
+                    self.closing = true;
+                }
             }
             Outcome::Password(ok) => {
                 self.waiting = Waiting::Nothing;

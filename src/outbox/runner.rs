@@ -431,6 +431,7 @@ fn send_bounce(
                     protocol: "local",
                     tls: None,
                     auth_user: None,
+                    via: None,
                     id: trace::new_id(now_t),
                 },
                 message: &message,
