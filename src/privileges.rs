@@ -250,6 +250,18 @@ pub fn drop_to(account: &Account) -> Result<(), String> {
     Ok(())
 }
 
+/// For one-shot commands that write into `data_dir` (`sendmail`): when
+/// run as root with `user` set, become that user first, so what they write
+/// belongs to the server's user and root never writes into the user's
+/// folder. Nothing happens otherwise (a non-root caller keeps its own
+/// identity and the folder's permissions decide).
+pub fn become_configured_user(config: &Config) -> Result<(), String> {
+    match configured_account(config)? {
+        Some(account) if euid() == 0 && account.uid != 0 => drop_to(&account),
+        _ => Ok(()),
+    }
+}
+
 /// After the drop (or at start when there is none): `data_dir` must be a
 /// folder that only the running user can change, and what it holds must
 /// be that user's. `user` names the running user in the hints (None: the

@@ -265,13 +265,17 @@ fn accept(
 
 /// Runs the server until SIGTERM/SIGINT. Err carries a message for the user.
 ///
-/// Start-up order, for `[server] user` (see `privileges`): everything root
-/// must do comes first and touches nothing inside a `data_dir` the user
-/// owns (config, the user's lookup, a read-only look at the pid file, TLS
-/// files named in `[tls]`, binding the ports, creating a missing
-/// `data_dir`); then the drop; then, as the user, what writes into
-/// `data_dir` (self-signed certificate, pid file, queue) and last the
-/// worker threads, so the drop happens while the process has one thread.
+/// Start-up order. Without `[server] user` (or when already running as
+/// that user), as it always was: data_dir, TLS, pid file, queue, then the
+/// ports, so a server whose ports accept connections is ready. With `user`
+/// and started as root (see `privileges`): everything root must do comes
+/// first and touches nothing inside a `data_dir` the user owns (config,
+/// the user's lookup, a read-only look at the pid file, TLS files named in
+/// `[tls]`, binding the ports, creating a missing `data_dir`); then the
+/// drop; then, as the user, what writes into `data_dir` (self-signed
+/// certificate, pid file, queue). Clients that connect meanwhile wait in
+/// the listen backlog. Worker threads start last in both cases, so the
+/// drop happens while the process has one thread.
 pub fn serve(config_path: &Path) -> Result<(), String> {
     let (config, warnings) = Config::load(config_path).map_err(|diags| {
         let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
@@ -289,6 +293,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     }
     let data_dir = config.server.data_dir.clone();
     let account = privileges::configured_account(&config)?;
+    let user = account.as_ref().map(|a| a.name.as_str());
     let drop_to = match &account {
         Some(a) => privileges::must_drop(a, privileges::euid())?.then_some(a),
         None => {
@@ -310,34 +315,44 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())
     };
-    // Files named in [tls] are read as root (the key may stay root-only,
-    // as for other daemons); a self-signed pair is made in data_dir, so
-    // only after the drop.
-    let named_tls = config.tls.cert.is_some() && config.tls.key.is_some();
-    let early_tls = if named_tls { Some(make_tls()?) } else { None };
 
-    let (mut ev, waker) = EventLoop::new(&listeners(&config))?;
-    match drop_to {
+    let (tls, _pid_file, outbox, mut ev, waker) = match drop_to {
+        None => {
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
+            for w in privileges::check_data_dir(&data_dir, user)? {
+                warn!("{w}");
+            }
+            let tls = make_tls()?;
+            let pid_file = crate::control::lock_pid_file(&data_dir)?;
+            let outbox = Outbox::new(&config)?;
+            let (ev, waker) = EventLoop::new(&listeners(&config))?;
+            (tls, pid_file, outbox, ev, waker)
+        }
         Some(account) => {
+            // Files named in [tls] are read as root (the key may stay
+            // root-only, as for other daemons); a self-signed pair is made
+            // in data_dir, so only after the drop.
+            let named_tls = config.tls.cert.is_some() && config.tls.key.is_some();
+            let early_tls = if named_tls { Some(make_tls()?) } else { None };
+            let (ev, waker) = EventLoop::new(&listeners(&config))?;
             privileges::prepare_data_dir(&data_dir, account)?;
             privileges::drop_to(account)?;
             if let Some(w) = privileges::config_readable_warning(&config, account) {
                 warn!("{w}");
             }
+            for w in privileges::check_data_dir(&data_dir, user)? {
+                warn!("{w}");
+            }
+            let tls = match early_tls {
+                Some(tls) => tls,
+                None => make_tls()?,
+            };
+            let pid_file = crate::control::lock_pid_file(&data_dir)?;
+            let outbox = Outbox::new(&config)?;
+            (tls, pid_file, outbox, ev, waker)
         }
-        None => std::fs::create_dir_all(&data_dir)
-            .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?,
-    }
-    for w in privileges::check_data_dir(&data_dir, account.as_ref().map(|a| a.name.as_str()))? {
-        warn!("{w}");
-    }
-    let tls = match early_tls {
-        Some(tls) => tls,
-        None => make_tls()?,
     };
-
-    let _pid_file = crate::control::lock_pid_file(&data_dir)?;
-    let outbox = Outbox::new(&config)?;
     let (workers, done_rx) = Workers::new(WORKER_THREADS, waker);
     let registry = ev
         .registry()

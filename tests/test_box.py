@@ -135,6 +135,21 @@ def test_drops_to_the_configured_user_and_still_serves(open_dir, test_user):
         server.stop()
 
 
+@needs_root
+def test_empty_data_dir_made_by_root_is_given_to_the_user(open_dir, test_user):
+    """What `mkdir` or the systemd unit's ExecStartPre leaves."""
+    uid, gid, _ = test_user
+    server = Server(open_dir / "s", replace=with_user(TEST_USER))
+    server.data_dir.mkdir(mode=0o700)
+    try:
+        server.start()
+        wait_serving(server)
+        st = server.data_dir.stat()
+        assert (st.st_uid, st.st_gid) == (uid, gid)
+    finally:
+        server.stop()
+
+
 def test_unknown_user_is_refused_before_binding(make_server):
     server = make_server(replace=with_user("no-such-user-here"), start=False)
     server.start(wait=False)
