@@ -38,6 +38,10 @@ pub const DATA_DIR_MODE: u32 = 0o700;
 /// supplementary groups than this are refused by setgroups(2).
 pub const MAX_GROUPS: usize = 65536;
 
+/// The most of a pid file read: a pid is at most 7 digits (Linux's
+/// pid_max limit is 2^22, proc(5)) plus a line end; 32 leaves room.
+const PID_FILE_MAX: u64 = 32;
+
 /// Write permission for the group or for others (S_IWGRP | S_IWOTH).
 const GROUP_OR_WORLD_WRITABLE: u32 = 0o022;
 
@@ -422,9 +426,8 @@ fn try_lock(file: &File) -> bool {
 }
 
 fn read_pid(file: &mut File) -> Option<i32> {
-    // A pid is at most 7 digits (pid_max is 2^22); read no more than a line.
     let mut text = String::new();
-    file.take(32).read_to_string(&mut text).ok()?;
+    file.take(PID_FILE_MAX).read_to_string(&mut text).ok()?;
     text.trim().parse().ok().filter(|p: &i32| *p > 0)
 }
 
