@@ -115,7 +115,8 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
             if password.is_empty() {
                 return Err("empty password".into());
             }
-            println!("{}", mailgate::auth::hash(&password));
+            let hash = mailgate::auth::hash(&password).map_err(|e| format!("cannot hash: {e}"))?;
+            println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
         "queue" => {

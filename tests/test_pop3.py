@@ -64,7 +64,7 @@ def test_rset_undeletes_and_dropped_connection_commits_nothing(server):
     assert p.stat()[0] == 2
     p.dele(1)
     p.dele(2)
-    p.sock.close()  # no QUIT: nothing is deleted
+    p.close()  # no QUIT: nothing is deleted
     time.sleep(0.3)
     assert len(server.messages("bob@example.test")) == 2
     p = login(server)
