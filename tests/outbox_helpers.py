@@ -145,7 +145,7 @@ class Sink:
             ok = auth is not None and (login, password) == auth
             if ok:
                 session.sink_auth = (mechanism, login)
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)
 
         kwargs = dict(
             server_hostname="sink.test",
@@ -185,7 +185,7 @@ def _is_tls(server):
 # -- test CA -------------------------------------------------------------------
 
 
-class TestCA:
+class CertAuthority:
     """A certificate authority made with openssl, and a server certificate
     it signed for IP 127.0.0.1 and localhost."""
 

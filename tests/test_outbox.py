@@ -24,7 +24,7 @@ from outbox_helpers import (
     Dns,
     PipelineProbe,
     Sink,
-    TestCA,
+    CertAuthority,
     port25_available,
     random_loopback,
     wait_for,
@@ -97,13 +97,23 @@ def bounce_parts(msg):
     assert msg.get_content_type() == "multipart/report", msg.get_content_type()
     assert msg.get_param("report-type") == "delivery-status"
     parts = msg.get_payload()
-    assert [p.get_content_type() for p in parts] == [
-        "text/plain",
-        "message/delivery-status",
-        "text/rfc822-headers",
-    ]
-    blocks = parts[1].get_payload()
+    types = [p.get_content_type() for p in parts]
+    assert types[0] == "text/plain" and types[2] == "text/rfc822-headers", types
+    # message/global-delivery-status (RFC 6533) when an address is UTF-8.
+    assert types[1] in ("message/delivery-status", "message/global-delivery-status"), types
+    if types[1] == "message/delivery-status":
+        blocks = parts[1].get_payload()
+    else:
+        # Python takes it for a message/*: its one "message" is the text.
+        raw = parts[1].get_payload()[0].as_bytes()
+        blocks = [email.message_from_bytes(b.strip() + b"\r\n") for b in re.split(rb"\r?\n\r?\n", raw) if b.strip()]
     return parts[0].get_payload(decode=True).decode(), blocks[0], blocks[1:], parts[2].get_payload()
+
+
+def field(block, name):
+    """A header field of a status block, unfolded."""
+    value = block[name]
+    return " ".join(value.split()) if value is not None else None
 
 
 def delivery_lines(server, **fields):
@@ -152,7 +162,7 @@ def mx_sink(sink):
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
-    return TestCA(tmp_path_factory.mktemp("ca"))
+    return CertAuthority(tmp_path_factory.mktemp("ca"))
 
 
 # -- the queue ------------------------------------------------------------------
@@ -204,16 +214,42 @@ def test_queued_durably_before_250_and_listed(make_server):
 
 def test_restart_delivers_what_is_queued(make_server, sink):
     port = free_port()
-    server = make_server(extra=outbox_config(f"127.0.0.1:{port}", retry="1h", give_up_after="5d"))
+    server = make_server(extra=outbox_config(f"127.0.0.1:{port}", retry="2s", give_up_after="1h"))
     assert relay(server, ["carol@remote.test"]) == {}
     (qid,) = queue_ids(server)
     wait_for(lambda: "attempts: 1" in envelope(server, qid))
-    server.stop()
+    # A crash, not a clean stop: the queue must survive as it is on disk.
+    server.stop(signal.SIGKILL)
     s = sink(port=port)
     server.start()
     (got,) = s.wait(1)
     assert got.rcpt_tos == ["carol@remote.test"]
     assert wait_queue_empty(server)
+
+
+def test_clean_stop_keeps_a_session_in_flight_queued(make_server, sink):
+    # The smarthost answers the greeting and then nothing: the session is
+    # in flight when the server stops, and the message stays queued.
+    import socket
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(4)
+    port = hang.getsockname()[1]
+    server = make_server(extra=outbox_config(f"127.0.0.1:{port}", retry="1s", give_up_after="1h"))
+    assert relay(server, ["carol@remote.test"]) == {}
+    conn, _ = hang.accept()
+    conn.sendall(b"220 slow.test ESMTP\r\n")
+    (qid,) = queue_ids(server)
+    assert server.stop() == 0
+    hang.close()
+    conn.close()
+    assert queue_ids(server) == [qid]
+    assert "state: pending" in envelope(server, qid)
+    s = sink(port=port)
+    server.start()
+    (got,) = s.wait(1, timeout=10)
+    assert got.rcpt_tos == ["carol@remote.test"]
 
 
 def test_local_and_remote_recipients(make_server, sink):
@@ -299,7 +335,7 @@ def test_pipelining_one_group(make_server):
     probe.join()
     assert probe.error is None, probe.error
     assert probe.pipelined, probe.commands
-    cmds = [c.split(b":")[0].split(b" ")[0].upper() for c in probe.commands]
+    cmds = [c.split(b":")[0].split()[0].upper() for c in probe.commands]
     assert cmds[:5] == [b"EHLO", b"MAIL", b"RCPT", b"RCPT", b"DATA"], probe.commands
     assert b"Subject: outbox test" in probe.body
     assert wait_queue_empty(server)
@@ -374,7 +410,8 @@ def test_auth_login(make_server, sink, ca):
 
 
 def test_implicit_tls(make_server, sink, ca):
-    s = sink(implicit_tls=ca.server_context(), auth=("u", "p"))
+    # aiosmtpd offers AUTH over implicit TLS only without its STARTTLS check.
+    s = sink(implicit_tls=ca.server_context(), auth=("u", "p"), auth_require_tls=False)
     server = make_server(
         extra=outbox_config(
             f"127.0.0.1:{s.port}", tls="tls", extra=f"username = u\npassword = p\nca_file = {ca.ca_cert}\n"
@@ -512,7 +549,7 @@ def test_direct_nxdomain_bounces_5_1_2(make_server, dns):
     (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.1.2"
-    assert "nowhere.test" in rcpt["Diagnostic-Code"]
+    assert "nowhere.test" in field(rcpt, "Diagnostic-Code")
     assert wait_queue_empty(server)
 
 
@@ -537,8 +574,8 @@ def test_5xx_bounces_at_once_rfc3464(make_server, sink):
     assert rcpt["Action"] == "failed"
     assert rcpt["Status"] == "5.1.1"
     assert rcpt["Remote-MTA"].startswith("dns; ") and str(s.port) in rcpt["Remote-MTA"]
-    assert rcpt["Diagnostic-Code"].startswith("smtp; 550 5.1.1")
-    assert "Recipient address rejected" in rcpt["Diagnostic-Code"]
+    assert field(rcpt, "Diagnostic-Code").startswith("smtp; 550 5.1.1")
+    assert "Recipient address rejected" in field(rcpt, "Diagnostic-Code")
     assert "Subject: the original" in headers
     assert "Message-ID: <test@example.test>" in headers
     assert wait_queue_empty(server)
@@ -556,7 +593,7 @@ def test_4xx_retries_then_gives_up_and_bounces(make_server, sink):
     (bounce,) = server.wait_messages(LOCAL_SENDER, 1, timeout=15)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.3.0"
-    assert "try again later" in rcpt["Diagnostic-Code"]
+    assert "try again later" in field(rcpt, "Diagnostic-Code")
     assert wait_queue_empty(server)
     deferred = delivery_lines(server, status="deferred")
     assert len(deferred) >= 2, server.log_text()[-3000:]
@@ -592,7 +629,7 @@ def test_bounce_to_remote_sender_is_queued(make_server, sink):
     server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}"))
     assert relay(server, ["carol@remote.test"], sender="dave@elsewhere.test") == {}
     (got,) = s.wait(1)
-    assert got.mail_from == ""
+    assert got.mail_from in ("", "<>")  # aiosmtpd reports the null path as "<>"
     assert got.rcpt_tos == ["dave@elsewhere.test"]
     _, _, (rcpt,), _ = bounce_parts(parse(got.content))
     assert rcpt["Final-Recipient"] == "rfc822; carol@remote.test"
