@@ -55,14 +55,27 @@ fn parse_args(args: &[OsString]) -> Result<Options, SendmailError> {
             "--" => only_recipients = true,
             "-t" => opts.recipients_from_headers = true,
             "-i" | "-oi" => opts.ignore_dots = true,
-            "-f" | "-r" => opts.from = Some(iter.next().ok_or_else(|| fail(EX_USAGE, "-f needs an address"))?),
-            "-F" => opts.from_name = Some(iter.next().ok_or_else(|| fail(EX_USAGE, "-F needs a name"))?),
+            "-f" | "-r" => {
+                opts.from = Some(
+                    iter.next()
+                        .ok_or_else(|| fail(EX_USAGE, "-f needs an address"))?,
+                )
+            }
+            "-F" => {
+                opts.from_name = Some(
+                    iter.next()
+                        .ok_or_else(|| fail(EX_USAGE, "-F needs a name"))?,
+                )
+            }
             a if a.starts_with("-f") || a.starts_with("-r") => opts.from = Some(a[2..].to_string()),
             a if a.starts_with("-F") => opts.from_name = Some(a[2..].to_string()),
             // -odi/-odb/-oem and friends, -bm (the default mode), -v: accepted, no effect.
             a if a.starts_with("-o") || a == "-bm" || a == "-v" || a == "-U" => {}
             "-bs" | "-bp" | "-bd" | "-q" => {
-                return Err(fail(EX_USAGE, format!("{arg} is not supported; use `mailgate serve` or `mailgate queue`")))
+                return Err(fail(
+                    EX_USAGE,
+                    format!("{arg} is not supported; use `mailgate serve` or `mailgate queue`"),
+                ))
             }
             _ => return Err(fail(EX_USAGE, format!("unknown option {arg}"))),
         }
@@ -71,14 +84,21 @@ fn parse_args(args: &[OsString]) -> Result<Options, SendmailError> {
 }
 
 /// Reads the message; without -i a line holding a single "." ends it.
-fn read_message(input: &mut dyn Read, ignore_dots: bool, limit: u64) -> Result<Vec<u8>, SendmailError> {
+fn read_message(
+    input: &mut dyn Read,
+    ignore_dots: bool,
+    limit: u64,
+) -> Result<Vec<u8>, SendmailError> {
     let mut raw = Vec::new();
     input
         .take(limit + 1)
         .read_to_end(&mut raw)
         .map_err(|e| fail(EX_DATAERR, format!("cannot read the message: {e}")))?;
     if raw.len() as u64 > limit {
-        return Err(fail(EX_DATAERR, format!("message larger than max_message_size ({limit} bytes)")));
+        return Err(fail(
+            EX_DATAERR,
+            format!("message larger than max_message_size ({limit} bytes)"),
+        ));
     }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
     for line in raw.split_inclusive(|b| *b == b'\n') {
@@ -103,7 +123,9 @@ fn header_end(message: &[u8]) -> usize {
 }
 
 fn has_header(headers: &[mailparse::MailHeader], name: &str) -> bool {
-    headers.iter().any(|h| h.get_key_ref().eq_ignore_ascii_case(name))
+    headers
+        .iter()
+        .any(|h| h.get_key_ref().eq_ignore_ascii_case(name))
 }
 
 /// `-t`: To, Cc and Bcc recipients; Bcc lines are removed from the message.
@@ -114,13 +136,18 @@ fn recipients_from_headers(message: &mut Vec<u8>) -> Result<Vec<String>, Sendmai
     let mut rcpts = Vec::new();
     for h in &headers {
         let key = h.get_key_ref();
-        if ["to", "cc", "bcc"].iter().any(|k| key.eq_ignore_ascii_case(k)) {
+        if ["to", "cc", "bcc"]
+            .iter()
+            .any(|k| key.eq_ignore_ascii_case(k))
+        {
             let list = mailparse::addrparse_header(h)
                 .map_err(|e| fail(EX_DATAERR, format!("bad address in {key}: {e}")))?;
             for addr in list.iter() {
                 match addr {
                     mailparse::MailAddr::Single(s) => rcpts.push(s.addr.clone()),
-                    mailparse::MailAddr::Group(g) => rcpts.extend(g.addrs.iter().map(|s| s.addr.clone())),
+                    mailparse::MailAddr::Group(g) => {
+                        rcpts.extend(g.addrs.iter().map(|s| s.addr.clone()))
+                    }
                 }
             }
         }
@@ -164,7 +191,12 @@ fn qualify(address: &str, config: &Config) -> String {
     if address.contains('@') {
         return address.to_string();
     }
-    let domain = config.domains.keys().next().cloned().unwrap_or_else(|| config.server.hostname.clone());
+    let domain = config
+        .domains
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| config.server.hostname.clone());
     format!("{address}@{domain}")
 }
 
@@ -189,7 +221,10 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
     for addr in wanted {
         let address = qualify(&addr, config);
         match config.resolve(&address) {
-            Some(resolution) => recipients.push(Recipient { address, resolution }),
+            Some(resolution) => recipients.push(Recipient {
+                address,
+                resolution,
+            }),
             None => return Err(fail(EX_NOUSER, format!("{address}: no such user here"))),
         }
     }
@@ -209,15 +244,20 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
         DeliveryOutcome::Accepted { .. } => {
             // Remote mail leaves now if a server runs; if none does, it
             // leaves when one starts. Either way the message is safe.
-            let _ = crate::control::request(&config.server.data_dir, crate::control::Request::Flush);
+            let _ =
+                crate::control::request(&config.server.data_dir, crate::control::Request::Flush);
             Ok(())
         }
-        DeliveryOutcome::TempFail { code, enhanced, text } => {
-            Err(fail(EX_TEMPFAIL, format!("{code} {enhanced} {text}")))
-        }
-        DeliveryOutcome::PermFail { code, enhanced, text } => {
-            Err(fail(EX_SOFTWARE, format!("{code} {enhanced} {text}")))
-        }
+        DeliveryOutcome::TempFail {
+            code,
+            enhanced,
+            text,
+        } => Err(fail(EX_TEMPFAIL, format!("{code} {enhanced} {text}"))),
+        DeliveryOutcome::PermFail {
+            code,
+            enhanced,
+            text,
+        } => Err(fail(EX_SOFTWARE, format!("{code} {enhanced} {text}"))),
     }
 }
 
@@ -225,21 +265,37 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
 /// Postfix's cleanup does for local submissions.
 fn add_missing_headers(message: &mut Vec<u8>, sender: &str, name: Option<&str>, config: &Config) {
     let end = header_end(message);
-    let headers = mailparse::parse_headers(&message[..end]).map(|(h, _)| h).unwrap_or_default();
+    let headers = mailparse::parse_headers(&message[..end])
+        .map(|(h, _)| h)
+        .unwrap_or_default();
     let mut extra = String::new();
     if !has_header(&headers, "From") {
-        let who = if sender.is_empty() { format!("MAILER-DAEMON@{}", config.server.hostname) } else { sender.to_string() };
+        let who = if sender.is_empty() {
+            format!("MAILER-DAEMON@{}", config.server.hostname)
+        } else {
+            sender.to_string()
+        };
         match name {
-            Some(n) => extra.push_str(&format!("From: {} <{who}>\r\n", n.replace(['\r', '\n', '<', '>'], ""))),
+            Some(n) => extra.push_str(&format!(
+                "From: {} <{who}>\r\n",
+                n.replace(['\r', '\n', '<', '>'], "")
+            )),
             None => extra.push_str(&format!("From: {who}\r\n")),
         }
     }
     let now = SystemTime::now();
     if !has_header(&headers, "Date") {
-        extra.push_str(&format!("Date: {}\r\n", crate::store::trace::rfc5322_date(now)));
+        extra.push_str(&format!(
+            "Date: {}\r\n",
+            crate::store::trace::rfc5322_date(now)
+        ));
     }
     if !has_header(&headers, "Message-ID") {
-        extra.push_str(&format!("Message-ID: <{}@{}>\r\n", crate::store::trace::new_id(now), config.server.hostname));
+        extra.push_str(&format!(
+            "Message-ID: <{}@{}>\r\n",
+            crate::store::trace::new_id(now),
+            config.server.hostname
+        ));
     }
     if headers.is_empty() && end == message.len() {
         // No header section at all: the whole input is the body.
@@ -273,9 +329,13 @@ mod tests {
     #[test]
     fn dot_ends_message_unless_i() {
         let text = b"Subject: x\n\nline\n.\nafter\n";
-        let m = read_message(&mut &text[..], false, 1000).ok().unwrap_or_default();
+        let m = read_message(&mut &text[..], false, 1000)
+            .ok()
+            .unwrap_or_default();
         assert_eq!(m, b"Subject: x\r\n\r\nline\r\n");
-        let m = read_message(&mut &text[..], true, 1000).ok().unwrap_or_default();
+        let m = read_message(&mut &text[..], true, 1000)
+            .ok()
+            .unwrap_or_default();
         assert_eq!(m, b"Subject: x\r\n\r\nline\r\n.\r\nafter\r\n");
         assert!(read_message(&mut &text[..], true, 5).is_err());
     }
@@ -284,7 +344,13 @@ mod tests {
     fn bcc_removed_and_collected() {
         let mut m = b"To: a@x.test, B <b@x.test>\r\nBcc: secret@y.test,\r\n  other@y.test\r\nSubject: s\r\n\r\nBcc: body stays\r\n".to_vec();
         let r = recipients_from_headers(&mut m).ok().unwrap_or_default();
-        assert_eq!(r, vec!["a@x.test", "b@x.test", "secret@y.test", "other@y.test"]);
-        assert_eq!(m, b"To: a@x.test, B <b@x.test>\r\nSubject: s\r\n\r\nBcc: body stays\r\n".to_vec());
+        assert_eq!(
+            r,
+            vec!["a@x.test", "b@x.test", "secret@y.test", "other@y.test"]
+        );
+        assert_eq!(
+            m,
+            b"To: a@x.test, B <b@x.test>\r\nSubject: s\r\n\r\nBcc: body stays\r\n".to_vec()
+        );
     }
 }

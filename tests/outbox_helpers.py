@@ -356,3 +356,100 @@ class PipelineProbe:
 
     def join(self, timeout=15):
         self.thread.join(timeout)
+
+
+class ScriptServer:
+    """A threaded SMTP server whose every reply comes from `answer(conn_no,
+    line) -> bytes | None` (None: close the connection). The greeting is
+    `answer(n, None)`. After a 354 it reads the message up to the final
+    dot and asks `answer(n, b".")`. Records every line per connection."""
+
+    def __init__(self, answer, host="127.0.0.1", port=0):
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.sessions = []  # one list of lines per connection
+        self.bodies = []
+        self.running = True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            n = len(self.sessions)
+            self.sessions.append([])
+            threading.Thread(target=self._serve, args=(n, conn), daemon=True).start()
+
+    def _serve(self, n, conn):
+        lines = self.sessions[n]
+        try:
+            conn.settimeout(10)
+            with conn:
+                f = conn.makefile("rb")
+                reply = self.answer(n, None)
+                if reply is None:
+                    return
+                conn.sendall(reply)
+                while True:
+                    line = f.readline()
+                    if not line:
+                        return
+                    lines.append(line)
+                    reply = self.answer(n, line)
+                    if reply is None:
+                        return
+                    conn.sendall(reply)
+                    if reply.startswith(b"354"):
+                        body = b""
+                        while True:
+                            data = f.readline()
+                            if not data:
+                                return
+                            if data == b".\r\n":
+                                break
+                            body += data
+                        self.bodies.append(body)
+                        reply = self.answer(n, b".")
+                        if reply is None:
+                            return
+                        conn.sendall(reply)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.running = False
+        self.sock.close()
+
+
+def plain_answers(greeting=b"220 script.test ESMTP\r\n", ehlo=b"250-script.test\r\n250 8BITMIME\r\n",
+                  final=b"250 2.0.0 ok\r\n"):
+    """A well-behaved server's replies, overridable piece by piece."""
+
+    def answer(n, line):
+        if line is None:
+            return greeting
+        if line == b".":
+            return final
+        verb = line.split()[0].upper() if line.split() else b""
+        return {
+            b"EHLO": ehlo,
+            b"HELO": b"250 script.test\r\n",
+            b"MAIL": b"250 2.1.0 ok\r\n",
+            b"RCPT": b"250 2.1.5 ok\r\n",
+            b"DATA": b"354 go ahead\r\n",
+            b"RSET": b"250 ok\r\n",
+            b"NOOP": b"250 ok\r\n",
+            b"QUIT": b"221 bye\r\n",
+        }.get(verb, b"500 5.5.1 unknown\r\n")
+
+    return answer

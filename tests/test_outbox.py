@@ -23,6 +23,8 @@ from conftest import BIN, RELAY_SOURCE, Raw, free_port
 from outbox_helpers import (
     Dns,
     PipelineProbe,
+    ScriptServer,
+    plain_answers,
     Sink,
     CertAuthority,
     port25_available,
@@ -158,6 +160,20 @@ def mx_sink(sink):
         return sink(host=host, port=25, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def script():
+    servers = []
+
+    def make(answer, **kwargs):
+        srv = ScriptServer(answer, **kwargs)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -769,4 +785,148 @@ def test_sendmail_exit_codes(make_server, tmp_path):
     (server.data_dir / "queue").write_text("not a folder")
     out = sendmail(server, ["-f", LOCAL_SENDER, "carol@remote.test"], b"Subject: x\n\nx\n")
     assert out.returncode == 75, out
+    assert queue_ids(server) == []
+
+
+# -- servers that misbehave, and load -------------------------------------------------
+
+
+def test_helo_when_ehlo_is_refused(make_server, script):
+    base = plain_answers()
+
+    def answer(n, line):
+        if line and line.upper().startswith(b"EHLO"):
+            return b"502 5.5.1 EHLO not implemented\r\n"
+        return base(n, line)
+
+    srv = script(answer)
+    server = make_server(extra=outbox_config(f"127.0.0.1:{srv.port}"))
+    assert relay(server, ["carol@remote.test"]) == {}
+    assert wait_for(lambda: srv.bodies)
+    verbs = [l.split()[0].upper() for l in srv.sessions[0]]
+    assert verbs[:2] == [b"EHLO", b"HELO"], srv.sessions[0]
+    assert b"BODY=8BITMIME" not in b"".join(srv.sessions[0])
+    assert wait_queue_empty(server)
+
+
+def test_greeting_554_tries_next_host(make_server, script, sink):
+    busy = script(lambda n, line: b"554 5.3.2 not accepting mail now\r\n" if line is None else b"221 bye\r\n")
+    s = sink()
+    server = make_server(extra=outbox_config(f"127.0.0.1:{busy.port}", f"127.0.0.1:{s.port}"))
+    assert relay(server, ["carol@remote.test"]) == {}
+    (got,) = s.wait(1)
+    assert got.rcpt_tos == ["carol@remote.test"]
+    assert len(busy.sessions) == 1
+    assert wait_queue_empty(server)
+
+
+def test_connection_lost_after_data_is_retried(make_server, script):
+    base = plain_answers()
+
+    def answer(n, line):
+        if n == 0 and line == b".":
+            return None  # gone before the final reply
+        return base(n, line)
+
+    srv = script(answer)
+    server = make_server(extra=outbox_config(f"127.0.0.1:{srv.port}", retry="1s", give_up_after="1h"))
+    assert relay(server, ["carol@remote.test"]) == {}
+    assert wait_for(lambda: len(srv.bodies) >= 2, 10), srv.sessions
+    assert srv.bodies[0] == srv.bodies[1]
+    assert wait_queue_empty(server)
+    assert delivery_lines(server, status="deferred") and delivery_lines(server, status="sent")
+
+
+def test_only_deferred_recipients_are_retried(make_server, sink):
+    s = sink(rcpt_replies={"dan@remote.test": "451 4.2.1 mailbox busy"})
+    server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}", retry="1s", give_up_after="1h"))
+    assert relay(server, ["carol@remote.test", "dan@remote.test"]) == {}
+    (first,) = s.wait(1)
+    assert first.rcpt_tos == ["carol@remote.test"]
+    assert wait_for(lambda: delivery_lines(server, status="deferred"))
+    del s.rcpt_replies["dan@remote.test"]
+    got = s.wait(2)
+    assert len(got) == 2 and got[1].rcpt_tos == ["dan@remote.test"]
+    assert wait_queue_empty(server)
+    time.sleep(1.2)
+    assert len(s.messages) == 2
+
+
+def test_more_messages_than_sessions(make_server, sink):
+    s = sink()
+    server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}"))
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], source_address=(RELAY_SOURCE, 0), timeout=10) as c:
+        for i in range(12):
+            c.sendmail(LOCAL_SENDER, [f"user{i}@remote.test"], message(subject=f"n{i}"))
+    got = s.wait(12, timeout=15)
+    assert sorted(m.rcpt_tos[0] for m in got) == sorted(f"user{i}@remote.test" for i in range(12))
+    assert wait_queue_empty(server)
+
+
+def test_large_message_through_starttls(make_server, sink, ca):
+    s = sink(tls_context=ca.server_context())
+    server = make_server(
+        extra=outbox_config(f"127.0.0.1:{s.port}", tls="starttls", extra=f"ca_file = {ca.ca_cert}\n")
+    )
+    body = "".join(f"{i:06d} " + "abcdefghij" * 7 + "\r\n" for i in range(11000))
+    assert len(body) > 800_000
+    assert relay(server, ["carol@remote.test"], message(body=body)) == {}
+    (got,) = s.wait(1, timeout=20)
+    assert got.tls
+    assert got.content.endswith(body.encode())
+
+
+def test_smarthost_by_name_verified(make_server, sink, ca, dns):
+    s = sink(tls_context=ca.server_context(), auth=("u", "p"))
+    dns.zone.a["smarthost.test"] = ["127.0.0.1"]
+    server = make_server(
+        extra=outbox_config(
+            f"smarthost.test:{s.port}",
+            tls="starttls",
+            extra=f"username = u\npassword = p\nca_file = {ca.ca_cert}\nnameserver = {dns.address}\n",
+        )
+    )
+    assert relay(server, ["carol@remote.test"]) == {}
+    (got,) = s.wait(1)
+    assert got.tls and got.auth == ("PLAIN", "u")
+    assert ("smarthost.test", "A") in dns.zone.queries
+    assert "relay=smarthost.test[127.0.0.1]" in delivery_lines(server, status="sent")[0]
+
+
+def test_direct_opportunistic_starttls(make_server, mx_sink, dns, ca):
+    # The MX's certificate names another host and chains to an unknown CA:
+    # opportunistic TLS (RFC 7435) takes it rather than send in plaintext.
+    s = mx_sink(tls_context=ca.server_context())
+    dns.zone.mx["remote.test"] = [(10, "mx.remote.test")]
+    dns.zone.a["mx.remote.test"] = [s.host]
+    server = make_server(extra=direct_config(dns))
+    assert relay(server, ["carol@remote.test"]) == {}
+    (got,) = s.wait(1)
+    assert got.tls
+
+
+def test_direct_failed_starttls_falls_back_to_plaintext(make_server, mx_sink, dns, ca):
+    import ssl
+
+    broken = ca.server_context()
+    # rustls has no CBC cipher suites: this handshake cannot succeed.
+    broken.maximum_version = ssl.TLSVersion.TLSv1_2
+    broken.set_ciphers("ECDHE-ECDSA-AES128-SHA")
+    s = mx_sink(tls_context=broken)
+    dns.zone.a["remote.test"] = [s.host]
+    server = make_server(extra=direct_config(dns, retry="1s", give_up_after="1h"))
+    assert relay(server, ["carol@remote.test"]) == {}
+    (got,) = s.wait(1, timeout=10)
+    assert not got.tls
+    assert delivery_lines(server, status="deferred")
+
+
+def test_bounce_for_unknown_local_sender_is_not_sent_out(make_server, sink):
+    s = sink(rcpt_replies={"carol@remote.test": "550 5.1.1 no such user"})
+    server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}"))
+    assert relay(server, ["carol@remote.test"], sender="ghost@example.test") == {}
+    assert wait_for(lambda: delivery_lines(server, status="bounced"))
+    assert wait_queue_empty(server)
+    time.sleep(1)
+    assert s.messages == [], [m.rcpt_tos for m in s.messages]
     assert queue_ids(server) == []

@@ -17,12 +17,12 @@ use mio::{Interest, Registry, Token};
 
 use crate::config::{HostPort, TlsMode};
 use crate::event_loop::Driver;
-use crate::net::transport::{ReadStatus, Transport};
 use crate::net::resolver::Resolver;
+use crate::net::transport::{ReadStatus, Transport};
 use crate::proto::dns::{self, MxLookup};
 use crate::proto::smtp_client::{
-    ClientEvent, ClientParams, Credentials, Envelope, Outcome, RcptResult, SessionResult, SmtpClient,
-    TlsPolicy,
+    ClientEvent, ClientParams, Credentials, Envelope, Outcome, RcptResult, SessionResult,
+    SmtpClient, TlsPolicy,
 };
 use crate::server::{Completion, Shared};
 
@@ -85,7 +85,8 @@ enum Phase {
     },
     Session {
         t: Transport,
-        client: SmtpClient,
+        /// Boxed: the client's state dwarfs the other phases.
+        client: Box<SmtpClient>,
         deadline: Instant,
         out: Vec<u8>,
     },
@@ -140,7 +141,12 @@ impl SmtpOut {
         loop {
             // Smarthost names first, in order; IP literals need no lookup.
             if let Some(hp) = self.take_unresolved() {
-                if let Ok(ip) = hp.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                if let Ok(ip) = hp
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                {
                     self.targets.push(Target {
                         host: hp.host.clone(),
                         addr: SocketAddr::new(ip, hp.port),
@@ -185,7 +191,6 @@ impl SmtpOut {
             Some(self.unresolved.remove(0))
         }
     }
-
 
     fn start_lookup(&mut self, lookup: MxLookup, current: Option<HostPort>, sh: &mut Shared) {
         let ns = match &self.job.route {
@@ -239,7 +244,9 @@ impl SmtpOut {
                 for h in hosts {
                     for addr in h.addrs {
                         self.targets.push(Target {
-                            host: current.as_ref().map_or_else(|| h.host.clone(), |hp| hp.host.clone()),
+                            host: current
+                                .as_ref()
+                                .map_or_else(|| h.host.clone(), |hp| hp.host.clone()),
                             addr: SocketAddr::new(addr, port),
                         });
                     }
@@ -247,11 +254,15 @@ impl SmtpOut {
             }
             Err(f) => {
                 let what = current.map_or_else(|| self.domain().to_string(), |hp| hp.host);
-                info!("outbox {}: lookup of {what} failed: {}", self.job.entry_id, f.reason);
+                info!(
+                    "outbox {}: lookup of {what} failed: {}",
+                    self.job.entry_id, f.reason
+                );
                 // A smarthost name that does not resolve is an operator
                 // problem: retry, never bounce.
                 let permanent = f.permanent && matches!(self.job.route, RouteSpec::Direct { .. });
-                self.lookup_failure = Some((permanent, f.enhanced, format!("{what}: {}", f.reason)));
+                self.lookup_failure =
+                    Some((permanent, f.enhanced, format!("{what}: {}", f.reason)));
             }
         }
         self.advance(sh);
@@ -290,13 +301,17 @@ impl SmtpOut {
     }
 
     fn current_target(&self) -> Option<&Target> {
-        self.next_target.checked_sub(1).and_then(|i| self.targets.get(i))
+        self.next_target
+            .checked_sub(1)
+            .and_then(|i| self.targets.get(i))
     }
 
     fn client_params(&self) -> (ClientParams, bool) {
         let host = self.current_target().map(|t| t.host.as_str()).unwrap_or("");
         let (tls, auth, requires_tls) = match &self.job.route {
-            RouteSpec::Smarthost { tls, credentials, .. } => {
+            RouteSpec::Smarthost {
+                tls, credentials, ..
+            } => {
                 let policy = match tls {
                     TlsMode::Tls => TlsPolicy::Implicit,
                     TlsMode::StartTls => TlsPolicy::Required,
@@ -304,7 +319,9 @@ impl SmtpOut {
                 };
                 (policy, credentials.clone(), *tls != TlsMode::None)
             }
-            RouteSpec::Direct { plaintext_hosts, .. } => {
+            RouteSpec::Direct {
+                plaintext_hosts, ..
+            } => {
                 let policy = if plaintext_hosts.iter().any(|h| h == host) {
                     TlsPolicy::None
                 } else {
@@ -327,7 +344,9 @@ impl SmtpOut {
 
     fn tls_config(&self) -> Arc<rustls::ClientConfig> {
         match &self.job.route {
-            RouteSpec::Smarthost { tls_config, .. } | RouteSpec::Direct { tls_config, .. } => Arc::clone(tls_config),
+            RouteSpec::Smarthost { tls_config, .. } | RouteSpec::Direct { tls_config, .. } => {
+                Arc::clone(tls_config)
+            }
         }
     }
 
@@ -359,14 +378,17 @@ impl SmtpOut {
         }
         let (params, implicit) = self.client_params();
         if implicit {
-            let host = self.current_target().map(|t| t.host.clone()).unwrap_or_default();
+            let host = self
+                .current_target()
+                .map(|t| t.host.clone())
+                .unwrap_or_default();
             if let Err(e) = t.start_tls_client(&self.tls_config(), &host) {
                 self.note_connect_failure(&format!("TLS to {host}: {e}"));
                 self.advance(sh);
                 return;
             }
         }
-        let client = SmtpClient::new(params, self.job.envelope.clone());
+        let client = Box::new(SmtpClient::new(params, self.job.envelope.clone()));
         let deadline = sh.now + client.reply_timeout();
         self.phase = Phase::Session {
             t,
@@ -379,9 +401,12 @@ impl SmtpOut {
 
     fn pump_session(&mut self, sh: &mut Shared) {
         let mut finished: Option<SessionResult> = None;
-        let host = self.current_target().map(|t| t.host.clone()).unwrap_or_default();
+        let mut handshake_failed = false;
+        let host = self
+            .current_target()
+            .map(|t| t.host.clone())
+            .unwrap_or_default();
         let tls_config = self.tls_config();
-        let direct = matches!(self.job.route, RouteSpec::Direct { .. });
         if let Phase::Session {
             t,
             client,
@@ -394,7 +419,9 @@ impl SmtpOut {
                 t.queue(out);
                 out.clear();
                 if let Err(e) = t.flush() {
-                    finished = Some(client_failure(client, t, &e));
+                    let (result, tls) = transport_failure(client, t, Some(&e));
+                    handshake_failed = tls;
+                    finished = Some(result);
                     break;
                 }
                 input.clear();
@@ -425,22 +452,24 @@ impl SmtpOut {
                     }
                     Ok(ReadStatus::WouldBlock) => break,
                     Ok(ReadStatus::Closed) => {
-                        finished = Some(client.connection_lost());
+                        let (result, tls) = transport_failure(client, t, None);
+                        handshake_failed = tls;
+                        finished = Some(result);
                         break;
                     }
                     Err(e) => {
-                        if t.is_tls() && !t.tls_established() {
-                            if direct {
-                                self.tls_failed_host = Some(host.clone());
-                            }
-                            finished = Some(client.tls_failed(&e.to_string()));
-                        } else {
-                            finished = Some(client.connection_lost());
-                        }
+                        let (result, tls) = transport_failure(client, t, Some(&e));
+                        handshake_failed = tls;
+                        finished = Some(result);
                         break;
                     }
                 }
             }
+        }
+        if handshake_failed && matches!(self.job.route, RouteSpec::Direct { .. }) {
+            // Opportunistic TLS (RFC 7435): next time, this host gets
+            // plaintext rather than no mail at all.
+            self.tls_failed_host = Some(host);
         }
         if let Some(result) = finished {
             self.session_done(result, sh);
@@ -453,13 +482,19 @@ impl SmtpOut {
     }
 
     fn session_done(&mut self, result: SessionResult, sh: &mut Shared) {
-        let relay = self.current_target().map(|t| format!("{}[{}]:{}", t.host, t.addr.ip(), t.addr.port()));
+        let relay = self
+            .current_target()
+            .map(|t| format!("{}[{}]:{}", t.host, t.addr.ip(), t.addr.port()));
         if let Phase::Session { mut t, .. } = std::mem::replace(&mut self.phase, Phase::Done) {
             t.close();
         }
         let more_targets = self.next_target < self.targets.len() || !self.unresolved.is_empty();
         if result.try_next_host && more_targets {
-            debug!("outbox {}: {} failed, trying the next host", self.job.entry_id, relay.as_deref().unwrap_or("?"));
+            debug!(
+                "outbox {}: {} failed, trying the next host",
+                self.job.entry_id,
+                relay.as_deref().unwrap_or("?")
+            );
             self.last_failure = Some(result);
             self.advance(sh);
             return;
@@ -486,10 +521,11 @@ impl SmtpOut {
         let results = if let Some(f) = self.last_failure.take() {
             f.recipients
         } else {
-            let (permanent, enhanced, reason) = self
-                .lookup_failure
-                .take()
-                .unwrap_or((false, "4.4.4", format!("no address to deliver to for {}", self.domain())));
+            let (permanent, enhanced, reason) = self.lookup_failure.take().unwrap_or((
+                false,
+                "4.4.4",
+                format!("no address to deliver to for {}", self.domain()),
+            ));
             self.job
                 .envelope
                 .recipients
@@ -516,7 +552,11 @@ impl SmtpOut {
                 "delivery id={} to=<{}> relay=none status={} ({})",
                 self.job.entry_id,
                 r.recipient,
-                if r.outcome.is_permanent() { "bounced" } else { "deferred" },
+                if r.outcome.is_permanent() {
+                    "bounced"
+                } else {
+                    "deferred"
+                },
                 r.outcome.reply()
             );
         }
@@ -549,11 +589,22 @@ fn register(
     }
 }
 
-fn client_failure(client: &mut SmtpClient, t: &Transport, e: &io::Error) -> SessionResult {
+/// The connection failed (`err`) or the peer closed it (`None`). During a
+/// TLS handshake that is a TLS failure (true): a server that hangs up on a
+/// ClientHello it cannot handle is as common as one that sends an alert.
+fn transport_failure(
+    client: &mut SmtpClient,
+    t: &Transport,
+    err: Option<&io::Error>,
+) -> (SessionResult, bool) {
     if t.is_tls() && !t.tls_established() {
-        client.tls_failed(&e.to_string())
+        let reason = err.map_or_else(
+            || "the server closed the connection".to_string(),
+            |e| e.to_string(),
+        );
+        (client.tls_failed(&reason), true)
     } else {
-        client.connection_lost()
+        (client.connection_lost(), false)
     }
 }
 
@@ -591,7 +642,9 @@ impl Driver for SmtpOut {
                 self.note_connect_failure(&format!("connect to {peer}: timed out"));
                 self.advance(sh);
             }
-            Phase::Session { client, deadline, .. } if *deadline <= sh.now => {
+            Phase::Session {
+                client, deadline, ..
+            } if *deadline <= sh.now => {
                 let result = client.timed_out();
                 self.session_done(result, sh);
             }

@@ -85,7 +85,12 @@ impl Resolver {
         self.step(step, registry, now)
     }
 
-    fn step(&mut self, step: LookupStep, registry: &Registry, now: Instant) -> Option<LookupResult> {
+    fn step(
+        &mut self,
+        step: LookupStep,
+        registry: &Registry,
+        now: Instant,
+    ) -> Option<LookupResult> {
         match step {
             LookupStep::Done(result) => {
                 self.sock = None;
@@ -134,7 +139,9 @@ impl Resolver {
         };
         let registered = match &mut sock {
             Sock::Udp(u) => registry.register(u, self.token, Interest::READABLE),
-            Sock::Tcp { sock, .. } => registry.register(sock, self.token, Interest::READABLE | Interest::WRITABLE),
+            Sock::Tcp { sock, .. } => {
+                registry.register(sock, self.token, Interest::READABLE | Interest::WRITABLE)
+            }
         };
         if let Err(e) = registered {
             debug!("dns socket: {e}");

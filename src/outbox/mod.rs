@@ -18,7 +18,9 @@ use crate::store::deliver::DeliveryError;
 use crate::store::trace::{self, TraceInfo};
 
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Queues the remote recipients of an accepted transaction, with our
@@ -58,7 +60,11 @@ pub fn enqueue(
             log::info!(
                 "queued id={} from=<{sender}> to={} size={}",
                 entry.id,
-                recipients.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(","),
+                recipients
+                    .iter()
+                    .map(|r| format!("<{r}>"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 message.len()
             );
             entry.id
@@ -79,7 +85,10 @@ pub fn listing(config: &Config) -> Result<String, String> {
     for p in &loaded.problems {
         eprintln!("warning: {p}");
     }
-    Ok(queue::format_listing(&loaded.entries, unix_secs(SystemTime::now())))
+    Ok(queue::format_listing(
+        &loaded.entries,
+        unix_secs(SystemTime::now()),
+    ))
 }
 
 /// Makes untrusted text (a remote server's reply, an address) safe for one
