@@ -117,7 +117,14 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning: ",
             Severity::Error => "",
         };
-        write!(f, "{}:{}: {}{}", self.file.display(), self.line, level, self.message)
+        write!(
+            f,
+            "{}:{}: {}{}",
+            self.file.display(),
+            self.line,
+            level,
+            self.message
+        )
     }
 }
 
@@ -177,7 +184,7 @@ pub struct Pop3Config {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -314,12 +321,6 @@ impl Default for Pop3Config {
     }
 }
 
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig { cert: None, key: None }
-    }
-}
-
 impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
@@ -346,9 +347,15 @@ impl IpNet {
             v4 => v4,
         };
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => same_prefix(net.into(), ip.into(), 128, self.prefix),
-            (IpAddr::V6(net), IpAddr::V4(ip)) => same_prefix(net.into(), ip.to_ipv6_mapped().into(), 128, self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                same_prefix(net.into(), ip.into(), 128, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                same_prefix(net.into(), ip.to_ipv6_mapped().into(), 128, self.prefix)
+            }
             (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
@@ -401,10 +408,16 @@ impl Config {
             .and_then(|f| f.take(MAX_CONFIG_SIZE + 1).read_to_end(&mut bytes))
             .map_err(|e| fail(0, format!("cannot read config: {e}")))?;
         if bytes.len() as u64 > MAX_CONFIG_SIZE {
-            return Err(fail(0, format!("config file larger than {MAX_CONFIG_SIZE} bytes")));
+            return Err(fail(
+                0,
+                format!("config file larger than {MAX_CONFIG_SIZE} bytes"),
+            ));
         }
         let text = String::from_utf8(bytes).map_err(|e| {
-            let good = e.as_bytes().get(..e.utf8_error().valid_up_to()).unwrap_or_default();
+            let good = e
+                .as_bytes()
+                .get(..e.utf8_error().valid_up_to())
+                .unwrap_or_default();
             let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
             fail(line, "not valid UTF-8 text".into())
         })?;
@@ -471,12 +484,21 @@ impl Config {
         }
         let local = values::fold(local);
         let base = match self.server.recipient_delimiter {
-            Some(d) => local.split_once(d).map(|(base, _)| base).filter(|b| !b.is_empty()),
+            Some(d) => local
+                .split_once(d)
+                .map(|(base, _)| base)
+                .filter(|b| !b.is_empty()),
             None => None,
         };
-        let catch_all = self.domains.get(&domain).and_then(|d| d.catch_all.as_deref());
+        let catch_all = self
+            .domains
+            .get(&domain)
+            .and_then(|d| d.catch_all.as_deref());
         let tries = [Some(local.as_str()), base, catch_all];
-        let found = tries.into_iter().flatten().find_map(|l| self.expand(&format!("{l}@{domain}")));
+        let found = tries
+            .into_iter()
+            .flatten()
+            .find_map(|l| self.expand(&format!("{l}@{domain}")));
         found
     }
 
@@ -491,7 +513,9 @@ impl Config {
             .mailboxes
             .values()
             .find(|m| m.domain == domain && m.aliases.iter().any(|a| a == local));
-        by_alias.map(Target::Mailbox).or_else(|| self.aliases.get(address).map(Target::Alias))
+        by_alias
+            .map(Target::Mailbox)
+            .or_else(|| self.aliases.get(address).map(Target::Alias))
     }
 
     /// Does a lower-case local address name a mailbox, a mailbox alias or an `[alias]`?
@@ -505,7 +529,10 @@ impl Config {
     /// long alias chain cannot overflow the stack. None when the address is
     /// in a local domain and defines nothing.
     fn expand(&self, address: &str) -> Option<Resolution> {
-        let is_local = |a: &str| a.rsplit_once('@').is_some_and(|(_, d)| self.domains.contains_key(d));
+        let is_local = |a: &str| {
+            a.rsplit_once('@')
+                .is_some_and(|(_, d)| self.domains.contains_key(d))
+        };
         if is_local(address) && !self.defines(address) {
             return None;
         }

@@ -44,7 +44,9 @@ pub fn lock_pid_file(data_dir: &Path) -> Result<PidFile, String> {
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     if !try_lock(&file) {
-        let pid = read_pid(&mut file).map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let pid = read_pid(&mut file)
+            .map(|p| format!(" (pid {p})"))
+            .unwrap_or_default();
         return Err(format!(
             "another mailgate is already serving {}{pid}",
             data_dir.display()

@@ -55,12 +55,17 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
         protocol: tx.protocol,
         tls,
         auth_user: tx.auth_user.clone(),
+        via: None,
         id: trace::new_id(now),
     };
     let routed = route(config, &tx);
     match store(&config.server.data_dir, config, &tx, &routed, &trace, now) {
         Ok(()) => {
-            let to: Vec<String> = tx.recipients.iter().map(|r| format!("<{}>", r.address)).collect();
+            let to: Vec<String> = tx
+                .recipients
+                .iter()
+                .map(|r| format!("<{}>", r.address))
+                .collect();
             info!(
                 "accepted id={} from=<{}> to={} size={} client={} [{}]{}",
                 trace.id,
@@ -69,9 +74,15 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
                 tx.data.len(),
                 trace::sanitize(&tx.helo, 64),
                 tx.peer,
-                tx.auth_user.as_deref().map(|u| format!(" user={u}")).unwrap_or_default()
+                tx.auth_user
+                    .as_deref()
+                    .map(|u| format!(" user={u}"))
+                    .unwrap_or_default()
             );
-            (DeliveryOutcome::Accepted { queue_id: trace.id }, !routed.remote.is_empty())
+            (
+                DeliveryOutcome::Accepted { queue_id: trace.id },
+                !routed.remote.is_empty(),
+            )
         }
         Err(e) => {
             info!(
@@ -80,9 +91,17 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
             );
             let (code, enhanced, text) = (e.code(), e.enhanced(), e.text().to_string());
             let outcome = if e.is_permanent() {
-                DeliveryOutcome::PermFail { code, enhanced, text }
+                DeliveryOutcome::PermFail {
+                    code,
+                    enhanced,
+                    text,
+                }
             } else {
-                DeliveryOutcome::TempFail { code, enhanced, text }
+                DeliveryOutcome::TempFail {
+                    code,
+                    enhanced,
+                    text,
+                }
             };
             (outcome, false)
         }
@@ -104,14 +123,20 @@ fn store(
     let queued = if routed.remote.is_empty() {
         None
     } else {
-        Some(crate::outbox::enqueue_relayed(config, tx, &routed.remote, trace, now)?)
+        Some(crate::outbox::enqueue_relayed(
+            config,
+            tx,
+            &routed.remote,
+            trace,
+            now,
+        )?)
     };
     if routed.local.is_empty() {
         return Ok(());
     }
     let request = LocalDelivery {
-                extra_headers: String::new(),
-                delivered_to_check: true,
+        extra_headers: String::new(),
+        delivered_to_check: true,
         reverse_path: tx.reverse_path.clone(),
         recipients: routed.local.clone(),
         trace: trace.clone(),

@@ -139,19 +139,18 @@ impl EventLoop {
         ))
     }
 
-    /// Adds an outbound connection (outbox, SmartPop) to the loop.
-    pub fn add_driver(&mut self, driver: Box<dyn Driver>, sh: &mut Shared) {
-        let token = self.take_token();
-        self.insert(token, driver, None, sh);
-    }
-
     /// A handle for drivers that register their own sockets.
     pub fn registry(&self) -> io::Result<mio::Registry> {
         self.poll.registry().try_clone()
     }
 
     /// Runs until SIGTERM/SIGINT and the grace period are over.
-    pub fn run(&mut self, sh: &mut Shared, accept: Acceptor, done_rx: Receiver<Completion>) -> io::Result<()> {
+    pub fn run(
+        &mut self,
+        sh: &mut Shared,
+        accept: Acceptor,
+        done_rx: Receiver<Completion>,
+    ) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
             sh.now = Instant::now();
@@ -235,7 +234,7 @@ impl EventLoop {
                 }
             };
             let ip = canonical_ip(peer.ip());
-            if let Some(reason) = self.refuse_reason(ip, kind, sh) {
+            if let Some(reason) = self.refuse_reason(ip, sh) {
                 info!("refused {} connection from {ip}: {reason}", kind.name());
                 refuse(&mut sock, kind, reason);
                 continue;
@@ -248,9 +247,11 @@ impl EventLoop {
         }
     }
 
-    fn refuse_reason(&self, ip: IpAddr, kind: ListenerKind, sh: &mut Shared) -> Option<&'static str> {
-        let (max_total, max_per_ip) = (sh.config.smtp.max_connections, sh.config.smtp.max_connections_per_ip);
-        let _ = kind;
+    fn refuse_reason(&self, ip: IpAddr, sh: &Shared) -> Option<&'static str> {
+        let (max_total, max_per_ip) = (
+            sh.config.smtp.max_connections,
+            sh.config.smtp.max_connections_per_ip,
+        );
         if self.inbound >= max_total {
             return Some("too many connections");
         }
@@ -263,7 +264,13 @@ impl EventLoop {
         None
     }
 
-    fn insert(&mut self, token: Token, mut driver: Box<dyn Driver>, ip: Option<IpAddr>, sh: &mut Shared) {
+    fn insert(
+        &mut self,
+        token: Token,
+        mut driver: Box<dyn Driver>,
+        ip: Option<IpAddr>,
+        sh: &mut Shared,
+    ) {
         let interest = driver.interest();
         if let Some(sock) = driver.source() {
             if let Err(e) = self.poll.registry().register(sock, token, interest) {
@@ -299,7 +306,12 @@ impl EventLoop {
 
     /// Runs `f` on a connection's driver, then re-arms its interest and timer
     /// or drops it.
-    fn dispatch(&mut self, token: Token, sh: &mut Shared, f: impl FnOnce(&mut dyn Driver, &mut Shared)) {
+    fn dispatch(
+        &mut self,
+        token: Token,
+        sh: &mut Shared,
+        f: impl FnOnce(&mut dyn Driver, &mut Shared),
+    ) {
         let Some(entry) = self.conns.get_mut(&token) else {
             return;
         };
@@ -369,7 +381,11 @@ impl EventLoop {
         if self.stopping.is_some() {
             return;
         }
-        info!("stopping: no new connections, {} in flight get {}s", self.conns.len(), STOP_GRACE.as_secs());
+        info!(
+            "stopping: no new connections, {} in flight get {}s",
+            self.conns.len(),
+            STOP_GRACE.as_secs()
+        );
         self.stopping = Some(sh.now + STOP_GRACE);
         for (l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
@@ -396,7 +412,9 @@ fn refuse(sock: &mut TcpStream, kind: ListenerKind, reason: &str) {
     use std::io::Write;
     let line = match kind {
         ListenerKind::Pop3 => format!("-ERR [SYS/TEMP] {reason}\r\n"),
-        ListenerKind::SmtpMx | ListenerKind::Submission => format!("421 4.7.0 {reason}, try again later\r\n"),
+        ListenerKind::SmtpMx | ListenerKind::Submission => {
+            format!("421 4.7.0 {reason}, try again later\r\n")
+        }
         // Implicit-TLS ports cannot be answered in plaintext.
         ListenerKind::Smtps | ListenerKind::Pop3s => String::new(),
     };

@@ -52,8 +52,14 @@ fn init_logging(default_level: &str) {
         .init();
 }
 
-/// Splits out `-c FILE` wherever it stands; returns (config, command, args).
-fn split_args(args: Vec<OsString>) -> Result<(Option<PathBuf>, Option<String>, Vec<OsString>), String> {
+/// The command line with `-c FILE` taken out, wherever it stood.
+struct Args {
+    config: Option<PathBuf>,
+    command: Option<String>,
+    rest: Vec<OsString>,
+}
+
+fn split_args(args: Vec<OsString>) -> Result<Args, String> {
     let mut config = None;
     let mut command = None;
     let mut rest = Vec::new();
@@ -77,7 +83,11 @@ fn split_args(args: Vec<OsString>) -> Result<(Option<PathBuf>, Option<String>, V
             rest.push(arg);
         }
     }
-    Ok((config, command, rest))
+    Ok(Args {
+        config,
+        command,
+        rest,
+    })
 }
 
 fn config_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -87,7 +97,11 @@ fn config_path(explicit: Option<PathBuf>) -> PathBuf {
 }
 
 fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
-    let (config, command, rest) = split_args(args)?;
+    let Args {
+        config,
+        command,
+        rest,
+    } = split_args(args)?;
     let command = command.unwrap_or_default();
     match command.as_str() {
         "--version" | "-V" | "version" => {
@@ -159,7 +173,10 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
 fn no_extra(rest: &[OsString]) -> Result<(), String> {
     match rest.first() {
         None => Ok(()),
-        Some(arg) => Err(format!("unexpected argument {:?}\n{USAGE}", arg.to_string_lossy())),
+        Some(arg) => Err(format!(
+            "unexpected argument {:?}\n{USAGE}",
+            arg.to_string_lossy()
+        )),
     }
 }
 
@@ -177,7 +194,10 @@ fn check(path: &Path) -> ExitCode {
             for d in &diags {
                 println!("{d}");
             }
-            let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            let errors = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
             println!("{}: {errors} error(s)", path.display());
             ExitCode::FAILURE
         }

@@ -17,14 +17,17 @@ use mio::Token;
 use crate::config::Config;
 use crate::event_loop::{Driver, EventLoop, ListenerKind};
 use crate::outbox::runner::Outbox;
-use crate::smartpop::runner::SmartPop;
 use crate::penalty::Penalty;
 use crate::proto::smtp_server::DeliveryOutcome;
+use crate::smartpop::runner::SmartPop;
 use crate::workers::Workers;
 
 /// Threads doing fsyncs and password hashes. Two keep a slow SD card busy
 /// while a hash runs; more would only add memory on a small router.
 const WORKER_THREADS: usize = 2;
+
+/// How often expired login-failure records are dropped.
+const PENALTY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Jobs of the outbox and SmartPop answer to this token, not a connection.
 pub const MANAGER: Token = Token(3);
@@ -62,6 +65,7 @@ pub struct Shared {
     pub maildrop_locks: HashSet<String>,
     pub now: Instant,
     pub stopping: bool,
+    next_prune: Instant,
     /// For drivers that register their own sockets (outbound).
     pub registry: mio::Registry,
     pub outbox: Option<Outbox>,
@@ -102,6 +106,10 @@ impl Shared {
 
     /// Starts what the outbox and SmartPop have due; runs every loop turn.
     pub fn tick(&mut self) {
+        if self.now >= self.next_prune {
+            self.penalty.prune(self.now);
+            self.next_prune = self.now + PENALTY_PRUNE_EVERY;
+        }
         for driver in self.smartpop.tick(&self.config, self.now, self.stopping) {
             self.new_drivers.push((driver, None));
         }
@@ -115,7 +123,9 @@ impl Shared {
             let config = Arc::clone(&self.config);
             self.workers.submit(move || Completion {
                 token: MANAGER,
-                outcome: Outcome::OutboxRecorded(crate::outbox::runner::record(&config, entry, reports)),
+                outcome: Outcome::OutboxRecorded(crate::outbox::runner::record(
+                    &config, entry, reports,
+                )),
             });
         }
     }
@@ -163,7 +173,10 @@ impl Shared {
     /// SIGUSR2 (`mailgate fetch`): run SmartPop now.
     pub fn fetch_requested(&mut self) {
         let account = crate::control::take_fetch_request(&self.config.server.data_dir).flatten();
-        info!("fetch requested: {}", account.as_deref().unwrap_or("all accounts"));
+        info!(
+            "fetch requested: {}",
+            account.as_deref().unwrap_or("all accounts")
+        );
         self.smartpop.request(account.as_deref(), self.now);
     }
 
@@ -194,7 +207,10 @@ impl Shared {
                 for d in &diags {
                     error!("{d}");
                 }
-                error!("reload of {} failed; keeping the running config", path.display());
+                error!(
+                    "reload of {} failed; keeping the running config",
+                    path.display()
+                );
             }
         }
     }
@@ -229,7 +245,12 @@ fn listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
         .collect()
 }
 
-fn accept(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, sh: &mut Shared) -> Box<dyn Driver> {
+fn accept(
+    kind: ListenerKind,
+    sock: TcpStream,
+    peer: SocketAddr,
+    sh: &mut Shared,
+) -> Box<dyn Driver> {
     match kind {
         ListenerKind::SmtpMx | ListenerKind::Submission | ListenerKind::Smtps => {
             Box::new(crate::conn::smtp_in::SmtpIn::new(kind, sock, peer, sh))
@@ -244,7 +265,10 @@ fn accept(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, sh: &mut Shared
 pub fn serve(config_path: &Path) -> Result<(), String> {
     let (config, warnings) = Config::load(config_path).map_err(|diags| {
         let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        format!("{}\nrefusing to start: the config has errors", lines.join("\n"))
+        format!(
+            "{}\nrefusing to start: the config has errors",
+            lines.join("\n")
+        )
     })?;
     for w in &warnings {
         warn!("{w}");
@@ -264,7 +288,9 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let outbox = Outbox::new(&config)?;
     let (mut ev, waker) = EventLoop::new(&listeners(&config))?;
     let (workers, done_rx) = Workers::new(WORKER_THREADS, waker);
-    let registry = ev.registry().map_err(|e| format!("cannot clone the poll registry: {e}"))?;
+    let registry = ev
+        .registry()
+        .map_err(|e| format!("cannot clone the poll registry: {e}"))?;
     let mut sh = Shared {
         registry,
         outbox: Some(outbox),
@@ -276,10 +302,15 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         maildrop_locks: HashSet::new(),
         now: Instant::now(),
         stopping: false,
+        next_prune: Instant::now(),
         current: Token(0),
         new_drivers: Vec::new(),
     };
-    info!("mailgate {} serving {}", env!("CARGO_PKG_VERSION"), config_path.display());
+    info!(
+        "mailgate {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        config_path.display()
+    );
     ev.run(&mut sh, accept, done_rx)
         .map_err(|e| format!("event loop failed: {e}"))
 }

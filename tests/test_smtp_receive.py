@@ -91,6 +91,9 @@ def test_unknown_user_and_relay_denied(server):
         assert code == 554 and text.startswith(b"5.7.1"), (code, text)
         code, _ = s.rcpt("bob@example.test")
         assert code == 250
+    time.sleep(0.2)
+    log = server.log_text()
+    assert "rejected: 550 5.1.1" in log and "rejected: 554 5.7.1" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("rcpt", [

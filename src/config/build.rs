@@ -35,11 +35,19 @@ pub fn build(path: &Path, text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<D
     let mut diags = b.diags;
     diags.sort_by_key(|d| d.0);
     let errors = diags.iter().filter(|d| d.1 == Severity::Error).count();
-    let shown_errors = diags.iter().take(MAX_DIAGNOSTICS).filter(|d| d.1 == Severity::Error).count();
+    let shown_errors = diags
+        .iter()
+        .take(MAX_DIAGNOSTICS)
+        .filter(|d| d.1 == Severity::Error)
+        .count();
     let hidden = diags.len().saturating_sub(MAX_DIAGNOSTICS);
     diags.truncate(MAX_DIAGNOSTICS);
     if hidden > 0 {
-        let severity = if errors > shown_errors { Severity::Error } else { Severity::Warning };
+        let severity = if errors > shown_errors {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
         diags.push((0, severity, format!("{hidden} more problems not shown")));
     }
     let diags: Vec<Diagnostic> = diags
@@ -106,18 +114,27 @@ impl Builder {
         match parse(&e.value) {
             Ok(v) => Some(v),
             Err(why) => {
-                self.err(e.line, format!("invalid {} {}: {why}", e.key, shown(&e.value)));
+                self.err(
+                    e.line,
+                    format!("invalid {} {}: {why}", e.key, shown(&e.value)),
+                );
                 None
             }
         }
     }
 
     fn unknown_key(&mut self, sec: &RawSection, e: &RawEntry) {
-        self.err(e.line, format!("unknown key {:?} in {}", e.key, header(sec)));
+        self.err(
+            e.line,
+            format!("unknown key {:?} in {}", e.key, header(sec)),
+        );
     }
 
     fn missing(&mut self, sec: &RawSection, key: &str) {
-        self.err(sec.line, format!("missing required key {key:?} in {}", header(sec)));
+        self.err(
+            sec.line,
+            format!("missing required key {key:?} in {}", header(sec)),
+        );
     }
 
     /// The section's entries with repeated keys reported and dropped.
@@ -126,7 +143,10 @@ impl Builder {
         let mut out = Vec::new();
         for e in &sec.entries {
             if let Some(line) = first.get(e.key.as_str()) {
-                self.err(e.line, format!("duplicate key {:?} (first set on line {line})", e.key));
+                self.err(
+                    e.line,
+                    format!("duplicate key {:?} (first set on line {line})", e.key),
+                );
             } else {
                 first.insert(&e.key, e.line);
                 out.push(e);
@@ -161,7 +181,13 @@ impl Builder {
                     "smartpop" => "isp-bob",
                     _ => "bob@example.test",
                 };
-                self.err(sec.line, format!("section [{0}] needs a name, as in [{0} {example}]", sec.kind));
+                self.err(
+                    sec.line,
+                    format!(
+                        "section [{0}] needs a name, as in [{0} {example}]",
+                        sec.kind
+                    ),
+                );
             }
             "domain" => self.domain(sec),
             "mailbox" => self.mailbox(sec),
@@ -205,7 +231,9 @@ impl Builder {
         }
         match hostname {
             Some(h) => s.hostname = h,
-            None if !sec.entries.iter().any(|e| e.key == "hostname") => self.missing(sec, "hostname"),
+            None if !sec.entries.iter().any(|e| e.key == "hostname") => {
+                self.missing(sec, "hostname")
+            }
             None => {}
         }
         self.server = Some(s);
@@ -229,7 +257,9 @@ impl Builder {
                 "max_message_size" => set(&mut c.max_message_size, self.value(e, values::size)),
                 "max_recipients" => set(&mut c.max_recipients, self.value(e, values::count)),
                 "max_connections" => set(&mut c.max_connections, self.value(e, values::count)),
-                "max_connections_per_ip" => set(&mut c.max_connections_per_ip, self.value(e, values::count)),
+                "max_connections_per_ip" => {
+                    set(&mut c.max_connections_per_ip, self.value(e, values::count))
+                }
                 "relay_networks" => {
                     if let Some(nets) = self.value(e, values::cidr_list) {
                         if let Some(open) = nets.iter().find(|n| n.prefix == 0) {
@@ -238,7 +268,9 @@ impl Builder {
                         c.relay_networks = nets;
                     }
                 }
-                "allow_plaintext_auth" => set(&mut c.allow_plaintext_auth, self.value(e, values::boolean)),
+                "allow_plaintext_auth" => {
+                    set(&mut c.allow_plaintext_auth, self.value(e, values::boolean))
+                }
                 "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
                 _ => self.unknown_key(sec, e),
             }
@@ -276,7 +308,10 @@ impl Builder {
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            self.err(sec.line, "[tls] needs both cert and key (or neither, for a self-signed pair)".into());
+            self.err(
+                sec.line,
+                "[tls] needs both cert and key (or neither, for a self-signed pair)".into(),
+            );
         }
     }
 
@@ -321,9 +356,15 @@ impl Builder {
             }
         }
         if o.username.is_some() != o.password.is_some() {
-            self.err(sec.line, "[outbox] username and password go together".into());
+            self.err(
+                sec.line,
+                "[outbox] username and password go together".into(),
+            );
         } else if o.password.is_some() && o.tls == TlsMode::None {
-            self.warn(sec.line, "[outbox] sends its password without TLS (tls = none)".into());
+            self.warn(
+                sec.line,
+                "[outbox] sends its password without TLS (tls = none)".into(),
+            );
         }
         self.outbox = o;
     }
@@ -331,11 +372,17 @@ impl Builder {
     fn domain(&mut self, sec: &RawSection) {
         let name = fold(&sec.name);
         if let Err(why) = values::domain(&name) {
-            self.err(sec.line, format!("invalid domain {}: {why}", shown(&sec.name)));
+            self.err(
+                sec.line,
+                format!("invalid domain {}: {why}", shown(&sec.name)),
+            );
             return;
         }
         if let Some(first) = self.domains.get(&name) {
-            let msg = format!("duplicate section [domain {name}] (first on line {})", first.line);
+            let msg = format!(
+                "duplicate section [domain {name}] (first on line {})",
+                first.line
+            );
             self.err(sec.line, msg);
             return;
         }
@@ -375,7 +422,8 @@ impl Builder {
             quota: None,
             line: sec.line,
         };
-        self.defs.push((sec.line, address.clone(), "mailbox".into()));
+        self.defs
+            .push((sec.line, address.clone(), "mailbox".into()));
         for e in self.entries(sec) {
             match e.key.as_str() {
                 "password" => m.password = self.mailbox_password(e, &address),
@@ -388,7 +436,9 @@ impl Builder {
                     m.aliases = aliases.unwrap_or_default();
                 }
                 "forward" => {
-                    m.forward = self.value(e, |v| values::list(v, |a| values::address(a, false))).unwrap_or_default();
+                    m.forward = self
+                        .value(e, |v| values::list(v, |a| values::address(a, false)))
+                        .unwrap_or_default();
                     self.refer(e, &m.forward, "forward");
                 }
                 "quota" if e.value.is_empty() => m.quota = None,
@@ -420,14 +470,17 @@ impl Builder {
             Ok(a) => a,
             Err(why) => return self.err(sec.line, format!("invalid alias address: {why}")),
         };
-        self.defs.push((sec.line, address.clone(), "[alias]".into()));
+        self.defs
+            .push((sec.line, address.clone(), "[alias]".into()));
         let mut to = None;
         for e in self.entries(sec) {
             match e.key.as_str() {
                 "to" => {
-                    let list = self.value(e, |v| match values::list(v, |a| values::address(a, false))? {
-                        l if l.is_empty() => Err("expected at least one address".into()),
-                        l => Ok(l),
+                    let list = self.value(e, |v| {
+                        match values::list(v, |a| values::address(a, false))? {
+                            l if l.is_empty() => Err("expected at least one address".into()),
+                            l => Ok(l),
+                        }
                     });
                     if let Some(l) = &list {
                         self.refer(e, l, "alias member");
@@ -461,13 +514,17 @@ impl Builder {
     fn smartpop(&mut self, sec: &RawSection) {
         let name = sec.name.clone();
         if let Err(why) = smartpop_name(&name) {
-            return self.err(sec.line, format!("invalid smartpop name {}: {why}", shown(&name)));
+            return self.err(
+                sec.line,
+                format!("invalid smartpop name {}: {why}", shown(&name)),
+            );
         }
         if let Some(first) = self.smartpop_names.get(&name.to_ascii_lowercase()) {
             let msg = format!("duplicate section [smartpop {name}] (first on line {first})");
             return self.err(sec.line, msg);
         }
-        self.smartpop_names.insert(name.to_ascii_lowercase(), sec.line);
+        self.smartpop_names
+            .insert(name.to_ascii_lowercase(), sec.line);
         let (mut host, mut username, mut password, mut deliver_to) = (None, None, None, None);
         let mut seen_host = false;
         let mut p = SmartPopConfig {
@@ -512,16 +569,26 @@ impl Builder {
             ("host", seen_host),
             ("username", sec.entries.iter().any(|e| e.key == "username")),
             ("password", sec.entries.iter().any(|e| e.key == "password")),
-            ("deliver_to", sec.entries.iter().any(|e| e.key == "deliver_to")),
+            (
+                "deliver_to",
+                sec.entries.iter().any(|e| e.key == "deliver_to"),
+            ),
         ] {
             if !present {
                 self.missing(sec, key);
             }
         }
         if p.tls == TlsMode::None {
-            self.warn(sec.line, format!("[smartpop {}] sends its password without TLS (tls = none)", p.name));
+            self.warn(
+                sec.line,
+                format!(
+                    "[smartpop {}] sends its password without TLS (tls = none)",
+                    p.name
+                ),
+            );
         }
-        let (Some((h, port)), Some(u), Some(pw), Some(d)) = (host, username, password, deliver_to) else {
+        let (Some((h, port)), Some(u), Some(pw), Some(d)) = (host, username, password, deliver_to)
+        else {
             return;
         };
         let default_port = match p.tls {
@@ -600,13 +667,22 @@ impl Builder {
         for m in c.mailboxes.values() {
             if !c.domains.contains_key(&m.domain) {
                 let d = &m.domain;
-                self.err(m.line, format!("mailbox {}: no [domain {d}] section declares {d}", m.address));
+                self.err(
+                    m.line,
+                    format!(
+                        "mailbox {}: no [domain {d}] section declares {d}",
+                        m.address
+                    ),
+                );
             }
         }
         for a in c.aliases.values() {
             let d = a.address.rsplit_once('@').map_or("", |(_, d)| d);
             if !c.domains.contains_key(d) {
-                self.err(a.line, format!("alias {}: no [domain {d}] section declares {d}", a.address));
+                self.err(
+                    a.line,
+                    format!("alias {}: no [domain {d}] section declares {d}", a.address),
+                );
             }
         }
         let mut defs = std::mem::take(&mut self.defs);
@@ -627,24 +703,72 @@ impl Builder {
             let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
             let local = c.domains.contains_key(domain);
             if local && !c.defines(&r.address) {
-                self.err(r.line, format!("{} {}: no such mailbox or alias", r.key, r.address));
+                self.err(
+                    r.line,
+                    format!("{} {}: no such mailbox or alias", r.key, r.address),
+                );
             } else if !local && r.key == "deliver_to" {
-                self.err(r.line, format!("deliver_to {} is not in a local domain", r.address));
+                self.err(
+                    r.line,
+                    format!("deliver_to {} is not in a local domain", r.address),
+                );
             }
         }
         for d in c.domains.values() {
             if let Some(ca) = &d.catch_all {
                 if !c.defines(&format!("{ca}@{}", d.name)) {
                     let line = self.catch_all_lines.get(&d.name).copied().unwrap_or(d.line);
-                    self.err(line, format!("catch_all {ca:?} names no mailbox or alias of {}", d.name));
+                    self.err(
+                        line,
+                        format!("catch_all {ca:?} names no mailbox or alias of {}", d.name),
+                    );
                 }
             }
         }
+        self.check_aliases_lead_somewhere(c);
+    }
+
+    /// An alias leads somewhere when a member is remote or a mailbox, or is
+    /// an alias that leads somewhere. Worked backwards from the direct ones,
+    /// so the check is linear even for a long alias chain; what is left
+    /// only reaches itself (a loop) or nothing.
+    fn check_aliases_lead_somewhere(&mut self, c: &Config) {
+        let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut good: HashSet<&str> = HashSet::new();
+        let mut todo: Vec<&str> = Vec::new();
         for a in c.aliases.values() {
-            let r = c.expand(&a.address).unwrap_or_default();
-            if r.local.is_empty() && r.remote.is_empty() {
-                self.err(a.line, format!("alias {} leads to no mailbox or address (a loop?)", a.address));
+            for m in &a.to {
+                let local = m
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| c.domains.contains_key(d));
+                if !local || matches!(c.lookup(m), Some(Target::Mailbox(_))) {
+                    if good.insert(&a.address) {
+                        todo.push(&a.address);
+                    }
+                } else {
+                    parents.entry(m).or_default().push(&a.address);
+                }
             }
+        }
+        while let Some(x) = todo.pop() {
+            for &p in parents.get(x).into_iter().flatten() {
+                if good.insert(p) {
+                    todo.push(p);
+                }
+            }
+        }
+        for a in c
+            .aliases
+            .values()
+            .filter(|a| !good.contains(a.address.as_str()))
+        {
+            self.err(
+                a.line,
+                format!(
+                    "alias {} leads to no mailbox or address (a loop?)",
+                    a.address
+                ),
+            );
         }
     }
 
@@ -655,10 +779,15 @@ impl Builder {
         if c.outbox.mode != OutboxMode::Smarthost || !c.outbox.hosts.is_empty() {
             return;
         }
-        let relays_for_sure = c.mailboxes.values().flat_map(|m| &m.forward).chain(c.aliases.values().flat_map(|a| &a.to)).any(|a| {
-            let d = a.rsplit_once('@').map_or("", |(_, d)| d);
-            !c.domains.contains_key(d)
-        });
+        let relays_for_sure = c
+            .mailboxes
+            .values()
+            .flat_map(|m| &m.forward)
+            .chain(c.aliases.values().flat_map(|a| &a.to))
+            .any(|a| {
+                let d = a.rsplit_once('@').map_or("", |(_, d)| d);
+                !c.domains.contains_key(d)
+            });
         if self.outbox_mode_line.is_some() || relays_for_sure {
             self.warn(
                 self.outbox_mode_line.or(self.outbox_line).unwrap_or(0),
@@ -694,7 +823,13 @@ fn required_path(v: &str) -> Parsed<PathBuf> {
 }
 
 fn nonempty<T>(f: impl FnOnce(&str) -> Parsed<T>) -> impl FnOnce(&str) -> Parsed<T> {
-    move |v| if v.is_empty() { Err("must not be empty".into()) } else { f(v) }
+    move |v| {
+        if v.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            f(v)
+        }
+    }
 }
 
 /// A login name for dropping privileges; empty means stay as started.
@@ -702,7 +837,9 @@ fn user_name(v: &str) -> Parsed<Option<String>> {
     if v.is_empty() {
         return Ok(None);
     }
-    let ok = !v.starts_with('-') && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let ok = !v.starts_with('-')
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(Some(v.to_string()))
     } else {
@@ -715,7 +852,9 @@ fn delimiter(v: &str) -> Parsed<Option<char>> {
     let mut chars = v.chars();
     match (chars.next(), chars.next()) {
         (None, _) => Ok(None),
-        (Some(c), None) if c != '@' && c != '.' && !c.is_whitespace() && !c.is_control() => Ok(Some(c)),
+        (Some(c), None) if c != '@' && c != '.' && !c.is_whitespace() && !c.is_control() => {
+            Ok(Some(c))
+        }
         _ => Err("expected one character such as + or - (empty: off)".into()),
     }
 }
@@ -738,7 +877,8 @@ fn local_of(v: &str, domain: &str) -> Parsed<String> {
 fn smartpop_name(v: &str) -> Parsed<()> {
     let ok = !v.starts_with('.')
         && v.len() <= MAX_SMARTPOP_NAME_LEN
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {

@@ -86,7 +86,8 @@ pub fn scan(text: &str) -> (Vec<RawSection>, Vec<SyntaxError>) {
             continue;
         }
         let Some((key, value)) = content.split_once('=') else {
-            err(format!("expected `key = value`, a [section] or a comment, got {}", super::shown(trimmed)));
+            // Not echoed: a line missing its `=` may well be `password secret`.
+            err("expected `key = value`, a [section] or a comment".into());
             continue;
         };
         let key = key.trim();
@@ -95,7 +96,9 @@ pub fn scan(text: &str) -> (Vec<RawSection>, Vec<SyntaxError>) {
             continue;
         }
         let Some(section) = sections.last_mut() else {
-            err(format!("key {key:?} is outside any section: put it under a [section] header"));
+            err(format!(
+                "key {key:?} is outside any section: put it under a [section] header"
+            ));
             continue;
         };
         section.entries.push(RawEntry {
@@ -125,9 +128,21 @@ mod tests {
         let (secs, errs) = scan(text);
         assert_eq!(errs, vec![]);
         assert_eq!(secs.len(), 2);
-        assert_eq!((secs[0].line, secs[0].kind.as_str(), secs[0].name.as_str()), (4, "server", ""));
-        assert_eq!(secs[0].entries, vec![entry(5, "hostname", "mail.example.test"), entry(6, "data_dir", "/x")]);
-        assert_eq!((secs[1].line, secs[1].kind.as_str(), secs[1].name.as_str()), (7, "mailbox", "Bob@Example.TEST"));
+        assert_eq!(
+            (secs[0].line, secs[0].kind.as_str(), secs[0].name.as_str()),
+            (4, "server", "")
+        );
+        assert_eq!(
+            secs[0].entries,
+            vec![
+                entry(5, "hostname", "mail.example.test"),
+                entry(6, "data_dir", "/x")
+            ]
+        );
+        assert_eq!(
+            (secs[1].line, secs[1].kind.as_str(), secs[1].name.as_str()),
+            (7, "mailbox", "Bob@Example.TEST")
+        );
         assert_eq!(secs[1].entries, vec![entry(8, "password", "a;b#c")]);
     }
 
@@ -149,7 +164,11 @@ mod tests {
         for (line, want) in cases {
             let (secs, errs) = scan(&format!("[s]\n{line}\nnext = 1\n"));
             assert_eq!(errs, vec![], "{line}");
-            assert_eq!(secs[0].entries, vec![entry(2, "k", want), entry(3, "next", "1")], "{line}");
+            assert_eq!(
+                secs[0].entries,
+                vec![entry(2, "k", want), entry(3, "next", "1")],
+                "{line}"
+            );
         }
     }
 
@@ -158,7 +177,10 @@ mod tests {
         let (secs, errs) = scan("\u{feff}[s]\r\nk = v\r\n\r\n; c\r\nj = w");
         assert_eq!(errs, vec![]);
         assert_eq!(secs[0].line, 1);
-        assert_eq!(secs[0].entries, vec![entry(2, "k", "v"), entry(5, "j", "w")]);
+        assert_eq!(
+            secs[0].entries,
+            vec![entry(2, "k", "v"), entry(5, "j", "w")]
+        );
         // A bare CR inside a line is no line ending: refused, not split.
         let (_, errs) = scan("[s]\nk = a\rb\n");
         assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2]);
@@ -166,7 +188,8 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_their_line() {
-        let text = "orphan = 1\n[s]\njunk line\n= v\n[unterminated\n[x] trailing\n[]\nk\0 = v\nok = 1\n";
+        let text =
+            "orphan = 1\n[s]\njunk line\n= v\n[unterminated\n[x] trailing\n[]\nk\0 = v\nok = 1\n";
         let (secs, errs) = scan(text);
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![1, 3, 4, 5, 6, 7, 8], "{errs:?}");
@@ -184,7 +207,20 @@ mod tests {
         let junk: String = (0u32..0x3000).filter_map(char::from_u32).collect();
         let (_, errs) = scan(&junk);
         assert!(!errs.is_empty());
-        for text in ["", "\n", "[", "]", "=", "[s", "\u{feff}", "\u{feff}\u{feff}", "\r", "\r\n\r\n", "[s]\n=\n", "[ s ]\n k = \u{85}"] {
+        for text in [
+            "",
+            "\n",
+            "[",
+            "]",
+            "=",
+            "[s",
+            "\u{feff}",
+            "\u{feff}\u{feff}",
+            "\r",
+            "\r\n\r\n",
+            "[s]\n=\n",
+            "[ s ]\n k = \u{85}",
+        ] {
             let _ = scan(text);
         }
         // Every prefix of a small valid file scans.
@@ -207,9 +243,14 @@ mod tests {
             enabled_preserve_key_leading_whitespace: false,
         };
         let parsed = ini::Ini::load_from_str_opt("[s]\npassword = ab\\\nuser = x\n", opt);
-        let joined = parsed.ok().and_then(|i| i.get_from(Some("s"), "password").map(str::to_owned));
+        let joined = parsed
+            .ok()
+            .and_then(|i| i.get_from(Some("s"), "password").map(str::to_owned));
         assert_ne!(joined.as_deref(), Some("ab\\"));
         let (secs, _) = scan("[s]\npassword = ab\\\nuser = x\n");
-        assert_eq!(secs[0].entries, vec![entry(2, "password", "ab\\"), entry(3, "user", "x")]);
+        assert_eq!(
+            secs[0].entries,
+            vec![entry(2, "password", "ab\\"), entry(3, "user", "x")]
+        );
     }
 }

@@ -33,7 +33,10 @@ pub fn duration(v: &str) -> Parsed<Duration> {
     const WANT: &str = "expected a duration such as 90s, 5m, 4h or 5d";
     let v = v.trim();
     let unit_at = v.len().saturating_sub(1);
-    let (num, unit) = (v.get(..unit_at).unwrap_or(""), v.get(unit_at..).unwrap_or(""));
+    let (num, unit) = (
+        v.get(..unit_at).unwrap_or(""),
+        v.get(unit_at..).unwrap_or(""),
+    );
     let mult: u64 = match unit {
         "s" | "S" => 1,
         "m" | "M" => 60,
@@ -162,7 +165,10 @@ pub fn nameserver(v: &str, default_port: u16) -> Parsed<SocketAddr> {
     if let Ok(sa) = v.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    let bare = v.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(v);
+    let bare = v
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(v);
     bare.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, default_port))
         .map_err(|_| "expected IP or IP:PORT of a DNS resolver".into())
@@ -179,10 +185,15 @@ pub fn host_port(item: &str) -> Parsed<(String, Option<u16>)> {
         let (ip, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("{item:?}: missing ] after IPv6 address"))?;
-        let ip: IpAddr = ip.parse().map_err(|_| format!("{item:?}: bad IP address"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{item:?}: bad IP address"))?;
         let port = match after {
             "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| format!("{item:?}: expected :PORT"))?),
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{item:?}: expected :PORT"))?,
+            ),
         };
         (ip.to_string(), port)
     } else {
@@ -244,12 +255,11 @@ pub fn domain(v: &str) -> Parsed<()> {
             return Err("domain has an empty label (leading, trailing or double dot)".into());
         }
         if label.len() > MAX_LABEL_LEN {
-            return Err(format!("domain label longer than {MAX_LABEL_LEN} characters"));
+            return Err(format!(
+                "domain label longer than {MAX_LABEL_LEN} characters"
+            ));
         }
-        if let Some(c) = label
-            .chars()
-            .find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())))
-        {
+        if let Some(c) = label.chars().find(|&c| !domain_char(c)) {
             return Err(format!("character {c:?} not allowed in a domain"));
         }
     }
@@ -276,16 +286,28 @@ pub fn local_part(v: &str, folder_safe: bool) -> Parsed<()> {
         return Err("local part may not start or end with a dot, or have two in a row".into());
     }
     if v.len() > MAX_LOCAL_PART_LEN {
-        return Err(format!("local part longer than {MAX_LOCAL_PART_LEN} characters"));
+        return Err(format!(
+            "local part longer than {MAX_LOCAL_PART_LEN} characters"
+        ));
     }
-    const ATEXT: &str = "!#$%&'*+-/=?^_`{|}~.";
-    if let Some(c) = v
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || ATEXT.contains(c) || (!c.is_ascii() && !c.is_whitespace())))
-    {
+    if let Some(c) = v.chars().find(|&c| !local_char(c)) {
         return Err(format!("character {c:?} not allowed in a local part"));
     }
     Ok(())
+}
+
+/// Letters, digits, `-`, `_`, or non-ASCII that is no space or control.
+fn domain_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || c == '-'
+        || c == '_'
+        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+}
+
+/// RFC 5322 3.2.3 atext, `.`, or non-ASCII (RFC 6531) that is no space.
+fn local_char(c: char) -> bool {
+    const ATEXT: &str = "!#$%&'*+-/=?^_`{|}~.";
+    c.is_ascii_alphanumeric() || ATEXT.contains(c) || (!c.is_ascii() && !c.is_whitespace())
 }
 
 /// `local@domain`, lower-cased. `folder_safe` as in [`local_part`].
@@ -320,14 +342,19 @@ pub fn password(v: &str) -> Parsed<PasswordScheme> {
     }
     let hash = v.strip_prefix("{SHA512-CRYPT}").unwrap_or(v);
     if !hash.starts_with("$6$") {
-        return Err("unknown password scheme: use a $6$ hash from `mailgate passwd`, \
+        return Err(
+            "unknown password scheme: use a $6$ hash from `mailgate passwd`, \
                     {SHA512-CRYPT}$6$... or {PLAIN}..."
-            .into());
+                .into(),
+        );
     }
     if sha512_crypt_shape(hash) {
         Ok(PasswordScheme::Sha512Crypt)
     } else {
-        Err("malformed $6$ hash: expected $6$[rounds=N$]SALT$HASH as printed by `mailgate passwd`".into())
+        Err(
+            "malformed $6$ hash: expected $6$[rounds=N$]SALT$HASH as printed by `mailgate passwd`"
+                .into(),
+        )
     }
 }
 
@@ -377,8 +404,22 @@ mod tests {
             assert_eq!(duration(v), Ok(Duration::from_secs(secs)), "{v}");
         }
         let bad = [
-            "", "5", "m", "0s", "-5m", "+5m", "5 m", "5x", "1.5h", "3651d", "99999999999999999999s",
-            "18446744073709551615d", "5mm", "é", "5é", "\u{0}s",
+            "",
+            "5",
+            "m",
+            "0s",
+            "-5m",
+            "+5m",
+            "5 m",
+            "5x",
+            "1.5h",
+            "3651d",
+            "99999999999999999999s",
+            "18446744073709551615d",
+            "5mm",
+            "é",
+            "5é",
+            "\u{0}s",
         ];
         for v in bad {
             assert!(duration(v).is_err(), "{v:?}");
@@ -396,11 +437,27 @@ mod tests {
 
     #[test]
     fn sizes() {
-        let ok = [("25M", 25 << 20), ("1g", 1 << 30), ("512K", 512 << 10), ("1000", 1000)];
+        let ok = [
+            ("25M", 25 << 20),
+            ("1g", 1 << 30),
+            ("512K", 512 << 10),
+            ("1000", 1000),
+        ];
         for (v, n) in ok {
             assert_eq!(size(v), Ok(n), "{v}");
         }
-        for v in ["", "0", "0M", "M", "25MB", "-1", "1.5M", "99999999999G", "25 M", "1T"] {
+        for v in [
+            "",
+            "0",
+            "0M",
+            "M",
+            "25MB",
+            "-1",
+            "1.5M",
+            "99999999999G",
+            "25 M",
+            "1T",
+        ] {
             assert!(size(v).is_err(), "{v:?}");
         }
     }
@@ -415,7 +472,14 @@ mod tests {
 
     #[test]
     fn booleans_and_modes() {
-        for (v, b) in [("yes", true), ("TRUE", true), ("on", true), ("no", false), ("False", false), ("off", false)] {
+        for (v, b) in [
+            ("yes", true),
+            ("TRUE", true),
+            ("on", true),
+            ("no", false),
+            ("False", false),
+            ("off", false),
+        ] {
             assert_eq!(boolean(v), Ok(b), "{v}");
         }
         for v in ["", "1", "0", "y", "nope"] {
@@ -440,10 +504,20 @@ mod tests {
         let v4 = |a: [u8; 4], p| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), p);
         assert_eq!(
             socket_list("0.0.0.0:25, [::]:25"),
-            Ok(vec![v4([0, 0, 0, 0], 25), SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 25)])
+            Ok(vec![
+                v4([0, 0, 0, 0], 25),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 25)
+            ])
         );
         assert_eq!(socket_list(""), Ok(vec![]));
-        for v in ["0.0.0.0", "::1:25", "host:25", "0.0.0.0:99999", "1.2.3.4:25,", "[::1]"] {
+        for v in [
+            "0.0.0.0",
+            "::1:25",
+            "host:25",
+            "0.0.0.0:99999",
+            "1.2.3.4:25,",
+            "[::1]",
+        ] {
             assert!(socket_list(v).is_err(), "{v:?}");
         }
     }
@@ -456,10 +530,23 @@ mod tests {
         };
         assert_eq!(
             cidr_list("127.0.0.0/8, ::1/128, 192.168.1.5, fe80::1"),
-            Ok(vec![net("127.0.0.0", 8), net("::1", 128), net("192.168.1.5", 32), net("fe80::1", 128)])
+            Ok(vec![
+                net("127.0.0.0", 8),
+                net("::1", 128),
+                net("192.168.1.5", 32),
+                net("fe80::1", 128)
+            ])
         );
         assert_eq!(cidr_list("0.0.0.0/0"), Ok(vec![net("0.0.0.0", 0)]));
-        for v in ["10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "10.0.0.0/-1", "x/8", "10.0.0.0/8/8"] {
+        for v in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "10.0.0.0/-1",
+            "x/8",
+            "10.0.0.0/8/8",
+        ] {
             assert!(cidr_list(v).is_err(), "{v:?}");
         }
     }
@@ -468,7 +555,10 @@ mod tests {
     fn nameservers() {
         let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(nameserver("192.168.1.1", 53), Ok(sa("192.168.1.1:53")));
-        assert_eq!(nameserver("192.168.1.1:5353", 53), Ok(sa("192.168.1.1:5353")));
+        assert_eq!(
+            nameserver("192.168.1.1:5353", 53),
+            Ok(sa("192.168.1.1:5353"))
+        );
         assert_eq!(nameserver("::1", 53), Ok(sa("[::1]:53")));
         assert_eq!(nameserver("[::1]", 53), Ok(sa("[::1]:53")));
         assert_eq!(nameserver("[::1]:54", 53), Ok(sa("[::1]:54")));
@@ -484,7 +574,10 @@ mod tests {
             port: p,
         };
         assert_eq!(
-            host_list("smtp.ISP.example:25, relay.example, [2001:db8::1]:2525, 2001:db8::2, 10.0.0.1", 587),
+            host_list(
+                "smtp.ISP.example:25, relay.example, [2001:db8::1]:2525, 2001:db8::2, 10.0.0.1",
+                587
+            ),
             Ok(vec![
                 hp("smtp.isp.example", 25),
                 hp("relay.example", 587),
@@ -493,31 +586,75 @@ mod tests {
                 hp("10.0.0.1", 587),
             ])
         );
-        for v in ["host:0", "host:", "host:x", "host:65536", "[::1", "[::1]x", "ho st", "a/b:25", "..:25", ":25"] {
+        for v in [
+            "host:0",
+            "host:",
+            "host:x",
+            "host:65536",
+            "[::1",
+            "[::1]x",
+            "ho st",
+            "a/b:25",
+            "..:25",
+            ":25",
+        ] {
             assert!(host_list(v, 587).is_err(), "{v:?}");
         }
     }
 
     #[test]
     fn domains() {
-        for v in ["example.test", "localhost", "xn--bcher-kva.example", "bücher.example", "a_b.example", "mail-1.example"] {
+        for v in [
+            "example.test",
+            "localhost",
+            "xn--bcher-kva.example",
+            "bücher.example",
+            "a_b.example",
+            "mail-1.example",
+        ] {
             assert_eq!(domain(v), Ok(()), "{v}");
         }
         let long_label = "a".repeat(64);
         let long_name = ["abcdefghi"; 30].join(".");
-        for v in ["", ".", "..", "a..b", ".a", "a.", "a/b", "a\\b", "a b", "a\0b", "a\u{7}", "[1.2.3.4]", &long_label, &long_name] {
+        for v in [
+            "",
+            ".",
+            "..",
+            "a..b",
+            ".a",
+            "a.",
+            "a/b",
+            "a\\b",
+            "a b",
+            "a\0b",
+            "a\u{7}",
+            "[1.2.3.4]",
+            &long_label,
+            &long_name,
+        ] {
             assert!(domain(v).is_err(), "{v:?}");
         }
     }
 
     #[test]
     fn local_parts() {
-        for v in ["bob", "bob.smith", "b+tag", "o'neil", "x_y-z", "josé", "a=b"] {
+        for v in [
+            "bob",
+            "bob.smith",
+            "b+tag",
+            "o'neil",
+            "x_y-z",
+            "josé",
+            "a=b",
+        ] {
             assert_eq!(local_part(v, true), Ok(()), "{v}");
         }
         assert_eq!(local_part("a/b", false), Ok(()));
         let long = "a".repeat(65);
-        for v in ["", ".", "..", "../x", "a/b", "a\\b", "a\0", "a\tb", "a b", ".a", "a.", "a..b", "a@b", "a\"b", "a,b", "<a>", &long] {
+        for v in [
+            "", ".", "..", "../x", "a/b", "a\\b", "a\0", "a\tb", "a b", ".a", "a.", "a..b", "a@b",
+            "a\"b", "a,b", "<a>", &long,
+        ] {
             assert!(local_part(v, true).is_err(), "{v:?}");
         }
         for v in ["a\\b", "..", "a b", "a\r"] {
@@ -527,9 +664,24 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(address(" Bob@Example.TEST ", true), Ok("bob@example.test".into()));
-        assert_eq!(address("a/b@remote.example", false), Ok("a/b@remote.example".into()));
-        for v in ["bob", "@example.test", "bob@", "bob@@x", "a/b@x.test", "../x@x.test", "bob@x/y", "bob@ex ample"] {
+        assert_eq!(
+            address(" Bob@Example.TEST ", true),
+            Ok("bob@example.test".into())
+        );
+        assert_eq!(
+            address("a/b@remote.example", false),
+            Ok("a/b@remote.example".into())
+        );
+        for v in [
+            "bob",
+            "@example.test",
+            "bob@",
+            "bob@@x",
+            "a/b@x.test",
+            "../x@x.test",
+            "bob@x/y",
+            "bob@ex ample",
+        ] {
             assert!(address(v, true).is_err(), "{v:?}");
         }
     }
@@ -540,7 +692,10 @@ mod tests {
         let rounds = format!("$6$rounds=5000$saltsalt${}", "./0Z".repeat(21) + "ab");
         assert_eq!(password(&hash), Ok(PasswordScheme::Sha512Crypt));
         assert_eq!(password(&rounds), Ok(PasswordScheme::Sha512Crypt));
-        assert_eq!(password(&format!("{{SHA512-CRYPT}}{hash}")), Ok(PasswordScheme::Sha512Crypt));
+        assert_eq!(
+            password(&format!("{{SHA512-CRYPT}}{hash}")),
+            Ok(PasswordScheme::Sha512Crypt)
+        );
         assert_eq!(password("{PLAIN}a;b#c"), Ok(PasswordScheme::Plain));
         assert_eq!(password("{PLAIN}"), Ok(PasswordScheme::Plain));
         let bad = [
@@ -559,7 +714,10 @@ mod tests {
         ];
         for v in &bad {
             let e = password(v).unwrap_err();
-            assert!(!e.contains(v.as_str()) || v.is_empty(), "reason echoes the password: {e}");
+            assert!(
+                !e.contains(v.as_str()) || v.is_empty(),
+                "reason echoes the password: {e}"
+            );
         }
     }
 }

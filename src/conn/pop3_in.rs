@@ -173,7 +173,8 @@ impl Pop3In {
                 Ok(ReadStatus::Data(0)) => continue,
                 Ok(ReadStatus::Data(_)) => {
                     self.idle_deadline = sh.now + self.timeout;
-                    self.session.receive(&input, &mut self.out, &mut self.events);
+                    self.session
+                        .receive(&input, &mut self.out, &mut self.events);
                     self.handle_events(sh);
                 }
                 Ok(ReadStatus::WouldBlock) => return,
@@ -228,7 +229,11 @@ impl Pop3In {
             Err(e) => {
                 // The "+OK" is already queued; a vanished file (deleted by an
                 // admin or another program) can only end the connection.
-                warn!("pop3 {}: cannot open {}: {e}", self.t.peer(), path.display());
+                warn!(
+                    "pop3 {}: cannot open {}: {e}",
+                    self.t.peer(),
+                    path.display()
+                );
                 self.session.send_failed(&mut self.events);
                 self.handle_events(sh);
             }
@@ -290,7 +295,11 @@ impl Driver for Pop3In {
                 match (ok, mailbox) {
                     (true, Some(mailbox)) => {
                         if sh.maildrop_locks.contains(&mailbox) {
-                            self.session.login_failed(LoginFailure::InUse, &mut self.out, &mut self.events);
+                            self.session.login_failed(
+                                LoginFailure::InUse,
+                                &mut self.out,
+                                &mut self.events,
+                            );
                         } else {
                             sh.maildrop_locks.insert(mailbox.clone());
                             self.locked = true;
@@ -317,7 +326,10 @@ impl Driver for Pop3In {
                     }
                     _ => {
                         info!("pop3 {}: login failed", self.t.peer());
-                        if sh.penalty.record_failure(canonical_ip(self.t.peer().ip()), sh.now) {
+                        if sh
+                            .penalty
+                            .record_failure(canonical_ip(self.t.peer().ip()), sh.now)
+                        {
                             warn!(
                                 "{}: 10 failed logins in 10 minutes, refusing it for 15 minutes",
                                 canonical_ip(self.t.peer().ip())
@@ -332,13 +344,24 @@ impl Driver for Pop3In {
                 let mailbox = self.mailbox.clone().unwrap_or_default();
                 match listing {
                     Ok(listing) => {
-                        info!("pop3 {}: {mailbox} logged in, {} messages", self.t.peer(), listing.len());
-                        self.session.login_ok(mailbox, listing, &mut self.out, &mut self.events);
+                        info!(
+                            "pop3 {}: {mailbox} logged in, {} messages",
+                            self.t.peer(),
+                            listing.len()
+                        );
+                        self.session
+                            .login_ok(mailbox, listing, &mut self.out, &mut self.events);
                     }
                     Err(e) => {
-                        warn!("pop3 {}: cannot read maildrop of {mailbox}: {e}", self.t.peer());
-                        self.session
-                            .login_failed(LoginFailure::Temporary, &mut self.out, &mut self.events);
+                        warn!(
+                            "pop3 {}: cannot read maildrop of {mailbox}: {e}",
+                            self.t.peer()
+                        );
+                        self.session.login_failed(
+                            LoginFailure::Temporary,
+                            &mut self.out,
+                            &mut self.events,
+                        );
                     }
                 }
             }
@@ -346,7 +369,8 @@ impl Driver for Pop3In {
                 if !ok {
                     warn!("pop3 {}: commit of the maildrop failed", self.t.peer());
                 }
-                self.session.commit_done(ok, &mut self.out, &mut self.events);
+                self.session
+                    .commit_done(ok, &mut self.out, &mut self.events);
             }
             _ => return,
         }
@@ -358,14 +382,19 @@ impl Driver for Pop3In {
         if let Waiting::FailureDelay(at) = self.waiting {
             if at <= sh.now {
                 self.waiting = Waiting::Nothing;
-                self.session
-                    .login_failed(LoginFailure::BadCredentials, &mut self.out, &mut self.events);
+                self.session.login_failed(
+                    LoginFailure::BadCredentials,
+                    &mut self.out,
+                    &mut self.events,
+                );
                 self.handle_events(sh);
                 self.pump(sh);
                 return;
             }
         }
-        if self.idle_deadline <= sh.now && matches!(self.waiting, Waiting::Nothing | Waiting::Sending(_)) {
+        if self.idle_deadline <= sh.now
+            && matches!(self.waiting, Waiting::Nothing | Waiting::Sending(_))
+        {
             info!("pop3 {}: timeout, closing", self.t.peer());
             self.session.timed_out(&mut self.out);
             self.closing = true;
@@ -390,7 +419,10 @@ impl Driver for Pop3In {
     fn stop(&mut self, sh: &mut Shared) {
         // Nothing is committed without QUIT (RFC 1939 6), so a stop loses
         // nothing: the client sees the connection end and retries.
-        if !matches!(self.waiting, Waiting::Commit | Waiting::Password | Waiting::Scan) {
+        if !matches!(
+            self.waiting,
+            Waiting::Commit | Waiting::Password | Waiting::Scan
+        ) {
             self.finish(sh);
         }
     }
@@ -400,7 +432,10 @@ impl Driver for Pop3In {
     }
 
     fn is_idle(&self) -> bool {
-        !matches!(self.waiting, Waiting::Password | Waiting::Scan | Waiting::Commit)
+        !matches!(
+            self.waiting,
+            Waiting::Password | Waiting::Scan | Waiting::Commit
+        )
     }
 
     fn interest(&self) -> Interest {

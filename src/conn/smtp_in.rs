@@ -142,6 +142,7 @@ impl SmtpIn {
                 }
                 self.waiting = Waiting::Nothing;
                 self.session.tls_started(&mut self.out, &mut self.events);
+                self.handle_events(sh);
                 continue;
             }
             if self.closing || self.session.is_closed() {
@@ -169,7 +170,10 @@ impl SmtpIn {
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Closed) => {
                     if self.session.in_transaction() {
-                        info!("smtp {}: connection lost during a transaction", self.t.peer());
+                        info!(
+                            "smtp {}: connection lost during a transaction",
+                            self.t.peer()
+                        );
                     }
                     self.finish();
                     return;
@@ -240,6 +244,11 @@ impl Driver for SmtpIn {
                 }
                 self.session
                     .delivered(outcome, config.as_ref(), &mut self.out, &mut self.events);
+                if sh.stopping && !self.session.in_transaction() {
+                    // The transaction we waited for is done; no new one.
+                    self.session.shutting_down(&mut self.out);
+                    self.closing = true;
+                }
             }
             Outcome::Password(ok) => {
                 self.waiting = Waiting::Nothing;
@@ -251,12 +260,19 @@ impl Driver for SmtpIn {
                     info!("smtp {}: authenticated as {user}", self.t.peer());
                     self.auth_user = Some(user);
                     self.waiting = Waiting::Nothing;
-                    self.session
-                        .auth_result(true, config.as_ref(), &mut self.out, &mut self.events);
+                    self.session.auth_result(
+                        true,
+                        config.as_ref(),
+                        &mut self.out,
+                        &mut self.events,
+                    );
                 } else {
                     info!("smtp {}: authentication failed for {user:?}", self.t.peer());
                     if sh.penalty.record_failure(self.ip(), sh.now) {
-                        warn!("{}: 10 failed logins in 10 minutes, refusing it for 15 minutes", self.ip());
+                        warn!(
+                            "{}: 10 failed logins in 10 minutes, refusing it for 15 minutes",
+                            self.ip()
+                        );
                     }
                     self.waiting = Waiting::FailureDelay(sh.now + AUTH_FAILURE_DELAY);
                     return;
@@ -280,7 +296,9 @@ impl Driver for SmtpIn {
                 return;
             }
         }
-        if self.idle_deadline <= sh.now && !matches!(self.waiting, Waiting::Delivery | Waiting::Password) {
+        if self.idle_deadline <= sh.now
+            && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
+        {
             info!("smtp {}: timeout, closing", self.t.peer());
             self.session.timed_out(&mut self.out);
             self.closing = true;

@@ -95,7 +95,8 @@ impl Transport {
     ) -> io::Result<()> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+        let conn =
+            rustls::ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
         self.tls = Some(rustls::Connection::Client(conn));
         Ok(())
     }

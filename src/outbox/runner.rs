@@ -459,6 +459,7 @@ fn send_bounce(
                 protocol: "local",
                 tls: None,
                 auth_user: None,
+                via: None,
                 id: trace::new_id(now_t),
             },
             message: &message,

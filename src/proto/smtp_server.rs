@@ -623,8 +623,18 @@ impl SmtpSession {
         }
     }
 
-    /// Writes a reply and applies the error cap.
+    /// Writes a reply and applies the error cap. Every refusal (4xx/5xx)
+    /// gets one log line, so an operator can see why mail was turned away.
     fn send(&mut self, reply: Reply, out: &mut Vec<u8>, events: &mut Vec<Event>) {
+        if reply.code >= 400 {
+            log::info!(
+                "smtp [{}]: rejected: {} {} {}",
+                self.params.peer,
+                reply.code,
+                reply.enhanced,
+                reply.lines.first().map(String::as_str).unwrap_or("")
+            );
+        }
         reply.write(out);
         if reply.counts && !self.is_closed() {
             self.errors += 1;

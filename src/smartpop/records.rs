@@ -3,7 +3,9 @@
 //! Owns: the set of UIDLs (RFC 1939 "unique-id listing") seen on one remote
 //! maildrop, each with the time it was first seen and two flags
 //! (`delivered`: the message is durably in the local Maildir, so it must never
-//! be fetched again; `oversized`: the "too big" report was already made), the
+//! be fetched again; `oversized`: the "too big" report was already made;
+//! `rejected`: the local delivery refused it for good, e.g. too many hops,
+//! so it is left on the server and not fetched again), the
 //! text file that holds them, and its durable rewrite.
 //! Must not: talk to the network or decide what to fetch (that is
 //! `proto::pop3_client`); it only answers "what do we know about this UIDL".
@@ -16,7 +18,8 @@
 //!
 //! `UIDL` is 1..=`MAX_UIDL_LEN` octets in 0x21..=0x7E (RFC 1939 section 7,
 //! so it never contains a space), `FIRST_SEEN` is unix seconds, `FLAGS` is
-//! `-` or any of `d` (delivered) and `o` (oversized reported). Lines that do
+//! `-` or any of `d` (delivered), `o` (oversized reported) and `r`
+//! (rejected by the local delivery). Lines that do
 //! not parse are skipped when loading (a torn or hand-edited file must never
 //! stop collection): the worst that follows is a duplicate delivery, never a
 //! loss, because a message is only DELEd after its line is durable.
@@ -52,6 +55,8 @@ pub struct Entry {
     pub delivered: bool,
     /// The "message too big" report was made: do not repeat it every interval.
     pub oversized: bool,
+    /// Local delivery refused it permanently: leave it, do not RETR again.
+    pub rejected: bool,
 }
 
 /// Why an account name cannot be a file name.
@@ -142,17 +147,19 @@ impl Records {
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(self.entries.len() * 32);
         for (uidl, e) in &self.entries {
-            let flags = match (e.delivered, e.oversized) {
-                (false, false) => "-",
-                (true, false) => "d",
-                (false, true) => "o",
-                (true, true) => "do",
-            };
             s.push_str(uidl);
             s.push(' ');
             s.push_str(&e.first_seen.to_string());
             s.push(' ');
-            s.push_str(flags);
+            let flags = [(e.delivered, 'd'), (e.oversized, 'o'), (e.rejected, 'r')];
+            let mut any = false;
+            for (_, c) in flags.iter().filter(|(set, _)| *set) {
+                s.push(*c);
+                any = true;
+            }
+            if !any {
+                s.push('-');
+            }
             s.push('\n');
         }
         s
@@ -203,6 +210,27 @@ impl Records {
                 })
                 .oversized = true;
         }
+    }
+
+    /// Marks `uidl` as refused for good by the local delivery, in memory.
+    pub fn mark_rejected(&mut self, uidl: &str, now: u64) {
+        if valid_uidl(uidl) {
+            self.entries
+                .entry(uidl.to_string())
+                .or_insert(Entry {
+                    first_seen: now,
+                    ..Entry::default()
+                })
+                .rejected = true;
+        }
+    }
+
+    /// Records `uidl` as refused for good, durably (it is then left on the
+    /// server and not fetched again).
+    pub fn record_rejected(&mut self, uidl: &str, now: u64) -> io::Result<()> {
+        let before = self.entries.get(uidl).copied();
+        self.mark_rejected(uidl, now);
+        self.save_or_revert(uidl, before)
     }
 
     /// Records `uidl` as delivered and makes it durable before returning.
@@ -266,6 +294,7 @@ impl Records {
         e.first_seen = e.first_seen.min(entry.first_seen);
         e.delivered |= entry.delivered;
         e.oversized |= entry.oversized;
+        e.rejected |= entry.rejected;
     }
 }
 
@@ -294,6 +323,7 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
             match c {
                 'd' => entry.delivered = true,
                 'o' => entry.oversized = true,
+                'r' => entry.rejected = true,
                 _ => return None,
             }
         }
@@ -408,8 +438,10 @@ mod tests {
         r.mark_delivered("c", 30);
         r.mark_oversized("c", 99);
         r.mark_delivered("bad uidl", 5);
+        r.mark_rejected("d", 40);
+        r.mark_rejected("c", 1);
         let text = r.to_text();
-        assert_eq!(text, "a 10 o\nb 20 d\nc 30 do\n");
+        assert_eq!(text, "a 10 o\nb 20 d\nc 30 dor\nd 40 r\n");
         let (back, skipped) = Records::parse(text.as_bytes());
         assert_eq!(skipped, 0);
         assert_eq!(back.entries, r.entries);
@@ -438,7 +470,7 @@ mod tests {
             Some(&Entry {
                 first_seen: 1,
                 delivered: true,
-                oversized: false
+                ..Entry::default()
             })
         );
         assert_eq!(
@@ -453,7 +485,8 @@ mod tests {
             Some(&Entry {
                 first_seen: 3,
                 delivered: true,
-                oversized: true
+                oversized: true,
+                rejected: false,
             })
         );
         assert!(r.get("trailing").is_some());

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{debug, error, warn};
 
 use crate::config::Config;
 use crate::conn::pop3_fetch::Pop3FetchDriver;
@@ -39,7 +39,8 @@ impl SmartPop {
 
     /// Adds new accounts, forgets removed ones, keeps running ones' state.
     pub fn reload(&mut self, config: &Config, now: Instant) {
-        self.accounts.retain(|name, _| config.smartpop.iter().any(|a| &a.name == name));
+        self.accounts
+            .retain(|name, _| config.smartpop.iter().any(|a| &a.name == name));
         for a in &config.smartpop {
             self.accounts.entry(a.name.clone()).or_insert(Account {
                 next_poll: now,
@@ -58,11 +59,20 @@ impl SmartPop {
     }
 
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.accounts.values().filter(|a| !a.running).map(|a| a.next_poll).min()
+        self.accounts
+            .values()
+            .filter(|a| !a.running)
+            .map(|a| a.next_poll)
+            .min()
     }
 
     /// Starts the runs that are due.
-    pub fn tick(&mut self, config: &Arc<Config>, now: Instant, stopping: bool) -> Vec<Box<dyn Driver>> {
+    pub fn tick(
+        &mut self,
+        config: &Arc<Config>,
+        now: Instant,
+        stopping: bool,
+    ) -> Vec<Box<dyn Driver>> {
         let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
         if stopping {
             return drivers;
@@ -89,7 +99,11 @@ impl SmartPop {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::empty(path),
                     Err(e) => {
                         // Without the records we could fetch twice: wait.
-                        error!("smartpop {}: cannot read {}: {e}", account.name, path.display());
+                        error!(
+                            "smartpop {}: cannot read {}: {e}",
+                            account.name,
+                            path.display()
+                        );
                         state.next_poll = now + RETRY_BROKEN;
                         continue;
                     }
@@ -104,9 +118,17 @@ impl SmartPop {
                     warn!("smartpop: cannot create {}: {e}", dir.display());
                 }
             }
-            info!("smartpop {}: polling {}:{}", account.name, account.host.host, account.host.port);
+            debug!(
+                "smartpop {}: polling {}:{}",
+                account.name, account.host.host, account.host.port
+            );
             state.running = true;
-            drivers.push(Box::new(Pop3FetchDriver::new(account.clone(), Arc::clone(config), tls, records)));
+            drivers.push(Box::new(Pop3FetchDriver::new(
+                account.clone(),
+                Arc::clone(config),
+                tls,
+                records,
+            )));
         }
         drivers
     }

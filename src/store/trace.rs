@@ -32,6 +32,9 @@ pub struct TraceInfo {
     pub tls: Option<String>,
     /// The authenticated user, if AUTH succeeded.
     pub auth_user: Option<String>,
+    /// How the message came, when not from an SMTP client: e.g.
+    /// `smartpop isp-bob`, written as a `(via ...)` comment.
+    pub via: Option<String>,
     /// Our queue id for this transaction ([`new_id`]).
     pub id: String,
 }
@@ -109,6 +112,15 @@ pub fn received_line(info: &TraceInfo, rcpt: Option<&str>, date: SystemTime) -> 
             .map(|w| sanitize(w, MAX_FIELD))
             .collect();
         let _ = write!(s, "\r\n\t(using {})", words.join(" "));
+    }
+    if let Some(via) = &info.via {
+        let words: Vec<String> = via
+            .split(' ')
+            .filter(|w| !w.is_empty())
+            .take(8)
+            .map(|w| sanitize(w, MAX_FIELD))
+            .collect();
+        let _ = write!(s, "\r\n\t(via {})", words.join(" "));
     }
     if let Some(user) = &info.auth_user {
         let _ = write!(s, "\r\n\t(authenticated as {})", sanitize(user, MAX_FIELD));
@@ -273,6 +285,7 @@ mod tests {
             protocol: "ESMTP",
             tls: None,
             auth_user: None,
+            via: None,
             id: "1QZ4M2K3F8A0".into(),
         }
     }
