@@ -77,6 +77,19 @@ def relay(server, rcpts, msg=None, sender=LOCAL_SENDER, mail_options=()):
         return c.sendmail(sender, rcpts, msg if msg is not None else message(), mail_options=list(mail_options))
 
 
+def wait_mail(server, address, count=1, timeout=10):
+    """server.wait_messages, tolerating a Maildir caught half created
+    (conftest's messages() lists new/ and cur/ once the folder exists)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return server.wait_messages(address, count, timeout=max(0.1, deadline - time.time()))
+        except FileNotFoundError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def queue_ids(server):
     q = server.data_dir / "queue"
     return sorted(p.stem for p in q.glob("*.env")) if q.exists() else []
@@ -274,7 +287,7 @@ def test_local_and_remote_recipients(make_server, sink):
     assert relay(server, ["bob@example.test", "carol@remote.test"]) == {}
     (got,) = s.wait(1)
     assert got.rcpt_tos == ["carol@remote.test"]
-    (local,) = server.wait_messages("bob@example.test", 1)
+    (local,) = wait_mail(server, "bob@example.test", 1)
     assert local["Subject"] == "outbox test"
     assert wait_queue_empty(server)
     time.sleep(0.5)
@@ -291,11 +304,11 @@ def test_forward_and_remote_alias_members_are_queued(make_server, sink):
         },
     )
     assert relay(server, ["alice@example.test"], sender="x@remote.test") == {}
-    assert len(server.wait_messages("alice@example.test", 1)) == 1
+    assert len(wait_mail(server, "alice@example.test", 1)) == 1
     (got,) = s.wait(1)
     assert got.rcpt_tos == ["alice@elsewhere.test"]
     assert relay(server, ["family@example.test"], sender="x@remote.test") == {}
-    assert len(server.wait_messages("bob@example.test", 1)) == 1
+    assert len(wait_mail(server, "bob@example.test", 1)) == 1
     got = s.wait(2)[1]
     assert got.rcpt_tos == ["gran@elsewhere.test"]
 
@@ -338,7 +351,7 @@ def test_smtputf8_refused_by_server_without_it(make_server, sink):
     msg = "Subject: x\r\n\r\nx\r\n".encode()
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], source_address=(RELAY_SOURCE, 0), timeout=10) as c:
         c.sendmail(LOCAL_SENDER, ["zo\u00eb@remote.test"], msg, mail_options=["SMTPUTF8"])
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.6.7"
     assert s.messages == []
@@ -364,7 +377,7 @@ def test_several_recipients_one_transaction_per_recipient_results(make_server, s
     assert relay(server, rcpts) == {}
     (got,) = s.wait(1)
     assert got.rcpt_tos == ["carol@remote.test", "dan@remote.test"]
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     _, _, rcpt_blocks, _ = bounce_parts(bounce)
     assert [b["Final-Recipient"] for b in rcpt_blocks] == ["rfc822; nobody@remote.test"]
     assert wait_queue_empty(server)
@@ -376,7 +389,7 @@ def test_size_limit_of_the_remote_server(make_server, sink):
     s = sink(size_limit=2000)
     server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}"))
     assert relay(server, ["carol@remote.test"], message(body=("x" * 70 + "\r\n") * 100)) == {}
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.3.4"
     assert s.messages == []
@@ -552,7 +565,7 @@ def test_direct_null_mx_bounces_5_1_10(make_server, dns):
     dns.zone.mx["nomail.test"] = [(0, ".")]
     server = make_server(extra=direct_config(dns))
     assert relay(server, ["carol@nomail.test"]) == {}
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.1.10"
     assert rcpt["Final-Recipient"] == "rfc822; carol@nomail.test"
@@ -562,7 +575,7 @@ def test_direct_null_mx_bounces_5_1_10(make_server, dns):
 def test_direct_nxdomain_bounces_5_1_2(make_server, dns):
     server = make_server(extra=direct_config(dns))
     assert relay(server, ["carol@nowhere.test"]) == {}
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.1.2"
     assert "nowhere.test" in field(rcpt, "Diagnostic-Code")
@@ -577,7 +590,7 @@ def test_5xx_bounces_at_once_rfc3464(make_server, sink):
     server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}", retry="1h", give_up_after="5d"))
     t0 = time.time()
     assert relay(server, ["carol@remote.test"], message(subject="the original")) == {}
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     assert time.time() - t0 < 8
     assert bounce["Return-Path"] == "<>"
     assert "MAILER-DAEMON@mx.example.test" in bounce["From"]
@@ -606,7 +619,7 @@ def test_4xx_retries_then_gives_up_and_bounces(make_server, sink):
     assert wait_for(lambda: qid in queue_ids(server) and "attempts: 1" in envelope(server, qid), 5)
     text = server.run("queue").stdout.decode()
     assert "try again later" in text
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1, timeout=15)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1, timeout=15)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.3.0"
     assert "try again later" in field(rcpt, "Diagnostic-Code")
@@ -663,7 +676,7 @@ def test_mail_loop_bounces_5_4_6(make_server, sink):
     # 30 hops are accepted; ours makes 31: the outbox refuses to send it on.
     hops30 = "".join(hops.splitlines(keepends=True)[:30])
     assert relay(server, ["carol@remote.test"], hops30.encode() + message()) == {}
-    (bounce,) = server.wait_messages(LOCAL_SENDER, 1)
+    (bounce,) = wait_mail(server, LOCAL_SENDER, 1)
     _, _, (rcpt,), _ = bounce_parts(bounce)
     assert rcpt["Status"] == "5.4.6"
     assert s.messages == []
@@ -722,7 +735,7 @@ def test_sendmail_to_remote_and_local(make_server, sink):
     assert got.mail_from == LOCAL_SENDER
     assert got.rcpt_tos == ["carol@remote.test"]
     assert b"\r\n.hidden\r\n" in got.content
-    (local,) = server.wait_messages("bob@example.test", 1)
+    (local,) = wait_mail(server, "bob@example.test", 1)
     assert local["Subject"] == "cron"
 
 
@@ -755,7 +768,7 @@ def test_sendmail_t_takes_to_cc_bcc_and_removes_bcc(make_server, sink, tmp_path)
     (got,) = s.wait(1, timeout=5)
     assert sorted(got.rcpt_tos) == ["carol@remote.test", "dan@remote.test", "secret@hidden.test"]
     assert b"Bcc" not in got.content and b"secret@hidden.test" not in got.content
-    (local,) = server.wait_messages("bob@example.test", 1)
+    (local,) = wait_mail(server, "bob@example.test", 1)
     assert local["Bcc"] is None
 
 
@@ -930,3 +943,19 @@ def test_bounce_for_unknown_local_sender_is_not_sent_out(make_server, sink):
     time.sleep(1)
     assert s.messages == [], [m.rcpt_tos for m in s.messages]
     assert queue_ids(server) == []
+
+
+def test_ipv6_smarthost(make_server, sink):
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    s = sink(host="::1", port=free_port())
+    server = make_server(extra=outbox_config(f"[::1]:{s.port}"))
+    assert relay(server, ["carol@remote.test"]) == {}
+    (got,) = s.wait(1)
+    assert got.rcpt_tos == ["carol@remote.test"]
+    assert f"[::1]:{s.port}" in delivery_lines(server, status="sent")[0]
