@@ -18,7 +18,7 @@ use crate::config::{Config, OutboxMode};
 use crate::conn::smtp_out::{GroupReport, OutboundJob, RouteSpec, SmtpOut};
 use crate::event_loop::Driver;
 use crate::outbox::bounce::{self, BounceParams, FailedRecipient};
-use crate::outbox::queue::{QueueEntry, RcptState};
+use crate::outbox::queue::{self, QueueEntry, RcptState};
 use crate::outbox::schedule::{self, Next};
 use crate::outbox::{queue::Queue, unix_secs};
 use crate::proto::smtp_client::{Credentials, Envelope, Outcome};
@@ -28,6 +28,10 @@ use crate::store::trace::{self, TraceInfo};
 /// Outbound sessions at once: a home uplink gains nothing from more, and
 /// each costs a socket and buffers.
 const MAX_SESSIONS: usize = 4;
+
+/// Wait before retrying a bounce that could not be stored, when the retry
+/// list is empty (the config refuses that; this keeps `record` total).
+const BOUNCE_RETRY_SECS: u64 = 300;
 
 /// Look at the queue at least this often, to pick up what `sendmail` queued
 /// while no signal could reach us.
@@ -298,9 +302,13 @@ impl Outbox {
 
 /// Worker side: writes one attempt's results into the queue, bounces what
 /// failed for good, and removes the entry once nothing is left to do.
-pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>) -> String {
+pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> String {
     let now = unix_secs(SystemTime::now());
     let queue = Queue::at(&config.server.data_dir);
+    let _guard = queue::envelope_lock();
+    // The envelope as it is now (a flush may have moved retry times since
+    // the scan); the results below only touch the recipients tried.
+    let mut entry = queue.load(&entry.id).unwrap_or(entry);
     let mut failed: Vec<FailedRecipient> = Vec::new();
     for report in &reports {
         for r in &report.results {
@@ -341,11 +349,7 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
                                 entry.id, r.recipient, state.attempts
                             );
                             state.state = RcptState::Failed;
-                            let status = enhanced
-                                .as_deref()
-                                .filter(|e| e.len() >= 5)
-                                .map(|e| format!("5{}", &e[1..]))
-                                .unwrap_or_else(|| "5.4.7".into());
+                            let status = expired_status(enhanced.as_deref());
                             failed.push(FailedRecipient {
                                 address: r.recipient.clone(),
                                 status,
@@ -365,11 +369,28 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
         // The bounce is stored before the envelope changes: a crash in
         // between can repeat a bounce, never lose one.
         if let Err(e) = send_bounce(config, &queue, &entry, &failed, now) {
+            // Keep the failed recipients pending so the bounce is tried
+            // again later, but record everything else: returning without
+            // writing would send delivered recipients a second copy, and
+            // the immediate rescan would retry in a tight loop.
             error!(
                 "outbox {}: cannot store the bounce: {e}; will retry",
                 entry.id
             );
-            return entry.id;
+            let wait = config
+                .outbox
+                .retry
+                .first()
+                .map_or(BOUNCE_RETRY_SECS, |d| d.as_secs())
+                .max(schedule::MIN_RETRY_INTERVAL_SECS);
+            for f in &failed {
+                if let Some(state) = entry.recipients.iter_mut().find(|s| s.address == f.address) {
+                    state.state = RcptState::Pending;
+                    state.next_try = now.saturating_add(wait);
+                    state.last_error =
+                        format!("{}; the bounce could not be stored: {e}", f.diagnostic);
+                }
+            }
         }
     }
     let result = if entry.is_finished() {
@@ -402,56 +423,103 @@ fn send_bounce(
         bounce_id: &bounce_id,
     });
     let sender = entry.sender.clone();
-    let local = config.resolve(&sender).filter(|r| !r.local.is_empty());
     info!(
         "outbox {}: bounce to <{sender}> for {} recipient(s)",
         entry.id,
         failed.len()
     );
-    match local {
-        Some(resolution) => {
-            let now_t = SystemTime::now();
-            let request = LocalDelivery {
-                extra_headers: String::new(),
-                delivered_to_check: true,
-                reverse_path: String::new(),
-                recipients: resolution
-                    .local
-                    .iter()
-                    .map(|m| LocalRecipient {
-                        mailbox: m.clone(),
-                        original: sender.clone(),
-                        quota: None,
-                    })
-                    .collect(),
-                trace: TraceInfo {
-                    hostname: config.server.hostname.clone(),
-                    helo: config.server.hostname.clone(),
-                    peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                    protocol: "local",
-                    tls: None,
-                    auth_user: None,
-                    via: None,
-                    id: trace::new_id(now_t),
-                },
-                message: &message,
-            };
-            deliver::deliver_local(&config.server.data_dir, &request)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-        None => queue
+    let Some((local, remote)) = bounce_route(config, &sender) else {
+        // A reverse-path in one of our domains that names nobody (forged,
+        // or a mailbox since removed) and no postmaster to take it: the
+        // bounce could only go out to the smarthost and come back here.
+        warn!(
+            "outbox {}: <{sender}> is in a local domain but names no mailbox, nor does postmaster; bounce dropped",
+            entry.id
+        );
+        return Ok(());
+    };
+    if !local.is_empty() {
+        let now_t = SystemTime::now();
+        let request = LocalDelivery {
+            extra_headers: String::new(),
+            delivered_to_check: true,
+            reverse_path: String::new(),
+            recipients: local
+                .iter()
+                .map(|m| LocalRecipient {
+                    mailbox: m.clone(),
+                    original: sender.clone(),
+                    quota: None,
+                })
+                .collect(),
+            trace: TraceInfo {
+                hostname: config.server.hostname.clone(),
+                helo: config.server.hostname.clone(),
+                peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                protocol: "local",
+                tls: None,
+                auth_user: None,
+                via: None,
+                id: trace::new_id(now_t),
+            },
+            message: &message,
+        };
+        deliver::deliver_local(&config.server.data_dir, &request).map_err(|e| e.to_string())?;
+    }
+    if !remote.is_empty() {
+        let smtputf8 = remote.iter().any(|r| !r.is_ascii());
+        queue
             .ensure_dirs()
-            .and_then(|_| {
-                queue.enqueue(
-                    "",
-                    std::slice::from_ref(&sender),
-                    &message,
-                    !sender.is_ascii(),
-                    now,
-                )
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .and_then(|_| queue.enqueue("", &remote, &message, smtputf8, now))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The status of a recipient given up on: its last temporary status made
+/// permanent (4.2.2 -> 5.2.2), else RFC 3463 5.4.7 "delivery time expired".
+fn expired_status(last: Option<&str>) -> String {
+    last.and_then(|e| e.strip_prefix("4."))
+        .filter(|rest| !rest.is_empty())
+        .map_or_else(|| "5.4.7".to_string(), |rest| format!("5.{rest}"))
+}
+
+/// Where a bounce for `sender` goes: (local mailboxes, remote addresses).
+/// A sender in one of our domains is resolved like a recipient (aliases,
+/// forwards); if it names nobody, the domain's postmaster gets it (the
+/// "double bounce" of RFC 5321 4.5.5's spirit, as Postfix does). None when
+/// neither exists. Any other sender is remote.
+fn bounce_route(config: &Config, sender: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+    if !config.is_local_domain(domain) {
+        return Some((Vec::new(), vec![sender.to_string()]));
+    }
+    config
+        .resolve(sender)
+        .filter(|r| !r.local.is_empty() || !r.remote.is_empty())
+        .or_else(|| config.resolve(&format!("postmaster@{domain}")))
+        .map(|r| (r.local, r.remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expired_status;
+
+    #[test]
+    fn expired_status_table() {
+        let cases: &[(Option<&str>, &str)] = &[
+            (Some("4.2.2"), "5.2.2"),
+            (Some("4.4.1"), "5.4.1"),
+            (Some("4.3.0"), "5.3.0"),
+            (None, "5.4.7"),
+            (Some(""), "5.4.7"),
+            (Some("4."), "5.4.7"),
+            (Some("5.1.1"), "5.4.7"),
+            (Some("\u{e9}.1.1"), "5.4.7"),
+            (Some("x"), "5.4.7"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(expired_status(*input), *want, "input {input:?}");
+        }
     }
 }
