@@ -16,7 +16,8 @@ use mio::Token;
 
 use crate::config::Config;
 use crate::event_loop::{Driver, EventLoop, ListenerKind};
-use crate::outbox::runner::Outbox;
+use crate::outbox::queue::QueueEntry;
+use crate::outbox::runner::{Outbox, Recorded};
 use crate::penalty::Penalty;
 use crate::proto::smtp_server::DeliveryOutcome;
 use crate::smartpop::runner::SmartPop;
@@ -41,10 +42,12 @@ pub struct Completion {
 }
 
 pub enum Outcome {
-    /// The reply for the client, and whether the outbox got new mail.
-    Delivered(DeliveryOutcome, bool),
-    /// An outbox attempt's results are written (the entry id).
-    OutboxRecorded(String),
+    /// The reply for the client, and the outbox entry it made, if any.
+    Delivered(DeliveryOutcome, Option<QueueEntry>),
+    /// An outbox attempt's results are written.
+    OutboxRecorded(Recorded),
+    /// `mailgate flush` made every entry due: read the queue again.
+    OutboxFlushed,
     /// SmartPop: a fetched message is (true) or is not durable, with the
     /// account's records handed back.
     SmartPopDelivered(bool, Option<Box<crate::smartpop::records::Records>>),
@@ -134,10 +137,13 @@ impl Shared {
 
     /// A worker finished a job of the outbox or SmartPop (not a connection's).
     pub fn manager_complete(&mut self, done: Completion) {
-        if let Outcome::OutboxRecorded(id) = done.outcome {
-            if let Some(outbox) = self.outbox.as_mut() {
-                outbox.recorded(&id, self.now);
-            }
+        let Some(outbox) = self.outbox.as_mut() else {
+            return;
+        };
+        match done.outcome {
+            Outcome::OutboxRecorded(recorded) => outbox.recorded(recorded, self.now),
+            Outcome::OutboxFlushed => outbox.rescan(self.now),
+            _ => {}
         }
     }
 
@@ -148,11 +154,11 @@ impl Shared {
         }
     }
 
-    /// New mail may be in the queue.
-    pub fn outbox_kick(&mut self) {
+    /// A message was queued by this process (SMTP in).
+    pub fn outbox_add(&mut self, entry: QueueEntry) {
         let now = self.now;
         if let Some(outbox) = self.outbox.as_mut() {
-            outbox.kick(now);
+            outbox.add(entry, now);
         }
     }
 
@@ -167,7 +173,7 @@ impl Shared {
             crate::outbox::queue::make_all_due(&data_dir, now);
             Completion {
                 token: MANAGER,
-                outcome: Outcome::OutboxRecorded(String::new()),
+                outcome: Outcome::OutboxFlushed,
             }
         });
     }

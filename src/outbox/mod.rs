@@ -31,7 +31,7 @@ pub fn enqueue_relayed(
     remote: &[String],
     trace_info: &TraceInfo,
     now: SystemTime,
-) -> Result<String, DeliveryError> {
+) -> Result<queue::QueueEntry, DeliveryError> {
     let for_rcpt = match remote {
         [one] => Some(one.as_str()),
         _ => None,
@@ -51,7 +51,7 @@ pub fn enqueue(
     message: &[u8],
     smtputf8: bool,
     now: SystemTime,
-) -> Result<String, DeliveryError> {
+) -> Result<queue::QueueEntry, DeliveryError> {
     let queue = queue::Queue::at(&config.server.data_dir);
     queue
         .ensure_dirs()
@@ -67,7 +67,7 @@ pub fn enqueue(
                     .join(","),
                 message.len()
             );
-            entry.id
+            entry
         })
         .map_err(|e| DeliveryError::from_io(&e))
 }

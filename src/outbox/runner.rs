@@ -45,10 +45,27 @@ struct Attempt {
     reports: Vec<GroupReport>,
 }
 
+/// What a worker's `record` did to one entry.
+pub struct Recorded {
+    pub id: String,
+    /// The entry as now on disk; None once removed (finished).
+    pub entry: Option<QueueEntry>,
+    /// A bounce went into the queue: read the queue again to see it.
+    pub queued_bounce: bool,
+}
+
 pub struct Outbox {
+    /// The queue as this process knows it, by id. Read whole from disk at
+    /// start, on flush and every SAFETY_SCAN (to see what `sendmail`
+    /// queued); otherwise kept current from what this process writes, so
+    /// a busy relay does not re-read every envelope for every message.
+    known: BTreeMap<String, QueueEntry>,
+    /// When the queue folder is next read whole.
+    next_full_scan: Instant,
     attempts: HashMap<String, Attempt>,
     /// Entries whose results a worker is writing.
     recording: HashSet<String>,
+    /// When `known` is next looked at for due entries.
     next_scan: Option<Instant>,
     sessions: usize,
     /// Direct mode: hosts whose STARTTLS handshake failed; the next
@@ -77,10 +94,17 @@ impl Outbox {
         }
         let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
             .map_err(|e| e.to_string())?;
+        let now = Instant::now();
         Ok(Outbox {
+            known: loaded
+                .entries
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect(),
+            next_full_scan: now + SAFETY_SCAN,
             attempts: HashMap::new(),
             recording: HashSet::new(),
-            next_scan: Some(Instant::now()),
+            next_scan: Some(now),
             sessions: 0,
             plaintext_hosts: HashSet::new(),
             verified_tls: Some(verified_tls),
@@ -88,13 +112,26 @@ impl Outbox {
         })
     }
 
-    /// Something may be due now (flush, new mail, a finished attempt).
+    /// Something may be due now (a finished attempt, a free slot).
     pub fn kick(&mut self, now: Instant) {
         self.next_scan = Some(now);
     }
 
+    /// This process queued `entry` (SMTP in); its first try is due now.
+    pub fn add(&mut self, entry: QueueEntry, now: Instant) {
+        self.known.insert(entry.id.clone(), entry);
+        self.kick(now);
+    }
+
+    /// Read the whole queue folder at the next tick (flush, or mail that
+    /// another process queued).
+    pub fn rescan(&mut self, now: Instant) {
+        self.next_full_scan = now;
+        self.kick(now);
+    }
+
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.next_scan
+        self.next_scan.map(|n| n.min(self.next_full_scan))
     }
 
     /// Rebuilds the TLS client config after a reload (ca_file may change).
@@ -107,30 +144,47 @@ impl Outbox {
 
     /// Starts sessions for what is due; returns their drivers.
     pub fn tick(&mut self, config: &Config, now: Instant, stopping: bool) -> Vec<Box<dyn Driver>> {
-        match self.next_scan {
-            Some(at) if at <= now && !stopping => {}
-            _ => return Vec::new(),
+        if stopping {
+            return Vec::new();
         }
         let queue = Queue::at(&config.server.data_dir);
-        let loaded = queue.load_all();
+        if self.next_full_scan <= now {
+            let loaded = queue.load_all();
+            self.known = loaded
+                .entries
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect();
+            self.next_full_scan = now + SAFETY_SCAN;
+            self.next_scan = Some(now);
+        }
+        match self.next_scan {
+            Some(at) if at <= now => {}
+            _ => return Vec::new(),
+        }
         let now_secs = unix_secs(SystemTime::now());
         let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
         let mut next_due: Option<u64> = None;
         let mut waiting_for_slot = false;
-        for entry in loaded.entries {
+        let mut due = Vec::new();
+        for entry in self.known.values() {
             if self.attempts.contains_key(&entry.id) || self.recording.contains(&entry.id) {
                 continue;
             }
-            if !entry.due(now_secs) {
-                if let Some(d) = entry.next_due() {
-                    next_due = Some(next_due.map_or(d, |n| n.min(d)));
-                }
-                continue;
+            if entry.due(now_secs) {
+                due.push(entry.id.clone());
+            } else if let Some(d) = entry.next_due() {
+                next_due = Some(next_due.map_or(d, |n| n.min(d)));
             }
+        }
+        for id in due {
             if self.sessions >= MAX_SESSIONS {
                 waiting_for_slot = true;
-                continue;
+                break;
             }
+            let Some(entry) = self.known.get(&id).cloned() else {
+                continue;
+            };
             match self.start(config, &queue, entry, now_secs) {
                 Ok(started) => drivers.extend(started),
                 Err(e) => warn!("outbox: {e}"),
@@ -294,15 +348,26 @@ impl Outbox {
     }
 
     /// A worker has written an attempt's results.
-    pub fn recorded(&mut self, id: &str, now: Instant) {
-        self.recording.remove(id);
+    pub fn recorded(&mut self, recorded: Recorded, now: Instant) {
+        self.recording.remove(&recorded.id);
+        match recorded.entry {
+            Some(entry) => {
+                self.known.insert(recorded.id, entry);
+            }
+            None => {
+                self.known.remove(&recorded.id);
+            }
+        }
+        if recorded.queued_bounce {
+            self.next_full_scan = now;
+        }
         self.kick(now);
     }
 }
 
 /// Worker side: writes one attempt's results into the queue, bounces what
 /// failed for good, and removes the entry once nothing is left to do.
-pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> String {
+pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> Recorded {
     let now = unix_secs(SystemTime::now());
     let queue = Queue::at(&config.server.data_dir);
     let _guard = queue::envelope_lock();
@@ -365,7 +430,8 @@ pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> 
             }
         }
     }
-    if !failed.is_empty() && bounce::should_bounce(&entry.sender) {
+    let bounced = !failed.is_empty() && bounce::should_bounce(&entry.sender);
+    if bounced {
         // The bounce is stored before the envelope changes: a crash in
         // between can repeat a bounce, never lose one.
         if let Err(e) = send_bounce(config, &queue, &entry, &failed, now) {
@@ -393,7 +459,8 @@ pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> 
             }
         }
     }
-    let result = if entry.is_finished() {
+    let finished = entry.is_finished();
+    let result = if finished {
         queue.remove(&entry.id)
     } else {
         queue.update(&entry)
@@ -401,7 +468,11 @@ pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> 
     if let Err(e) = result {
         error!("outbox {}: cannot update the queue: {e}", entry.id);
     }
-    entry.id
+    Recorded {
+        id: entry.id.clone(),
+        entry: (!finished).then_some(entry),
+        queued_bounce: bounced,
+    }
 }
 
 fn send_bounce(
