@@ -56,7 +56,7 @@ pub fn enqueue(
     queue
         .ensure_dirs()
         .and_then(|_| queue.enqueue(sender, recipients, message, smtputf8, unix_secs(now)))
-        .map(|entry| {
+        .inspect(|entry| {
             log::info!(
                 "queued id={} from=<{sender}> to={} size={}",
                 entry.id,
@@ -67,7 +67,6 @@ pub fn enqueue(
                     .join(","),
                 message.len()
             );
-            entry
         })
         .map_err(|e| DeliveryError::from_io(&e))
 }
