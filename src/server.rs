@@ -162,8 +162,16 @@ impl Shared {
         }
     }
 
-    /// SIGUSR1 (`mailgate flush`): every queued message is due now.
+    /// SIGUSR1: `mailgate flush` (every queued message is due now), or
+    /// `sendmail` saying it queued something (look at the queue again).
     pub fn flush_requested(&mut self) {
+        if !crate::control::take_flush_request(&self.config.server.data_dir) {
+            let now = self.now;
+            if let Some(outbox) = self.outbox.as_mut() {
+                outbox.rescan(now);
+            }
+            return;
+        }
         info!("flush requested: retrying the whole outbox");
         let data_dir = self.config.server.data_dir.clone();
         let now = crate::outbox::unix_secs(std::time::SystemTime::now());
