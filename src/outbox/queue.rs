@@ -24,9 +24,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -42,8 +42,8 @@ const ENV_EXT: &str = "env";
 /// Last line of every envelope: a file without it was cut short.
 const END_MARKER: &str = "end";
 
-/// Queue files hold other people's mail: owner only.
-const FILE_MODE: u32 = 0o600;
+/// Queue folders hold other people's mail: owner only (files are made
+/// 0600 by `store::durable`).
 const DIR_MODE: u32 = 0o700;
 
 /// Largest envelope file read. With at most a few hundred recipients of at
@@ -753,27 +753,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-// TODO(lead): replace with store::durable::write_durable
-/// Writes `data` to `final_path` durably: creates `tmp` (which must not
-/// exist), writes, fsyncs it, renames it over `final_path`, and fsyncs the
-/// folder of `final_path`. On error a `tmp` created here is removed.
+/// Writes `data` to `final_path` durably, the one way the project does it
+/// (`store::durable`): `tmp` (which must not exist) written and fsynced,
+/// renamed over `final_path`, the folder fsynced; no `tmp` left on error.
 fn write_durable(tmp: &Path, final_path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(tmp)?;
-    let result = (|| {
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(tmp, final_path)?;
-        sync_dir(final_path.parent().unwrap_or(Path::new(".")))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    result
+    crate::store::durable::write_durable(tmp, final_path, &[data])
 }
 
 /// `mailgate queue`: a human listing of `entries` at time `now`.
