@@ -388,3 +388,22 @@ def test_relay_network_client_may_relay(server):
         s.mail("bob@example.test")
         code, _ = s.rcpt("someone@elsewhere.example")
         assert code == 250
+
+
+def test_mailbox_quota(make_server):
+    server = make_server(replace={"password = {PLAIN}wonderland": "password = {PLAIN}wonderland\nquota = 20K"})
+    body = b"Subject: q\r\n\r\n" + (b"q" * 998 + b"\r\n") * 6  # ~6 KiB
+    codes = []
+    with smtp(server) as s:
+        for _ in range(5):
+            try:
+                s.sendmail("carol@remote.test", ["alice@example.test"], body)
+                codes.append(250)
+            except smtplib.SMTPDataError as e:
+                assert e.smtp_code == 452 and e.smtp_error.startswith(b"4.2.2"), e
+                codes.append(452)
+        # Bob has no quota: unaffected.
+        assert s.sendmail("carol@remote.test", ["bob@example.test"], body) == {}
+    assert codes == [250, 250, 250, 452, 452], codes
+    assert len(server.messages("alice@example.test")) == 3
+    assert server.files_in("tmp") == []

@@ -233,8 +233,8 @@ impl Driver for SmtpIn {
         match done.outcome {
             Outcome::Delivered(outcome, queued) => {
                 self.waiting = Waiting::Nothing;
-                if queued {
-                    sh.outbox_kick();
+                if let Some(entry) = queued {
+                    sh.outbox_add(entry);
                 }
                 if self.done {
                     return;

@@ -35,6 +35,7 @@ use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
 use super::line::{Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
+use super::sasl::{self, PlainError};
 use crate::config::Resolution;
 
 /// Replies of 5xx to commands before the session is closed with 421
@@ -1241,22 +1242,15 @@ impl SmtpSession {
         out: &mut Vec<u8>,
         events: &mut Vec<Event>,
     ) -> Handled {
-        let text = std::str::from_utf8(response).map_err(|_| bad_encoding())?;
-        let mut parts = text.split('\0');
-        let (Some(authzid), Some(authcid), Some(password), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad_encoding());
-        };
-        if authcid.is_empty() {
-            return Err(bad_encoding());
+        match sasl::parse_plain(response) {
+            Ok(plain) => Ok(self.authenticate(plain.authcid, plain.password, events)),
+            Err(PlainError::Malformed) => Err(bad_encoding()),
+            Err(PlainError::ForeignAuthzid) => {
+                // No proxy authorization: acting as someone else is refused.
+                self.auth_failed(out, events);
+                Ok(None)
+            }
         }
-        if !authzid.is_empty() && authzid != authcid {
-            // No proxy authorization: acting as someone else is refused.
-            self.auth_failed(out, events);
-            return Ok(None);
-        }
-        Ok(self.authenticate(authcid.to_string(), password.to_string(), events))
     }
 
     fn login_username(&mut self, response: &[u8]) -> Handled {

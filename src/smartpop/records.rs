@@ -25,8 +25,8 @@
 //! loss, because a message is only DELEd after its line is durable.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// RFC 1939 section 7 limits a unique-id to 70 octets. Some servers send
@@ -331,12 +331,11 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
     Some((uidl.to_string(), entry))
 }
 
-// TODO(lead): use store::durable::write_durable once merged; this is a
-// private equivalent so this branch stands alone.
 /// Replaces `path` with `data` so that after a crash the file is either the
-/// old one or the new one, whole: write `.NAME.tmp` in the same directory,
-/// fsync it, rename over `path`, fsync the directory (so the rename itself
-/// survives power loss).
+/// old one or the new one, whole, by the project's one durable write
+/// (`store::durable`): `.NAME.tmp` beside it, fsync, rename, fsync the
+/// folder. Runs are serialized per account, so a `.tmp` found here is a
+/// crash's leftover and is removed first.
 fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let name = path.file_name().ok_or_else(|| {
@@ -352,24 +351,11 @@ fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
         }
         None => PathBuf::from(tmp_name),
     };
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir.unwrap_or_else(|| Path::new(".")))?.sync_all()
+    crate::store::durable::write_durable(&tmp, path, &[data])
 }
 
 #[cfg(test)]
