@@ -223,13 +223,13 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
         }
         "queue" => {
             no_extra(&rest)?;
-            let config = load_quietly(&config_path(config))?;
+            let config = load_as_user(&config_path(config))?;
             print!("{}", mailgate::outbox::listing(&config)?);
             Ok(ExitCode::SUCCESS)
         }
         "flush" => {
             no_extra(&rest)?;
-            let config = load_quietly(&config_path(config))?;
+            let config = load_as_user(&config_path(config))?;
             control::request(&config.server.data_dir, control::Request::Flush)?;
             println!("flush requested");
             Ok(ExitCode::SUCCESS)
@@ -238,7 +238,7 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
             if rest.len() > 1 {
                 return Err(format!("fetch takes at most one ACCOUNT\n{USAGE}"));
             }
-            let config = load_quietly(&config_path(config))?;
+            let config = load_as_user(&config_path(config))?;
             let account = rest.first().map(|a| a.to_string_lossy().into_owned());
             if let Some(name) = &account {
                 if !config.smartpop.iter().any(|a| &a.name == name) {
@@ -292,6 +292,15 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// For the one-shot commands: reads the config, then (when root and
+/// `[server] user` is set) becomes that user before touching data_dir, so
+/// root never writes into a folder an unprivileged user controls.
+fn load_as_user(path: &Path) -> Result<Config, String> {
+    let config = load_quietly(path)?;
+    mailgate::privileges::become_configured_user(&config)?;
+    Ok(config)
+}
+
 fn load_quietly(path: &Path) -> Result<Config, String> {
     match Config::load(path) {
         Ok((config, _)) => Ok(config),
@@ -310,7 +319,7 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
         None => (None, args),
     };
     let path = config_path(explicit);
-    let config = match load_quietly(&path) {
+    let config = match load_as_user(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");
