@@ -279,6 +279,33 @@ fn accept(
     }
 }
 
+/// Every connection is a descriptor, and a queue scan or delivery opens
+/// a few more: lift the soft limit (often 1024) to the hard one, so
+/// `max_connections` and not the kernel decides who is turned away.
+fn raise_file_limit(config: &Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let wanted = config.smtp.max_connections as u64 + 64;
+    if u64::from(lim.rlim_cur) < wanted {
+        warn!(
+            "open-file limit {} is below max_connections + 64 ({wanted}); raise it (ulimit -n, LimitNOFILE=)",
+            lim.rlim_cur
+        );
+    }
+}
+
 /// Runs the server until SIGTERM/SIGINT. Err carries a message for the user.
 ///
 /// Start-up order. Without `[server] user` (or when already running as
@@ -307,6 +334,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     {
         warn!("{w}");
     }
+    raise_file_limit(&config);
     let data_dir = config.server.data_dir.clone();
     let account = privileges::configured_account(&config)?;
     let user = account.as_ref().map(|a| a.name.as_str());
