@@ -297,8 +297,8 @@ fn raise_file_limit(config: &Config) {
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-    let wanted = config.smtp.max_connections as u64 + 64;
-    if u64::from(lim.rlim_cur) < wanted {
+    let wanted = config.smtp.max_connections.saturating_add(64) as libc::rlim_t;
+    if lim.rlim_cur < wanted {
         warn!(
             "open-file limit {} is below max_connections + 64 ({wanted}); raise it (ulimit -n, LimitNOFILE=)",
             lim.rlim_cur
