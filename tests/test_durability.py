@@ -280,3 +280,66 @@ def test_checker_accepts_the_right_order():
 def test_checker_refuses_a_wrong_order(bad):
     with pytest.raises(AssertionError):
         check_log(bad(GOOD_LOG))
+
+
+def test_full_disk_queue_answers_452_and_leaves_no_partial_entry(make_server, tmp_path):
+    """Queueing (and a transaction with local and remote recipients, which
+    is all or nothing) on a full disk: 452 4.3.1, and nothing half-written
+    under a final name in queue/ or new/."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    server = None
+    try:
+        dead = free_port()
+        server = make_server(
+            replace={"data_dir = ": f"data_dir = {mnt}/data\n# was: "},
+            extra=f"\n[outbox]\nmode = smarthost\nhost = 127.0.0.1:{dead}\ntls = none\nretry = 1h\n")
+        server.data_dir = mnt / "data"
+        codes = {}
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20,
+                          source_address=(RELAY_SOURCE, 0)) as s:
+            s.ehlo("full.client")
+            for i in range(14):
+                rcpts = ["dan@remote.test"] if i % 2 else ["bob@example.test", "dan@remote.test"]
+                body = "".join(f"{i} {'q' * 900}\r\n" for _ in range(70))  # ~64 KiB
+                data = f"Subject: full {i}\r\nMessage-ID: <full{i}@t>\r\n\r\n{body}last {i}\r\n"
+                try:
+                    s.sendmail("carol@remote.test", rcpts, data.encode())
+                    codes[i] = 250
+                except smtplib.SMTPDataError as e:
+                    assert e.smtp_code == 452 and e.smtp_error.startswith(b"4.3.1"), e
+                    codes[i] = 452
+        print(f"\nfull disk: replies {codes}")
+        assert 452 in codes.values(), codes
+        qdir = server.data_dir / "queue"
+        queued = {}
+        for msg in qdir.glob("*.msg"):
+            assert msg.with_suffix(".env").exists(), f"{msg.name} without its envelope"
+            raw = msg.read_bytes()
+            n = int(re.search(rb"Subject: full (\d+)", raw).group(1))
+            assert raw.endswith(f"last {n}\n".encode()), f"{msg.name} cut short"
+            queued[n] = queued.get(n, 0) + 1
+        for env in qdir.glob("*.env"):
+            assert env.with_suffix(".msg").exists(), f"{env.name} without its message"
+            assert env.read_text().rstrip().endswith("end"), f"{env.name} cut short"
+        assert list((qdir / "tmp").iterdir()) == [], "a half-written file stays in queue/tmp"
+        local = {}
+        for p in server.files_in("new"):
+            raw = p.read_bytes()
+            n = int(re.search(rb"Subject: full (\d+)", raw).group(1))
+            assert raw.endswith(f"last {n}\n".encode()), f"{p.name} cut short"
+            local[n] = local.get(n, 0) + 1
+        assert server.files_in("tmp") == []
+        accepted = {i for i, c in codes.items() if c == 250}
+        assert queued == {i: 1 for i in accepted}, (codes, queued)
+        assert local == {i: 1 for i in accepted if i % 2 == 0}, (codes, local)
+    finally:
+        try:
+            if server:
+                server.stop()
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)])
