@@ -166,10 +166,45 @@ impl Recipients for TestRcpts {
     }
 }
 
-/// Header: flags (role, limits, policy), then a 2-byte seed.
+/// What one run of a session produced, for comparing two runs.
+#[derive(Debug, PartialEq, Eq)]
+struct Transcript {
+    out: Vec<u8>,
+    events: Vec<String>,
+    /// All input was read and every event answered (not cut by MAX_STEPS).
+    complete: bool,
+    /// STARTTLS/STLS went ahead: plaintext after it is dropped, so where
+    /// the reads split matters and two runs may differ.
+    tls: bool,
+}
+
+/// Header: flags (role, limits, policy), then a 2-byte seed. The session
+/// runs twice: reads split at random (answers sometimes delayed, so input
+/// is held) and the whole input in one read. Where reads split must not
+/// change a single reply or transaction (RFC 5321 2.3.7: lines, not
+/// packets, are the unit), unless STARTTLS went ahead.
 pub fn smtp_server(data: &[u8]) {
     let ([flags, s0, s1], input) = header::<3>(data);
-    let mut rng = Rng::new(&[flags, s0, s1]);
+    let split = run_smtp(flags, [s0, s1], input, true);
+    let whole = run_smtp(flags, [s0, s1], input, false);
+    if split.complete && whole.complete && !split.tls && !whole.tls {
+        assert_eq!(
+            String::from_utf8_lossy(&split.out),
+            String::from_utf8_lossy(&whole.out),
+            "replies depend on where reads split"
+        );
+        assert_eq!(
+            split.events, whole.events,
+            "events depend on where reads split"
+        );
+    }
+}
+
+fn run_smtp(flags: u8, seed: [u8; 2], input: &[u8], split: bool) -> Transcript {
+    // Answers come from one generator, reads and delays from another, so
+    // both runs answer the same events the same way.
+    let mut answers = Rng::new(&[flags, seed[0], seed[1]]);
+    let mut reads = Rng::new(&[seed[1], seed[0], flags, 1]);
     let role = match flags & 3 {
         1 => Role::Submission,
         2 => Role::Smtps,
@@ -192,6 +227,12 @@ pub fn smtp_server(data: &[u8]) {
         plaintext_auth_allowed: bit(flags, 6),
     };
     let mut s = SmtpSession::new(params);
+    let mut t = Transcript {
+        out: Vec::new(),
+        events: Vec::new(),
+        complete: false,
+        tls: false,
+    };
     let mut out = Vec::new();
     let mut events = Vec::new();
     s.greeting(&mut out);
@@ -200,11 +241,13 @@ pub fn smtp_server(data: &[u8]) {
     while steps < MAX_STEPS && !s.is_closed() {
         steps += 1;
         check_lines(&out, MAX_SMTP_REPLY_LINE, &smtp_reply_line);
-        out.clear();
+        t.out.append(&mut out);
         // Answer what the session waits for, now or after more input
         // arrived and was held (the driver's worker is slow).
-        if !events.is_empty() && (!s.wants_input() || pos >= input.len() || rng.one_in(2)) {
+        let answer_now = !split || reads.one_in(2);
+        if !events.is_empty() && (!s.wants_input() || pos >= input.len() || answer_now) {
             for event in std::mem::take(&mut events) {
+                t.events.push(format!("{event:?}"));
                 match event {
                     Event::Deliver(tx) => {
                         assert!(
@@ -212,7 +255,7 @@ pub fn smtp_server(data: &[u8]) {
                             "a transaction without recipients"
                         );
                         assert!(tx.recipients.len() <= max_recipients, "over max_recipients");
-                        let outcome = match rng.next() % 4 {
+                        let outcome = match answers.next() % 4 {
                             0 => DeliveryOutcome::TempFail {
                                 code: 452,
                                 enhanced: "4.3.1",
@@ -230,10 +273,13 @@ pub fn smtp_server(data: &[u8]) {
                         s.delivered(outcome, &TestRcpts, &mut out, &mut events);
                     }
                     Event::Authenticate { .. } => {
-                        let ok = rng.one_in(2);
+                        let ok = answers.one_in(2);
                         s.auth_result(ok, &TestRcpts, &mut out, &mut events);
                     }
-                    Event::StartTls => s.tls_started(&mut out, &mut events),
+                    Event::StartTls => {
+                        t.tls = true;
+                        s.tls_started(&mut out, &mut events);
+                    }
                     Event::Close => {}
                 }
             }
@@ -242,18 +288,26 @@ pub fn smtp_server(data: &[u8]) {
         if pos >= input.len() || !s.wants_input() {
             break;
         }
-        let n = rng.chunk(input.len() - pos);
+        let n = if split {
+            reads.chunk(input.len() - pos)
+        } else {
+            input.len() - pos
+        };
         s.receive(&input[pos..pos + n], &TestRcpts, &mut out, &mut events);
         pos += n;
     }
+    t.complete =
+        (pos >= input.len() || s.is_closed()) && events.iter().all(|e| matches!(e, Event::Close));
     check_lines(&out, MAX_SMTP_REPLY_LINE, &smtp_reply_line);
-    out.clear();
+    t.out.append(&mut out);
     if bit(flags, 7) {
         s.timed_out(&mut out);
     } else {
         s.shutting_down(&mut out);
     }
     check_lines(&out, MAX_SMTP_REPLY_LINE, &smtp_reply_line);
+    t.out.append(&mut out);
+    t
 }
 
 // ---- POP3 server ---------------------------------------------------------
@@ -268,16 +322,40 @@ fn listing() -> Vec<MessageInfo> {
         .collect()
 }
 
-/// Header: flags (TLS, plaintext login), then a 2-byte seed.
+/// Header: flags (TLS, plaintext login), then a 2-byte seed. Two runs,
+/// reads split and whole, must answer alike (see `smtp_server`).
 pub fn pop3_server(data: &[u8]) {
     let ([flags, s0, s1], input) = header::<3>(data);
-    let mut rng = Rng::new(&[flags, s0, s1]);
+    let split = run_pop3(flags, [s0, s1], input, true);
+    let whole = run_pop3(flags, [s0, s1], input, false);
+    if split.complete && whole.complete && !split.tls && !whole.tls {
+        assert_eq!(
+            String::from_utf8_lossy(&split.out),
+            String::from_utf8_lossy(&whole.out),
+            "responses depend on where reads split"
+        );
+        assert_eq!(
+            split.events, whole.events,
+            "events depend on where reads split"
+        );
+    }
+}
+
+fn run_pop3(flags: u8, seed: [u8; 2], input: &[u8], split: bool) -> Transcript {
+    let mut answers = Rng::new(&[flags, seed[0], seed[1]]);
+    let mut reads = Rng::new(&[seed[1], seed[0], flags, 1]);
     let mut s = Pop3Session::new(Pop3Params {
         hostname: "mx.example.test".into(),
         stls_available: bit(flags, 0),
         tls_active: bit(flags, 1),
         plaintext_login_allowed: bit(flags, 2),
     });
+    let mut t = Transcript {
+        out: Vec::new(),
+        events: Vec::new(),
+        complete: false,
+        tls: false,
+    };
     let mut out = Vec::new();
     let mut events = Vec::new();
     s.greeting(&mut out);
@@ -287,11 +365,13 @@ pub fn pop3_server(data: &[u8]) {
     while steps < MAX_STEPS && !s.is_closed() {
         steps += 1;
         check_lines(&out, MAX_POP3_RESPONSE_LINE, &pop3_line);
-        out.clear();
-        if !events.is_empty() && (!s.wants_input() || pos >= input.len() || rng.one_in(2)) {
+        t.out.append(&mut out);
+        let answer_now = !split || reads.one_in(2);
+        if !events.is_empty() && (!s.wants_input() || pos >= input.len() || answer_now) {
             for event in std::mem::take(&mut events) {
+                t.events.push(format!("{event:?}"));
                 match event {
-                    Pop3Event::Authenticate { .. } => match rng.next() % 4 {
+                    Pop3Event::Authenticate { .. } => match answers.next() % 4 {
                         0 => s.login_failed(LoginFailure::BadCredentials, &mut out, &mut events),
                         1 => s.login_failed(LoginFailure::InUse, &mut out, &mut events),
                         2 => s.login_failed(LoginFailure::Temporary, &mut out, &mut events),
@@ -299,10 +379,13 @@ pub fn pop3_server(data: &[u8]) {
                             s.login_ok("bob@example.test".into(), listing(), &mut out, &mut events)
                         }
                     },
-                    Pop3Event::StartTls => s.tls_started(&mut out, &mut events),
+                    Pop3Event::StartTls => {
+                        t.tls = true;
+                        s.tls_started(&mut out, &mut events);
+                    }
                     Pop3Event::Send { index, .. } => {
                         assert!(index < 3, "Send of a message not in the listing");
-                        if rng.one_in(8) {
+                        if answers.one_in(8) {
                             s.send_failed(&mut events);
                         } else {
                             s.send_done(&mut out, &mut events);
@@ -310,7 +393,7 @@ pub fn pop3_server(data: &[u8]) {
                     }
                     Pop3Event::Commit { deleted, .. } => {
                         assert!(deleted.len() <= 3);
-                        let ok = !rng.one_in(4);
+                        let ok = !answers.one_in(4);
                         s.commit_done(ok, &mut out, &mut events);
                     }
                     Pop3Event::Close => {}
@@ -321,13 +404,21 @@ pub fn pop3_server(data: &[u8]) {
         if pos >= input.len() || !s.wants_input() {
             break;
         }
-        let n = rng.chunk(input.len() - pos);
+        let n = if split {
+            reads.chunk(input.len() - pos)
+        } else {
+            input.len() - pos
+        };
         s.receive(&input[pos..pos + n], &mut out, &mut events);
         pos += n;
     }
+    t.complete = (pos >= input.len() || s.is_closed())
+        && events.iter().all(|e| matches!(e, Pop3Event::Close));
     check_lines(&out, MAX_POP3_RESPONSE_LINE, &pop3_line);
-    out.clear();
+    t.out.append(&mut out);
     s.timed_out(&mut out);
+    t.out.append(&mut out);
+    t
 }
 
 // ---- config --------------------------------------------------------------
