@@ -4,7 +4,8 @@ PYTHON ?= python3
 # Parallel integration tests: each test picks its own free loopback ports.
 PYTEST_JOBS ?= 2
 
-.PHONY: all build release run test test-deps unit integration bench lint fmt clippy clean fuzz
+.PHONY: all build release run test test-deps unit integration bench lint fmt clippy clean \
+	cross cross-deps cross-test install fuzz
 
 all: build
 
@@ -70,3 +71,77 @@ fuzz:
 clean:
 	$(CARGO) clean
 	rm -rf data
+
+# --- Static ARM binaries for routers and NAS boxes ---------------------------
+# aarch64: musl, linked by rust-lld; armv7: glibc with +crt-static. Settings
+# live in .cargo/config.toml (never in RUSTFLAGS, which would also hit the
+# host's build scripts).
+CROSS_TARGETS = aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
+CROSS_APT = gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
+	libc6-dev-armhf-cross qemu-user-static
+TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
+# A box's flash is small: every static binary must fit in this.
+CROSS_MAX_BYTES = 4194304
+
+cross: cross-deps
+	@for t in $(CROSS_TARGETS); do \
+	  $(CARGO) build --release --target $$t || exit 1; \
+	done
+	@for t in $(CROSS_TARGETS); do \
+	  bin=$(TARGET_DIR)/$$t/release/mailgate; \
+	  if readelf -lW $$bin | grep -q INTERP || readelf -dW $$bin | grep -q NEEDED; then \
+	    echo "$$bin is not static"; exit 1; fi; \
+	  size=$$(stat -c %s $$bin); \
+	  echo "$$bin: $$size bytes, static"; \
+	  [ $$size -le $(CROSS_MAX_BYTES) ] || { echo "$$bin is over $(CROSS_MAX_BYTES) bytes"; exit 1; }; \
+	done
+
+# Idempotent: installs only what is missing.
+cross-deps:
+	@missing=""; for p in $(CROSS_APT); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+	@installed=$$(rustup target list --installed); \
+	for t in $(CROSS_TARGETS); do \
+	  echo "$$installed" | grep -qx $$t || rustup target add $$t || exit 1; \
+	done
+
+# Each ARM binary under qemu-user: SMTP in with STARTTLS, POP3 out with STLS.
+cross-test: cross
+	$(PYTHON) tests/cross_session.py qemu-aarch64-static $(TARGET_DIR)/aarch64-unknown-linux-musl/release/mailgate
+	$(PYTHON) tests/cross_session.py qemu-arm-static $(TARGET_DIR)/armv7-unknown-linux-gnueabihf/release/mailgate
+
+# --- Install -----------------------------------------------------------------
+# make install [PREFIX=/usr/local] [DESTDIR=stage] [INSTALL_BIN=path]
+# INSTALL_BIN may name a cross build, to stage a box's files with DESTDIR.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBINDIR = $(PREFIX)/sbin
+# /usr installs configure /etc; any other prefix keeps to itself.
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL_BIN ?= $(TARGET_DIR)/release/mailgate
+
+install:
+	@[ -f "$(INSTALL_BIN)" ] || [ "$(INSTALL_BIN)" != "$(TARGET_DIR)/release/mailgate" ] || $(CARGO) build --release
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/mailgate $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/init.d
+	install -m 0755 $(INSTALL_BIN) $(DESTDIR)$(SBINDIR)/mailgate
+	@# Another MTA's sendmail stays; ours is only made where none is.
+	@link=$(DESTDIR)$(SBINDIR)/sendmail; \
+	if [ ! -e $$link ] && [ ! -L $$link ] || [ "$$(readlink $$link)" = mailgate ]; then \
+	  ln -sfn mailgate $$link && echo "$$link -> mailgate"; \
+	else echo "kept the existing $$link (another MTA's?)"; fi
+	@# The config holds passwords: not readable by every user; never replaced.
+	@conf=$(DESTDIR)$(SYSCONFDIR)/mailgate/mailgate.ini; \
+	if [ -e $$conf ]; then echo "kept the existing $$conf"; \
+	else install -m 0640 etc/mailgate.ini $$conf && echo "installed $$conf (edit it)"; fi
+	sed -e 's|/usr/sbin/mailgate|$(SBINDIR)/mailgate|g' -e 's|/etc/mailgate/|$(SYSCONFDIR)/mailgate/|g' \
+	  etc/mailgate.service > $(DESTDIR)$(UNITDIR)/mailgate.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mailgate.service
+	sed -e 's|^PROG=.*|PROG=$(SBINDIR)/mailgate|' -e 's|^CONF=.*|CONF=$(SYSCONFDIR)/mailgate/mailgate.ini|' \
+	  etc/mailgate.init > $(DESTDIR)$(SYSCONFDIR)/init.d/mailgate
+	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/mailgate

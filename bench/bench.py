@@ -84,19 +84,89 @@ def bench_pop3(tmp):
     s = new_server(tmp)
     run_parallel(s.ports["smtp"], 10, 5000)
     s.restart()
+    count, secs = pop3_retr_all(s.ports["pop3"], "bob@example.test", "secret")
+    cpu, hwm, _, _ = proc_stats(s.proc.pid)
+    s.stop()
+    row("POP3 login, UIDL, RETR all of 5000", count, secs, cpu, hwm)
+
+
+def pop3_retr_all(port, user, password):
+    """Log in, UIDL, RETR every message; (messages, seconds)."""
     start = time.time()
-    p = poplib.POP3("127.0.0.1", s.ports["pop3"], timeout=60)
-    p.user("bob@example.test")
-    p.pass_("secret")
+    p = poplib.POP3("127.0.0.1", port, timeout=60)
+    p.user(user)
+    p.pass_(password)
     count, _ = p.stat()
     p.uidl()
     for i in range(1, count + 1):
         p.retr(i)
     p.quit()
-    secs = time.time() - start
-    cpu, hwm, _, _ = proc_stats(s.proc.pid)
-    s.stop()
-    row("POP3 login, UIDL, RETR all of 5000", count, secs, cpu, hwm)
+    return count, time.time() - start
+
+
+def tree_stats(pid):
+    """CPU seconds and summed peak RSS of a process and its children."""
+    pids = [pid]
+    out = subprocess.run(["pgrep", "-s", str(os.getsid(pid))], capture_output=True, text=True)
+    pids += [int(x) for x in out.stdout.split() if int(x) != pid]
+    cpu = hwm = 0
+    for p in pids:
+        try:
+            c, h, _, _ = proc_stats(p)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        cpu += c
+        hwm += h
+    return cpu, hwm
+
+
+def start_dovecot(tmp, count):
+    import dovecot_helpers as dh
+    why = dh.available()
+    if why:
+        print(f"| Dovecot: {why}, skipped")
+        return None
+    ca = dh.TestCA(Path(tempfile.mkdtemp(dir=tmp)))
+    dove = dh.Dovecot({"bob": "secret"}, ca)
+    body = MESSAGE.replace(b"\r\n", b"\n")
+    for i in range(count):
+        dove.add("bob", body.replace(b"Subject: bench", b"Subject: bench %d" % i))
+    return dove.start()
+
+
+def bench_pop3_dovecot(tmp):
+    dove = start_dovecot(tmp, 5000)
+    if dove is None:
+        return
+    try:
+        count, secs = pop3_retr_all(dove.pop3, "bob", "secret")
+        cpu, hwm = tree_stats(dove.proc.pid)
+        row("reference: Dovecot POP3, same 5000", count, secs, cpu, hwm, "all its processes")
+    finally:
+        dove.cleanup()
+
+
+def bench_smartpop(tmp):
+    dove = start_dovecot(tmp, 2000)
+    if dove is None:
+        return
+    try:
+        s = new_server(tmp, extra=(
+            f"\n[smartpop isp]\nhost = 127.0.0.1:{dove.pop3}\ntls = none\nusername = bob\n"
+            "password = secret\ndeliver_to = bob@example.test\ninterval = 1h\n"))
+        start = time.time()
+        new = s.maildir_path("bob@example.test") / "new"
+        while time.time() - start < 300:
+            if new.exists() and len(os.listdir(new)) >= 2000:
+                break
+            time.sleep(0.05)
+        secs = time.time() - start
+        got = len(os.listdir(new)) if new.exists() else 0
+        cpu, hwm, _, _ = proc_stats(s.proc.pid)
+        s.stop()
+        row("SmartPop: collect 2000 from local Dovecot", got, secs, cpu, hwm, "durable + UIDL record each")
+    finally:
+        dove.cleanup()
 
 
 def bench_outbound(tmp):
@@ -188,7 +258,7 @@ def main():
     print(f"|{'-' * 44}|{'-' * 8}|{'-' * 11}|{'-' * 9}|{'-' * 10}|------")
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")
     try:
-        only = sys.argv[1:] or ["smtp", "pop3", "outbound", "memory"]
+        only = sys.argv[1:] or ["smtp", "pop3", "pop3_dovecot", "outbound", "smartpop", "memory"]
         for name in only:
             globals()[f"bench_{name}"](tmp)
     finally:

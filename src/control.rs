@@ -4,8 +4,9 @@
 //! `data_dir/mailgate.pid` holds the pid and stays locked (flock) while the
 //! server runs, so a second `serve` on the same data_dir refuses to start
 //! and `flush`/`fetch` can tell a live server from a stale file. Requests
-//! are signals: SIGUSR1 means "flush the outbox", SIGUSR2 means "run
-//! SmartPop", with the account (or `*`) in `data_dir/fetch.request`.
+//! are signals: SIGUSR1 means "look at the outbox" (and retry everything
+//! when `data_dir/flush.request` exists), SIGUSR2 means "run SmartPop",
+//! with the account (or `*`) in `data_dir/fetch.request`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -14,9 +15,14 @@ use std::path::{Path, PathBuf};
 
 pub const PID_FILE: &str = "mailgate.pid";
 pub const FETCH_REQUEST: &str = "fetch.request";
+pub const FLUSH_REQUEST: &str = "flush.request";
 
 pub enum Request {
+    /// `mailgate flush`: retry every queued message now.
     Flush,
+    /// New mail in the queue (from `sendmail`): look at it, leaving the
+    /// retry times of older mail alone.
+    Rescan,
     /// One account, or all of them.
     Fetch(Option<String>),
 }
@@ -70,7 +76,12 @@ pub fn request(data_dir: &Path, req: Request) -> Result<(), String> {
     }
     let pid = read_pid(&mut file).ok_or_else(no_server)?;
     let signal = match req {
-        Request::Flush => libc::SIGUSR1,
+        Request::Flush => {
+            std::fs::write(data_dir.join(FLUSH_REQUEST), b"flush\n")
+                .map_err(|e| format!("cannot write the flush request: {e}"))?;
+            libc::SIGUSR1
+        }
+        Request::Rescan => libc::SIGUSR1,
         Request::Fetch(account) => {
             let what = account.unwrap_or_else(|| "*".to_string());
             let tmp = data_dir.join(format!("{FETCH_REQUEST}.{}", std::process::id()));
@@ -90,6 +101,11 @@ pub fn request(data_dir: &Path, req: Request) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Was SIGUSR1 a flush (true) or only a rescan? Removes the request.
+pub fn take_flush_request(data_dir: &Path) -> bool {
+    std::fs::remove_file(data_dir.join(FLUSH_REQUEST)).is_ok()
 }
 
 /// Reads and removes the pending fetch request: Some(None) for all accounts.

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use log::info;
 
 use crate::config::Config;
+use crate::outbox::queue::QueueEntry;
 use crate::proto::smtp_server::{DeliveryOutcome, Transaction};
 use crate::store::deliver::{self, DeliveryError, LocalDelivery, LocalRecipient};
 use crate::store::trace::{self, TraceInfo};
@@ -44,9 +45,13 @@ pub fn route(config: &Config, tx: &Transaction) -> Routed {
     Routed { local, remote }
 }
 
-/// Stores `tx` durably; the outcome is the reply the client gets, and
-/// true when the outbox got mail to send.
-pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (DeliveryOutcome, bool) {
+/// Stores `tx` durably; the outcome is the reply the client gets, and the
+/// outbox entry made for its remote recipients, if any.
+pub fn accept(
+    config: &Config,
+    tx: Transaction,
+    tls: Option<String>,
+) -> (DeliveryOutcome, Option<QueueEntry>) {
     let now = SystemTime::now();
     let trace = TraceInfo {
         hostname: config.server.hostname.clone(),
@@ -55,11 +60,12 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
         protocol: tx.protocol,
         tls,
         auth_user: tx.auth_user.clone(),
+        via: None,
         id: trace::new_id(now),
     };
     let routed = route(config, &tx);
     match store(&config.server.data_dir, config, &tx, &routed, &trace, now) {
-        Ok(()) => {
+        Ok(queued) => {
             let to: Vec<String> = tx
                 .recipients
                 .iter()
@@ -78,10 +84,7 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
                     .map(|u| format!(" user={u}"))
                     .unwrap_or_default()
             );
-            (
-                DeliveryOutcome::Accepted { queue_id: trace.id },
-                !routed.remote.is_empty(),
-            )
+            (DeliveryOutcome::Accepted { queue_id: trace.id }, queued)
         }
         Err(e) => {
             info!(
@@ -102,7 +105,7 @@ pub fn accept(config: &Config, tx: Transaction, tls: Option<String>) -> (Deliver
                     text,
                 }
             };
-            (outcome, false)
+            (outcome, None)
         }
     }
 }
@@ -117,7 +120,7 @@ fn store(
     routed: &Routed,
     trace: &TraceInfo,
     now: SystemTime,
-) -> Result<(), DeliveryError> {
+) -> Result<Option<QueueEntry>, DeliveryError> {
     deliver::check_hops(&tx.data)?;
     let queued = if routed.remote.is_empty() {
         None
@@ -131,7 +134,7 @@ fn store(
         )?)
     };
     if routed.local.is_empty() {
-        return Ok(());
+        return Ok(queued);
     }
     let request = LocalDelivery {
         extra_headers: String::new(),
@@ -142,10 +145,10 @@ fn store(
         message: &tx.data,
     };
     match deliver::deliver_local(data_dir, &request) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(queued),
         Err(e) => {
-            if let Some(id) = queued {
-                crate::outbox::cancel(config, &id);
+            if let Some(entry) = queued {
+                crate::outbox::cancel(config, &entry.id);
             }
             Err(e)
         }

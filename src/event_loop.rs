@@ -139,12 +139,6 @@ impl EventLoop {
         ))
     }
 
-    /// Adds an outbound connection (outbox, SmartPop) to the loop.
-    pub fn add_driver(&mut self, driver: Box<dyn Driver>, sh: &mut Shared) {
-        let token = self.take_token();
-        self.insert(token, driver, None, sh);
-    }
-
     /// A handle for drivers that register their own sockets.
     pub fn registry(&self) -> io::Result<mio::Registry> {
         self.poll.registry().try_clone()
@@ -240,7 +234,7 @@ impl EventLoop {
                 }
             };
             let ip = canonical_ip(peer.ip());
-            if let Some(reason) = self.refuse_reason(ip, kind, sh) {
+            if let Some(reason) = self.refuse_reason(ip, sh) {
                 info!("refused {} connection from {ip}: {reason}", kind.name());
                 refuse(&mut sock, kind, reason);
                 continue;
@@ -253,17 +247,11 @@ impl EventLoop {
         }
     }
 
-    fn refuse_reason(
-        &self,
-        ip: IpAddr,
-        kind: ListenerKind,
-        sh: &mut Shared,
-    ) -> Option<&'static str> {
+    fn refuse_reason(&self, ip: IpAddr, sh: &Shared) -> Option<&'static str> {
         let (max_total, max_per_ip) = (
             sh.config.smtp.max_connections,
             sh.config.smtp.max_connections_per_ip,
         );
-        let _ = kind;
         if self.inbound >= max_total {
             return Some("too many connections");
         }

@@ -46,10 +46,98 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line per event with its level. Where stderr goes decides the rest:
+///
+/// - the systemd journal (`JOURNAL_STREAM` names our stderr): `<N>LEVEL
+///   message`, the sd-daemon(3) prefix, so journald records the syslog
+///   priority and adds time, host and pid itself;
+/// - a pipe or socket (OpenWrt's procd feeding logd, runit, s6, docker):
+///   `LEVEL message`, since the reader stamps each line itself;
+/// - a terminal or a file (`serve 2>>mailgate.log`): env_logger's usual
+///   `[2026-11-25T02:02:20Z INFO ] message`.
+///
+/// Control characters in a message (a peer's HELO, a file name) are
+/// escaped, so an event can never span lines or forge a second one.
 fn init_logging(default_level: &str) {
+    use std::io::Write;
+
+    let style = log_style();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_target(false)
+        .format(move |buf, record| {
+            let level = record.level();
+            let text = record.args().to_string();
+            let message = one_line(&text);
+            match style {
+                LogStyle::Journal => {
+                    writeln!(buf, "<{}>{level:<5} {message}", syslog_priority(level))
+                }
+                LogStyle::Bare => writeln!(buf, "{level:<5} {message}"),
+                LogStyle::Stamped => {
+                    let color = buf.default_level_style(level);
+                    let ts = buf.timestamp_seconds();
+                    writeln!(buf, "[{ts} {color}{level:<5}{color:#}] {message}")
+                }
+            }
+        })
         .init();
+}
+
+#[derive(Clone, Copy)]
+enum LogStyle {
+    Journal,
+    Bare,
+    Stamped,
+}
+
+fn log_style() -> LogStyle {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        return LogStyle::Stamped;
+    }
+    // SAFETY: fstat(2) on descriptor 2 fills the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return LogStyle::Stamped;
+    }
+    // systemd.exec(5): JOURNAL_STREAM is "DEVICE:INODE" of the stream
+    // connected to the journal; it is inherited, so compare it with ours.
+    let journal = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (dev, ino) = v.split_once(':')?;
+        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+    });
+    if journal == Some((st.st_dev as u64, st.st_ino as u64)) {
+        return LogStyle::Journal;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO | libc::S_IFSOCK => LogStyle::Bare,
+        _ => LogStyle::Stamped,
+    }
+}
+
+/// RFC 5424 6.2.1 severities, as sd-daemon(3) prefixes carry them.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// `text` with control characters (except tab) escaped as `\n`, `\u{1b}`...
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The command line with `-c FILE` taken out, wherever it stood.
@@ -135,13 +223,13 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
         }
         "queue" => {
             no_extra(&rest)?;
-            let config = load_quietly(&config_path(config))?;
+            let config = load_as_user(&config_path(config))?;
             print!("{}", mailgate::outbox::listing(&config)?);
             Ok(ExitCode::SUCCESS)
         }
         "flush" => {
             no_extra(&rest)?;
-            let config = load_quietly(&config_path(config))?;
+            let config = load_as_user(&config_path(config))?;
             control::request(&config.server.data_dir, control::Request::Flush)?;
             println!("flush requested");
             Ok(ExitCode::SUCCESS)
@@ -150,7 +238,7 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
             if rest.len() > 1 {
                 return Err(format!("fetch takes at most one ACCOUNT\n{USAGE}"));
             }
-            let config = load_quietly(&config_path(config))?;
+            let config = load_as_user(&config_path(config))?;
             let account = rest.first().map(|a| a.to_string_lossy().into_owned());
             if let Some(name) = &account {
                 if !config.smartpop.iter().any(|a| &a.name == name) {
@@ -204,6 +292,15 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// For the one-shot commands: reads the config, then (when root and
+/// `[server] user` is set) becomes that user before touching data_dir, so
+/// root never writes into a folder an unprivileged user controls.
+fn load_as_user(path: &Path) -> Result<Config, String> {
+    let config = load_quietly(path)?;
+    mailgate::privileges::become_configured_user(&config)?;
+    Ok(config)
+}
+
 fn load_quietly(path: &Path) -> Result<Config, String> {
     match Config::load(path) {
         Ok((config, _)) => Ok(config),
@@ -222,7 +319,7 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
         None => (None, args),
     };
     let path = config_path(explicit);
-    let config = match load_quietly(&path) {
+    let config = match load_as_user(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");
@@ -236,5 +333,34 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
             eprintln!("sendmail: {}", e.message);
             ExitCode::from(e.exit_code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_table() {
+        for (text, want) in [
+            ("plain", "plain"),
+            ("tab\tkept", "tab\tkept"),
+            ("two\nlines", "two\\nlines"),
+            ("cr\r\nlf", "cr\\r\\nlf"),
+            ("esc \u{1b}[31mred", "esc \\u{1b}[31mred"),
+            ("nul\0", "nul\\u{0}"),
+            ("8-bit é ü", "8-bit é ü"),
+            ("", ""),
+        ] {
+            assert_eq!(one_line(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn priorities() {
+        assert_eq!(syslog_priority(log::Level::Error), 3);
+        assert_eq!(syslog_priority(log::Level::Warn), 4);
+        assert_eq!(syslog_priority(log::Level::Info), 6);
+        assert_eq!(syslog_priority(log::Level::Trace), 7);
     }
 }

@@ -245,7 +245,7 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
             // Remote mail leaves now if a server runs; if none does, it
             // leaves when one starts. Either way the message is safe.
             let _ =
-                crate::control::request(&config.server.data_dir, crate::control::Request::Flush);
+                crate::control::request(&config.server.data_dir, crate::control::Request::Rescan);
             Ok(())
         }
         DeliveryOutcome::TempFail {

@@ -30,6 +30,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(n):
+    """n distinct free ports: all held bound until each is chosen."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 BASE_CONFIG = """\
 [server]
 hostname = mx.example.test
@@ -76,7 +90,8 @@ class Server:
     def __init__(self, tmp_path: Path, extra: str = "", replace: dict | None = None):
         self.dir = tmp_path
         self.data_dir = tmp_path / "data"
-        self.ports = {k: free_port() for k in ("smtp", "submission", "smtps", "pop3", "pop3s")}
+        names = ("smtp", "submission", "smtps", "pop3", "pop3s")
+        self.ports = dict(zip(names, free_ports(len(names))))
         text = BASE_CONFIG.format(data_dir=self.data_dir, **self.ports)
         for old, new in (replace or {}).items():
             assert old in text, f"config has no {old!r}"
@@ -159,7 +174,8 @@ class Server:
 
     def messages(self, address):
         path = self.maildir_path(address)
-        if not path.exists():
+        # A Maildir being created has new/ before cur/: not there yet.
+        if not (path / "cur").exists() or not (path / "new").exists():
             return []
         md = mailbox.Maildir(path, create=False)
         return [md[k] for k in sorted(md.keys(), key=lambda k: md.get_file(k)._file.name)]

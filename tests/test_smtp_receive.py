@@ -91,6 +91,9 @@ def test_unknown_user_and_relay_denied(server):
         assert code == 554 and text.startswith(b"5.7.1"), (code, text)
         code, _ = s.rcpt("bob@example.test")
         assert code == 250
+    time.sleep(0.2)
+    log = server.log_text()
+    assert "rejected: 550 5.1.1" in log and "rejected: 554 5.7.1" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("rcpt", [
@@ -385,3 +388,22 @@ def test_relay_network_client_may_relay(server):
         s.mail("bob@example.test")
         code, _ = s.rcpt("someone@elsewhere.example")
         assert code == 250
+
+
+def test_mailbox_quota(make_server):
+    server = make_server(replace={"password = {PLAIN}wonderland": "password = {PLAIN}wonderland\nquota = 20K"})
+    body = b"Subject: q\r\n\r\n" + (b"q" * 998 + b"\r\n") * 6  # ~6 KiB
+    codes = []
+    with smtp(server) as s:
+        for _ in range(5):
+            try:
+                s.sendmail("carol@remote.test", ["alice@example.test"], body)
+                codes.append(250)
+            except smtplib.SMTPDataError as e:
+                assert e.smtp_code == 452 and e.smtp_error.startswith(b"4.2.2"), e
+                codes.append(452)
+        # Bob has no quota: unaffected.
+        assert s.sendmail("carol@remote.test", ["bob@example.test"], body) == {}
+    assert codes == [250, 250, 250, 452, 452], codes
+    assert len(server.messages("alice@example.test")) == 3
+    assert server.files_in("tmp") == []

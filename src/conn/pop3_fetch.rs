@@ -62,7 +62,16 @@ pub struct Pop3FetchDriver {
     last_error: Option<String>,
     out: Vec<u8>,
     events: Vec<FetchEvent>,
-    done: bool,
+    /// `records` holds oversize marks not yet written (saved at the end).
+    records_dirty: bool,
+    /// The UIDL of the message a worker is storing.
+    in_flight: Option<String>,
+    /// Worker jobs submitted and not yet completed.
+    jobs: usize,
+    /// The session is over (`finish` ran); the driver is done once `jobs`
+    /// is also 0, and only then is the account free for its next run, so
+    /// a next run never reads the records before this one's last write.
+    finished: bool,
 }
 
 impl Pop3FetchDriver {
@@ -84,7 +93,10 @@ impl Pop3FetchDriver {
             last_error: None,
             out: Vec::new(),
             events: Vec::new(),
-            done: false,
+            records_dirty: false,
+            in_flight: None,
+            jobs: 0,
+            finished: false,
         }
     }
 
@@ -103,6 +115,20 @@ impl Pop3FetchDriver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             self.targets
                 .push(SocketAddr::new(ip, self.account.host.port));
+            self.connect_next(sh);
+            return;
+        }
+        if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+            // RFC 6761 section 6.3: localhost is the loopback, not asked of DNS.
+            let port = self.account.host.port;
+            self.targets.push(SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port,
+            ));
+            self.targets.push(SocketAddr::new(
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                port,
+            ));
             self.connect_next(sh);
             return;
         }
@@ -209,6 +235,7 @@ impl Pop3FetchDriver {
             }
         }
         let params = FetchParams {
+            account: self.account.name.clone(),
             username: self.account.username.clone(),
             password: self.account.password.clone(),
             tls: self.account.tls,
@@ -302,16 +329,20 @@ impl Pop3FetchDriver {
                         continue;
                     };
                     let peer = t.peer().ip();
+                    let tls = t.tls_description();
                     self.phase = Phase::Delivering { t, core };
+                    self.in_flight = uidl.clone();
                     let job = crate::smartpop::collect::Fetched {
                         config: Arc::clone(&self.config),
                         account: self.account.clone(),
                         server: self.account.host.host.clone(),
                         peer,
+                        tls,
                         uidl,
                         data,
                     };
                     let records = self.records.take();
+                    self.jobs += 1;
                     sh.submit(move || {
                         let (ok, records) = job.deliver(records);
                         Outcome::SmartPopDelivered(ok, records.map(Box::new))
@@ -324,19 +355,20 @@ impl Pop3FetchDriver {
                         &self.account,
                         size,
                     );
-                    // The record keeps the notice to once per message.
+                    // The mark keeps the notice to once per message. It is
+                    // written with the next delivery's record or at the end
+                    // of the run: saving a copy here, on another worker,
+                    // could race a delivery's save and lose its UIDL.
                     if let (Some(uidl), Some(records)) = (uidl, self.records.as_mut()) {
                         records.mark_oversized(
                             &uidl,
                             crate::outbox::unix_secs(std::time::SystemTime::now()),
                         );
+                        self.records_dirty = true;
                     }
-                    let records = self.records.clone();
+                    self.jobs += 1;
                     sh.submit(move || {
                         notice();
-                        if let Some(r) = records {
-                            let _ = r.save();
-                        }
                         Outcome::SmartPopNoted
                     });
                 }
@@ -363,30 +395,56 @@ impl Pop3FetchDriver {
             Phase::Connecting { mut t, .. } => t.close(),
             _ => {}
         }
-        let line = format!(
-            "smartpop {}: fetched={} kept={} deleted={} oversized={} failed={}",
+        // One line per poll. `deleted` counts only what the server really
+        // removed: DELEs take effect at QUIT's +OK (RFC 1939 section 6).
+        let deleted = if summary.committed {
+            summary.deleted
+        } else {
+            0
+        };
+        let mut line = format!(
+            "smartpop {}: fetched={} kept={} deleted={deleted} oversized={} failed={}",
             self.name(),
             summary.fetched,
             summary.kept,
-            summary.deleted,
             summary.skipped_oversized,
             summary.failed
         );
+        if !summary.committed && summary.deleted > 0 {
+            line.push_str(&format!(" undeleted={}", summary.deleted));
+        }
         match &summary.error {
             None => info!("{line}"),
             Some(e) => warn!("{line} error: {e}"),
         }
-        if let (Some(remaining), Some(records)) = (summary.remaining, self.records.take()) {
-            let mut records = records;
-            sh.submit(move || {
-                if let Err(e) = records.prune_and_save(&remaining) {
-                    warn!("smartpop records {}: {e}", records.path().display());
-                }
-                Outcome::SmartPopNoted
-            });
+        let dirty = self.records_dirty;
+        if let Some(mut records) = self.records.take() {
+            if summary.remaining.is_some() || dirty {
+                let remaining = summary.remaining;
+                self.jobs += 1;
+                sh.submit(move || {
+                    let result = match remaining {
+                        Some(list) => records.prune(&list) > 0 || dirty,
+                        None => dirty,
+                    };
+                    if result {
+                        if let Err(e) = records.save() {
+                            warn!("smartpop records {}: {e}", records.path().display());
+                        }
+                    }
+                    Outcome::SmartPopNoted
+                });
+            }
         }
-        self.done = true;
-        sh.smartpop_finished(&self.account.name);
+        self.finished = true;
+        self.release_account(sh);
+    }
+
+    /// Frees the account for its next run once nothing of this one is left.
+    fn release_account(&mut self, sh: &mut Shared) {
+        if self.finished && self.jobs == 0 {
+            sh.smartpop_finished(&self.account.name);
+        }
     }
 }
 
@@ -413,12 +471,31 @@ impl Driver for Pop3FetchDriver {
     }
 
     fn complete(&mut self, done: Completion, sh: &mut Shared) {
+        self.jobs = self.jobs.saturating_sub(1);
         if let Outcome::SmartPopDelivered(ok, records) = done.outcome {
             self.records = records.map(|r| *r);
             if let Phase::Delivering { t, mut core } =
                 std::mem::replace(&mut self.phase, Phase::Done)
             {
-                core.delivered(ok, &mut self.out, &mut self.events);
+                if sh.stopping {
+                    // `stop` came while the worker stored the message: end
+                    // here (no QUIT, so no DELE is committed; the record
+                    // makes the next run DELE it without fetching it again).
+                    // `delivered` counts the message; what it would send is dropped.
+                    core.delivered(ok, &mut Vec::new(), &mut Vec::new());
+                    let summary = core.abort(FetchError::Connection("mailgate is stopping".into()));
+                    self.phase = Phase::Delivering { t, core };
+                    self.finish(sh, summary);
+                    return;
+                }
+                let uidl = self.in_flight.take();
+                let entry =
+                    uidl.and_then(|u| self.records.as_ref().and_then(|r| r.get(&u).copied()));
+                if !ok && entry.is_some_and(|e| e.rejected && !e.delivered) {
+                    core.rejected(&mut self.out, &mut self.events);
+                } else {
+                    core.delivered(ok, &mut self.out, &mut self.events);
+                }
                 self.phase = Phase::Session {
                     t,
                     core,
@@ -428,6 +505,7 @@ impl Driver for Pop3FetchDriver {
                 self.pump(sh);
             }
         }
+        self.release_account(sh);
     }
 
     fn timer(&mut self, sh: &mut Shared) {
@@ -464,22 +542,22 @@ impl Driver for Pop3FetchDriver {
         match &mut self.phase {
             Phase::Delivering { .. } | Phase::Done => {}
             Phase::Session { core, .. } => {
-                let summary = core.connection_lost();
+                let summary = core.abort(FetchError::Connection("mailgate is stopping".into()));
                 self.finish(sh, summary);
             }
             _ => self.finish(
                 sh,
-                summary_error(FetchError::Connection("server stopping".into())),
+                summary_error(FetchError::Connection("mailgate is stopping".into())),
             ),
         }
     }
 
     fn is_done(&self) -> bool {
-        self.done
+        self.finished && self.jobs == 0
     }
 
     fn is_idle(&self) -> bool {
-        !matches!(self.phase, Phase::Delivering { .. })
+        self.jobs == 0
     }
 
     fn interest(&self) -> Interest {

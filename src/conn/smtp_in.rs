@@ -153,6 +153,7 @@ impl SmtpIn {
                 }
                 self.waiting = Waiting::Nothing;
                 self.session.tls_started(&mut self.out, &mut self.events);
+                self.handle_events(sh);
                 continue;
             }
             if self.closing || self.session.is_closed() {
@@ -250,8 +251,8 @@ impl Driver for SmtpIn {
         match done.outcome {
             Outcome::Delivered(outcome, queued) => {
                 self.waiting = Waiting::Nothing;
-                if queued {
-                    sh.outbox_kick();
+                if let Some(entry) = queued {
+                    sh.outbox_add(entry);
                 }
                 if self.done {
                     return;
@@ -261,6 +262,11 @@ impl Driver for SmtpIn {
                 }
                 self.session
                     .delivered(outcome, config.as_ref(), &mut self.out, &mut self.events);
+                if sh.stopping && !self.session.in_transaction() {
+                    // The transaction we waited for is done; no new one.
+                    self.session.shutting_down(&mut self.out);
+                    self.closing = true;
+                }
             }
             Outcome::Password(ok) => {
                 self.waiting = Waiting::Nothing;

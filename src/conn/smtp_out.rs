@@ -85,6 +85,7 @@ enum Phase {
     },
     Session {
         t: Transport,
+        /// Boxed: the client's state dwarfs the other phases.
         client: Box<SmtpClient>,
         deadline: Instant,
         out: Vec<u8>,
@@ -400,12 +401,12 @@ impl SmtpOut {
 
     fn pump_session(&mut self, sh: &mut Shared) {
         let mut finished: Option<SessionResult> = None;
+        let mut handshake_failed = false;
         let host = self
             .current_target()
             .map(|t| t.host.clone())
             .unwrap_or_default();
         let tls_config = self.tls_config();
-        let direct = matches!(self.job.route, RouteSpec::Direct { .. });
         if let Phase::Session {
             t,
             client,
@@ -418,7 +419,9 @@ impl SmtpOut {
                 t.queue(out);
                 out.clear();
                 if let Err(e) = t.flush() {
-                    finished = Some(client_failure(client, t, &e));
+                    let (result, tls) = transport_failure(client, t, Some(&e));
+                    handshake_failed = tls;
+                    finished = Some(result);
                     break;
                 }
                 input.clear();
@@ -449,22 +452,24 @@ impl SmtpOut {
                     }
                     Ok(ReadStatus::WouldBlock) => break,
                     Ok(ReadStatus::Closed) => {
-                        finished = Some(client.connection_lost());
+                        let (result, tls) = transport_failure(client, t, None);
+                        handshake_failed = tls;
+                        finished = Some(result);
                         break;
                     }
                     Err(e) => {
-                        if t.is_tls() && !t.tls_established() {
-                            if direct {
-                                self.tls_failed_host = Some(host.clone());
-                            }
-                            finished = Some(client.tls_failed(&e.to_string()));
-                        } else {
-                            finished = Some(client.connection_lost());
-                        }
+                        let (result, tls) = transport_failure(client, t, Some(&e));
+                        handshake_failed = tls;
+                        finished = Some(result);
                         break;
                     }
                 }
             }
+        }
+        if handshake_failed && matches!(self.job.route, RouteSpec::Direct { .. }) {
+            // Opportunistic TLS (RFC 7435): next time, this host gets
+            // plaintext rather than no mail at all.
+            self.tls_failed_host = Some(host);
         }
         if let Some(result) = finished {
             self.session_done(result, sh);
@@ -584,11 +589,22 @@ fn register(
     }
 }
 
-fn client_failure(client: &mut SmtpClient, t: &Transport, e: &io::Error) -> SessionResult {
+/// The connection failed (`err`) or the peer closed it (`None`). During a
+/// TLS handshake that is a TLS failure (true): a server that hangs up on a
+/// ClientHello it cannot handle is as common as one that sends an alert.
+fn transport_failure(
+    client: &mut SmtpClient,
+    t: &Transport,
+    err: Option<&io::Error>,
+) -> (SessionResult, bool) {
     if t.is_tls() && !t.tls_established() {
-        client.tls_failed(&e.to_string())
+        let reason = err.map_or_else(
+            || "the server closed the connection".to_string(),
+            |e| e.to_string(),
+        );
+        (client.tls_failed(&reason), true)
     } else {
-        client.connection_lost()
+        (client.connection_lost(), false)
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(sock: TcpStream, peer: SocketAddr) -> Transport {
+        // Replies are written whole, when ready; Nagle's algorithm would hold
+        // the tail of one (a POP3 "+OK" line, the final ".") until the
+        // peer's delayed ACK, 40 ms per command.
+        let _ = sock.set_nodelay(true);
         Transport {
             sock,
             tls: None,

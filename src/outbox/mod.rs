@@ -31,7 +31,7 @@ pub fn enqueue_relayed(
     remote: &[String],
     trace_info: &TraceInfo,
     now: SystemTime,
-) -> Result<String, DeliveryError> {
+) -> Result<queue::QueueEntry, DeliveryError> {
     let for_rcpt = match remote {
         [one] => Some(one.as_str()),
         _ => None,
@@ -51,12 +51,12 @@ pub fn enqueue(
     message: &[u8],
     smtputf8: bool,
     now: SystemTime,
-) -> Result<String, DeliveryError> {
+) -> Result<queue::QueueEntry, DeliveryError> {
     let queue = queue::Queue::at(&config.server.data_dir);
     queue
         .ensure_dirs()
         .and_then(|_| queue.enqueue(sender, recipients, message, smtputf8, unix_secs(now)))
-        .map(|entry| {
+        .inspect(|entry| {
             log::info!(
                 "queued id={} from=<{sender}> to={} size={}",
                 entry.id,
@@ -67,7 +67,6 @@ pub fn enqueue(
                     .join(","),
                 message.len()
             );
-            entry.id
         })
         .map_err(|e| DeliveryError::from_io(&e))
 }

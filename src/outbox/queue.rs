@@ -24,11 +24,12 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use super::one_line;
 
@@ -41,8 +42,8 @@ const ENV_EXT: &str = "env";
 /// Last line of every envelope: a file without it was cut short.
 const END_MARKER: &str = "end";
 
-/// Queue files hold other people's mail: owner only.
-const FILE_MODE: u32 = 0o600;
+/// Queue folders hold other people's mail: owner only (files are made
+/// 0600 by `store::durable`).
 const DIR_MODE: u32 = 0o700;
 
 /// Largest envelope file read. With at most a few hundred recipients of at
@@ -60,6 +61,22 @@ const MAX_ID_LEN: usize = 64;
 /// How many fresh IDs `enqueue` tries before it gives up (they only collide
 /// with files left by an earlier process that had the same pid).
 const MAX_ID_TRIES: u32 = 1000;
+
+/// Serializes read-modify-write of envelopes between the server's worker
+/// threads: recording an attempt's results and `flush` both rewrite
+/// envelopes, and without this a flush that read an envelope before a
+/// result was recorded could write back a delivered or failed recipient as
+/// pending (a duplicate delivery or bounce).
+static ENVELOPE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds [`ENVELOPE_LOCK`] while alive. A panic elsewhere cannot leave
+/// the queue half-updated in memory (every write is a whole file), so a
+/// poisoned lock is simply taken over.
+pub fn envelope_lock() -> MutexGuard<'static, ()> {
+    ENVELOPE_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Per-process sequence number for IDs and tmp names.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -305,7 +322,12 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {
 /// old time.
 pub fn make_all_due(data_dir: &Path, now: u64) {
     let queue = Queue::at(data_dir);
-    for mut entry in queue.load_all().entries {
+    for entry in queue.load_all().entries {
+        let _guard = envelope_lock();
+        // Read again under the lock: a result may have been recorded since.
+        let Ok(mut entry) = queue.load(&entry.id) else {
+            continue;
+        };
         let mut changed = false;
         for r in entry.recipients.iter_mut() {
             if r.state == RcptState::Pending && r.next_try > now {
@@ -474,6 +496,12 @@ impl Queue {
         ignore_not_found(fs::remove_file(self.envelope_path(id)))?;
         sync_dir(&self.dir)?;
         ignore_not_found(fs::remove_file(self.message_path(id)))
+    }
+
+    /// Reads one envelope.
+    pub fn load(&self, id: &str) -> Result<QueueEntry, String> {
+        check_id(id).map_err(|e| e.to_string())?;
+        self.read_envelope(id)
     }
 
     /// Reads every envelope; an unreadable one is reported in `problems`,
@@ -725,27 +753,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-// TODO(lead): replace with store::durable::write_durable
-/// Writes `data` to `final_path` durably: creates `tmp` (which must not
-/// exist), writes, fsyncs it, renames it over `final_path`, and fsyncs the
-/// folder of `final_path`. On error a `tmp` created here is removed.
+/// Writes `data` to `final_path` durably, the one way the project does it
+/// (`store::durable`): `tmp` (which must not exist) written and fsynced,
+/// renamed over `final_path`, the folder fsynced; no `tmp` left on error.
 fn write_durable(tmp: &Path, final_path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(tmp)?;
-    let result = (|| {
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(tmp, final_path)?;
-        sync_dir(final_path.parent().unwrap_or(Path::new(".")))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    result
+    crate::store::durable::write_durable(tmp, final_path, &[data])
 }
 
 /// `mailgate queue`: a human listing of `entries` at time `now`.

@@ -18,7 +18,7 @@ use crate::config::{Config, OutboxMode};
 use crate::conn::smtp_out::{GroupReport, OutboundJob, RouteSpec, SmtpOut};
 use crate::event_loop::Driver;
 use crate::outbox::bounce::{self, BounceParams, FailedRecipient};
-use crate::outbox::queue::{QueueEntry, RcptState};
+use crate::outbox::queue::{self, QueueEntry, RcptState};
 use crate::outbox::schedule::{self, Next};
 use crate::outbox::{queue::Queue, unix_secs};
 use crate::proto::smtp_client::{Credentials, Envelope, Outcome};
@@ -28,6 +28,10 @@ use crate::store::trace::{self, TraceInfo};
 /// Outbound sessions at once: a home uplink gains nothing from more, and
 /// each costs a socket and buffers.
 const MAX_SESSIONS: usize = 4;
+
+/// Wait before retrying a bounce that could not be stored, when the retry
+/// list is empty (the config refuses that; this keeps `record` total).
+const BOUNCE_RETRY_SECS: u64 = 300;
 
 /// Look at the queue at least this often, to pick up what `sendmail` queued
 /// while no signal could reach us.
@@ -41,10 +45,27 @@ struct Attempt {
     reports: Vec<GroupReport>,
 }
 
+/// What a worker's `record` did to one entry.
+pub struct Recorded {
+    pub id: String,
+    /// The entry as now on disk; None once removed (finished).
+    pub entry: Option<QueueEntry>,
+    /// A bounce went into the queue: read the queue again to see it.
+    pub queued_bounce: bool,
+}
+
 pub struct Outbox {
+    /// The queue as this process knows it, by id. Read whole from disk at
+    /// start, on flush and every SAFETY_SCAN (to see what `sendmail`
+    /// queued); otherwise kept current from what this process writes, so
+    /// a busy relay does not re-read every envelope for every message.
+    known: BTreeMap<String, QueueEntry>,
+    /// When the queue folder is next read whole.
+    next_full_scan: Instant,
     attempts: HashMap<String, Attempt>,
     /// Entries whose results a worker is writing.
     recording: HashSet<String>,
+    /// When `known` is next looked at for due entries.
     next_scan: Option<Instant>,
     sessions: usize,
     /// Direct mode: hosts whose STARTTLS handshake failed; the next
@@ -73,10 +94,17 @@ impl Outbox {
         }
         let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
             .map_err(|e| e.to_string())?;
+        let now = Instant::now();
         Ok(Outbox {
+            known: loaded
+                .entries
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect(),
+            next_full_scan: now + SAFETY_SCAN,
             attempts: HashMap::new(),
             recording: HashSet::new(),
-            next_scan: Some(Instant::now()),
+            next_scan: Some(now),
             sessions: 0,
             plaintext_hosts: HashSet::new(),
             verified_tls: Some(verified_tls),
@@ -84,13 +112,26 @@ impl Outbox {
         })
     }
 
-    /// Something may be due now (flush, new mail, a finished attempt).
+    /// Something may be due now (a finished attempt, a free slot).
     pub fn kick(&mut self, now: Instant) {
         self.next_scan = Some(now);
     }
 
+    /// This process queued `entry` (SMTP in); its first try is due now.
+    pub fn add(&mut self, entry: QueueEntry, now: Instant) {
+        self.known.insert(entry.id.clone(), entry);
+        self.kick(now);
+    }
+
+    /// Read the whole queue folder at the next tick (flush, or mail that
+    /// another process queued).
+    pub fn rescan(&mut self, now: Instant) {
+        self.next_full_scan = now;
+        self.kick(now);
+    }
+
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.next_scan
+        self.next_scan.map(|n| n.min(self.next_full_scan))
     }
 
     /// Rebuilds the TLS client config after a reload (ca_file may change).
@@ -103,30 +144,47 @@ impl Outbox {
 
     /// Starts sessions for what is due; returns their drivers.
     pub fn tick(&mut self, config: &Config, now: Instant, stopping: bool) -> Vec<Box<dyn Driver>> {
-        match self.next_scan {
-            Some(at) if at <= now && !stopping => {}
-            _ => return Vec::new(),
+        if stopping {
+            return Vec::new();
         }
         let queue = Queue::at(&config.server.data_dir);
-        let loaded = queue.load_all();
+        if self.next_full_scan <= now {
+            let loaded = queue.load_all();
+            self.known = loaded
+                .entries
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect();
+            self.next_full_scan = now + SAFETY_SCAN;
+            self.next_scan = Some(now);
+        }
+        match self.next_scan {
+            Some(at) if at <= now => {}
+            _ => return Vec::new(),
+        }
         let now_secs = unix_secs(SystemTime::now());
         let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
         let mut next_due: Option<u64> = None;
         let mut waiting_for_slot = false;
-        for entry in loaded.entries {
+        let mut due = Vec::new();
+        for entry in self.known.values() {
             if self.attempts.contains_key(&entry.id) || self.recording.contains(&entry.id) {
                 continue;
             }
-            if !entry.due(now_secs) {
-                if let Some(d) = entry.next_due() {
-                    next_due = Some(next_due.map_or(d, |n| n.min(d)));
-                }
-                continue;
+            if entry.due(now_secs) {
+                due.push(entry.id.clone());
+            } else if let Some(d) = entry.next_due() {
+                next_due = Some(next_due.map_or(d, |n| n.min(d)));
             }
+        }
+        for id in due {
             if self.sessions >= MAX_SESSIONS {
                 waiting_for_slot = true;
-                continue;
+                break;
             }
+            let Some(entry) = self.known.get(&id).cloned() else {
+                continue;
+            };
             match self.start(config, &queue, entry, now_secs) {
                 Ok(started) => drivers.extend(started),
                 Err(e) => warn!("outbox: {e}"),
@@ -290,17 +348,32 @@ impl Outbox {
     }
 
     /// A worker has written an attempt's results.
-    pub fn recorded(&mut self, id: &str, now: Instant) {
-        self.recording.remove(id);
+    pub fn recorded(&mut self, recorded: Recorded, now: Instant) {
+        self.recording.remove(&recorded.id);
+        match recorded.entry {
+            Some(entry) => {
+                self.known.insert(recorded.id, entry);
+            }
+            None => {
+                self.known.remove(&recorded.id);
+            }
+        }
+        if recorded.queued_bounce {
+            self.next_full_scan = now;
+        }
         self.kick(now);
     }
 }
 
 /// Worker side: writes one attempt's results into the queue, bounces what
 /// failed for good, and removes the entry once nothing is left to do.
-pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>) -> String {
+pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> Recorded {
     let now = unix_secs(SystemTime::now());
     let queue = Queue::at(&config.server.data_dir);
+    let _guard = queue::envelope_lock();
+    // The envelope as it is now (a flush may have moved retry times since
+    // the scan); the results below only touch the recipients tried.
+    let mut entry = queue.load(&entry.id).unwrap_or(entry);
     let mut failed: Vec<FailedRecipient> = Vec::new();
     for report in &reports {
         for r in &report.results {
@@ -341,11 +414,7 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
                                 entry.id, r.recipient, state.attempts
                             );
                             state.state = RcptState::Failed;
-                            let status = enhanced
-                                .as_deref()
-                                .filter(|e| e.len() >= 5)
-                                .map(|e| format!("5{}", &e[1..]))
-                                .unwrap_or_else(|| "5.4.7".into());
+                            let status = expired_status(enhanced.as_deref());
                             failed.push(FailedRecipient {
                                 address: r.recipient.clone(),
                                 status,
@@ -361,18 +430,37 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
             }
         }
     }
-    if !failed.is_empty() && bounce::should_bounce(&entry.sender) {
+    let bounced = !failed.is_empty() && bounce::should_bounce(&entry.sender);
+    if bounced {
         // The bounce is stored before the envelope changes: a crash in
         // between can repeat a bounce, never lose one.
         if let Err(e) = send_bounce(config, &queue, &entry, &failed, now) {
+            // Keep the failed recipients pending so the bounce is tried
+            // again later, but record everything else: returning without
+            // writing would send delivered recipients a second copy, and
+            // the immediate rescan would retry in a tight loop.
             error!(
                 "outbox {}: cannot store the bounce: {e}; will retry",
                 entry.id
             );
-            return entry.id;
+            let wait = config
+                .outbox
+                .retry
+                .first()
+                .map_or(BOUNCE_RETRY_SECS, |d| d.as_secs())
+                .max(schedule::MIN_RETRY_INTERVAL_SECS);
+            for f in &failed {
+                if let Some(state) = entry.recipients.iter_mut().find(|s| s.address == f.address) {
+                    state.state = RcptState::Pending;
+                    state.next_try = now.saturating_add(wait);
+                    state.last_error =
+                        format!("{}; the bounce could not be stored: {e}", f.diagnostic);
+                }
+            }
         }
     }
-    let result = if entry.is_finished() {
+    let finished = entry.is_finished();
+    let result = if finished {
         queue.remove(&entry.id)
     } else {
         queue.update(&entry)
@@ -380,7 +468,11 @@ pub fn record(config: &Config, mut entry: QueueEntry, reports: Vec<GroupReport>)
     if let Err(e) = result {
         error!("outbox {}: cannot update the queue: {e}", entry.id);
     }
-    entry.id
+    Recorded {
+        id: entry.id.clone(),
+        entry: (!finished).then_some(entry),
+        queued_bounce: bounced,
+    }
 }
 
 fn send_bounce(
@@ -402,55 +494,103 @@ fn send_bounce(
         bounce_id: &bounce_id,
     });
     let sender = entry.sender.clone();
-    let local = config.resolve(&sender).filter(|r| !r.local.is_empty());
     info!(
         "outbox {}: bounce to <{sender}> for {} recipient(s)",
         entry.id,
         failed.len()
     );
-    match local {
-        Some(resolution) => {
-            let now_t = SystemTime::now();
-            let request = LocalDelivery {
-                extra_headers: String::new(),
-                delivered_to_check: true,
-                reverse_path: String::new(),
-                recipients: resolution
-                    .local
-                    .iter()
-                    .map(|m| LocalRecipient {
-                        mailbox: m.clone(),
-                        original: sender.clone(),
-                        quota: None,
-                    })
-                    .collect(),
-                trace: TraceInfo {
-                    hostname: config.server.hostname.clone(),
-                    helo: config.server.hostname.clone(),
-                    peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                    protocol: "local",
-                    tls: None,
-                    auth_user: None,
-                    id: trace::new_id(now_t),
-                },
-                message: &message,
-            };
-            deliver::deliver_local(&config.server.data_dir, &request)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-        None => queue
+    let Some((local, remote)) = bounce_route(config, &sender) else {
+        // A reverse-path in one of our domains that names nobody (forged,
+        // or a mailbox since removed) and no postmaster to take it: the
+        // bounce could only go out to the smarthost and come back here.
+        warn!(
+            "outbox {}: <{sender}> is in a local domain but names no mailbox, nor does postmaster; bounce dropped",
+            entry.id
+        );
+        return Ok(());
+    };
+    if !local.is_empty() {
+        let now_t = SystemTime::now();
+        let request = LocalDelivery {
+            extra_headers: String::new(),
+            delivered_to_check: true,
+            reverse_path: String::new(),
+            recipients: local
+                .iter()
+                .map(|m| LocalRecipient {
+                    mailbox: m.clone(),
+                    original: sender.clone(),
+                    quota: None,
+                })
+                .collect(),
+            trace: TraceInfo {
+                hostname: config.server.hostname.clone(),
+                helo: config.server.hostname.clone(),
+                peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                protocol: "local",
+                tls: None,
+                auth_user: None,
+                via: None,
+                id: trace::new_id(now_t),
+            },
+            message: &message,
+        };
+        deliver::deliver_local(&config.server.data_dir, &request).map_err(|e| e.to_string())?;
+    }
+    if !remote.is_empty() {
+        let smtputf8 = remote.iter().any(|r| !r.is_ascii());
+        queue
             .ensure_dirs()
-            .and_then(|_| {
-                queue.enqueue(
-                    "",
-                    std::slice::from_ref(&sender),
-                    &message,
-                    !sender.is_ascii(),
-                    now,
-                )
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .and_then(|_| queue.enqueue("", &remote, &message, smtputf8, now))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The status of a recipient given up on: its last temporary status made
+/// permanent (4.2.2 -> 5.2.2), else RFC 3463 5.4.7 "delivery time expired".
+fn expired_status(last: Option<&str>) -> String {
+    last.and_then(|e| e.strip_prefix("4."))
+        .filter(|rest| !rest.is_empty())
+        .map_or_else(|| "5.4.7".to_string(), |rest| format!("5.{rest}"))
+}
+
+/// Where a bounce for `sender` goes: (local mailboxes, remote addresses).
+/// A sender in one of our domains is resolved like a recipient (aliases,
+/// forwards); if it names nobody, the domain's postmaster gets it (the
+/// "double bounce" of RFC 5321 4.5.5's spirit, as Postfix does). None when
+/// neither exists. Any other sender is remote.
+fn bounce_route(config: &Config, sender: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+    if !config.is_local_domain(domain) {
+        return Some((Vec::new(), vec![sender.to_string()]));
+    }
+    config
+        .resolve(sender)
+        .filter(|r| !r.local.is_empty() || !r.remote.is_empty())
+        .or_else(|| config.resolve(&format!("postmaster@{domain}")))
+        .map(|r| (r.local, r.remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expired_status;
+
+    #[test]
+    fn expired_status_table() {
+        let cases: &[(Option<&str>, &str)] = &[
+            (Some("4.2.2"), "5.2.2"),
+            (Some("4.4.1"), "5.4.1"),
+            (Some("4.3.0"), "5.3.0"),
+            (None, "5.4.7"),
+            (Some(""), "5.4.7"),
+            (Some("4."), "5.4.7"),
+            (Some("5.1.1"), "5.4.7"),
+            (Some("\u{e9}.1.1"), "5.4.7"),
+            (Some("x"), "5.4.7"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(expired_status(*input), *want, "input {input:?}");
+        }
     }
 }

@@ -8,5 +8,6 @@ pub mod dotstuff;
 pub mod line;
 pub mod pop3_client;
 pub mod pop3_server;
+pub mod sasl;
 pub mod smtp_client;
 pub mod smtp_server;

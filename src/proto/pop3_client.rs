@@ -78,6 +78,8 @@ const MAX_ERROR_TEXT: usize = 200;
 /// What the driver knows for this session. `Debug` hides the password.
 #[derive(Clone)]
 pub struct FetchParams {
+    /// The account's name, for log lines (`smartpop NAME: ...`).
+    pub account: String,
     pub username: String,
     pub password: String,
     pub tls: TlsMode,
@@ -93,6 +95,7 @@ pub struct FetchParams {
 impl fmt::Debug for FetchParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FetchParams")
+            .field("account", &self.account)
             .field("username", &self.username)
             .field("password", &"<hidden>")
             .field("tls", &self.tls)
@@ -150,6 +153,9 @@ pub struct FetchSummary {
     /// minus what we deleted): prune the records to this. `None` when the
     /// session did not end with a committed QUIT or had no UIDL listing.
     pub remaining: Option<Vec<String>>,
+    /// QUIT got +OK: the server removed what `deleted` counts (RFC 1939
+    /// section 6). False: no deletion of this session took effect.
+    pub committed: bool,
 }
 
 /// Why a session failed. All are worth retrying at the next interval;
@@ -488,6 +494,32 @@ impl Pop3Fetch {
         }
     }
 
+    /// The driver's answer to `Deliver` when the local delivery refused the
+    /// message for good (a permanent error such as too many hops) and
+    /// recorded its UIDL as rejected: it stays on the server, counts as
+    /// failed, and the session goes on with the next message, so one such
+    /// message never blocks the maildrop. Ignored in other states.
+    pub fn rejected(&mut self, out: &mut Vec<u8>, events: &mut Vec<FetchEvent>) {
+        if !matches!(self.state, State::AwaitDelivery) {
+            return;
+        }
+        let Some(msg) = self.msgs.get(self.idx) else {
+            return self.quit(out);
+        };
+        if let Some(u) = &msg.uidl {
+            self.known
+                .entry(u.clone())
+                .or_insert(Entry {
+                    first_seen: self.params.now,
+                    ..Entry::default()
+                })
+                .rejected = true;
+        }
+        self.summary.failed += 1;
+        self.idx += 1;
+        self.next_message(out, events);
+    }
+
     /// The connection dropped (EOF, reset, timeout). Ends the session if it
     /// was not over and returns the summary (no `Done` event). Nothing sent
     /// since the last QUIT +OK is committed by the server.
@@ -515,7 +547,8 @@ impl Pop3Fetch {
 
     /// Ends without QUIT: the stream can no longer be trusted.
     fn fail_now(&mut self, error: FetchError, events: &mut Vec<FetchEvent>) {
-        log::warn!("pop3 fetch: {error}");
+        // The driver logs the summary, error included, once per session.
+        log::debug!("smartpop {}: {error}", self.params.account);
         self.summary.error.get_or_insert(error);
         self.summary.remaining = None;
         self.state = State::Done;
@@ -524,7 +557,7 @@ impl Pop3Fetch {
 
     /// Ends with QUIT: the dialogue is in step, the server just said no.
     fn fail_quit(&mut self, error: FetchError, out: &mut Vec<u8>) {
-        log::warn!("pop3 fetch: {error}");
+        log::debug!("smartpop {}: {error}", self.params.account);
         self.summary.error.get_or_insert(error);
         self.quit(out);
     }
@@ -632,7 +665,8 @@ impl Pop3Fetch {
             }
             (State::Apop, Status::Err(text)) => {
                 log::warn!(
-                    "pop3 fetch: APOP refused ({}); trying USER/PASS in plaintext",
+                    "smartpop {}: APOP refused ({}); trying USER/PASS in plaintext",
+                    self.params.account,
                     printable(text)
                 );
                 self.apop_refused = true;
@@ -678,7 +712,8 @@ impl Pop3Fetch {
             (State::Retr, Status::Err(text)) => {
                 if let Some(m) = self.msgs.get(self.idx) {
                     log::warn!(
-                        "pop3 fetch: RETR {} refused: {}; left on the server",
+                        "smartpop {}: RETR {} refused: {}; left on the server",
+                        self.params.account,
                         m.number,
                         printable(text)
                     );
@@ -698,7 +733,8 @@ impl Pop3Fetch {
                     Status::Err(text) => {
                         if let Some(m) = self.msgs.get(self.idx) {
                             log::warn!(
-                                "pop3 fetch: DELE {} refused: {}",
+                                "smartpop {}: DELE {} refused: {}",
+                                self.params.account,
                                 m.number,
                                 printable(text)
                             );
@@ -712,6 +748,7 @@ impl Pop3Fetch {
             (State::Quit, Status::Ok(_)) => {
                 // RFC 1939 section 6: +OK means the UPDATE state removed
                 // every message marked deleted.
+                self.summary.committed = true;
                 if self.uidl_listing_done {
                     let deleted: HashSet<u32> = self
                         .msgs
@@ -804,8 +841,10 @@ impl Pop3Fetch {
                 self.state = State::Apop;
             }
             _ => {
-                log::warn!(
-                    "pop3 fetch: sending the password for {} in plaintext (tls = none)",
+                // `mailgate check` warns about tls = none once; not every poll.
+                log::debug!(
+                    "smartpop {}: sending the password for {} in plaintext (tls = none)",
+                    p.account,
                     p.username
                 );
                 let cmd = format!("USER {}", p.username);
@@ -886,7 +925,8 @@ impl Pop3Fetch {
         while let Some(m) = self.msgs.get(self.idx) {
             if self.uidls.is_some() && m.uidl.is_none() {
                 log::warn!(
-                    "pop3 fetch: message {} has no UIDL; left on the server",
+                    "smartpop {}: message {} has no UIDL; left on the server",
+                    self.params.account,
                     m.number
                 );
                 self.summary.failed += 1;
@@ -902,6 +942,12 @@ impl Pop3Fetch {
                     return;
                 }
                 self.summary.kept += 1;
+                self.idx += 1;
+                continue;
+            }
+            if known.is_some_and(|k| k.rejected) {
+                // Refused for good by the local delivery in an earlier run.
+                self.summary.failed += 1;
                 self.idx += 1;
                 continue;
             }
@@ -1362,6 +1408,7 @@ mod tests {
 
     fn params(keep: Keep) -> FetchParams {
         FetchParams {
+            account: "isp".into(),
             username: "bob123".into(),
             password: "secret".into(),
             tls: TlsMode::Tls,
@@ -1526,6 +1573,62 @@ mod tests {
             .iter()
             .map(|c| c.split(' ').next().unwrap_or("").to_string())
             .collect()
+    }
+
+    #[test]
+    fn rejected_message_is_left_and_not_fetched_again() {
+        for keep in [Keep::No, Keep::Yes] {
+            let mut server = Server::new(&three());
+            let mut records = empty_records();
+            let mut core = Pop3Fetch::new(params(keep), &records);
+            let mut to_client = format!("{}\r\n", server.greeting).into_bytes();
+            let summary = loop {
+                let (mut out, mut events) = (Vec::new(), Vec::new());
+                core.receive(&to_client, &mut out, &mut events);
+                let mut done = None;
+                let mut i = 0;
+                while i < events.len() {
+                    match events[i].clone() {
+                        FetchEvent::StartTls => core.tls_started(&mut out),
+                        FetchEvent::Deliver { uidl, number, .. } => {
+                            let u = uidl.unwrap();
+                            if number == 2 {
+                                records.mark_rejected(&u, NOW);
+                                core.rejected(&mut out, &mut events);
+                            } else {
+                                records.mark_delivered(&u, NOW);
+                                core.delivered(true, &mut out, &mut events);
+                            }
+                        }
+                        FetchEvent::Oversized { .. } => {}
+                        FetchEvent::Done(s) => done = Some(s),
+                    }
+                    i += 1;
+                }
+                if let Some(s) = done {
+                    break s;
+                }
+                let text = String::from_utf8(out).unwrap();
+                to_client = server.reply(text.trim_end());
+            };
+            assert_eq!(summary.error, None);
+            assert_eq!((summary.fetched, summary.failed), (2, 1));
+            if keep == Keep::No {
+                assert_eq!(server.uids(), vec!["u2"]);
+            }
+            records.prune(summary.remaining.as_deref().unwrap());
+            assert!(records.get("u2").unwrap().rejected);
+            // The next run neither fetches it nor deletes it.
+            let before = server.log.len();
+            let o = session(&mut server, params(keep), &mut records, 64, None, &all_ok);
+            assert!(
+                !server.log[before..].iter().any(|c| c.starts_with("RETR")),
+                "{keep:?}"
+            );
+            assert_eq!((o.summary.fetched, o.summary.failed), (0, 1));
+            assert!(o.delivered.is_empty());
+            assert!(server.uids().contains(&"u2".to_string()));
+        }
     }
 
     #[test]

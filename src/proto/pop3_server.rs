@@ -18,6 +18,8 @@ use std::path::PathBuf;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
+
+use super::sasl::{self, PlainError};
 use base64::Engine as _;
 
 use crate::store::maildrop::MessageInfo;
@@ -727,28 +729,14 @@ impl Pop3Session {
         let Ok(decoded) = BASE64.decode(encoded) else {
             return Reply::err("Invalid base64 data");
         };
-        let mut parts = decoded.split(|&b| b == 0);
-        let (Some(authzid), Some(authcid), Some(password), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Reply::err("Invalid PLAIN response");
-        };
-        let (Ok(authzid), Ok(authcid), Ok(password)) = (
-            std::str::from_utf8(authzid),
-            std::str::from_utf8(authcid),
-            std::str::from_utf8(password),
-        ) else {
-            return Reply::err("Invalid PLAIN response");
-        };
-        if authcid.is_empty() {
-            return Reply::err("Invalid PLAIN response");
+        match sasl::parse_plain(&decoded) {
+            Ok(plain) => self.authenticate(plain.authcid, plain.password, events),
+            Err(PlainError::Malformed) => Reply::err("Invalid PLAIN response"),
+            // Acting as another user is not offered.
+            Err(PlainError::ForeignAuthzid) => {
+                Reply::err("[AUTH] Authorization identity not permitted")
+            }
         }
-        // Acting as another user is not offered: the authorization identity
-        // must be absent or the authentication identity itself.
-        if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(authcid) {
-            return Reply::err("[AUTH] Authorization identity not permitted");
-        }
-        self.authenticate(authcid.to_string(), password.to_string(), events)
     }
 
     /// RFC 2449 5 CAPA, for the current state.

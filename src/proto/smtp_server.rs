@@ -35,6 +35,7 @@ use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
 use super::line::{Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
+use super::sasl::{self, PlainError};
 use crate::config::Resolution;
 
 /// Replies of 5xx to commands before the session is closed with 421
@@ -623,8 +624,18 @@ impl SmtpSession {
         }
     }
 
-    /// Writes a reply and applies the error cap.
+    /// Writes a reply and applies the error cap. Every refusal (4xx/5xx)
+    /// gets one log line, so an operator can see why mail was turned away.
     fn send(&mut self, reply: Reply, out: &mut Vec<u8>, events: &mut Vec<Event>) {
+        if reply.code >= 400 {
+            log::info!(
+                "smtp [{}]: rejected: {} {} {}",
+                self.params.peer,
+                reply.code,
+                reply.enhanced,
+                reply.lines.first().map(String::as_str).unwrap_or("")
+            );
+        }
         reply.write(out);
         if reply.counts && !self.is_closed() {
             self.errors += 1;
@@ -1231,22 +1242,15 @@ impl SmtpSession {
         out: &mut Vec<u8>,
         events: &mut Vec<Event>,
     ) -> Handled {
-        let text = std::str::from_utf8(response).map_err(|_| bad_encoding())?;
-        let mut parts = text.split('\0');
-        let (Some(authzid), Some(authcid), Some(password), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad_encoding());
-        };
-        if authcid.is_empty() {
-            return Err(bad_encoding());
+        match sasl::parse_plain(response) {
+            Ok(plain) => Ok(self.authenticate(plain.authcid, plain.password, events)),
+            Err(PlainError::Malformed) => Err(bad_encoding()),
+            Err(PlainError::ForeignAuthzid) => {
+                // No proxy authorization: acting as someone else is refused.
+                self.auth_failed(out, events);
+                Ok(None)
+            }
         }
-        if !authzid.is_empty() && authzid != authcid {
-            // No proxy authorization: acting as someone else is refused.
-            self.auth_failed(out, events);
-            return Ok(None);
-        }
-        Ok(self.authenticate(authcid.to_string(), password.to_string(), events))
     }
 
     fn login_username(&mut self, response: &[u8]) -> Handled {

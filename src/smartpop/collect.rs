@@ -24,12 +24,16 @@ pub struct Fetched {
     pub account: SmartPopConfig,
     pub server: String,
     pub peer: IpAddr,
+    /// "TLSv1.3 with cipher ..." when the session was encrypted.
+    pub tls: Option<String>,
     pub uidl: Option<String>,
     pub data: Vec<u8>,
 }
 
 impl Fetched {
     /// Delivers, then records the UIDL; true only when both are durable.
+    /// On false, `records` marks the UIDL `rejected` when the delivery
+    /// refused the message for good (and that mark is durable).
     pub fn deliver(self, records: Option<Records>) -> (bool, Option<Records>) {
         let mut records = records;
         let (mailboxes, how) = self.mailboxes();
@@ -41,18 +45,16 @@ impl Fetched {
             return (false, records);
         }
         let (reverse_path, message) = take_return_path(&self.data);
+        let reverse_path = reverse_path.unwrap_or_else(|| sender_of(&message));
         let now = SystemTime::now();
         let trace_info = TraceInfo {
             hostname: self.config.server.hostname.clone(),
-            helo: format!("{} (smartpop {})", self.server, self.account.name),
+            helo: self.server.clone(),
             peer: self.peer,
-            protocol: if self.account.tls == crate::config::TlsMode::None {
-                "POP3"
-            } else {
-                "POP3S"
-            },
-            tls: None,
+            protocol: if self.tls.is_some() { "POP3S" } else { "POP3" },
+            tls: self.tls.clone(),
             auth_user: None,
+            via: Some(format!("smartpop {}", self.account.name)),
             id: trace::new_id(now),
         };
         let request = LocalDelivery {
@@ -67,10 +69,29 @@ impl Fetched {
                 .collect(),
             trace: trace_info,
             message: &message,
-            extra_headers: format!("X-Mailgate-Routed: {how}\r\n"),
+            extra_headers: format!(
+                "X-Mailgate-Routed: smartpop {} from {}:{}, {how}\r\n",
+                self.account.name, self.account.host.host, self.account.host.port
+            ),
             delivered_to_check: false,
         };
         if let Err(e) = deliver::deliver_local(&self.config.server.data_dir, &request) {
+            // A permanent refusal (too many hops) would stop every run at
+            // this message: record it as rejected, so the driver skips it
+            // now (`Pop3Fetch::rejected`) and later runs leave it alone.
+            if let (true, Some(uidl), Some(r)) = (e.is_permanent(), &self.uidl, records.as_mut()) {
+                match r.record_rejected(uidl, unix_secs(now)) {
+                    Ok(()) => warn!(
+                        "smartpop {}: message uidl={uidl} cannot be stored ({e}); left on the server, not fetched again",
+                        self.account.name
+                    ),
+                    Err(io) => warn!(
+                        "smartpop {}: message uidl={uidl} cannot be stored ({e}) nor recorded: {io}",
+                        self.account.name
+                    ),
+                }
+                return (false, records);
+            }
             warn!(
                 "smartpop {}: delivery failed, left on the server: {e}",
                 self.account.name
@@ -128,36 +149,67 @@ impl Fetched {
 }
 
 /// Removes `Return-Path:` fields from the header section (the delivery
-/// writes its own on top) and returns the address they named.
-fn take_return_path(message: &[u8]) -> (String, Vec<u8>) {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message.len(), |p| p + 2);
-    let (head, body) = message.split_at(end);
+/// writes its own on top) and returns the address the first one named:
+/// `None` when there was none, `Some("")` for the null path `<>`.
+fn take_return_path(message: &[u8]) -> (Option<String>, Vec<u8>) {
     let mut kept = Vec::with_capacity(message.len());
-    let mut path = String::new();
+    let mut path = None;
     let mut skipping = false;
-    for line in head.split_inclusive(|b| *b == b'\n') {
+    let mut rest = message;
+    while !rest.is_empty() {
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |p| p + 1);
+        let (line, tail) = rest.split_at(len);
+        if line == b"\r\n" || line == b"\n" {
+            // The empty line ending the header section (RFC 5322 2.1).
+            break;
+        }
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
         if !continuation {
             skipping = line.len() >= 12 && line[..12].eq_ignore_ascii_case(b"return-path:");
-            if skipping && path.is_empty() {
+            if skipping && path.is_none() {
                 let value = String::from_utf8_lossy(&line[12..]);
-                path = value
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .trim()
-                    .to_string();
+                path = Some(
+                    value
+                        .trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .trim()
+                        .to_string(),
+                );
             }
         }
         if !skipping {
             kept.extend_from_slice(line);
         }
+        rest = tail;
     }
-    kept.extend_from_slice(body);
+    kept.extend_from_slice(rest);
     (path, kept)
+}
+
+/// The reverse-path for a collected message without `Return-Path:`: the
+/// first `From:` address (as fetchmail does), or the null path when there
+/// is none. Never `<>` by default: that would dress the message as a bounce.
+fn sender_of(message: &[u8]) -> String {
+    let Ok((headers, _)) = mailparse::parse_headers(message) else {
+        return String::new();
+    };
+    let from = headers
+        .iter()
+        .find(|h| h.get_key_ref().trim().eq_ignore_ascii_case("From"));
+    let Some(list) = from.and_then(|h| mailparse::addrparse_header(h).ok()) else {
+        return String::new();
+    };
+    let first = list.iter().find_map(|a| match a {
+        mailparse::MailAddr::Single(s) => Some(s.addr.clone()),
+        mailparse::MailAddr::Group(g) => g.addrs.first().map(|s| s.addr.clone()),
+    });
+    first
+        .filter(|a| a.contains('@') && !a.chars().any(|c| c.is_control() || c.is_whitespace()))
+        .unwrap_or_default()
 }
 
 /// A job that tells the owner of `deliver_to` about a message too big to
@@ -206,6 +258,7 @@ pub fn oversize_notice(
                 protocol: "local",
                 tls: None,
                 auth_user: None,
+                via: None,
                 id: trace::new_id(now),
             },
             message: text.as_bytes(),
@@ -227,13 +280,55 @@ mod tests {
 
     #[test]
     fn return_path_taken_out() {
-        let (p, m) = take_return_path(
-            b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n",
-        );
-        assert_eq!(p, "a@b.example");
-        assert_eq!(m, b"Subject: x\r\n\r\nReturn-Path: body\r\n".to_vec());
-        let (p, m) = take_return_path(b"Subject: y\r\n\r\nbody");
-        assert_eq!(p, "");
-        assert_eq!(m, b"Subject: y\r\n\r\nbody".to_vec());
+        let cases: &[(&[u8], Option<&str>, &[u8])] = &[
+            (
+                b"Return-Path: <a@b.example>\r\nSubject: x\r\n\r\nReturn-Path: body\r\n",
+                Some("a@b.example"),
+                b"Subject: x\r\n\r\nReturn-Path: body\r\n",
+            ),
+            (b"Subject: y\r\n\r\nbody", None, b"Subject: y\r\n\r\nbody"),
+            (b"Return-Path: <>\r\n\r\n", Some(""), b"\r\n"),
+            (
+                b"RETURN-PATH: <x@y>\r\n\tfolded\r\nReturn-Path: <z@w>\r\nA: b\r\n\r\n",
+                Some("x@y"),
+                b"A: b\r\n\r\n",
+            ),
+            // No header section: body lines are never taken for fields.
+            (
+                b"\r\nReturn-Path: <body@x>\r\n\r\n",
+                None,
+                b"\r\nReturn-Path: <body@x>\r\n\r\n",
+            ),
+            (b"", None, b""),
+            (b"Return-Path: <trunc", Some("trunc"), b""),
+        ];
+        for (input, path, kept) in cases {
+            let (p, m) = take_return_path(input);
+            assert_eq!(p.as_deref(), *path, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(m, kept.to_vec(), "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn sender_from_header() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"From: Carol <carol@remote.example>\r\n\r\n",
+                "carol@remote.example",
+            ),
+            (b"from: a@b.example, c@d.example\r\n\r\n", "a@b.example"),
+            (b"Subject: none\r\n\r\nFrom: body@x.example\r\n", ""),
+            (b"From: not an address\r\n\r\n", ""),
+            (b"From: \xff\xfe\r\n\r\n", ""),
+            (b"", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                sender_of(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 }

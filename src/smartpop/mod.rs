@@ -20,12 +20,19 @@
 //!    core send DELE: this ordering is the no-loss rule. (A crash between the
 //!    Maildir rename and the records write can deliver that one message twice
 //!    on the next run; it can never lose it.)
-//! 4. On `Oversized { uidl, .. }`: log it for the user and
-//!    `records.record_oversized(uidl, now)` so the report is made once.
+//! 4. On `Oversized { uidl, .. }`: log it, have a worker deliver the
+//!    notice to the owner, and `records.mark_oversized(uidl, now)` in
+//!    memory: the mark is written with the next delivery's record or at
+//!    the end of the run, never by a second writer in parallel.
+//!    A delivery refused for good (`DeliveryError::Permanent`, e.g. too
+//!    many hops) records the UIDL as rejected and the driver calls
+//!    `rejected()` instead of `delivered(false)`: the message stays on the
+//!    server, is not fetched again, and does not stop the run.
 //! 5. On `Done(summary)`: if `summary.remaining` is `Some(list)` (QUIT got
-//!    +OK, so the server committed our DELEs), `records.prune_and_save(&list)`
-//!    (on a worker); then close the connection. On a lost connection or a
-//!    timeout, `connection_lost()` gives the summary instead: never prune then.
+//!    +OK, so the server committed our DELEs), `records.prune(&list)` and
+//!    save (on a worker); then close the connection. On a lost connection or
+//!    a timeout, `connection_lost()` gives the summary instead: never prune
+//!    then. The account's next run starts only after that last save.
 
 pub mod collect;
 pub mod records;

@@ -3,7 +3,9 @@
 //! Owns: the set of UIDLs (RFC 1939 "unique-id listing") seen on one remote
 //! maildrop, each with the time it was first seen and two flags
 //! (`delivered`: the message is durably in the local Maildir, so it must never
-//! be fetched again; `oversized`: the "too big" report was already made), the
+//! be fetched again; `oversized`: the "too big" report was already made;
+//! `rejected`: the local delivery refused it for good, e.g. too many hops,
+//! so it is left on the server and not fetched again), the
 //! text file that holds them, and its durable rewrite.
 //! Must not: talk to the network or decide what to fetch (that is
 //! `proto::pop3_client`); it only answers "what do we know about this UIDL".
@@ -16,14 +18,15 @@
 //!
 //! `UIDL` is 1..=`MAX_UIDL_LEN` octets in 0x21..=0x7E (RFC 1939 section 7,
 //! so it never contains a space), `FIRST_SEEN` is unix seconds, `FLAGS` is
-//! `-` or any of `d` (delivered) and `o` (oversized reported). Lines that do
+//! `-` or any of `d` (delivered), `o` (oversized reported) and `r`
+//! (rejected by the local delivery). Lines that do
 //! not parse are skipped when loading (a torn or hand-edited file must never
 //! stop collection): the worst that follows is a duplicate delivery, never a
 //! loss, because a message is only DELEd after its line is durable.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// RFC 1939 section 7 limits a unique-id to 70 octets. Some servers send
@@ -52,6 +55,8 @@ pub struct Entry {
     pub delivered: bool,
     /// The "message too big" report was made: do not repeat it every interval.
     pub oversized: bool,
+    /// Local delivery refused it permanently: leave it, do not RETR again.
+    pub rejected: bool,
 }
 
 /// Why an account name cannot be a file name.
@@ -142,17 +147,19 @@ impl Records {
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(self.entries.len() * 32);
         for (uidl, e) in &self.entries {
-            let flags = match (e.delivered, e.oversized) {
-                (false, false) => "-",
-                (true, false) => "d",
-                (false, true) => "o",
-                (true, true) => "do",
-            };
             s.push_str(uidl);
             s.push(' ');
             s.push_str(&e.first_seen.to_string());
             s.push(' ');
-            s.push_str(flags);
+            let flags = [(e.delivered, 'd'), (e.oversized, 'o'), (e.rejected, 'r')];
+            let mut any = false;
+            for (_, c) in flags.iter().filter(|(set, _)| *set) {
+                s.push(*c);
+                any = true;
+            }
+            if !any {
+                s.push('-');
+            }
             s.push('\n');
         }
         s
@@ -203,6 +210,27 @@ impl Records {
                 })
                 .oversized = true;
         }
+    }
+
+    /// Marks `uidl` as refused for good by the local delivery, in memory.
+    pub fn mark_rejected(&mut self, uidl: &str, now: u64) {
+        if valid_uidl(uidl) {
+            self.entries
+                .entry(uidl.to_string())
+                .or_insert(Entry {
+                    first_seen: now,
+                    ..Entry::default()
+                })
+                .rejected = true;
+        }
+    }
+
+    /// Records `uidl` as refused for good, durably (it is then left on the
+    /// server and not fetched again).
+    pub fn record_rejected(&mut self, uidl: &str, now: u64) -> io::Result<()> {
+        let before = self.entries.get(uidl).copied();
+        self.mark_rejected(uidl, now);
+        self.save_or_revert(uidl, before)
     }
 
     /// Records `uidl` as delivered and makes it durable before returning.
@@ -266,6 +294,7 @@ impl Records {
         e.first_seen = e.first_seen.min(entry.first_seen);
         e.delivered |= entry.delivered;
         e.oversized |= entry.oversized;
+        e.rejected |= entry.rejected;
     }
 }
 
@@ -294,6 +323,7 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
             match c {
                 'd' => entry.delivered = true,
                 'o' => entry.oversized = true,
+                'r' => entry.rejected = true,
                 _ => return None,
             }
         }
@@ -301,12 +331,11 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
     Some((uidl.to_string(), entry))
 }
 
-// TODO(lead): use store::durable::write_durable once merged; this is a
-// private equivalent so this branch stands alone.
 /// Replaces `path` with `data` so that after a crash the file is either the
-/// old one or the new one, whole: write `.NAME.tmp` in the same directory,
-/// fsync it, rename over `path`, fsync the directory (so the rename itself
-/// survives power loss).
+/// old one or the new one, whole, by the project's one durable write
+/// (`store::durable`): `.NAME.tmp` beside it, fsync, rename, fsync the
+/// folder. Runs are serialized per account, so a `.tmp` found here is a
+/// crash's leftover and is removed first.
 fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let name = path.file_name().ok_or_else(|| {
@@ -322,24 +351,11 @@ fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
         }
         None => PathBuf::from(tmp_name),
     };
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir.unwrap_or_else(|| Path::new(".")))?.sync_all()
+    crate::store::durable::write_durable(&tmp, path, &[data])
 }
 
 #[cfg(test)]
@@ -408,8 +424,10 @@ mod tests {
         r.mark_delivered("c", 30);
         r.mark_oversized("c", 99);
         r.mark_delivered("bad uidl", 5);
+        r.mark_rejected("d", 40);
+        r.mark_rejected("c", 1);
         let text = r.to_text();
-        assert_eq!(text, "a 10 o\nb 20 d\nc 30 do\n");
+        assert_eq!(text, "a 10 o\nb 20 d\nc 30 dor\nd 40 r\n");
         let (back, skipped) = Records::parse(text.as_bytes());
         assert_eq!(skipped, 0);
         assert_eq!(back.entries, r.entries);
@@ -438,7 +456,7 @@ mod tests {
             Some(&Entry {
                 first_seen: 1,
                 delivered: true,
-                oversized: false
+                ..Entry::default()
             })
         );
         assert_eq!(
@@ -453,7 +471,8 @@ mod tests {
             Some(&Entry {
                 first_seen: 3,
                 delivered: true,
-                oversized: true
+                oversized: true,
+                rejected: false,
             })
         );
         assert!(r.get("trailing").is_some());

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{debug, error, warn};
 
 use crate::config::Config;
 use crate::conn::pop3_fetch::Pop3FetchDriver;
@@ -118,7 +118,7 @@ impl SmartPop {
                     warn!("smartpop: cannot create {}: {e}", dir.display());
                 }
             }
-            info!(
+            debug!(
                 "smartpop {}: polling {}:{}",
                 account.name, account.host.host, account.host.port
             );

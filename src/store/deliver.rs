@@ -392,6 +392,7 @@ mod tests {
             protocol: "ESMTP",
             tls: None,
             auth_user: None,
+            via: None,
             id: trace::new_id(SystemTime::now()),
         }
     }

@@ -32,6 +32,9 @@ pub struct TraceInfo {
     pub tls: Option<String>,
     /// The authenticated user, if AUTH succeeded.
     pub auth_user: Option<String>,
+    /// How the message came, when not from an SMTP client: e.g.
+    /// `smartpop isp-bob`, written as a `(via ...)` comment.
+    pub via: Option<String>,
     /// Our queue id for this transaction ([`new_id`]).
     pub id: String,
 }
@@ -101,14 +104,10 @@ pub fn received_line(info: &TraceInfo, rcpt: Option<&str>, date: SystemTime) -> 
         sanitize(&info.id, MAX_FIELD),
     );
     if let Some(tls) = &info.tls {
-        // Spaces are part of the description; sanitize word by word.
-        let words: Vec<String> = tls
-            .split(' ')
-            .filter(|w| !w.is_empty())
-            .take(8)
-            .map(|w| sanitize(w, MAX_FIELD))
-            .collect();
-        let _ = write!(s, "\r\n\t(using {})", words.join(" "));
+        let _ = write!(s, "\r\n\t(using {})", sanitize_words(tls));
+    }
+    if let Some(via) = &info.via {
+        let _ = write!(s, "\r\n\t(via {})", sanitize_words(via));
     }
     if let Some(user) = &info.auth_user {
         let _ = write!(s, "\r\n\t(authenticated as {})", sanitize(user, MAX_FIELD));
@@ -119,6 +118,17 @@ pub fn received_line(info: &TraceInfo, rcpt: Option<&str>, date: SystemTime) -> 
     }
     let _ = write!(s, "; {}\r\n", rfc5322_date(date));
     s
+}
+
+/// A comment of a few words: spaces are kept, each word sanitized.
+fn sanitize_words(text: &str) -> String {
+    let words: Vec<String> = text
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .take(8)
+        .map(|w| sanitize(w, MAX_FIELD))
+        .collect();
+    words.join(" ")
 }
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -273,6 +283,7 @@ mod tests {
             protocol: "ESMTP",
             tls: None,
             auth_user: None,
+            via: None,
             id: "1QZ4M2K3F8A0".into(),
         }
     }
