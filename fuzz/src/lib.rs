@@ -669,6 +669,7 @@ pub fn pop3_client(data: &[u8]) {
         _ => Keep::For(std::time::Duration::from_secs(7 * 86_400)),
     };
     let params = FetchParams {
+        account: "isp".into(),
         username: "bob123".into(),
         password: "secret".into(),
         tls,
