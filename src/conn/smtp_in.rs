@@ -25,6 +25,14 @@ use crate::server::{Completion, Outcome, Shared};
 /// read its replies (a pipelining flood), so memory stays bounded.
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
+/// The idle timeout is for awaiting the next command (RFC 5321
+/// 4.5.3.2.7), so only progress moves it: a complete command (the session
+/// answers or asks for work) or, inside message data or an overlong line,
+/// this many octets. A client trickling a byte at a time without ever
+/// ending a line (slow loris) is cut off like a silent one, while a slow
+/// uplink that moves 4 KiB per timeout keeps its connection.
+const MIN_PROGRESS_BYTES: usize = 4096;
+
 /// A failed AUTH is answered after this pause (slows password guessing
 /// without a sleep in the loop).
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
@@ -59,6 +67,8 @@ pub struct SmtpIn {
     waiting: Waiting,
     idle_deadline: Instant,
     timeout: Duration,
+    /// Octets read since the idle deadline last moved.
+    unanswered: usize,
     closing: bool,
     done: bool,
     auth_user: Option<String>,
@@ -108,6 +118,7 @@ impl SmtpIn {
             waiting: Waiting::Nothing,
             idle_deadline: sh.now + cfg.smtp.timeout,
             timeout: cfg.smtp.timeout,
+            unanswered: 0,
             closing: false,
             done,
             auth_user: None,
@@ -160,11 +171,18 @@ impl SmtpIn {
             input.clear();
             match self.t.read(&mut input, usize::MAX) {
                 Ok(ReadStatus::Data(0)) => continue,
-                Ok(ReadStatus::Data(_)) => {
-                    self.idle_deadline = sh.now + self.timeout;
+                Ok(ReadStatus::Data(n)) => {
                     let config = Arc::clone(&sh.config);
                     self.session
                         .receive(&input, config.as_ref(), &mut self.out, &mut self.events);
+                    self.unanswered = self.unanswered.saturating_add(n);
+                    if !self.out.is_empty()
+                        || !self.events.is_empty()
+                        || self.unanswered >= MIN_PROGRESS_BYTES
+                    {
+                        self.idle_deadline = sh.now + self.timeout;
+                        self.unanswered = 0;
+                    }
                     self.handle_events(sh);
                 }
                 Ok(ReadStatus::WouldBlock) => return,
