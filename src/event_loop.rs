@@ -28,6 +28,11 @@ const FIRST_LISTENER: usize = 16;
 /// late worker completion can never reach the wrong connection.
 const FIRST_CONNECTION: usize = 1 << 20;
 
+/// After accept fails (EMFILE: out of descriptors), try again this soon:
+/// the listener is edge-triggered, so waiting clients would otherwise
+/// wait for the next new connection to wake it.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// How long transactions in flight get to finish after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -96,6 +101,8 @@ pub struct EventLoop {
     inbound: usize,
     signals: Signals,
     stopping: Option<Instant>,
+    /// When to retry accepting after a failed accept.
+    accept_retry: Option<Instant>,
 }
 
 /// Makes a connection's driver; supplied by `server.rs`.
@@ -134,6 +141,7 @@ impl EventLoop {
                 inbound: 0,
                 signals,
                 stopping: None,
+                accept_retry: None,
             },
             waker,
         ))
@@ -187,6 +195,12 @@ impl EventLoop {
                 }
             }
             self.fire_timers(sh);
+            if self.accept_retry.is_some_and(|at| at <= sh.now) {
+                self.accept_retry = None;
+                for i in 0..self.listeners.len() {
+                    self.accept(i, sh, accept);
+                }
+            }
             sh.tick();
             for (driver, token) in sh.take_new_drivers() {
                 let token = token.unwrap_or_else(|| self.take_token());
@@ -203,6 +217,9 @@ impl EventLoop {
 
     fn poll_timeout(&mut self, sh: &Shared) -> Option<Duration> {
         let mut next = self.timers.peek().map(|Reverse((t, _))| *t);
+        if let Some(retry) = self.accept_retry {
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
         if let Some(wake) = sh.next_wakeup() {
             next = Some(next.map_or(wake, |n| n.min(wake)));
         }
@@ -228,8 +245,9 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and try again on the next event.
+                    // EMFILE and friends: try again shortly.
                     warn!("accept on {} failed: {e}", kind.name());
+                    self.accept_retry = Some(sh.now + ACCEPT_RETRY);
                     return;
                 }
             };

@@ -182,3 +182,28 @@ def test_junk_connections_leave_memory_near_baseline(make_server):
           f"junk connections, {after} KiB a second later")
     # Buffers are per connection and bounded; what stays is allocator slack.
     assert after < before + 16 * 1024, (before, after)
+
+
+def test_pop3_slow_loris_is_cut_off(make_server):
+    timeout = 3
+    server = make_server(replace={"timeout = 30s\n\n[domain": f"timeout = {timeout}s\n\n[domain"})
+    r = Raw(server.ports["pop3"])
+    assert r.line().startswith(b"+OK")
+    start = time.monotonic()
+    closed_after = None
+    try:
+        while time.monotonic() - start < 4 * timeout:
+            r.send(b"U")  # never a whole line
+            r.sock.settimeout(1)
+            try:
+                data = r.sock.recv(512)
+            except (socket.timeout, TimeoutError):
+                continue
+            if not data or data.startswith(b"-ERR"):
+                closed_after = time.monotonic() - start
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        closed_after = time.monotonic() - start
+    finally:
+        r.close()
+    assert closed_after is not None and closed_after < 2 * timeout, closed_after

@@ -16,6 +16,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::MIN_PROGRESS_BYTES;
 use crate::event_loop::{canonical_ip, Driver, ListenerKind};
 use crate::net::transport::{ReadStatus, Transport};
 use crate::proto::dotstuff::DotStuffer;
@@ -59,6 +60,8 @@ pub struct Pop3In {
     waiting: Waiting,
     idle_deadline: Instant,
     timeout: Duration,
+    /// Octets read since the idle deadline last moved.
+    unanswered: usize,
     closing: bool,
     done: bool,
     /// The mailbox address being logged in, then locked.
@@ -97,6 +100,7 @@ impl Pop3In {
             waiting: Waiting::Nothing,
             idle_deadline: sh.now + sh.config.pop3.timeout,
             timeout: sh.config.pop3.timeout,
+            unanswered: 0,
             closing: false,
             done,
             mailbox: None,
@@ -171,10 +175,17 @@ impl Pop3In {
             input.clear();
             match self.t.read(&mut input, usize::MAX) {
                 Ok(ReadStatus::Data(0)) => continue,
-                Ok(ReadStatus::Data(_)) => {
-                    self.idle_deadline = sh.now + self.timeout;
+                Ok(ReadStatus::Data(n)) => {
                     self.session
                         .receive(&input, &mut self.out, &mut self.events);
+                    self.unanswered = self.unanswered.saturating_add(n);
+                    if !self.out.is_empty()
+                        || !self.events.is_empty()
+                        || self.unanswered >= MIN_PROGRESS_BYTES
+                    {
+                        self.idle_deadline = sh.now + self.timeout;
+                        self.unanswered = 0;
+                    }
                     self.handle_events(sh);
                 }
                 Ok(ReadStatus::WouldBlock) => return,

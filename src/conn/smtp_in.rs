@@ -13,6 +13,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::MIN_PROGRESS_BYTES;
 use crate::config::{Config, Resolution};
 use crate::event_loop::{canonical_ip, Driver, ListenerKind};
 use crate::net::transport::{ReadStatus, Transport};
@@ -24,14 +25,6 @@ use crate::server::{Completion, Outcome, Shared};
 /// Stop reading while this much output waits for a client that does not
 /// read its replies (a pipelining flood), so memory stays bounded.
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
-
-/// The idle timeout is for awaiting the next command (RFC 5321
-/// 4.5.3.2.7), so only progress moves it: a complete command (the session
-/// answers or asks for work) or, inside message data or an overlong line,
-/// this many octets. A client trickling a byte at a time without ever
-/// ending a line (slow loris) is cut off like a silent one, while a slow
-/// uplink that moves 4 KiB per timeout keeps its connection.
-const MIN_PROGRESS_BYTES: usize = 4096;
 
 /// A failed AUTH is answered after this pause (slows password guessing
 /// without a sleep in the loop).
