@@ -186,42 +186,28 @@ impl Records {
     }
 
     /// Marks `uidl` delivered in memory (first seen `now` if new).
-    /// Invalid UIDLs are ignored: they could not be written back as a line.
     pub fn mark_delivered(&mut self, uidl: &str, now: u64) {
-        if valid_uidl(uidl) {
-            self.entries
-                .entry(uidl.to_string())
-                .or_insert(Entry {
-                    first_seen: now,
-                    ..Entry::default()
-                })
-                .delivered = true;
-        }
+        self.mark(uidl, now, |e| e.delivered = true);
     }
 
     /// Marks the oversize report for `uidl` as made, in memory.
     pub fn mark_oversized(&mut self, uidl: &str, now: u64) {
-        if valid_uidl(uidl) {
-            self.entries
-                .entry(uidl.to_string())
-                .or_insert(Entry {
-                    first_seen: now,
-                    ..Entry::default()
-                })
-                .oversized = true;
-        }
+        self.mark(uidl, now, |e| e.oversized = true);
     }
 
     /// Marks `uidl` as refused for good by the local delivery, in memory.
     pub fn mark_rejected(&mut self, uidl: &str, now: u64) {
+        self.mark(uidl, now, |e| e.rejected = true);
+    }
+
+    /// Sets a flag of `uidl`'s entry, made (first seen `now`) if new.
+    /// Invalid UIDLs are ignored: they could not be written back as a line.
+    fn mark(&mut self, uidl: &str, now: u64, set: impl FnOnce(&mut Entry)) {
         if valid_uidl(uidl) {
-            self.entries
-                .entry(uidl.to_string())
-                .or_insert(Entry {
-                    first_seen: now,
-                    ..Entry::default()
-                })
-                .rejected = true;
+            set(self.entries.entry(uidl.to_string()).or_insert(Entry {
+                first_seen: now,
+                ..Entry::default()
+            }));
         }
     }
 
