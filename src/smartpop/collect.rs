@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::config::{Config, SmartPopConfig};
 use crate::outbox::unix_secs;
@@ -75,12 +75,42 @@ impl Fetched {
             ),
             delivered_to_check: false,
         };
-        if let Err(e) = deliver::deliver_local(&self.config.server.data_dir, &request) {
+        // The UIDL is recorded between writing the copies to tmp/ and
+        // renaming them into new/, with their names: a crash in between is
+        // finished at the next start (`Records::finish_staged`), so the
+        // message is neither lost nor fetched twice.
+        let now_secs = unix_secs(now);
+        let mut recorded = false;
+        let result = deliver::deliver_local_with(
+            &self.config.server.data_dir,
+            &request,
+            &mut |staged| match (&self.uidl, records.as_mut()) {
+                (Some(uidl), Some(r)) => {
+                    r.record_staged(uidl, now_secs, staged)?;
+                    recorded = true;
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+        );
+        if let Err(e) = result {
+            if recorded {
+                // Recorded, then the renames failed and were undone: take
+                // the record back, or the message would be deleted unread.
+                if let (Some(uidl), Some(r)) = (&self.uidl, records.as_mut()) {
+                    if let Err(io) = r.forget(uidl) {
+                        error!(
+                            "smartpop {}: cannot take back uidl {uidl}: {io}",
+                            self.account.name
+                        );
+                    }
+                }
+            }
             // A permanent refusal (too many hops) would stop every run at
             // this message: record it as rejected, so the driver skips it
             // now (`Pop3Fetch::rejected`) and later runs leave it alone.
             if let (true, Some(uidl), Some(r)) = (e.is_permanent(), &self.uidl, records.as_mut()) {
-                match r.record_rejected(uidl, unix_secs(now)) {
+                match r.record_rejected(uidl, now_secs) {
                     Ok(()) => warn!(
                         "smartpop {}: message uidl={uidl} cannot be stored ({e}); left on the server, not fetched again",
                         self.account.name
@@ -105,18 +135,6 @@ impl Fetched {
             mailboxes.join(","),
             message.len()
         );
-        if let (Some(uidl), Some(r)) = (&self.uidl, records.as_mut()) {
-            if let Err(e) = r.record_delivered(uidl, unix_secs(now)) {
-                // Delivered but not recorded: the core must not DELE, or a
-                // crash now would fetch it again... which is only a duplicate;
-                // not deleting keeps it safe and the next run retries.
-                warn!(
-                    "smartpop {}: cannot record uidl {uidl}: {e}",
-                    self.account.name
-                );
-                return (false, records);
-            }
-        }
         (true, records)
     }
 

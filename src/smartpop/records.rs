@@ -29,6 +29,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::store::deliver::StagedCopy;
+use crate::store::maildir::Maildir;
+
 /// RFC 1939 section 7 limits a unique-id to 70 octets. Some servers send
 /// longer ones; we accept up to this many rather than refuse to collect.
 pub const MAX_UIDL_LEN: usize = 255;
@@ -98,6 +101,12 @@ pub fn records_path(data_dir: &Path, account: &str) -> Result<PathBuf, BadAccoun
 pub struct Records {
     path: PathBuf,
     entries: BTreeMap<String, Entry>,
+    /// Copies named by `staged=` fields: written to a Maildir's `tmp/`
+    /// and recorded, perhaps not yet renamed into `new/` (a crash in
+    /// between); `finish_staged` completes them.
+    staged: Vec<StagedCopy>,
+    /// The file holds lines that a rewrite would shorten (`staged=`).
+    compact: bool,
 }
 
 impl Records {
@@ -106,6 +115,8 @@ impl Records {
         Records {
             path,
             entries: BTreeMap::new(),
+            staged: Vec::new(),
+            compact: false,
         }
     }
 
@@ -136,7 +147,10 @@ impl Records {
                 continue;
             }
             match parse_line(line) {
-                Some((uidl, entry)) => records.merge(uidl, entry),
+                Some((uidl, entry, staged)) => {
+                    records.merge(uidl, entry);
+                    records.staged.extend(staged);
+                }
                 None => skipped += 1,
             }
         }
@@ -229,6 +243,48 @@ impl Records {
         self.save_or_revert(uidl, before)
     }
 
+    /// Records `uidl` as delivered, naming the copies staged in `tmp/`
+    /// and not yet renamed into `new/`: called between the two, so that a
+    /// crash there is finished by `finish_staged` at the next start (the
+    /// message in the mailbox once, not fetched again).
+    pub fn record_staged(&mut self, uidl: &str, now: u64, copies: &[StagedCopy]) -> io::Result<()> {
+        let before = self.entries.get(uidl).copied();
+        self.mark_delivered(uidl, now);
+        let result = self.append_with(uidl, staged_field(copies).as_deref());
+        if result.is_err() {
+            self.revert(uidl, before);
+        }
+        result
+    }
+
+    /// Takes back a delivery recorded by `record_staged` whose copies were
+    /// then undone: rewrites the file without `uidl`.
+    pub fn forget(&mut self, uidl: &str) -> io::Result<()> {
+        self.entries.remove(uidl);
+        self.save()
+    }
+
+    /// Renames into `new/` every recorded copy still in `tmp/` (left by a
+    /// crash between recording and renaming). Cheap when there is none:
+    /// one `stat` per recorded copy. Returns how many were finished.
+    pub fn finish_staged(&mut self, data_dir: &Path) -> io::Result<usize> {
+        let mut finished = 0;
+        for (mailbox, name) in std::mem::take(&mut self.staged) {
+            let Ok(md) = Maildir::for_mailbox(data_dir, &mailbox) else {
+                continue;
+            };
+            let tmp = md.tmp_dir().join(&name);
+            if tmp.exists() {
+                md.publish(&name)?;
+                crate::store::durable::fsync_dir(&md.new_dir())?;
+                log::warn!("smartpop: finished the delivery of {name} to {mailbox} cut by a crash");
+                finished += 1;
+            }
+        }
+        self.compact = true;
+        Ok(finished)
+    }
+
     /// Records that the oversize report for `uidl` was made, durably.
     pub fn record_oversized(&mut self, uidl: &str, now: u64) -> io::Result<()> {
         let before = self.entries.get(uidl).copied();
@@ -237,18 +293,22 @@ impl Records {
     }
 
     fn save_or_revert(&mut self, uidl: &str, before: Option<Entry>) -> io::Result<()> {
-        let result = self.append(uidl);
+        let result = self.append_with(uidl, None);
         if result.is_err() {
-            match before {
-                Some(e) => {
-                    self.entries.insert(uidl.to_string(), e);
-                }
-                None => {
-                    self.entries.remove(uidl);
-                }
-            }
+            self.revert(uidl, before);
         }
         result
+    }
+
+    fn revert(&mut self, uidl: &str, before: Option<Entry>) {
+        match before {
+            Some(e) => {
+                self.entries.insert(uidl.to_string(), e);
+            }
+            None => {
+                self.entries.remove(uidl);
+            }
+        }
     }
 
     /// Forgets every UIDL not in `on_server` (the maildrop's listing after a
@@ -261,11 +321,13 @@ impl Records {
         before - self.entries.len()
     }
 
-    /// `prune`, then `save` if anything was dropped.
+    /// `prune`, then `save` if anything was dropped or the file can be
+    /// compacted.
     pub fn prune_and_save<S: AsRef<str>>(&mut self, on_server: &[S]) -> io::Result<usize> {
         let dropped = self.prune(on_server);
-        if dropped > 0 {
+        if dropped > 0 || self.compact {
             self.save()?;
+            self.compact = false;
         }
         Ok(dropped)
     }
@@ -276,7 +338,7 @@ impl Records {
     /// `prune_and_save` compacts. The line starts with a newline so that a
     /// line torn by a crash can never glue onto this one (empty lines are
     /// skipped when loading, and a torn line is junk, never misread).
-    fn append(&self, uidl: &str) -> io::Result<()> {
+    fn append_with(&mut self, uidl: &str, extra: Option<&str>) -> io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let Some(entry) = self.entries.get(uidl) else {
@@ -284,7 +346,15 @@ impl Records {
         };
         let mut one = Records::empty(PathBuf::new());
         one.entries.insert(uidl.to_string(), *entry);
-        let line = format!("\n{}", one.to_text());
+        let mut line = format!("\n{}", one.to_text());
+        if let Some(extra) = extra {
+            line.pop();
+            line.push(' ');
+            line.push_str(extra);
+            line.push('\n');
+            // These lines are only needed until the next start: compact then.
+            self.compact = true;
+        }
         let existed = self.path.exists();
         if !existed {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -319,12 +389,38 @@ impl Records {
     }
 }
 
-fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
+/// `staged=MAILBOX/NAME|MAILBOX/NAME` (Maildir names hold commas).
+fn parse_staged(field: &str) -> Option<Vec<StagedCopy>> {
+    let list = field.strip_prefix("staged=")?;
+    list.split('|')
+        .map(|pair| {
+            let (mailbox, name) = pair.split_once('/')?;
+            (!mailbox.is_empty() && !name.is_empty() && !name.contains('/'))
+                .then(|| (mailbox.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+/// The `staged=` field for `copies`, if every part can be written in it.
+fn staged_field(copies: &[StagedCopy]) -> Option<String> {
+    let safe = |t: &str| !t.is_empty() && !t.contains([' ', '|', '/', '\n', '\r']);
+    if copies.is_empty() || !copies.iter().all(|(m, n)| safe(m) && safe(n)) {
+        return None;
+    }
+    let parts: Vec<String> = copies.iter().map(|(m, n)| format!("{m}/{n}")).collect();
+    Some(format!("staged={}", parts.join("|")))
+}
+
+fn parse_line(line: &[u8]) -> Option<(String, Entry, Vec<StagedCopy>)> {
     let line = std::str::from_utf8(line).ok()?;
     let mut fields = line.split(' ');
     let uidl = fields.next()?;
     let first_seen = fields.next()?;
     let flags = fields.next()?;
+    let staged = match fields.next() {
+        None => Vec::new(),
+        Some(field) => parse_staged(field)?,
+    };
     if fields.next().is_some() || !valid_uidl(uidl) {
         return None;
     }
@@ -349,7 +445,7 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry)> {
             }
         }
     }
-    Some((uidl.to_string(), entry))
+    Some((uidl.to_string(), entry, staged))
 }
 
 /// Replaces `path` with `data` so that after a crash the file is either the
@@ -564,6 +660,47 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("isp-bob")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn staged_copies_are_finished_after_a_crash() {
+        let dir = temp_dir();
+        let path = records_path(&dir, "isp").unwrap();
+        let md = Maildir::for_mailbox(&dir, "bob@example.test").unwrap();
+        md.create().unwrap();
+        // A copy staged in tmp/, recorded, then the crash: never renamed.
+        fs::write(md.tmp_dir().join("100.M1P1Q1.host,S=3,W=3"), b"hi\n").unwrap();
+        // Another whose rename did happen.
+        fs::write(md.new_dir().join("100.M2P1Q2.host,S=3,W=3"), b"ho\n").unwrap();
+        let mut r = Records::load(path.clone()).unwrap();
+        let copies = [(
+            "bob@example.test".to_string(),
+            "100.M1P1Q1.host,S=3,W=3".to_string(),
+        )];
+        r.record_staged("u1", 100, &copies).unwrap();
+        let done = [(
+            "bob@example.test".to_string(),
+            "100.M2P1Q2.host,S=3,W=3".to_string(),
+        )];
+        r.record_staged("u2", 100, &done).unwrap();
+        let mut back = Records::load(path.clone()).unwrap();
+        assert!(back.get("u1").is_some_and(|e| e.delivered));
+        assert_eq!(back.finish_staged(&dir).unwrap(), 1);
+        assert!(md.new_dir().join("100.M1P1Q1.host,S=3,W=3").exists());
+        assert!(!md.tmp_dir().join("100.M1P1Q1.host,S=3,W=3").exists());
+        // Idempotent, and compacted at the end of the next session.
+        assert_eq!(back.finish_staged(&dir).unwrap(), 0);
+        back.prune_and_save(&["u1", "u2"]).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("staged="), "{text}");
+        // Names that cannot be written in the field are not recorded as staged.
+        assert_eq!(staged_field(&[("a b".into(), "n".into())]), None);
+        assert_eq!(
+            parse_staged("staged=bob@x/n1,S=1|al@x/n2").map(|v| v.len()),
+            Some(2)
+        );
+        assert_eq!(parse_staged("staged=bob@x"), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -95,7 +95,18 @@ impl SmartPop {
             };
             let records = match records_path(&config.server.data_dir, &account.name) {
                 Ok(path) => match Records::load(path.clone()) {
-                    Ok(r) => r,
+                    Ok(mut r) => {
+                        // Renames cut by a crash (only then is there work).
+                        if let Err(e) = r.finish_staged(&config.server.data_dir) {
+                            error!(
+                                "smartpop {}: cannot finish staged deliveries: {e}",
+                                account.name
+                            );
+                            state.next_poll = now + RETRY_BROKEN;
+                            continue;
+                        }
+                        r
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::empty(path),
                     Err(e) => {
                         // Without the records we could fetch twice: wait.

@@ -287,6 +287,23 @@ pub fn deliver_local(
     data_dir: &Path,
     req: &LocalDelivery<'_>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
+    deliver_local_with(data_dir, req, &mut |_| Ok(()))
+}
+
+/// A copy written and fsynced in `tmp/`, not yet in `new/`: the mailbox
+/// and the unique file name (the same under `tmp/` and `new/`).
+pub type StagedCopy = (String, String);
+
+/// [`deliver_local`], calling `before_publish` once every copy is durable
+/// in `tmp/` and before any is renamed into `new/`. SmartPop records there
+/// which copies it staged, so that a crash during the renames is finished
+/// at the next start instead of fetching the message again. An error from
+/// it undoes the delivery.
+pub fn deliver_local_with(
+    data_dir: &Path,
+    req: &LocalDelivery<'_>,
+    before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
+) -> Result<Vec<DeliveredCopy>, DeliveryError> {
     check_hops(req.message)?;
     let now = SystemTime::now();
     let (body_s, body_w) = maildir::lf_sizes(&[req.message]);
@@ -327,7 +344,7 @@ pub fn deliver_local(
         headers.push(hdr);
     }
 
-    let result = write_all_copies(&mut copies, &headers, req.message);
+    let result = write_all_copies(&mut copies, &headers, req.message, before_publish);
     match result {
         Ok(()) => Ok(copies
             .into_iter()
@@ -351,6 +368,7 @@ fn write_all_copies(
     copies: &mut [Copy],
     headers: &[String],
     message: &[u8],
+    before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<(), (PathBuf, io::Error)> {
     for (c, hdr) in copies.iter_mut().zip(headers) {
         c.md.stage(&c.name, |w| {
@@ -359,6 +377,11 @@ fn write_all_copies(
         .map_err(|e| (c.md.tmp_dir().join(&c.name), e))?;
         c.staged = true;
     }
+    let staged: Vec<StagedCopy> = copies
+        .iter()
+        .map(|c| (c.mailbox.clone(), c.name.clone()))
+        .collect();
+    before_publish(&staged).map_err(|e| (PathBuf::from("(before publish)"), e))?;
     for c in copies.iter_mut() {
         c.md.publish(&c.name)
             .map_err(|e| (c.md.new_dir().join(&c.name), e))?;
