@@ -198,6 +198,14 @@ impl Shared {
         self.smartpop.request(account.as_deref(), self.now);
     }
 
+    /// A failed SMTP AUTH or POP3 login from `ip`: counts towards the
+    /// address's block (10 in 10 minutes, refused for 15), logged once.
+    pub fn login_failed(&mut self, ip: std::net::IpAddr) {
+        if self.penalty.record_failure(ip, self.now) {
+            warn!("{ip}: 10 failed logins in 10 minutes, refusing it for 15 minutes");
+        }
+    }
+
     /// A SmartPop run ended.
     pub fn smartpop_finished(&mut self, account: &str) {
         self.smartpop.finished(account);
@@ -213,6 +221,17 @@ impl Shared {
                 }
                 if listeners(&config) != listeners(&self.config) {
                     warn!("reload: listen addresses changed; they take effect at the next restart");
+                }
+                // New connections get the new certificate (a renewed one, or
+                // other [tls] files); ones already open keep theirs.
+                match crate::tls::server_config(
+                    config.tls.cert.as_deref(),
+                    config.tls.key.as_deref(),
+                    &config.server.data_dir,
+                    &config.server.hostname,
+                ) {
+                    Ok(tls) => self.tls = tls,
+                    Err(e) => error!("reload: {e}; keeping the running certificate"),
                 }
                 self.config = Arc::new(config);
                 if let Some(outbox) = self.outbox.as_mut() {

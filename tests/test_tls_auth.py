@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import poplib
+import signal
 import smtplib
 import socket
 import ssl
@@ -220,3 +221,25 @@ def test_passwd_hash_logs_in_and_mkpasswd_hash_accepted(make_server):
 
 def test_plain_password_warned(server):
     assert "{PLAIN}" in server.log_text() or "PLAIN" in server.log_text()
+
+
+def test_sighup_loads_a_new_certificate(server, tmp_path):
+    before = ssl.get_server_certificate(("127.0.0.1", server.ports["smtps"]))
+    cert, key = tmp_path / "new-cert.pem", tmp_path / "new-key.pem"
+    res = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                          "-nodes", "-subj", "/CN=mx.example.test", "-addext", "subjectAltName=DNS:mx.example.test",
+                          "-days", "30", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    assert res.returncode == 0, res.stderr
+    server.config.write_text(server.config_text + f"\n[tls]\ncert = {cert}\nkey = {key}\n")
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    after = ssl.get_server_certificate(("127.0.0.1", server.ports["smtps"]))
+    assert ssl.PEM_cert_to_DER_cert(after) == ssl.PEM_cert_to_DER_cert(cert.read_text())
+    assert after != before
+    # A broken certificate on reload keeps the running one.
+    cert.write_text("junk\n")
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert "keeping the running certificate" in server.log_text()
+    still = ssl.get_server_certificate(("127.0.0.1", server.ports["smtps"]))
+    assert ssl.PEM_cert_to_DER_cert(still) == ssl.PEM_cert_to_DER_cert(after)

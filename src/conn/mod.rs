@@ -5,6 +5,8 @@ pub mod pop3_in;
 pub mod smtp_in;
 pub mod smtp_out;
 
+use std::time::{Duration, Instant};
+
 /// An idle timeout is for awaiting the next command (RFC 5321 4.5.3.2.7,
 /// RFC 1939 3), so only progress moves it: a complete command (the session
 /// answers or asks for work) or, inside message data or an overlong line,
@@ -12,3 +14,81 @@ pub mod smtp_out;
 /// ending a line (slow loris) is cut off like a silent one, while a slow
 /// uplink that moves 4 KiB per timeout keeps its connection.
 pub const MIN_PROGRESS_BYTES: usize = 4096;
+
+/// The idle deadline of an inbound connection, moved only by progress.
+pub struct IdleClock {
+    deadline: Instant,
+    timeout: Duration,
+    /// Octets read since the deadline last moved.
+    unanswered: usize,
+}
+
+impl IdleClock {
+    pub fn new(now: Instant, timeout: Duration) -> IdleClock {
+        IdleClock {
+            deadline: now + timeout,
+            timeout,
+            unanswered: 0,
+        }
+    }
+
+    /// `n` octets were read; `answered`: the core replied or asked for work.
+    pub fn read(&mut self, n: usize, answered: bool, now: Instant) {
+        self.unanswered = self.unanswered.saturating_add(n);
+        if answered || self.unanswered >= MIN_PROGRESS_BYTES {
+            self.touch(now);
+        }
+    }
+
+    /// Progress made elsewhere (a message stored): a full timeout again.
+    pub fn touch(&mut self, now: Instant) {
+        self.deadline = now + self.timeout;
+        self.unanswered = 0;
+    }
+
+    /// Brings the deadline forward to `at` if it is later (server stopping).
+    pub fn cut_to(&mut self, at: Instant) {
+        self.deadline = self.deadline.min(at);
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline <= now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_progress_moves_the_deadline() {
+        let t0 = Instant::now();
+        let mut clock = IdleClock::new(t0, Duration::from_secs(10));
+        let t1 = t0 + Duration::from_secs(5);
+        clock.read(1, false, t1);
+        assert_eq!(
+            clock.deadline(),
+            t0 + Duration::from_secs(10),
+            "a trickled byte"
+        );
+        clock.read(MIN_PROGRESS_BYTES, false, t1);
+        assert_eq!(
+            clock.deadline(),
+            t1 + Duration::from_secs(10),
+            "4 KiB of data"
+        );
+        let t2 = t1 + Duration::from_secs(1);
+        clock.read(6, true, t2);
+        assert_eq!(
+            clock.deadline(),
+            t2 + Duration::from_secs(10),
+            "a command answered"
+        );
+        clock.cut_to(t2);
+        assert!(clock.expired(t2));
+    }
+}

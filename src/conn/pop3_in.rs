@@ -16,7 +16,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::MIN_PROGRESS_BYTES;
+use super::IdleClock;
 use crate::event_loop::{canonical_ip, Driver, ListenerKind};
 use crate::net::transport::{ReadStatus, Transport};
 use crate::proto::dotstuff::DotStuffer;
@@ -58,10 +58,7 @@ pub struct Pop3In {
     out: Vec<u8>,
     events: Vec<Pop3Event>,
     waiting: Waiting,
-    idle_deadline: Instant,
-    timeout: Duration,
-    /// Octets read since the idle deadline last moved.
-    unanswered: usize,
+    idle: IdleClock,
     closing: bool,
     done: bool,
     /// The mailbox address being logged in, then locked.
@@ -98,9 +95,7 @@ impl Pop3In {
             out,
             events: Vec::new(),
             waiting: Waiting::Nothing,
-            idle_deadline: sh.now + sh.config.pop3.timeout,
-            timeout: sh.config.pop3.timeout,
-            unanswered: 0,
+            idle: IdleClock::new(sh.now, sh.config.pop3.timeout),
             closing: false,
             done,
             mailbox: None,
@@ -178,14 +173,8 @@ impl Pop3In {
                 Ok(ReadStatus::Data(n)) => {
                     self.session
                         .receive(&input, &mut self.out, &mut self.events);
-                    self.unanswered = self.unanswered.saturating_add(n);
-                    if !self.out.is_empty()
-                        || !self.events.is_empty()
-                        || self.unanswered >= MIN_PROGRESS_BYTES
-                    {
-                        self.idle_deadline = sh.now + self.timeout;
-                        self.unanswered = 0;
-                    }
+                    let answered = !self.out.is_empty() || !self.events.is_empty();
+                    self.idle.read(n, answered, sh.now);
                     self.handle_events(sh);
                 }
                 Ok(ReadStatus::WouldBlock) => return,
@@ -337,15 +326,7 @@ impl Driver for Pop3In {
                     }
                     _ => {
                         info!("pop3 {}: login failed", self.t.peer());
-                        if sh
-                            .penalty
-                            .record_failure(canonical_ip(self.t.peer().ip()), sh.now)
-                        {
-                            warn!(
-                                "{}: 10 failed logins in 10 minutes, refusing it for 15 minutes",
-                                canonical_ip(self.t.peer().ip())
-                            );
-                        }
+                        sh.login_failed(canonical_ip(self.t.peer().ip()));
                         self.waiting = Waiting::FailureDelay(sh.now + LOGIN_FAILURE_DELAY);
                         return;
                     }
@@ -403,7 +384,7 @@ impl Driver for Pop3In {
                 return;
             }
         }
-        if self.idle_deadline <= sh.now
+        if self.idle.expired(sh.now)
             && matches!(self.waiting, Waiting::Nothing | Waiting::Sending(_))
         {
             info!("pop3 {}: timeout, closing", self.t.peer());
@@ -421,9 +402,9 @@ impl Driver for Pop3In {
             return None;
         }
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.idle_deadline)),
+            Waiting::FailureDelay(at) => Some(at.min(self.idle.deadline())),
             Waiting::Password | Waiting::Scan | Waiting::Commit => None,
-            _ => Some(self.idle_deadline),
+            _ => Some(self.idle.deadline()),
         }
     }
 

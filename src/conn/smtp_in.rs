@@ -13,7 +13,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::MIN_PROGRESS_BYTES;
+use super::IdleClock;
 use crate::config::{Config, Resolution};
 use crate::event_loop::{canonical_ip, Driver, ListenerKind};
 use crate::net::transport::{ReadStatus, Transport};
@@ -58,10 +58,7 @@ pub struct SmtpIn {
     out: Vec<u8>,
     events: Vec<Event>,
     waiting: Waiting,
-    idle_deadline: Instant,
-    timeout: Duration,
-    /// Octets read since the idle deadline last moved.
-    unanswered: usize,
+    idle: IdleClock,
     closing: bool,
     done: bool,
     auth_user: Option<String>,
@@ -109,9 +106,7 @@ impl SmtpIn {
             out,
             events: Vec::new(),
             waiting: Waiting::Nothing,
-            idle_deadline: sh.now + cfg.smtp.timeout,
-            timeout: cfg.smtp.timeout,
-            unanswered: 0,
+            idle: IdleClock::new(sh.now, cfg.smtp.timeout),
             closing: false,
             done,
             auth_user: None,
@@ -168,14 +163,8 @@ impl SmtpIn {
                     let config = Arc::clone(&sh.config);
                     self.session
                         .receive(&input, config.as_ref(), &mut self.out, &mut self.events);
-                    self.unanswered = self.unanswered.saturating_add(n);
-                    if !self.out.is_empty()
-                        || !self.events.is_empty()
-                        || self.unanswered >= MIN_PROGRESS_BYTES
-                    {
-                        self.idle_deadline = sh.now + self.timeout;
-                        self.unanswered = 0;
-                    }
+                    let answered = !self.out.is_empty() || !self.events.is_empty();
+                    self.idle.read(n, answered, sh.now);
                     self.handle_events(sh);
                 }
                 Ok(ReadStatus::WouldBlock) => return,
@@ -251,7 +240,7 @@ impl Driver for SmtpIn {
                     return;
                 }
                 if let DeliveryOutcome::Accepted { .. } = &outcome {
-                    self.idle_deadline = sh.now + self.timeout;
+                    self.idle.touch(sh.now);
                 }
                 self.session
                     .delivered(outcome, config.as_ref(), &mut self.out, &mut self.events);
@@ -279,12 +268,7 @@ impl Driver for SmtpIn {
                     );
                 } else {
                     info!("smtp {}: authentication failed for {user:?}", self.t.peer());
-                    if sh.penalty.record_failure(self.ip(), sh.now) {
-                        warn!(
-                            "{}: 10 failed logins in 10 minutes, refusing it for 15 minutes",
-                            self.ip()
-                        );
-                    }
+                    sh.login_failed(self.ip());
                     self.waiting = Waiting::FailureDelay(sh.now + AUTH_FAILURE_DELAY);
                     return;
                 }
@@ -307,7 +291,7 @@ impl Driver for SmtpIn {
                 return;
             }
         }
-        if self.idle_deadline <= sh.now
+        if self.idle.expired(sh.now)
             && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
         {
             info!("smtp {}: timeout, closing", self.t.peer());
@@ -326,9 +310,9 @@ impl Driver for SmtpIn {
             return None;
         }
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.idle_deadline)),
+            Waiting::FailureDelay(at) => Some(at.min(self.idle.deadline())),
             Waiting::Delivery | Waiting::Password => None,
-            _ => Some(self.idle_deadline),
+            _ => Some(self.idle.deadline()),
         }
     }
 
@@ -338,7 +322,7 @@ impl Driver for SmtpIn {
         }
         if matches!(self.waiting, Waiting::Delivery) || self.session.in_transaction() {
             // Let the transaction finish; the loop's grace period bounds it.
-            self.idle_deadline = self.idle_deadline.min(sh.now + Duration::from_secs(5));
+            self.idle.cut_to(sh.now + Duration::from_secs(5));
             return;
         }
         self.session.shutting_down(&mut self.out);
