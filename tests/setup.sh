@@ -21,13 +21,18 @@ fi
 
 PY=${PYTHON:-python3}
 need_pip=()
-for mod in pytest xdist aiosmtpd dnslib; do
+for mod in pytest xdist aiosmtpd dnslib dkim nacl; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
 if [ ${#need_pip[@]} -gt 0 ]; then
   pkgs=()
   for m in "${need_pip[@]}"; do
-    case $m in xdist) pkgs+=(pytest-xdist) ;; *) pkgs+=("$m") ;; esac
+    case $m in
+      xdist) pkgs+=(pytest-xdist) ;;
+      dkim) pkgs+=(dkimpy) ;;
+      nacl) pkgs+=(pynacl) ;;
+      *) pkgs+=("$m") ;;
+    esac
   done
   echo "installing python packages: ${pkgs[*]}"
   "$PY" -m pip install -q "${pkgs[@]}"

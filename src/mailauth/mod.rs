@@ -7,11 +7,15 @@
 //! non-blocking resolver, with its timeouts), and the clock is an input.
 //!
 //! Must not: open sockets, read the clock, spawn threads, or import any
-//! part of the crate but `proto::dns` and (for the greylist file)
-//! `store::durable`. The wiring into the SMTP driver lives elsewhere.
+//! part of the crate but `proto::dns` and (for the greylist and key files)
+//! `store::durable`. The wiring into the SMTP driver lives elsewhere; the
+//! only IO here is `keys` (key files) and `cli` (the `mailgate dkim`
+//! commands), which the server does not call on its loop.
 
 // pub mod auth_results;
-// pub mod dkim;
+pub mod cli;
+pub mod dkim;
+pub mod keys;
 // pub mod dmarc;
 // pub mod dnsbl;
 // pub mod greylist;
