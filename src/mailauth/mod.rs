@@ -12,13 +12,13 @@
 //! only IO here is `keys` (key files) and `cli` (the `mailgate dkim`
 //! commands), which the server does not call on its loop.
 
-// pub mod auth_results;
+pub mod auth_results;
 pub mod cli;
 pub mod dkim;
+pub mod dmarc;
+pub mod dnsbl;
+pub mod greylist;
 pub mod keys;
-// pub mod dmarc;
-// pub mod dnsbl;
-// pub mod greylist;
 pub mod spf;
 
 pub use crate::proto::dns::{Answer, QType};
