@@ -131,3 +131,37 @@ pub fn load(data_dir: &Path, domain: &str, selector: &str) -> Result<Vec<Signing
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keygen_writes_both_keys_once() {
+        let dir = std::env::temp_dir().join(format!("mailgate-keygen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let records = keygen(&dir, "Example.TEST", "mg").unwrap();
+        assert!(records.contains("mg-rsa._domainkey.example.test IN TXT \"v=DKIM1; k=rsa; p=MII"));
+        assert!(
+            records.contains("mg-ed25519._domainkey.example.test IN TXT \"v=DKIM1; k=ed25519; p=")
+        );
+        for alg in [Algorithm::RsaSha256, Algorithm::Ed25519Sha256] {
+            let path = key_path(&dir, "example.test", "mg", alg);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        let ids = load(&dir, "example.test", "mg").unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0].selector, "mg-rsa");
+        // The printed record is the loaded key's.
+        assert!(records.contains(&dkim::dns_record(&ids[1].key)));
+        assert!(keygen(&dir, "example.test", "mg")
+            .unwrap_err()
+            .contains("exists"));
+        assert!(keygen(&dir, "../x", "mg").is_err());
+        assert!(keygen(&dir, "example.test", "a.b").is_err());
+        assert!(load(&dir, "other.test", "mg").unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
