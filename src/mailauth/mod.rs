@@ -52,6 +52,16 @@ pub enum Reply {
     Failed(String),
 }
 
+impl From<Result<Answer, String>> for Reply {
+    /// What `proto::dns::RecordLookup` ends with.
+    fn from(r: Result<Answer, String>) -> Reply {
+        match r {
+            Ok(a) => Reply::Answer(a),
+            Err(why) => Reply::Failed(why),
+        }
+    }
+}
+
 impl Reply {
     /// The reply to a query for a name that cannot be a domain name: as if
     /// it did not exist (no server could hold it).

@@ -1,12 +1,14 @@
-//! DNS messages for direct delivery: MX, A and AAAA queries and answers,
-//! sans-IO.
+//! DNS messages for direct delivery and for mail authentication: MX, A,
+//! AAAA, TXT and PTR queries and answers, sans-IO.
 //!
 //! Owns: building queries (RFC 1035 4.1, recursion desired), checking and
 //! classifying responses (id and question match, rcode, TC bit, CNAME
-//! chains, null MX of RFC 7505), ordering MX hosts (RFC 5321 5.1), TCP
+//! chains, null MX of RFC 7505, TXT strings joined), ordering MX hosts
+//! (RFC 5321 5.1), reverse names (RFC 1035 3.5, RFC 3596 2.5), TCP
 //! framing (RFC 1035 4.2.2, RFC 7766), the first `nameserver` of
-//! `/etc/resolv.conf`, and [`MxLookup`], the resolution of one domain into
-//! the addresses to try, in order.
+//! `/etc/resolv.conf`, [`MxLookup`], the resolution of one domain into
+//! the addresses to try, in order, and [`RecordLookup`], one question with
+//! retries (for SPF, DKIM, DMARC and DNSBL).
 //!
 //! Must not: open sockets, read files, keep time or pick random numbers
 //! itself: the driver sends the packets, reads resolv.conf, runs the
@@ -835,6 +837,112 @@ impl MxLookup {
     }
 }
 
+/// What [`RecordLookup`] needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordStep {
+    /// Send this, start the [`DNS_TIMEOUT`] timer, feed the answer to
+    /// [`RecordLookup::on_response`] (or call [`RecordLookup::on_timeout`]).
+    Query(DnsQuery),
+    /// The answer (never `Truncated`: that is retried over TCP), or why
+    /// there is none after the retries (a temporary failure).
+    Done(Result<Answer, String>),
+}
+
+/// One question of any type ([`build_query_any`] names), with the same
+/// retries and TCP fallback as [`MxLookup`]: the SPF, DKIM, DMARC and
+/// DNSBL evaluators ask through this, one question at a time.
+#[derive(Debug)]
+pub struct RecordLookup {
+    name: String,
+    qtype: QType,
+    rng: SplitMix64,
+    current: Option<DnsQuery>,
+    tries: u32,
+}
+
+impl RecordLookup {
+    /// `seed`: randomness for query ids.
+    pub fn new(name: &str, qtype: QType, seed: u64) -> RecordLookup {
+        RecordLookup {
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            qtype,
+            rng: SplitMix64(seed ^ 0x7e57),
+            current: None,
+            tries: 0,
+        }
+    }
+
+    pub fn start(&mut self) -> RecordStep {
+        self.tries = 0;
+        self.query(false)
+    }
+
+    fn query(&mut self, tcp: bool) -> RecordStep {
+        let id = (self.rng.next_u64() & 0xffff) as u16;
+        match build_query_any(id, &self.name, self.qtype) {
+            Ok(packet) => {
+                let q = DnsQuery {
+                    id,
+                    name: self.name.clone(),
+                    qtype: self.qtype,
+                    packet,
+                    tcp,
+                };
+                self.current = Some(q.clone());
+                RecordStep::Query(q)
+            }
+            // No server can hold such a name.
+            Err(DnsError::InvalidName(_)) => RecordStep::Done(Ok(Answer::NxDomain)),
+            Err(e) => RecordStep::Done(Err(e.to_string())),
+        }
+    }
+
+    /// A packet from the resolver. `None`: not the answer awaited.
+    pub fn on_response(&mut self, packet: &[u8]) -> Option<RecordStep> {
+        let q = self.current.clone()?;
+        match parse_response(q.id, &q.name, q.qtype, packet) {
+            Err(DnsError::WrongId { .. } | DnsError::WrongQuestion | DnsError::NotAResponse) => {
+                None
+            }
+            Err(DnsError::Malformed) => Some(self.retry_or_fail("malformed DNS response")),
+            Ok(Answer::Truncated) if q.tcp => {
+                Some(self.retry_or_fail("truncated DNS response over TCP"))
+            }
+            Ok(Answer::Truncated) => {
+                self.tries = 0;
+                Some(self.query(true))
+            }
+            Err(e) => {
+                self.current = None;
+                Some(RecordStep::Done(Err(e.to_string())))
+            }
+            Ok(answer) => {
+                self.current = None;
+                Some(RecordStep::Done(Ok(answer)))
+            }
+        }
+    }
+
+    /// No answer within [`DNS_TIMEOUT`]: ask again, or give up.
+    pub fn on_timeout(&mut self) -> RecordStep {
+        self.retry_or_fail("DNS timeout")
+    }
+
+    fn retry_or_fail(&mut self, why: &str) -> RecordStep {
+        let Some(q) = self.current.clone() else {
+            return RecordStep::Done(Err(why.to_string()));
+        };
+        self.tries += 1;
+        if self.tries < MAX_TRIES {
+            // A fresh id for every try (RFC 5452 9.2).
+            self.query(q.tcp)
+        } else {
+            self.current = None;
+            RecordStep::Done(Err(format!("{why} for {} after {MAX_TRIES} tries", q.name)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1214,6 +1322,70 @@ mod tests {
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
         );
         assert_eq!(reversed_labels("127.0.0.2".parse().unwrap()), "2.0.0.127");
+    }
+
+    #[test]
+    fn record_lookup_retries_and_falls_back_to_tcp() {
+        use simple_dns::rdata::TXT;
+        let mut l = RecordLookup::new("_dmarc.Example.com.", QType::Txt, 42);
+        let RecordStep::Query(q1) = l.start() else {
+            panic!("no query")
+        };
+        assert!(!q1.tcp);
+        assert_eq!(q1.name, "_dmarc.example.com");
+        // Another id: not ours, keep waiting.
+        let other = response(
+            q1.id.wrapping_add(1),
+            &q1.name,
+            QType::Txt,
+            RCODE::NoError,
+            vec![],
+        );
+        assert_eq!(l.on_response(&other), None);
+        // Truncated: the same question over TCP.
+        let mut tc = Packet::new_reply(q1.id);
+        tc.set_flags(PacketFlag::TRUNCATION);
+        let tc = tc.build_bytes_vec().unwrap();
+        let Some(RecordStep::Query(q2)) = l.on_response(&tc) else {
+            panic!("no TCP retry")
+        };
+        assert!(q2.tcp);
+        // Timeouts retry, then give up.
+        let RecordStep::Query(q3) = l.on_timeout() else {
+            panic!("no retry")
+        };
+        assert!(q3.tcp);
+        let txt = TXT::new().with_string("v=DMARC1; p=reject").unwrap();
+        let answer = response(
+            q3.id,
+            &q3.name,
+            QType::Txt,
+            RCODE::NoError,
+            vec![rr("_dmarc.example.com", RData::TXT(txt.into_owned()))],
+        );
+        assert_eq!(
+            l.on_response(&answer),
+            Some(RecordStep::Done(Ok(Answer::Txt(vec![
+                b"v=DMARC1; p=reject".to_vec()
+            ]))))
+        );
+        let mut l = RecordLookup::new("slow.example", QType::A, 1);
+        l.start();
+        assert!(matches!(l.on_timeout(), RecordStep::Query(_)));
+        assert!(matches!(l.on_timeout(), RecordStep::Query(_)));
+        assert!(matches!(l.on_timeout(), RecordStep::Done(Err(_))));
+        // SERVFAIL is a failure at once; a name no server holds is NXDOMAIN.
+        let mut l = RecordLookup::new("sf.example", QType::A, 2);
+        let RecordStep::Query(q) = l.start() else {
+            panic!("no query")
+        };
+        let sf = response(q.id, &q.name, QType::A, RCODE::ServerFailure, vec![]);
+        assert!(matches!(l.on_response(&sf), Some(RecordStep::Done(Err(_)))));
+        let mut l = RecordLookup::new(&"x".repeat(70), QType::Txt, 3);
+        assert_eq!(l.start(), RecordStep::Done(Ok(Answer::NxDomain)));
+        // SPF macros may make names with any visible character.
+        let mut l = RecordLookup::new("foo:bar/baz.example.com", QType::A, 4);
+        assert!(matches!(l.start(), RecordStep::Query(_)));
     }
 
     #[test]
