@@ -12,6 +12,27 @@
 //! only IO here is `keys` (key files) and `cli` (the `mailgate dkim`
 //! commands), which the server does not call on its loop.
 
+//! How a driver runs an evaluator (the SMTP driver, once wired):
+//!
+//! ```text
+//! let mut spf = SpfCheck::new(client_ip, mail_from, helo);
+//! loop {
+//!     match spf.step() {
+//!         SpfStep::Query(q) => {
+//!             // Non-blocking: proto::dns::RecordLookup::new(&q.name, q.qtype, seed)
+//!             // through the resolver; its RecordStep::Done(result) comes back as
+//!             spf.answer(&q, Reply::from(result));
+//!         }
+//!         SpfStep::Done(outcome) => break outcome,
+//!     }
+//! }
+//! ```
+//!
+//! DKIM: feed the spooled message to `dkim::Verifier` in chunks (on a
+//! worker), `finish_body()`, answer its `queries()`, read `results()`.
+//! DMARC: `dmarc::DmarcCheck` with the From domain and what SPF and DKIM
+//! passed. Then `auth_results::header` writes the field.
+
 pub mod auth_results;
 pub mod cli;
 pub mod dkim;

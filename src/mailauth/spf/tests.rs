@@ -337,3 +337,79 @@ fn dns_failure_is_temperror() {
     let out = run(&zone, "192.0.2.1".parse().unwrap(), "u@t.example", "h");
     assert_eq!(out.result, SpfResult::TempError);
 }
+
+/// Random records (from the pieces SPF is made of) never panic, and
+/// always end within the query bound.
+#[test]
+fn hostile_records_never_panic() {
+    let pieces = [
+        "v=spf1",
+        " ",
+        "  ",
+        "a",
+        "mx",
+        "ptr",
+        "exists:",
+        "include:",
+        "redirect=",
+        "exp=",
+        "ip4:",
+        "ip6:",
+        "all",
+        "-",
+        "~",
+        "?",
+        "+",
+        "/",
+        "//",
+        "24",
+        "0",
+        "129",
+        "%{",
+        "}",
+        "%{ir}",
+        "%{p}",
+        "%{d2r-}",
+        "%%",
+        "%_",
+        "%-",
+        "%",
+        ".",
+        "x.example",
+        "self.example",
+        ":",
+        "=",
+        "1.2.3.4",
+        "::1",
+        "\t",
+        "é",
+        "%{l0}",
+        "%{s}.%{d}",
+    ];
+    let mut seed: u64 = 99;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    for _ in 0..500 {
+        let mut rec = String::from("v=spf1 ");
+        for _ in 0..(next() % 12) {
+            rec.push_str(pieces[next() % pieces.len()]);
+        }
+        let zone = zone_of(&[
+            ("self.example", "TXT", rec.as_str()),
+            ("x.example", "TXT", "v=spf1 include:self.example ?all"),
+            ("x.example", "A", "192.0.2.1"),
+            ("x.example", "MX", "x.example"),
+        ]);
+        let out = run(
+            &zone,
+            "192.0.2.1".parse().unwrap(),
+            "u@self.example",
+            "h.example",
+        );
+        let _ = out.result;
+    }
+}
