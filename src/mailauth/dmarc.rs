@@ -3,7 +3,7 @@
 //!
 //! Owns: policy record discovery (6.6.3: `_dmarc.` of the From domain,
 //! then of its organizational domain, 3.2, found with the Public Suffix
-//! List), the record's tags (6.3: `v`, `p`, `sp`, `pct`, `adkim`, `aspf`),
+//! List in `psl`), the record's tags (6.3: `v`, `p`, `sp`, `pct`, `adkim`, `aspf`),
 //! identifier alignment (3.1: relaxed and strict, for SPF and DKIM), the
 //! result and the disposition (6.6.4, with `pct` sampling, 6.6.4 / 8.1).
 //!
@@ -134,11 +134,7 @@ pub enum DmarcStep {
 /// `domain` plus one label (the Public Suffix List decides what a public
 /// suffix is; a name that is itself a suffix is its own).
 pub fn organizational_domain(domain: &str) -> String {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    match psl::domain_str(&domain) {
-        Some(d) => d.to_string(),
-        None => domain,
-    }
+    super::psl::organizational_domain(domain)
 }
 
 /// RFC 7489 3.1.1 and 3.1.2.

@@ -40,6 +40,7 @@ pub mod dmarc;
 pub mod dnsbl;
 pub mod greylist;
 pub mod keys;
+pub mod psl;
 pub mod spf;
 
 pub use crate::proto::dns::{Answer, QType};
