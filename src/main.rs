@@ -320,8 +320,11 @@ fn no_extra(rest: &[OsString]) -> Result<(), String> {
 /// `mailgate check`: every diagnostic as FILE:LINE: message; 1 on errors.
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
-        Ok((_, warnings)) => {
+        Ok((config, warnings)) => {
             for w in &warnings {
+                println!("{w}");
+            }
+            for w in dkim_key_warnings(&config) {
                 println!("{w}");
             }
             println!("{}: ok", path.display());
@@ -339,6 +342,36 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `[domain X] dkim_selector` without its key files: mail from X would
+/// leave unsigned (and Gmail refuses unauthenticated direct delivery).
+fn dkim_key_warnings(config: &Config) -> Vec<mailgate::config::Diagnostic> {
+    use mailgate::mailauth::{dkim::Algorithm, keys};
+    let mut out = Vec::new();
+    for d in config.domains.values() {
+        let Some(selector) = &d.dkim_selector else {
+            continue;
+        };
+        for alg in [Algorithm::RsaSha256, Algorithm::Ed25519Sha256] {
+            let path = keys::key_path(&config.server.data_dir, &d.name, selector, alg);
+            if !path.exists() {
+                out.push(mailgate::config::Diagnostic {
+                    file: config.path.clone(),
+                    line: d.line,
+                    severity: Severity::Warning,
+                    message: format!(
+                        "[domain {}] dkim_selector = {selector}, but {} is missing: mail from {} leaves unsigned (run `mailgate dkim keygen {}`)",
+                        d.name,
+                        path.display(),
+                        d.name,
+                        d.name
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// For the one-shot commands: reads the config, then (when root and

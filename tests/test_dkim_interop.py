@@ -71,6 +71,16 @@ def txt_records(keygen_output):
     return records
 
 
+def test_check_warns_until_keys_exist(tmp_path):
+    cfg, data = write_config(tmp_path)
+    out = mailgate("-c", str(cfg), "check").stdout.decode()
+    assert out.count("dkim_selector = mg2026, but") == 2, out
+    assert f"{cfg}:5: warning:" in out, out
+    mailgate("-c", str(cfg), "dkim", "keygen", DOMAIN)
+    out = mailgate("-c", str(cfg), "check").stdout.decode()
+    assert "dkim_selector" not in out, out
+
+
 @pytest.fixture
 def keyed(tmp_path):
     cfg, data = write_config(tmp_path)
