@@ -413,3 +413,25 @@ fn hostile_records_never_panic() {
         let _ = out.result;
     }
 }
+
+/// A 64 KB policy (the most a DNS answer over TCP carries) of ip4 terms
+/// and a few DNS terms is evaluated in bounded work.
+#[test]
+fn a_64k_policy_costs_bounded_work() {
+    let mut rec = String::from("v=spf1");
+    let mut i = 0u32;
+    while rec.len() < 65_000 {
+        rec.push_str(&format!(" ip4:10.{}.{}.0/24", (i >> 8) & 0xff, i & 0xff));
+        if i.is_multiple_of(500) {
+            rec.push_str(&format!(" a:h{i}.big.example"));
+        }
+        i += 1;
+    }
+    rec.push_str(" -all");
+    let zone = zone_of(&[("big.example", "TXT", rec.as_str())]);
+    let started = std::time::Instant::now();
+    let out = run(&zone, "192.0.2.1".parse().unwrap(), "u@big.example", "h");
+    // More than 2 void lookups (the a: names have no addresses).
+    assert_eq!(out.result, SpfResult::PermError, "{}", out.reason);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
