@@ -14,6 +14,9 @@
 //! RSA but cannot make RSA keys. Only `RsaPrivateKey::new` and its PKCS#8
 //! encoding are used; signing is `ring`'s (so RUSTSEC-2023-0071, a timing
 //! side channel of that crate's private-key operations, does not apply).
+//! Cost, measured on the stripped x86_64 release build with every
+//! mailauth module reachable: 100,632 bytes (3,453,240 with it, 3,352,608
+//! with generation stubbed out).
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,10 @@
 //! in its IDNA A-label form (DNS carries A-labels). It is under the Mozilla
 //! Public License 2.0 (public_suffix_list.LICENSE). To refresh it, rerun
 //! that transformation on a newer `public_suffix_list.dat`.
+//!
+//! Why not the `psl` crate: it compiles the list into match code that
+//! cost 745,944 bytes of the stripped x86_64 release build; this costs
+//! 124,304 (2,831,600 against 2,707,296 with no list at all).
 
 const LIST: &str = include_str!("public_suffix_list.txt");
 
