@@ -12,6 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::proto::envelope::Resolution;
+pub use crate::proto::pop3_client::Keep;
+pub use crate::proto::TlsMode;
+
 mod build;
 mod scan;
 #[cfg(test)]
@@ -229,16 +233,6 @@ pub enum OutboxMode {
     Direct,
 }
 
-/// How a client connection to a remote server is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// TLS from the first byte.
-    Tls,
-    /// Upgrade with STARTTLS / STLS.
-    StartTls,
-    None,
-}
-
 /// `host:port`, host being a name or an IP literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
@@ -261,14 +255,6 @@ pub struct OutboxConfig {
     pub nameserver: Option<SocketAddr>,
 }
 
-/// `keep = no | yes | 7d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    No,
-    Yes,
-    For(Duration),
-}
-
 #[derive(Debug, Clone)]
 pub struct SmartPopConfig {
     pub name: String,
@@ -283,15 +269,6 @@ pub struct SmartPopConfig {
     pub interval: Duration,
     pub keep: Keep,
     pub line: usize,
-}
-
-/// Where mail for one recipient address goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Resolution {
-    /// Local mailbox addresses (keys of `Config::mailboxes`), deduplicated, in order.
-    pub local: Vec<String>,
-    /// Non-local addresses (via `[alias]` members or `forward`), deduplicated.
-    pub remote: Vec<String>,
 }
 
 impl Default for SmtpConfig {

@@ -244,8 +244,7 @@ impl Pop3FetchDriver {
             max_message_size: self.config.smtp.max_message_size,
             now: crate::outbox::unix_secs(std::time::SystemTime::now()),
         };
-        let empty = Records::empty(std::path::PathBuf::new());
-        let core = Pop3Fetch::new(params, self.records.as_ref().unwrap_or(&empty));
+        let core = Pop3Fetch::new(params, self.records.iter().flat_map(|r| r.iter()));
         self.phase = Phase::Session {
             t,
             core: Box::new(core),

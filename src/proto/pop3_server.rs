@@ -22,7 +22,16 @@ use base64::engine::DecodePaddingMode;
 use super::sasl::{self, PlainError};
 use base64::Engine as _;
 
-use crate::store::maildrop::MessageInfo;
+/// One message of the maildrop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Relative to the maildir: `new/NAME` or `cur/NAME:2,FLAGS`.
+    pub path: PathBuf,
+    /// Size with CRLF line ends, before dot-stuffing (the `W=` of the name).
+    pub size: u64,
+    /// Unique-id for UIDL: stable across `new/` -> `cur/` moves and restarts.
+    pub uidl: String,
+}
 
 /// Longest command line, CRLF included (RFC 2449 4, raising RFC 1939's 47).
 /// RFC 1939 3 also caps arguments at 40 characters; that cap is not

@@ -34,9 +34,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
+pub use super::envelope::{DeliveryOutcome, Recipient, Resolution, Transaction};
 use super::line::{Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use super::sasl::{self, PlainError};
-use crate::config::Resolution;
 
 /// Replies of 5xx to commands before the session is closed with 421
 /// 4.7.0 (a brake on dictionary attacks and confused clients; Postfix
@@ -109,52 +109,6 @@ pub enum Event {
     Authenticate { username: String, password: String },
     /// Flush `out`, then close the connection.
     Close,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    /// The forward-path as given, domain lower-cased.
-    pub address: String,
-    pub resolution: Resolution,
-}
-
-/// One accepted mail transaction (RFC 5321 3.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transaction {
-    /// `""` for the null reverse-path `<>`.
-    pub reverse_path: String,
-    pub recipients: Vec<Recipient>,
-    /// The message: lines end in CRLF, dot-unstuffed (DATA) or raw
-    /// (BDAT), without the terminator.
-    pub data: Vec<u8>,
-    pub helo: String,
-    pub peer: IpAddr,
-    /// For the `Received:` `with` clause (RFC 3848): "SMTP", "ESMTP",
-    /// "ESMTPS", "ESMTPA" or "ESMTPSA".
-    pub protocol: &'static str,
-    pub auth_user: Option<String>,
-    pub smtputf8: bool,
-    /// `BODY=8BITMIME` or `BODY=BINARYMIME` was given.
-    pub body_8bitmime: bool,
-}
-
-/// The driver's answer to `Event::Deliver`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// Durably stored (maildir or queue): 250.
-    Accepted { queue_id: String },
-    /// 4xx, e.g. 452 4.3.1 disk full.
-    TempFail {
-        code: u16,
-        enhanced: &'static str,
-        text: String,
-    },
-    /// 5xx, e.g. 552 5.2.2 mailbox full.
-    PermFail {
-        code: u16,
-        enhanced: &'static str,
-        text: String,
-    },
 }
 
 /// `BODY=` on MAIL (RFC 6152, RFC 3030).
