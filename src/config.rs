@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::proto::envelope::Resolution;
+
+/// Where the system names its DNS resolvers (used when `[outbox]
+/// nameserver` is not set).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 pub use crate::proto::pop3_client::Keep;
 pub use crate::proto::TlsMode;
 
@@ -156,6 +160,10 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// In file order.
     pub smartpop: Vec<SmartPopConfig>,
+    /// The DNS server outbound sessions ask: `[outbox] nameserver`, else
+    /// the first of /etc/resolv.conf, read once by `load` (so no session
+    /// reads a file on the loop thread).
+    pub resolver: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -398,7 +406,13 @@ impl Config {
             let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
             fail(line, "not valid UTF-8 text".into())
         })?;
-        Config::parse(path, &text)
+        let (mut config, warnings) = Config::parse(path, &text)?;
+        if config.resolver.is_none() {
+            config.resolver = std::fs::read_to_string(RESOLV_CONF)
+                .ok()
+                .and_then(|t| crate::proto::dns::resolv_conf_nameserver(&t));
+        }
+        Ok((config, warnings))
     }
 
     /// Parses config text; `path` is only used in diagnostics. Every

@@ -625,6 +625,7 @@ impl Builder {
             domains: std::mem::take(&mut self.domains),
             mailboxes: std::mem::take(&mut self.mailboxes),
             aliases: std::mem::take(&mut self.aliases),
+            resolver: self.outbox.nameserver,
             outbox: self.outbox.clone(),
             smartpop: std::mem::take(&mut self.smartpop),
         };

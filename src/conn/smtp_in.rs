@@ -13,18 +13,14 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::IdleClock;
+use super::pump::{Inbound, Pumped, ServerCore};
+use super::{Ctx, Driver, Effect, IdleClock, ListenerKind, Outcome};
 use crate::config::{Config, Resolution};
-use crate::event_loop::{canonical_ip, Driver, ListenerKind};
-use crate::net::transport::{ReadStatus, Transport};
+use crate::net::canonical_ip;
+use crate::net::transport::Transport;
 use crate::proto::smtp_server::{
     DeliveryOutcome, Event, Recipients, Role, SessionParams, SmtpSession, Transaction,
 };
-use crate::server::{Completion, Outcome, Shared};
-
-/// Stop reading while this much output waits for a client that does not
-/// read its replies (a pipelining flood), so memory stays bounded.
-const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// A failed AUTH is answered after this pause (slows password guessing
 /// without a sleep in the loop).
@@ -39,6 +35,30 @@ impl Recipients for Config {
     }
 }
 
+/// The SMTP core with the config it resolves recipients against (the
+/// one in force when the session began).
+pub struct SmtpCore {
+    session: SmtpSession,
+    config: Arc<Config>,
+}
+
+impl ServerCore for SmtpCore {
+    type Event = Event;
+    fn receive(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<Event>) {
+        self.session
+            .receive(input, self.config.as_ref(), out, events);
+    }
+    fn wants_input(&self) -> bool {
+        self.session.wants_input()
+    }
+    fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+    fn tls_started(&mut self, out: &mut Vec<u8>, events: &mut Vec<Event>) {
+        self.session.tls_started(out, events);
+    }
+}
+
 enum Waiting {
     Nothing,
     /// A worker is storing the message.
@@ -47,36 +67,27 @@ enum Waiting {
     Password,
     /// The password was wrong; answer at this instant.
     FailureDelay(Instant),
-    /// "220 Ready to start TLS" must reach the client before the handshake.
-    TlsAfterFlush,
 }
 
 pub struct SmtpIn {
-    t: Transport,
-    session: SmtpSession,
+    io: Inbound<SmtpCore>,
     role: ListenerKind,
-    out: Vec<u8>,
-    events: Vec<Event>,
     waiting: Waiting,
-    idle: IdleClock,
-    closing: bool,
-    done: bool,
-    auth_user: Option<String>,
     /// The username of the AUTH in flight.
     auth_attempt: Option<String>,
 }
 
 impl SmtpIn {
-    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, sh: &mut Shared) -> SmtpIn {
+    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, cx: &mut Ctx) -> SmtpIn {
         let ip = canonical_ip(peer.ip());
-        let cfg = &sh.config;
+        let cfg = Arc::clone(cx.config());
         let mut t = Transport::new(sock, peer);
         let implicit_tls = kind == ListenerKind::Smtps;
-        let mut done = false;
+        let mut tls_failed = false;
         if implicit_tls {
-            if let Err(e) = t.start_tls_server(&sh.tls) {
+            if let Err(e) = t.start_tls_server(&cx.sv.tls) {
                 warn!("smtps {ip}: cannot start TLS: {e}");
-                done = true;
+                tls_failed = true;
             }
         }
         let role = match kind {
@@ -95,243 +106,193 @@ impl SmtpIn {
             starttls_available: !implicit_tls,
             plaintext_auth_allowed: cfg.smtp.allow_plaintext_auth || ip.is_loopback(),
         };
-        let mut session = SmtpSession::new(params);
-        let mut out = Vec::new();
-        session.greeting(&mut out);
+        let session = SmtpSession::new(params);
+        let idle = IdleClock::new(cx.now, cfg.smtp.timeout);
+        let mut io = Inbound::new(
+            t,
+            SmtpCore {
+                session,
+                config: cfg,
+            },
+            idle,
+            "smtp",
+        );
+        io.core.session.greeting(&mut io.out);
+        if tls_failed {
+            io.finish();
+        }
         info!("{} connect from {peer}", kind.name());
         SmtpIn {
-            t,
-            session,
+            io,
             role: kind,
-            out,
-            events: Vec::new(),
             waiting: Waiting::Nothing,
-            idle: IdleClock::new(sh.now, cfg.smtp.timeout),
-            closing: false,
-            done,
-            auth_user: None,
             auth_attempt: None,
         }
     }
 
     fn ip(&self) -> std::net::IpAddr {
-        canonical_ip(self.t.peer().ip())
+        canonical_ip(self.io.t.peer().ip())
     }
 
-    /// Reads, feeds the core, carries out its events, writes; until the
-    /// socket would block or the core waits for something.
-    fn pump(&mut self, sh: &mut Shared) {
-        let mut input = Vec::new();
-        while !self.done {
-            self.t.queue(&self.out);
-            self.out.clear();
-            if let Err(e) = self.t.flush() {
-                info!("smtp {}: write failed: {e}", self.t.peer());
-                self.finish();
-                return;
-            }
-            if matches!(self.waiting, Waiting::TlsAfterFlush) {
-                if !self.t.is_flushed() {
-                    return;
-                }
-                if let Err(e) = self.t.start_tls_server(&sh.tls) {
-                    warn!("smtp {}: cannot start TLS: {e}", self.t.peer());
-                    self.finish();
-                    return;
-                }
-                self.waiting = Waiting::Nothing;
-                self.session.tls_started(&mut self.out, &mut self.events);
-                self.handle_events(sh);
-                continue;
-            }
-            if self.closing || self.session.is_closed() {
-                if self.t.is_flushed() {
-                    self.finish();
-                }
-                return;
-            }
-            if !matches!(self.waiting, Waiting::Nothing)
-                || !self.session.wants_input()
-                || self.t.pending_output() > MAX_PENDING_OUTPUT
-            {
-                return;
-            }
-            input.clear();
-            match self.t.read(&mut input, usize::MAX) {
-                Ok(ReadStatus::Data(0)) => continue,
-                Ok(ReadStatus::Data(n)) => {
-                    let config = Arc::clone(&sh.config);
-                    self.session
-                        .receive(&input, config.as_ref(), &mut self.out, &mut self.events);
-                    let answered = !self.out.is_empty() || !self.events.is_empty();
-                    self.idle.read(n, answered, sh.now);
-                    self.handle_events(sh);
-                }
-                Ok(ReadStatus::WouldBlock) => return,
-                Ok(ReadStatus::Closed) => {
-                    if self.session.in_transaction() {
+    /// Pumps IO and carries out the core's events until it waits.
+    fn pump(&mut self, cx: &mut Ctx) {
+        loop {
+            let may_read = matches!(self.waiting, Waiting::Nothing);
+            match self.io.pump(&cx.sv.tls, may_read, cx.now) {
+                Pumped::Events => self.handle_events(cx),
+                Pumped::Waiting => return,
+                Pumped::Closed => {
+                    if self.io.core.session.in_transaction() {
                         info!(
                             "smtp {}: connection lost during a transaction",
-                            self.t.peer()
+                            self.io.t.peer()
                         );
                     }
-                    self.finish();
-                    return;
-                }
-                Err(e) => {
-                    info!("smtp {}: read failed: {e}", self.t.peer());
-                    self.finish();
                     return;
                 }
             }
         }
     }
 
-    fn handle_events(&mut self, sh: &mut Shared) {
-        for event in std::mem::take(&mut self.events) {
+    fn handle_events(&mut self, cx: &mut Ctx) {
+        for event in std::mem::take(&mut self.io.events) {
             match event {
-                Event::Deliver(tx) => self.submit_delivery(tx, sh),
+                Event::Deliver(tx) => self.submit_delivery(tx, cx),
                 Event::Authenticate { username, password } => {
                     self.waiting = Waiting::Password;
                     self.auth_attempt = Some(username.clone());
-                    let config = Arc::clone(&sh.config);
-                    sh.submit(move || {
-                        Outcome::Password(crate::server::check_login(&config, &username, &password))
+                    let config = Arc::clone(cx.config());
+                    cx.submit(move || {
+                        Outcome::Password(super::check_login(&config, &username, &password))
                     });
                 }
-                Event::StartTls => self.waiting = Waiting::TlsAfterFlush,
-                Event::Close => self.closing = true,
+                Event::StartTls => self.io.start_tls_after_flush(),
+                Event::Close => self.io.closing = true,
             }
         }
     }
 
-    fn submit_delivery(&mut self, tx: Transaction, sh: &mut Shared) {
+    fn submit_delivery(&mut self, tx: Transaction, cx: &mut Ctx) {
         self.waiting = Waiting::Delivery;
-        let config = Arc::clone(&sh.config);
-        let tls = self.t.tls_description();
-        sh.submit(move || {
+        let config = Arc::clone(cx.config());
+        let tls = self.io.t.tls_description();
+        cx.submit(move || {
             let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
             Outcome::Delivered(outcome, queued)
         });
     }
-
-    fn finish(&mut self) {
-        if !self.done {
-            self.t.close();
-            self.done = true;
-        }
-    }
 }
 
 impl Driver for SmtpIn {
-    fn ready(&mut self, sh: &mut Shared) {
-        self.pump(sh);
+    fn ready(&mut self, cx: &mut Ctx) {
+        self.pump(cx);
     }
 
-    fn complete(&mut self, done: Completion, sh: &mut Shared) {
-        let config = Arc::clone(&sh.config);
-        match done.outcome {
+    fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
+        let config = Arc::clone(&self.io.core.config);
+        match done {
             Outcome::Delivered(outcome, queued) => {
                 self.waiting = Waiting::Nothing;
                 if let Some(entry) = queued {
-                    sh.outbox_add(entry);
+                    cx.effect(Effect::Queued(entry));
                 }
-                if self.done {
+                if self.io.is_done() {
                     return;
                 }
                 if let DeliveryOutcome::Accepted { .. } = &outcome {
-                    self.idle.touch(sh.now);
+                    self.io.idle.touch(cx.now);
                 }
-                self.session
-                    .delivered(outcome, config.as_ref(), &mut self.out, &mut self.events);
-                if sh.stopping && !self.session.in_transaction() {
+                let io = &mut self.io;
+                io.core
+                    .session
+                    .delivered(outcome, config.as_ref(), &mut io.out, &mut io.events);
+                if cx.stopping() && !io.core.session.in_transaction() {
                     // The transaction we waited for is done; no new one.
-                    self.session.shutting_down(&mut self.out);
-                    self.closing = true;
+                    io.core.session.shutting_down(&mut io.out);
+                    io.closing = true;
                 }
             }
             Outcome::Password(ok) => {
                 self.waiting = Waiting::Nothing;
-                if self.done {
+                if self.io.is_done() {
                     return;
                 }
                 let user = self.auth_attempt.take().unwrap_or_default();
                 if ok {
-                    info!("smtp {}: authenticated as {user}", self.t.peer());
-                    self.auth_user = Some(user);
-                    self.waiting = Waiting::Nothing;
-                    self.session.auth_result(
-                        true,
-                        config.as_ref(),
-                        &mut self.out,
-                        &mut self.events,
-                    );
+                    info!("smtp {}: authenticated as {user}", self.io.t.peer());
+                    let io = &mut self.io;
+                    io.core
+                        .session
+                        .auth_result(true, config.as_ref(), &mut io.out, &mut io.events);
                 } else {
-                    info!("smtp {}: authentication failed for {user:?}", self.t.peer());
-                    sh.login_failed(self.ip());
-                    self.waiting = Waiting::FailureDelay(sh.now + AUTH_FAILURE_DELAY);
+                    info!(
+                        "smtp {}: authentication failed for {user:?}",
+                        self.io.t.peer()
+                    );
+                    cx.login_failed(self.ip());
+                    self.waiting = Waiting::FailureDelay(cx.now + AUTH_FAILURE_DELAY);
                     return;
                 }
             }
             _ => return,
         }
-        self.handle_events(sh);
-        self.pump(sh);
+        self.handle_events(cx);
+        self.pump(cx);
     }
 
-    fn timer(&mut self, sh: &mut Shared) {
+    fn timer(&mut self, cx: &mut Ctx) {
         if let Waiting::FailureDelay(at) = self.waiting {
-            if at <= sh.now {
+            if at <= cx.now {
                 self.waiting = Waiting::Nothing;
-                let config = Arc::clone(&sh.config);
-                self.session
-                    .auth_result(false, config.as_ref(), &mut self.out, &mut self.events);
-                self.handle_events(sh);
-                self.pump(sh);
+                let config = Arc::clone(&self.io.core.config);
+                let io = &mut self.io;
+                io.core
+                    .session
+                    .auth_result(false, config.as_ref(), &mut io.out, &mut io.events);
+                self.handle_events(cx);
+                self.pump(cx);
                 return;
             }
         }
-        if self.idle.expired(sh.now)
+        if self.io.idle.expired(cx.now)
             && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
         {
-            info!("smtp {}: timeout, closing", self.t.peer());
-            self.session.timed_out(&mut self.out);
-            self.closing = true;
-            self.pump(sh);
+            info!("smtp {}: timeout, closing", self.io.t.peer());
+            self.io.core.session.timed_out(&mut self.io.out);
+            self.io.closing = true;
+            self.pump(cx);
             // A client that does not even read gets no more patience.
-            if !self.done {
-                self.finish();
-            }
+            self.io.finish();
         }
     }
 
     fn deadline(&self) -> Option<Instant> {
-        if self.done {
+        if self.io.is_done() {
             return None;
         }
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.idle.deadline())),
+            Waiting::FailureDelay(at) => Some(at.min(self.io.idle.deadline())),
             Waiting::Delivery | Waiting::Password => None,
-            _ => Some(self.idle.deadline()),
+            Waiting::Nothing => Some(self.io.idle.deadline()),
         }
     }
 
-    fn stop(&mut self, sh: &mut Shared) {
-        if self.done {
+    fn stop(&mut self, cx: &mut Ctx) {
+        if self.io.is_done() {
             return;
         }
-        if matches!(self.waiting, Waiting::Delivery) || self.session.in_transaction() {
+        if matches!(self.waiting, Waiting::Delivery) || self.io.core.session.in_transaction() {
             // Let the transaction finish; the loop's grace period bounds it.
-            self.idle.cut_to(sh.now + Duration::from_secs(5));
+            self.io.idle.cut_to(cx.now + Duration::from_secs(5));
             return;
         }
-        self.session.shutting_down(&mut self.out);
-        self.closing = true;
-        self.pump(sh);
+        self.io.core.session.shutting_down(&mut self.io.out);
+        self.io.closing = true;
+        self.pump(cx);
     }
 
     fn is_done(&self) -> bool {
-        self.done
+        self.io.is_done()
     }
 
     fn is_idle(&self) -> bool {
@@ -339,11 +300,11 @@ impl Driver for SmtpIn {
     }
 
     fn interest(&self) -> Interest {
-        self.t.interest()
+        self.io.t.interest()
     }
 
     fn source(&mut self) -> Option<&mut TcpStream> {
-        Some(self.t.socket())
+        Some(self.io.t.socket())
     }
 }
 
