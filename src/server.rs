@@ -23,11 +23,15 @@ use crate::privileges;
 use crate::smartpop::runner::SmartPop;
 use crate::workers::Workers;
 
-/// Threads doing fsyncs and password hashes. An fsync mostly waits on the
-/// disk, and the filesystem journal commits concurrent fsyncs together, so
-/// four in flight give 1.5-2x the throughput of two (measured with
-/// `make bench`, 10 and 50 sessions) for 2 MiB of stacks at most.
-const WORKER_THREADS: usize = 4;
+/// Threads doing durable writes. An fsync mostly waits on the disk, and
+/// the filesystem journal commits concurrent fsyncs together, so four in
+/// flight give 1.5-2x the throughput of two (measured with `make bench`,
+/// 10 and 50 sessions) for 2 MiB of stacks at most.
+const WRITE_THREADS: usize = 4;
+
+/// Threads for quick work (message reads, folder listings, password
+/// hashes), so a slow disk's fsyncs never hold up a session that reads.
+const QUICK_THREADS: usize = 2;
 
 /// The outbox and SmartPop schedules, and what is in flight for them.
 struct Server {
@@ -361,7 +365,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             (tls, pid_file, outbox, ev, waker)
         }
     };
-    let (workers, done_rx) = Workers::new(WORKER_THREADS, waker);
+    let (workers, done_rx) = Workers::with_lanes(WRITE_THREADS, QUICK_THREADS, waker);
     let registry = ev
         .registry()
         .map_err(|e| format!("cannot clone the poll registry: {e}"))?;

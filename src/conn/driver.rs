@@ -196,9 +196,20 @@ impl Ctx<'_> {
         self.sv.stopping
     }
 
-    /// Runs `job` on a worker; its outcome comes back to this driver.
+    /// Runs `job` (a durable write) on a worker; its outcome comes back
+    /// to this driver.
     pub fn submit(&self, job: impl FnOnce() -> Outcome + Send + 'static) {
         self.sv.submit_for(self.token, job);
+    }
+
+    /// Runs a quick `job` (a read, a listing, a password hash) in the lane
+    /// that never waits behind fsyncs.
+    pub fn submit_quick(&self, job: impl FnOnce() -> Outcome + Send + 'static) {
+        let token = self.token;
+        self.sv.workers.submit_quick(move || Completion {
+            token,
+            outcome: job(),
+        });
     }
 
     pub fn effect(&mut self, effect: Effect) {

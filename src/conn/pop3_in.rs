@@ -160,7 +160,7 @@ impl Pop3In {
         if !st.reading && st.ahead.is_none() && !st.eof {
             if let Some(file) = st.file.take() {
                 st.reading = true;
-                cx.submit(move || Outcome::Pop3Read(read_chunk(file)));
+                cx.submit_quick(move || Outcome::Pop3Read(read_chunk(file)));
             }
         }
         if st.eof && st.ahead.is_none() && !st.reading {
@@ -181,7 +181,7 @@ impl Pop3In {
                     let config = Arc::clone(cx.config());
                     self.mailbox = config.find_login(&user).map(|m| m.address.clone());
                     self.login_user = Some(user.clone());
-                    cx.submit(move || {
+                    cx.submit_quick(move || {
                         Outcome::Password(super::check_login(&config, &user, &password))
                     });
                 }
@@ -218,7 +218,7 @@ impl Pop3In {
             reading: true,
             eof: false,
         }));
-        cx.submit(move || Outcome::Pop3Read(open_and_read(&full)));
+        cx.submit_quick(move || Outcome::Pop3Read(open_and_read(&full)));
     }
 
     /// A worker's read of the message being sent.
@@ -283,7 +283,7 @@ impl Pop3In {
         };
         self.maildir = Some(dir.clone());
         self.waiting = Waiting::Scan;
-        cx.submit(move || Outcome::Pop3Listing(maildrop::scan(&dir)));
+        cx.submit_quick(move || Outcome::Pop3Listing(maildrop::scan(&dir)));
     }
 }
 

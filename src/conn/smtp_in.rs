@@ -162,7 +162,7 @@ impl SmtpIn {
                     self.waiting = Waiting::Password;
                     self.auth_attempt = Some(username.clone());
                     let config = Arc::clone(cx.config());
-                    cx.submit(move || {
+                    cx.submit_quick(move || {
                         Outcome::Password(super::check_login(&config, &username, &password))
                     });
                 }

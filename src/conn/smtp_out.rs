@@ -419,7 +419,7 @@ impl Driver for SmtpOut {
             Phase::Start => {
                 self.phase = Phase::Loading;
                 let path = self.job.message_path.clone();
-                cx.submit(move || Done::OutboundMessage(std::fs::read(path)));
+                cx.submit_quick(move || Done::OutboundMessage(std::fs::read(path)));
             }
             Phase::Connecting => {
                 let step = self.connector.ready(cx.registry(), cx.token, cx.now);
