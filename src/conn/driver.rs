@@ -69,7 +69,7 @@ pub enum Outcome {
     Pop3Listing(std::io::Result<Vec<crate::store::maildrop::MessageInfo>>),
     /// POP3: the next chunk of the message being sent (empty at its end),
     /// with the file handed back for the next read.
-    Pop3Read(std::io::Result<(std::fs::File, Vec<u8>)>),
+    Pop3Read(std::io::Result<(Option<std::fs::File>, Vec<u8>)>),
     /// POP3: the QUIT commit (deletions, `cur/` moves) is durable (true).
     Pop3Commit(bool),
     /// Outbox: the queued message a session is to deliver.
@@ -81,6 +81,8 @@ pub enum Outcome {
     SmartPopDelivered(bool, Option<Box<Records>>),
     /// SmartPop bookkeeping done; nothing to report.
     SmartPopNoted,
+    /// A job with nothing to report (closing a file off the loop thread).
+    Nothing,
     /// For the server (token `HOST`): one of its own jobs.
     Host(HostOutcome),
 }

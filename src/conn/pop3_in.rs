@@ -151,9 +151,15 @@ impl Pop3In {
             if let Some(chunk) = st.ahead.take() {
                 st.stuffer.encode(&chunk, &mut self.io.out);
                 if st.stuffer.is_saturated() {
-                    // TOP's line limit reached: the rest is not needed.
+                    // TOP's line limit reached: the rest is not needed. The
+                    // file is closed on a worker, like every file.
                     st.eof = true;
-                    st.file = None;
+                    if let Some(file) = st.file.take() {
+                        cx.submit_quick(move || {
+                            drop(file);
+                            Outcome::Nothing
+                        });
+                    }
                 }
             }
         }
@@ -222,15 +228,15 @@ impl Pop3In {
     }
 
     /// A worker's read of the message being sent.
-    fn chunk_read(&mut self, read: std::io::Result<(File, Vec<u8>)>, cx: &mut Ctx) {
+    fn chunk_read(&mut self, read: std::io::Result<(Option<File>, Vec<u8>)>, cx: &mut Ctx) {
         let Waiting::Sending(st) = &mut self.waiting else {
             return;
         };
         st.reading = false;
         match read {
-            Ok((_, chunk)) if chunk.is_empty() => st.eof = true,
+            Ok((None, _)) => st.eof = true,
             Ok((file, chunk)) => {
-                st.file = Some(file);
+                st.file = file;
                 st.ahead = Some(chunk);
             }
             Err(e) => {
@@ -288,18 +294,20 @@ impl Pop3In {
 }
 
 /// Worker side: opens a message file and reads its first chunk.
-fn open_and_read(path: &Path) -> std::io::Result<(File, Vec<u8>)> {
+fn open_and_read(path: &Path) -> std::io::Result<(Option<File>, Vec<u8>)> {
     read_chunk(File::open(path)?)
 }
 
-/// Worker side: the next chunk of `file` (empty at its end).
-fn read_chunk(mut file: File) -> std::io::Result<(File, Vec<u8>)> {
+/// Worker side: the next chunk of `file`; at its end, no chunk and no
+/// file (it is closed here, not on the loop thread).
+fn read_chunk(mut file: File) -> std::io::Result<(Option<File>, Vec<u8>)> {
     let mut buf = vec![0u8; STREAM_CHUNK];
     loop {
         match file.read(&mut buf) {
+            Ok(0) => return Ok((None, Vec::new())),
             Ok(n) => {
                 buf.truncate(n);
-                return Ok((file, buf));
+                return Ok((Some(file), buf));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
