@@ -313,3 +313,96 @@ impl SmtpIn {
         self.role
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::fake;
+    use crate::net::transport::tests::{peer, server_tls};
+    use std::io::Write;
+    use std::path::Path;
+
+    /// The real SMTP core behind the one pump, fed a byte at a time over a
+    /// congested fake pipe: the transaction comes out as one Deliver event,
+    /// and the driver's answer reaches the client.
+    #[test]
+    fn a_transaction_byte_by_byte_through_the_pump() {
+        let text = "[server]\nhostname = mx.example.test\ndata_dir = /nonexistent\n\
+                    [domain example.test]\n[mailbox bob@example.test]\npassword = {PLAIN}x\n";
+        let (config, _) = Config::parse(Path::new("t.ini"), text).expect("config");
+        let config = Arc::new(config);
+        let params = SessionParams {
+            hostname: "mx.example.test".into(),
+            peer: peer().ip(),
+            role: Role::Mx,
+            max_message_size: 1 << 20,
+            max_recipients: 10,
+            relay_allowed: false,
+            tls_active: false,
+            starttls_available: true,
+            plaintext_auth_allowed: false,
+        };
+        let (server_end, client) = fake::pair(1, 64);
+        let mut client = client.stutter();
+        let core = SmtpCore {
+            session: SmtpSession::new(params),
+            config,
+        };
+        let now = Instant::now();
+        let mut io = Inbound::new(
+            Transport::new(server_end, peer()),
+            core,
+            IdleClock::new(now, Duration::from_secs(60)),
+            "smtp",
+        );
+        io.core.session.greeting(&mut io.out);
+        let tls = server_tls();
+        let script = b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                       DATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+        let mut replies = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut to_send: &[u8] = script;
+        for _ in 0..20_000 {
+            if let Some((&b, rest)) = to_send.split_first() {
+                if client.write(&[b]).is_ok() {
+                    to_send = rest;
+                }
+            }
+            match io.pump(&tls, true, Instant::now()) {
+                Pumped::Events => {
+                    for ev in std::mem::take(&mut io.events) {
+                        if let Event::Deliver(tx) = ev {
+                            deliveries.push(tx);
+                            let cfg = Arc::clone(&io.core.config);
+                            io.core.session.delivered(
+                                DeliveryOutcome::Accepted {
+                                    queue_id: "Q1".into(),
+                                },
+                                cfg.as_ref(),
+                                &mut io.out,
+                                &mut io.events,
+                            );
+                        }
+                    }
+                }
+                Pumped::Waiting => {}
+                Pumped::Closed => break,
+            }
+            replies.extend(client.drain_all());
+        }
+        replies.extend(client.drain_all());
+        let text = String::from_utf8_lossy(&replies);
+        assert_eq!(deliveries.len(), 1, "{text}");
+        assert_eq!(deliveries[0].recipients[0].address, "bob@example.test");
+        assert!(text.starts_with("220 mx.example.test"), "{text}");
+        assert!(text.contains("354 "), "{text}");
+        assert!(text.contains("250 2.0.0 Ok: queued as Q1"), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with("221 2.0.0 mx.example.test closing connection"),
+            "{text}"
+        );
+        assert_eq!(deliveries[0].reverse_path, "a@remote.test");
+        assert!(io.is_done());
+    }
+}

@@ -1,6 +1,8 @@
 //! Network plumbing shared by every connection driver.
 
 pub mod connector;
+#[cfg(test)]
+pub mod fake;
 pub mod resolver;
 pub mod transport;
 
