@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 
+use super::line::{Line, Lines};
 use super::sasl::{self, PlainError};
 use base64::Engine as _;
 
@@ -239,11 +240,6 @@ enum Command<'a> {
 }
 
 /// One line out of the framer.
-enum Framed {
-    Line(Vec<u8>),
-    TooLong,
-}
-
 /// One POP3 server session.
 #[derive(Debug)]
 pub struct Pop3Session {
@@ -251,9 +247,7 @@ pub struct Pop3Session {
     state: State,
     pending: Option<Pending>,
     /// Unprocessed input: the start of a line, or pipelined commands.
-    input: Vec<u8>,
-    /// Inside an overlong line: bytes are dropped up to the next LF.
-    discarding: bool,
+    input: Lines,
     errors: u32,
     failed_logins: u32,
 }
@@ -264,8 +258,7 @@ impl Pop3Session {
             params,
             state: State::Authorization { user: None },
             pending: None,
-            input: Vec::new(),
-            discarding: false,
+            input: Lines::default(),
             errors: 0,
             failed_logins: 0,
         }
@@ -284,13 +277,13 @@ impl Pop3Session {
         if matches!(self.state, State::Closed) {
             return;
         }
-        if self.pending.is_some() && self.input.len() + input.len() > MAX_BUFFERED_INPUT_HARD {
+        if self.pending.is_some() && self.input.buffered() + input.len() > MAX_BUFFERED_INPUT_HARD {
             // The driver ignored wants_input(); nothing sane can be said
             // mid-response, so drop the connection.
             self.close(events);
             return;
         }
-        self.input.extend_from_slice(input);
+        self.input.push(input);
         self.process(out, events);
     }
 
@@ -358,7 +351,6 @@ impl Pop3Session {
         self.params.tls_active = true;
         self.state = State::Authorization { user: None };
         self.input.clear();
-        self.discarding = false;
         self.process(out, events);
     }
 
@@ -413,7 +405,7 @@ impl Pop3Session {
     pub fn wants_input(&self) -> bool {
         !matches!(self.state, State::Closed)
             && self.pending.is_none()
-            && self.input.len() < MAX_BUFFERED_INPUT
+            && self.input.buffered() < MAX_BUFFERED_INPUT
     }
 
     pub fn is_closed(&self) -> bool {
@@ -454,11 +446,11 @@ impl Pop3Session {
                 break;
             };
             let reply = match framed {
-                Framed::TooLong => {
+                Line::TooLong => {
                     self.abandon_sasl();
                     Reply::err("line too long")
                 }
-                Framed::Line(bytes) => match checked_text(&bytes) {
+                Line::Text(bytes) => match checked_text(&bytes) {
                     None => {
                         self.abandon_sasl();
                         Reply::err("invalid characters in command")
@@ -470,34 +462,14 @@ impl Pop3Session {
         }
     }
 
-    /// The bounded line framer: a line ends at LF (CRLF, or a bare LF as
-    /// many clients send); an overlong line is dropped as it streams in.
-    fn next_line(&mut self) -> Option<Framed> {
+    /// The next command line (one framer for POP3: `line::Lines`; a line
+    /// ends at LF, CRLF or a bare LF as many clients send).
+    fn next_line(&mut self) -> Option<Line> {
         let limit = match self.state {
             State::SaslResponse => MAX_SASL_LINE,
             _ => MAX_COMMAND_LINE,
         };
-        match self.input.iter().position(|&b| b == b'\n') {
-            Some(lf) => {
-                let mut line: Vec<u8> = self.input.drain(..=lf).collect();
-                if std::mem::take(&mut self.discarding) || line.len() > limit {
-                    return Some(Framed::TooLong);
-                }
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                Some(Framed::Line(line))
-            }
-            None => {
-                if self.input.len() >= limit {
-                    // Cannot become a valid line: keep no more of it.
-                    self.discarding = true;
-                    self.input.clear();
-                }
-                None
-            }
-        }
+        self.input.next(limit)
     }
 
     /// A bad line in the SASL exchange ends it (RFC 5034 4: -ERR).
@@ -606,7 +578,6 @@ impl Pop3Session {
                 } else {
                     // RFC 2595 4: nothing sent after STLS in plaintext counts.
                     self.input.clear();
-                    self.discarding = false;
                     self.state = State::Authorization { user: None };
                     self.pending = Some(Pending::Tls);
                     events.push(Pop3Event::StartTls);
@@ -1485,7 +1456,7 @@ mod tests {
         for _ in 0..100 {
             let (out, _) = h.send(&"A".repeat(1000));
             assert_eq!(out, "");
-            assert!(h.s.input.len() < MAX_COMMAND_LINE);
+            assert!(h.s.input.buffered() < MAX_COMMAND_LINE);
             assert!(h.s.wants_input());
         }
         let (out, _) = h.send("AAAA\r\nCAPA\r\n");
@@ -1713,7 +1684,7 @@ mod tests {
                     assert_eq!(out.len(), before, "no output once closed");
                 }
                 assert!(out.is_empty() || out.ends_with(b"\r\n"));
-                assert!(s.input.len() <= MAX_BUFFERED_INPUT_HARD);
+                assert!(s.input.buffered() <= MAX_BUFFERED_INPUT_HARD);
                 for e in &events {
                     sends += usize::from(matches!(e, Pop3Event::Send { .. }));
                     commits += usize::from(matches!(e, Pop3Event::Commit { .. }));
