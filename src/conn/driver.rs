@@ -218,11 +218,24 @@ impl Ctx<'_> {
         self.sv.effects.push(effect);
     }
 
-    /// A failed SMTP AUTH or POP3 login from `ip`: counts towards the
-    /// address's block (10 in 10 minutes, refused for 15), logged once.
-    pub fn login_failed(&mut self, ip: IpAddr) {
-        if self.sv.penalty.record_failure(ip, self.now) {
+    /// May `ip` try a password now (SMTP AUTH, POP3 login)? False when
+    /// the address is blocked, or its failures and the tries being checked
+    /// already reach the limit, across all its sessions (`penalty`).
+    pub fn begin_login(&mut self, ip: IpAddr) -> bool {
+        self.sv.penalty.begin_attempt(ip, self.now)
+    }
+
+    /// The try begun with `begin_login` came out `ok` or not; a failure
+    /// counts towards the address's block (10 in 10 minutes, refused for
+    /// 15), logged once.
+    pub fn end_login(&mut self, ip: IpAddr, ok: bool) {
+        if self.sv.penalty.end_attempt(ip, ok, self.now) {
             warn!("{ip}: 10 failed logins in 10 minutes, refusing it for 15 minutes");
         }
+    }
+
+    /// Is `ip` refused for failed logins now?
+    pub fn login_blocked(&self, ip: IpAddr) -> bool {
+        self.sv.penalty.is_blocked(ip, self.now)
     }
 }

@@ -183,6 +183,19 @@ impl Pop3In {
         for event in std::mem::take(&mut self.io.events) {
             match event {
                 Pop3Event::Authenticate { user, password } => {
+                    let ip = canonical_ip(self.io.t.peer().ip());
+                    if !cx.begin_login(ip) {
+                        // Blocked, or enough guesses from this address in
+                        // flight already: refused unchecked, and the end.
+                        info!(
+                            "pop3 {}: login refused for {user:?}: too many failed logins",
+                            self.io.t.peer()
+                        );
+                        self.login_failed(LoginFailure::BadCredentials);
+                        self.io.events.clear();
+                        self.io.closing = true;
+                        continue;
+                    }
                     self.waiting = Waiting::Password;
                     let config = Arc::clone(cx.config());
                     self.mailbox = config.find_login(&user).map(|m| m.address.clone());
@@ -321,6 +334,10 @@ impl Driver for Pop3In {
     }
 
     fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
+        if let Outcome::Nothing = done {
+            // A file closed on a worker: nothing waited for it.
+            return;
+        }
         if let Outcome::Pop3Read(read) = done {
             if !self.io.is_done() {
                 self.chunk_read(read, cx);
@@ -338,11 +355,12 @@ impl Driver for Pop3In {
         match done {
             Outcome::Password(ok) => {
                 let user = self.login_user.take().unwrap_or_default();
+                let ip = canonical_ip(self.io.t.peer().ip());
+                cx.end_login(ip, ok && self.mailbox.is_some());
                 match (ok, self.mailbox.clone()) {
                     (true, Some(mailbox)) => self.logged_in(mailbox, cx),
                     _ => {
                         info!("pop3 {}: login failed for {user:?}", self.io.t.peer());
-                        cx.login_failed(canonical_ip(self.io.t.peer().ip()));
                         self.waiting = Waiting::FailureDelay(cx.now + LOGIN_FAILURE_DELAY);
                         return;
                     }
@@ -394,6 +412,10 @@ impl Driver for Pop3In {
             if at <= cx.now {
                 self.waiting = Waiting::Nothing;
                 self.login_failed(LoginFailure::BadCredentials);
+                if cx.login_blocked(canonical_ip(self.io.t.peer().ip())) {
+                    // This address is now blocked: its sessions end too.
+                    self.io.closing = true;
+                }
                 self.handle_events(cx);
                 self.pump(cx);
                 return;

@@ -159,6 +159,24 @@ impl SmtpIn {
             match event {
                 Event::Deliver(tx) => self.submit_delivery(tx, cx),
                 Event::Authenticate { username, password } => {
+                    if !cx.begin_login(self.ip()) {
+                        // Blocked, or enough guesses from this address in
+                        // flight already: refused unchecked, and the end.
+                        info!(
+                            "smtp {}: authentication refused for {username:?}: too many failed logins",
+                            self.io.t.peer()
+                        );
+                        let config = Arc::clone(&self.io.core.config);
+                        let io = &mut self.io;
+                        io.core.session.auth_result(
+                            false,
+                            config.as_ref(),
+                            &mut io.out,
+                            &mut Vec::new(),
+                        );
+                        io.closing = true;
+                        continue;
+                    }
                     self.waiting = Waiting::Password;
                     self.auth_attempt = Some(username.clone());
                     let config = Arc::clone(cx.config());
@@ -218,6 +236,7 @@ impl Driver for SmtpIn {
                     return;
                 }
                 let user = self.auth_attempt.take().unwrap_or_default();
+                cx.end_login(self.ip(), ok);
                 if ok {
                     info!("smtp {}: authenticated as {user}", self.io.t.peer());
                     let io = &mut self.io;
@@ -229,7 +248,6 @@ impl Driver for SmtpIn {
                         "smtp {}: authentication failed for {user:?}",
                         self.io.t.peer()
                     );
-                    cx.login_failed(self.ip());
                     self.waiting = Waiting::FailureDelay(cx.now + AUTH_FAILURE_DELAY);
                     return;
                 }
@@ -249,6 +267,10 @@ impl Driver for SmtpIn {
                 io.core
                     .session
                     .auth_result(false, config.as_ref(), &mut io.out, &mut io.events);
+                if cx.login_blocked(self.ip()) {
+                    // This address is now blocked: its sessions end too.
+                    self.io.closing = true;
+                }
                 self.handle_events(cx);
                 self.pump(cx);
                 return;
