@@ -62,6 +62,10 @@ pub const DEFAULT_RELAY_NETWORKS: [IpNet; 2] = [
 pub const DEFAULT_ALLOW_PLAINTEXT_AUTH: bool = false;
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for a command.
 pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Submission, smtps and POP3 sessions must log in this soon after
+/// connecting: a real client needs a second or two (TLS and a slow
+/// board's hash included); one that only keeps its slot is closed.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// RFC 1939 3: the POP3 port.
 pub const DEFAULT_POP3_LISTEN: SocketAddr = any_v4(DEFAULT_POP3_PORT);
 /// RFC 8314 7.3: POP3 over implicit TLS.
@@ -187,6 +191,9 @@ pub struct SmtpConfig {
     pub relay_networks: Vec<IpNet>,
     pub allow_plaintext_auth: bool,
     pub timeout: Duration,
+    /// Time from connect to a successful login on the ports that need one
+    /// (submission, smtps, POP3).
+    pub login_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +299,7 @@ impl Default for SmtpConfig {
             relay_networks: DEFAULT_RELAY_NETWORKS.to_vec(),
             allow_plaintext_auth: DEFAULT_ALLOW_PLAINTEXT_AUTH,
             timeout: DEFAULT_SMTP_TIMEOUT,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }

@@ -23,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::conn::{self, Completion, Ctx, Driver, Effect, ListenerKind, Outcome, Services, HOST};
 use crate::net::canonical_ip;
+use crate::penalty::client_group;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -38,6 +39,11 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// How long transactions in flight get to finish after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The share of `max_connections` kept for the household's clients
+/// (submission, smtps, POP3): anonymous port-25 sessions may take at most
+/// the rest, so a crowd of MX connections never starves a mail client.
+const CLIENT_RESERVE_DIVISOR: usize = 4;
 
 /// How often expired login-failure records are dropped.
 const PENALTY_PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -72,8 +78,10 @@ struct Entry {
     interest: Interest,
     /// The earliest deadline this entry has in the timer heap.
     armed: Option<Instant>,
-    /// Counted against max_connections_per_ip while it lives.
+    /// Counted against max_connections_per_ip (by client group) while it lives.
     ip: Option<IpAddr>,
+    /// Counted against the MX share of max_connections.
+    mx: bool,
 }
 
 pub struct EventLoop {
@@ -82,8 +90,11 @@ pub struct EventLoop {
     conns: HashMap<Token, Entry>,
     next_token: usize,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
+    /// Open inbound connections per client group (IPv6 per /64).
     per_ip: HashMap<IpAddr, usize>,
     inbound: usize,
+    /// Of `inbound`, those on the MX port.
+    mx_inbound: usize,
     signals: Signals,
     stopping: Option<Instant>,
     /// When to retry accepting after a failed accept.
@@ -122,6 +133,7 @@ impl EventLoop {
                 timers: BinaryHeap::new(),
                 per_ip: HashMap::new(),
                 inbound: 0,
+                mx_inbound: 0,
                 signals,
                 stopping: None,
                 accept_retry: None,
@@ -196,7 +208,7 @@ impl EventLoop {
             }
             for driver in host.tick(sv, now) {
                 let token = self.take_token();
-                self.insert(token, driver, None, sv, host, now);
+                self.insert(token, driver, None, false, sv, host, now);
             }
             // Sessions watching a mailbox that changed (IMAP IDLE).
             for watcher in sv.mailboxes.take_woken() {
@@ -248,7 +260,7 @@ impl EventLoop {
                 }
             };
             let ip = canonical_ip(peer.ip());
-            if let Some(reason) = self.refuse_reason(ip, sv, now) {
+            if let Some(reason) = self.refuse_reason(kind, ip, sv, now) {
                 info!("refused {} connection from {ip}: {reason}", kind.name());
                 refuse(&mut sock, kind, reason);
                 continue;
@@ -258,13 +270,24 @@ impl EventLoop {
                 let mut cx = Ctx { token, now, sv };
                 conn::accept(kind, sock, peer, &mut cx)
             };
-            *self.per_ip.entry(ip).or_insert(0) += 1;
+            let group = client_group(ip);
+            *self.per_ip.entry(group).or_insert(0) += 1;
             self.inbound += 1;
-            self.insert(token, driver, Some(ip), sv, host, now);
+            let mx = kind == ListenerKind::SmtpMx;
+            if mx {
+                self.mx_inbound += 1;
+            }
+            self.insert(token, driver, Some(group), mx, sv, host, now);
         }
     }
 
-    fn refuse_reason(&self, ip: IpAddr, sv: &Services, now: Instant) -> Option<&'static str> {
+    fn refuse_reason(
+        &self,
+        kind: ListenerKind,
+        ip: IpAddr,
+        sv: &Services,
+        now: Instant,
+    ) -> Option<&'static str> {
         let (max_total, max_per_ip) = (
             sv.config.smtp.max_connections,
             sv.config.smtp.max_connections_per_ip,
@@ -272,7 +295,10 @@ impl EventLoop {
         if self.inbound >= max_total {
             return Some("too many connections");
         }
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= max_per_ip {
+        if kind == ListenerKind::SmtpMx && self.mx_inbound >= mx_share(max_total) {
+            return Some("too many connections");
+        }
+        if self.per_ip.get(&client_group(ip)).copied().unwrap_or(0) >= max_per_ip {
             return Some("too many connections from your address");
         }
         if sv.penalty.is_blocked(ip, now) {
@@ -281,11 +307,13 @@ impl EventLoop {
         None
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         token: Token,
         mut driver: Box<dyn Driver>,
         ip: Option<IpAddr>,
+        mx: bool,
         sv: &mut Services,
         host: &mut dyn Host,
         now: Instant,
@@ -294,7 +322,7 @@ impl EventLoop {
         if let Some(sock) = driver.source() {
             if let Err(e) = self.poll.registry().register(sock, token, interest) {
                 error!("cannot register connection: {e}");
-                self.release(ip);
+                self.release(ip, mx);
                 return;
             }
         }
@@ -305,13 +333,17 @@ impl EventLoop {
                 interest,
                 armed: None,
                 ip,
+                mx,
             },
         );
         // Let it write its greeting (or start connecting) at once.
         self.dispatch(token, sv, host, now, |d, cx| d.ready(cx));
     }
 
-    fn release(&mut self, ip: Option<IpAddr>) {
+    fn release(&mut self, ip: Option<IpAddr>, mx: bool) {
+        if mx {
+            self.mx_inbound = self.mx_inbound.saturating_sub(1);
+        }
         if let Some(ip) = ip {
             self.inbound = self.inbound.saturating_sub(1);
             if let Some(n) = self.per_ip.get_mut(&ip) {
@@ -345,7 +377,7 @@ impl EventLoop {
                 if let Some(sock) = entry.driver.source() {
                     let _ = self.poll.registry().deregister(sock);
                 }
-                self.release(entry.ip);
+                self.release(entry.ip, entry.mx);
             }
             sv.mailboxes.unwatch(token.0);
             self.hand_on_effects(sv, host, now);
@@ -430,6 +462,13 @@ impl EventLoop {
     }
 }
 
+/// How many of `max_total` connections the MX port may hold: all but a
+/// quarter, kept for clients (at least one slot each way when possible).
+fn mx_share(max_total: usize) -> usize {
+    let reserve = (max_total / CLIENT_RESERVE_DIVISOR).max(1);
+    max_total.saturating_sub(reserve).max(1)
+}
+
 /// Best-effort one-line refusal on a fresh socket, then close.
 fn refuse(sock: &mut TcpStream, kind: ListenerKind, reason: &str) {
     use std::io::Write;
@@ -445,4 +484,18 @@ fn refuse(sock: &mut TcpStream, kind: ListenerKind, reason: &str) {
         let _ = sock.write(line.as_bytes());
     }
     let _ = sock.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mx_share;
+
+    #[test]
+    fn clients_keep_a_quarter_of_the_slots() {
+        assert_eq!(mx_share(200), 150);
+        assert_eq!(mx_share(10), 8);
+        assert_eq!(mx_share(4), 3);
+        assert_eq!(mx_share(2), 1);
+        assert_eq!(mx_share(1), 1);
+    }
 }

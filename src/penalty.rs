@@ -197,8 +197,14 @@ impl Penalty {
     }
 }
 
-/// The table key: IPv4 as is (also when written IPv4-mapped, `::ffff:a.b.c.d`,
-/// as a dual-stack listener reports it), IPv6 cut to its /64.
+/// The client an address belongs to, for every per-client limit (failed
+/// logins here, connections per client in the loop): IPv4 as is (also
+/// when written IPv4-mapped, `::ffff:a.b.c.d`, as a dual-stack listener
+/// reports it), IPv6 cut to its /64.
+pub fn client_group(ip: IpAddr) -> IpAddr {
+    track_key(ip)
+}
+
 fn track_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,

@@ -272,6 +272,7 @@ impl Builder {
                     set(&mut c.allow_plaintext_auth, self.value(e, values::boolean))
                 }
                 "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
+                "login_timeout" => set(&mut c.login_timeout, self.value(e, values::duration)),
                 _ => self.unknown_key(sec, e),
             }
         }

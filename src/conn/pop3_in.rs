@@ -81,6 +81,8 @@ pub struct Pop3In {
     login_user: Option<String>,
     locked: bool,
     maildir: Option<PathBuf>,
+    /// The session must log in by then.
+    login_by: Option<Instant>,
 }
 
 impl Pop3In {
@@ -116,6 +118,7 @@ impl Pop3In {
             login_user: None,
             locked: false,
             maildir: None,
+            login_by: Some(cx.now + config.smtp.login_timeout),
         }
     }
 
@@ -370,6 +373,7 @@ impl Driver for Pop3In {
                 let mailbox = self.mailbox.clone().unwrap_or_default();
                 match listing {
                     Ok(listing) => {
+                        self.login_by = None;
                         info!(
                             "pop3 {}: {mailbox} logged in, {} messages",
                             self.io.t.peer(),
@@ -421,10 +425,18 @@ impl Driver for Pop3In {
                 return;
             }
         }
-        if self.io.idle.expired(cx.now)
+        let login_late = self.login_by.is_some_and(|t| t <= cx.now);
+        if (self.io.idle.expired(cx.now) || login_late)
             && matches!(self.waiting, Waiting::Nothing | Waiting::Sending(_))
         {
-            info!("pop3 {}: timeout, closing", self.io.t.peer());
+            if login_late {
+                info!(
+                    "pop3 {}: no login within login_timeout, closing",
+                    self.io.t.peer()
+                );
+            } else {
+                info!("pop3 {}: timeout, closing", self.io.t.peer());
+            }
             self.io.core.timed_out(&mut self.io.out);
             self.io.closing = true;
             self.pump(cx);
@@ -436,10 +448,12 @@ impl Driver for Pop3In {
         if self.io.is_done() {
             return None;
         }
+        let idle = self.io.idle.deadline();
+        let idle = self.login_by.map_or(idle, |t| t.min(idle));
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.io.idle.deadline())),
+            Waiting::FailureDelay(at) => Some(at.min(idle)),
             Waiting::Password | Waiting::Scan | Waiting::Commit => None,
-            _ => Some(self.io.idle.deadline()),
+            _ => Some(idle),
         }
     }
 

@@ -75,6 +75,8 @@ pub struct SmtpIn {
     waiting: Waiting,
     /// The username of the AUTH in flight.
     auth_attempt: Option<String>,
+    /// Submission and smtps: the session must log in by then.
+    login_by: Option<Instant>,
 }
 
 impl SmtpIn {
@@ -122,11 +124,14 @@ impl SmtpIn {
             io.finish();
         }
         info!("{} connect from {peer}", kind.name());
+        let login_timeout = io.core.config.smtp.login_timeout;
+        let login_by = (kind != ListenerKind::SmtpMx).then(|| cx.now + login_timeout);
         SmtpIn {
             io,
             role: kind,
             waiting: Waiting::Nothing,
             auth_attempt: None,
+            login_by,
         }
     }
 
@@ -239,6 +244,7 @@ impl Driver for SmtpIn {
                 cx.end_login(self.ip(), ok);
                 if ok {
                     info!("smtp {}: authenticated as {user}", self.io.t.peer());
+                    self.login_by = None;
                     let io = &mut self.io;
                     io.core
                         .session
@@ -276,10 +282,18 @@ impl Driver for SmtpIn {
                 return;
             }
         }
-        if self.io.idle.expired(cx.now)
+        let login_late = self.login_by.is_some_and(|t| t <= cx.now);
+        if (self.io.idle.expired(cx.now) || login_late)
             && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
         {
-            info!("smtp {}: timeout, closing", self.io.t.peer());
+            if login_late {
+                info!(
+                    "smtp {}: no login within login_timeout, closing",
+                    self.io.t.peer()
+                );
+            } else {
+                info!("smtp {}: timeout, closing", self.io.t.peer());
+            }
             self.io.core.session.timed_out(&mut self.io.out);
             self.io.closing = true;
             self.pump(cx);
@@ -292,10 +306,12 @@ impl Driver for SmtpIn {
         if self.io.is_done() {
             return None;
         }
+        let idle = self.io.idle.deadline();
+        let idle = self.login_by.map_or(idle, |t| t.min(idle));
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.io.idle.deadline())),
+            Waiting::FailureDelay(at) => Some(at.min(idle)),
             Waiting::Delivery | Waiting::Password => None,
-            Waiting::Nothing => Some(self.io.idle.deadline()),
+            Waiting::Nothing => Some(idle),
         }
     }
 

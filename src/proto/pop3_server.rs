@@ -48,6 +48,11 @@ const MAX_SASL_LINE: usize = 1024;
 const MAX_ERRORS: u32 = 10;
 /// Failed logins before the session is dropped (the driver adds a delay).
 const MAX_FAILED_LOGINS: u32 = 3;
+/// Commands a session may give before it has logged in. A real client
+/// needs about five (CAPA, STLS, CAPA, USER, PASS); one that only sends
+/// NOOP or CAPA to keep a connection slot is cut off (Postfix bounds the
+/// same with `smtpd_junk_command_limit`).
+pub const MAX_COMMANDS_BEFORE_LOGIN: u32 = 30;
 /// Pipelined input held while an event is carried out (RFC 2449 6.6 lets
 /// clients send many commands at once). Past this, `wants_input()` is
 /// false and the driver stops reading the socket.
@@ -250,6 +255,8 @@ pub struct Pop3Session {
     input: Lines,
     errors: u32,
     failed_logins: u32,
+    /// Commands given in AUTHORIZATION state.
+    commands_before_login: u32,
 }
 
 impl Pop3Session {
@@ -261,6 +268,7 @@ impl Pop3Session {
             input: Lines::default(),
             errors: 0,
             failed_logins: 0,
+            commands_before_login: 0,
         }
     }
 
@@ -455,7 +463,17 @@ impl Pop3Session {
                         self.abandon_sasl();
                         Reply::err("invalid characters in command")
                     }
-                    Some(line) => self.dispatch(line, events),
+                    Some(line) => {
+                        if matches!(self.state, State::Authorization { .. }) {
+                            self.commands_before_login += 1;
+                            if self.commands_before_login > MAX_COMMANDS_BEFORE_LOGIN {
+                                write_line(out, "-ERR too many commands without logging in");
+                                self.close(events);
+                                return;
+                            }
+                        }
+                        self.dispatch(line, events)
+                    }
                 },
             };
             self.write_reply(reply, out, events);
@@ -939,6 +957,26 @@ mod tests {
     }
 
     const OUT_OF_STATE: &str = "-ERR command not valid in this state\r\n";
+
+    #[test]
+    fn a_slot_kept_by_noops_before_login_is_closed() {
+        // USER is answered +OK (NOOP is not valid before login and would
+        // end the session sooner, by the error cap).
+        let mut h = H::auth();
+        let n = MAX_COMMANDS_BEFORE_LOGIN as usize;
+        let (out, ev) = h.send(&"USER bob\r\n".repeat(n + 5));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), n + 1, "{out}");
+        assert!(lines[..n].iter().all(|l| l.starts_with("+OK")), "{out}");
+        assert_eq!(lines[n], "-ERR too many commands without logging in");
+        assert_eq!(ev, vec![Pop3Event::Close]);
+        assert!(h.s.is_closed());
+        // A logged-in session is not counted.
+        let mut h = H::logged_in();
+        let (out, ev) = h.send(&"NOOP\r\n".repeat(n + 5));
+        assert_eq!(out.lines().filter(|l| l.starts_with("+OK")).count(), n + 5);
+        assert!(ev.is_empty());
+    }
 
     /// Each row on a fresh session: (command line, exact reply).
     fn run_table(make: fn() -> H, rows: &[(&str, &str)]) {
