@@ -103,7 +103,9 @@ impl Host for Server {
                 self.reloading = true;
                 let path = sv.config.path.clone();
                 sv.submit_for(HOST, move || {
-                    Outcome::Host(HostOutcome::Reloaded(Box::new(read_config_again(&path))))
+                    Outcome::Host(HostOutcome::Reloaded(Box::new(read_config_again(
+                        &path, &data_dir,
+                    ))))
                 });
             }
             Signal::Flush => sv.submit_for(HOST, move || {
@@ -182,6 +184,9 @@ impl Server {
                 if listeners(&config) != listeners(&sv.config) {
                     warn!("reload: listen addresses changed; they take effect at the next restart");
                 }
+                if config.server.user != sv.config.server.user {
+                    warn!("reload: [server] user changed; it takes effect at the next restart");
+                }
                 // New connections get the new certificate (a renewed one, or
                 // other [tls] files); ones already open keep theirs.
                 match tls {
@@ -207,10 +212,19 @@ impl Server {
 }
 
 /// On a worker: the config file and the files it names (certificate,
-/// outbox CA bundle), read again for SIGHUP.
-fn read_config_again(path: &Path) -> Reload {
+/// outbox CA bundle), read again for SIGHUP. The running `data_dir` stays:
+/// the pid file, the queue this process knows and the mailboxes open now
+/// all live there.
+fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
     match Config::load(path) {
-        Ok((config, warnings)) => {
+        Ok((mut config, warnings)) => {
+            let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            if config.server.data_dir != running_data_dir {
+                warnings.push(
+                    "reload: [server] data_dir changed; it takes effect at the next restart".into(),
+                );
+                config.server.data_dir = running_data_dir.to_path_buf();
+            }
             let tls = crate::tls::server_config(
                 config.tls.cert.as_deref(),
                 config.tls.key.as_deref(),
@@ -221,7 +235,7 @@ fn read_config_again(path: &Path) -> Reload {
             let outbox_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
                 .map_err(|e| e.to_string());
             Reload::Ok {
-                warnings: warnings.iter().map(|w| w.to_string()).collect(),
+                warnings,
                 config: Box::new(config),
                 tls,
                 outbox_tls,

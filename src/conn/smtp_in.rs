@@ -294,7 +294,12 @@ impl Driver for SmtpIn {
             } else {
                 info!("smtp {}: timeout, closing", self.io.t.peer());
             }
-            self.io.core.session.timed_out(&mut self.io.out);
+            if cx.stopping() {
+                // The grace period after SIGTERM ran out: say why.
+                self.io.core.session.shutting_down(&mut self.io.out);
+            } else {
+                self.io.core.session.timed_out(&mut self.io.out);
+            }
             self.io.closing = true;
             self.pump(cx);
             // A client that does not even read gets no more patience.
