@@ -4,7 +4,7 @@ PYTHON ?= python3
 # Parallel integration tests: each test picks its own free loopback ports.
 PYTEST_JOBS ?= 2
 
-.PHONY: all build release run test test-deps unit integration bench lint fmt clippy clean \
+.PHONY: all build release run test test-deps unit integration bench bench-deps lint fmt clippy clean \
 	cross cross-deps cross-test install fuzz
 
 all: build
@@ -33,8 +33,17 @@ unit:
 integration: build
 	MAILGATE_BIN=$(CURDIR)/target/debug/mailgate $(PYTHON) -m pytest -q -n $(PYTEST_JOBS) tests/
 
-bench: release test-deps
-	MAILGATE_BIN=$(CURDIR)/target/release/mailgate $(PYTHON) bench/bench.py
+# Side by side with Postfix (SMTP intake) and Dovecot (POP3) in one run,
+# then mailgate alone (relay, SmartPop, memory). Installs its peers first
+# (bench/setup.sh: never leaves a system Postfix or Dovecot running).
+# About 4 minutes; BENCH_ROUNDS, BENCH_SMTP_MESSAGES, BENCH_SMTP_SESSIONS and
+# BENCH_POP3_MESSAGES change its size; `make bench BENCH=smtp` runs one part.
+BENCH ?=
+bench: release test-deps bench-deps
+	MAILGATE_BIN=$(CURDIR)/target/release/mailgate $(PYTHON) bench/bench.py $(BENCH)
+
+bench-deps:
+	./bench/setup.sh
 
 lint: fmt clippy
 
