@@ -25,9 +25,11 @@ class Pop3Error(Exception):
 
 
 class Client:
-    def __init__(self, port, host="127.0.0.1", timeout=60):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, port, host="127.0.0.1", timeout=60, sock=None):
+        if sock is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock  # or any object with recv() and sendall()
         self.buf = bytearray()
         self.pos = 0
         self.status()  # greeting
@@ -37,10 +39,8 @@ class Client:
         if not data:
             raise Pop3Error("connection closed")
         if self.pos > COMPACT:
-            # Keep the two bytes before pos: multi() looks back at the CRLF
-            # that ends the status line.
-            del self.buf[:self.pos - 2]
-            self.pos = 2
+            del self.buf[:self.pos]
+            self.pos = 0
         self.buf += data
 
     def send(self, data: bytes):
@@ -68,9 +68,9 @@ class Client:
         if self.buf[self.pos:self.pos + 3] == b".\r\n":
             self.pos += 3
             return b""
-        # The data's first line follows the status line's CRLF, so the end
-        # is the first CRLF "." CRLF at or after pos - 2.
-        scan = self.pos - 2
+        # Not ".\r\n" at once, so the data has a first line, and the end is
+        # the first CRLF "." CRLF at or after pos.
+        scan = self.pos
         while True:
             i = self.buf.find(b"\r\n.\r\n", scan)
             if i >= 0:
