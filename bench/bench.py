@@ -471,16 +471,18 @@ def print_side_by_side(table, peers):
               f"| {fig.peak['mailgate'][0] / 2**20:>6.1f} | {fig.peak['peer'][0] / 2**20:>8.1f} "
               f"| {fig.peak['peer'][1] / 2**20:>8.1f} | {spread:<14} |")
     print()
-    print("rounds (msg/s, in order run):")
+    print("rounds, in the order run (mailgate and peer alternate):")
     for fig in table:
         rates = {w: "/".join(f"{r[0]:.0f}" for r in fig.rounds[w]) for w in fig.rounds}
-        lag = ""
-        if fig.lag:
-            lag = f"; Postfix's last Maildir file {statistics.median(fig.lag):.2f} s after smtp-source ended (median)"
-        others = ""
+        cpus = {w: "/".join(f"{r[1] * 1e3:.2f}" for r in fig.rounds[w]) for w in fig.rounds}
+        print(f"  {fig.name}: mailgate {rates['mailgate']} ({cpus['mailgate']} ms/msg), "
+              f"peer {rates['peer']} ({cpus['peer']} ms/msg)")
         if fig.others:
-            others = f"; other processes used {max(fig.others):.2f} CPUs at most"
-        print(f"  {fig.name}: mailgate {rates['mailgate']}, peer {rates['peer']}{others}{lag}")
+            print("    other processes' CPUs during each round: "
+                  + "/".join(f"{o:.2f}" for o in fig.others))
+        if fig.lag:
+            print(f"    Postfix's last Maildir file came {statistics.median(fig.lag):.2f} s "
+                  "after smtp-source ended (median)")
     for fig in table:
         for f in fig.failed:
             print(f"FAILED ({fig.name}): {f}")
