@@ -98,6 +98,21 @@ def start_dovecot(tmp, count):
     return dove.start()
 
 
+def remove_dovecot(dove, meter=None):
+    """Stops Dovecot and removes its directory once its last process is
+    gone: a pop3 process still ending after QUIT may write its
+    dovecot-uidlist after the master has exited, behind rmtree's back."""
+    dove.stop()
+    deadline = time.time() + 10
+    while meter and meter.pids() and time.time() < deadline:
+        time.sleep(0.05)
+    for _ in range(5):
+        shutil.rmtree(dove.dir, ignore_errors=True)
+        if not dove.dir.exists():
+            break
+        time.sleep(0.2)
+
+
 def bench_smartpop(tmp):
     dove = start_dovecot(tmp, 2000)
     if dove is None:
@@ -118,7 +133,7 @@ def bench_smartpop(tmp):
         s.stop()
         row("SmartPop: collect 2000 from local Dovecot", got, secs, cpu, hwm, "durable + UIDL record each")
     finally:
-        dove.cleanup()
+        remove_dovecot(dove)
 
 
 def bench_outbound(tmp):
@@ -221,8 +236,9 @@ def own_cpu():
 
 class Others:
     """CPU that neither the server under test nor the bench used during a
-    round: other people's builds and tests on a shared machine. Reported
-    so that a noisy figure can be told from a slow server."""
+    round: other people's builds and tests on a shared machine (and kernel
+    threads, some of them writing back this round's mail). Reported so
+    that a noisy figure can be told from a slow server."""
 
     def __init__(self, meter):
         self.meter = meter
@@ -349,7 +365,11 @@ def bench_smtp(tmp, table):
         rcpts = ["warmup"] + [f"r{i}" for i in range(ROUNDS)]
         mg_meter, pf_meter = Meter("mailgate"), Meter("postfix")
         mg = mailgate_server(tmp, rcpts, mg_meter)
-        pf = postfix_peer.Postfix(DOMAIN, rcpts, free_port()).start(pf_meter)
+        # Under tmp: removed with it at the very end. A file system without
+        # a journal (ext4 here) will not reuse a freed inode for a minute or
+        # more and scans past each one when it creates a file, so deleting
+        # thousands of files between rounds would slow the next rounds down.
+        pf = postfix_peer.Postfix(DOMAIN, rcpts, free_port(), parent=tmp).start(pf_meter)
         try:
             servers = {
                 "mailgate": (mg_meter, mg.ports["smtp"], lambda r: mg.maildir_path(f"{r}@{DOMAIN}")),
@@ -375,7 +395,6 @@ def bench_smtp(tmp, table):
         finally:
             mg.stop()
             pf.stop()
-            pf.cleanup()
             mg_meter.close()
             pf_meter.close()
 
@@ -442,7 +461,7 @@ def bench_pop3(tmp, table):
     finally:
         mg.stop()
         if dove:
-            dove.cleanup()
+            remove_dovecot(dove, dv_meter)
         mg_meter.close()
         dv_meter.close()
 
@@ -478,7 +497,7 @@ def print_side_by_side(table, peers):
         print(f"  {fig.name}: mailgate {rates['mailgate']} ({cpus['mailgate']} ms/msg), "
               f"peer {rates['peer']} ({cpus['peer']} ms/msg)")
         if fig.others:
-            print("    other processes' CPUs during each round: "
+            print("    CPUs used meanwhile by all but server and bench (others' work, kernel threads): "
                   + "/".join(f"{o:.2f}" for o in fig.others))
         if fig.lag:
             print(f"    Postfix's last Maildir file came {statistics.median(fig.lag):.2f} s "
@@ -486,6 +505,26 @@ def print_side_by_side(table, peers):
     for fig in table:
         for f in fig.failed:
             print(f"FAILED ({fig.name}): {f}")
+
+
+def fs_of(path):
+    """The file system a path is on, with the options that decide what an
+    fsync costs (ext4 without a journal, for one)."""
+    best = ("", "?", "?", "")
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, fstype, opts = line.split()[:4]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                best = (mnt, dev, fstype, opts)
+    mnt, dev, fstype, opts = best
+    journal = ""
+    if fstype == "ext4":
+        # A journaled ext4 has /proc/fs/jbd2/DEV-INODE.
+        name = os.path.basename(os.path.realpath(dev))
+        jbd2 = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
+        journal = ", journal" if any(j.startswith(name + "-") for j in jbd2) else ", NO journal"
+    return f"{fstype} {dev} on {mnt}{journal}"
 
 
 def peer_versions():
@@ -506,8 +545,14 @@ def main():
     print(f"mailgate benchmark: {binary} ({size / 1048576:.2f} MiB), {os.cpu_count()} CPUs, "
           f"{peers['SMTP']}, {peers['POP3']}")
     print(f"server CPU: {Meter('probe').method}; {ROUNDS} rounds each, alternating, medians")
+    print(f"files under {os.environ.get('BENCH_DIR') or tempfile.gettempdir()}: {fs_of(os.environ.get('BENCH_DIR') or tempfile.gettempdir())}")
     Meter("probe").close()
     started = time.time()
+    # Every server's files (mailgate's data_dir, Postfix's queue and
+    # Maildirs, Dovecot's Maildir) go under one directory: /tmp, or
+    # BENCH_DIR, e.g. a file system of their own (see README).
+    if os.environ.get("BENCH_DIR"):
+        tempfile.tempdir = os.environ["BENCH_DIR"]
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")
     os.chmod(tmp, 0o755)
     only = sys.argv[1:] or ["smtp", "pop3", "outbound", "smartpop", "memory"]

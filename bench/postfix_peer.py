@@ -63,8 +63,8 @@ def _master_cf(port):
 
 
 class Postfix:
-    def __init__(self, domain, recipients, port):
-        self.dir = Path(tempfile.mkdtemp(prefix="mailgate-bench-postfix-"))
+    def __init__(self, domain, recipients, port, parent=None):
+        self.dir = Path(tempfile.mkdtemp(prefix="postfix-", dir=parent))
         os.chmod(self.dir, 0o755)
         self.port = port
         self.domain = domain
