@@ -14,9 +14,8 @@ set -euo pipefail
 
 need_apt=()
 [ -x /usr/sbin/postfix ] || need_apt+=(postfix)
-command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || need_apt+=(postfix)
+[ -x /usr/sbin/smtp-source ] || need_apt+=(postfix)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
-[ -d /sys/fs/cgroup ] || true
 if [ ${#need_apt[@]} -gt 0 ]; then
   # shellcheck disable=SC2207
   need_apt=($(printf '%s\n' "${need_apt[@]}" | sort -u))
