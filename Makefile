@@ -36,7 +36,7 @@ integration: build
 # Side by side with Postfix (SMTP intake) and Dovecot (POP3) in one run,
 # then mailgate alone (relay, SmartPop, memory). Installs its peers first
 # (bench/setup.sh: never leaves a system Postfix or Dovecot running).
-# About 4 minutes; BENCH_ROUNDS, BENCH_SMTP_MESSAGES, BENCH_SMTP_SESSIONS and
+# 4 to 6 minutes; BENCH_ROUNDS, BENCH_SMTP_MESSAGES, BENCH_SMTP_SESSIONS and
 # BENCH_POP3_MESSAGES change its size; `make bench BENCH=smtp` runs one part.
 BENCH ?=
 bench: release test-deps bench-deps
@@ -53,7 +53,7 @@ bench-profile: test-deps bench-deps
 	@command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 	CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
 	  RUSTFLAGS="-C force-frame-pointers=yes" $(CARGO) build --release --target-dir $(PROFILE_TARGET)
-	MAILGATE_BIN=$(PROFILE_TARGET)/release/mailgate $(PYTHON) bench/profile.py
+	MAILGATE_BIN=$(abspath $(PROFILE_TARGET))/release/mailgate $(PYTHON) bench/profile.py
 
 lint: fmt clippy
 
