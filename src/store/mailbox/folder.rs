@@ -698,15 +698,12 @@ impl Folder {
                 continue;
             }
             let new_name = flags::with_flags(&m.name, new);
-            let from = self.dir.join(m.sub.dir_name()).join(&*m.name);
             let to = self.dir.join("cur").join(&new_name);
-            match fs::rename(&from, &to) {
-                Ok(()) => {}
-                // Gone since the scan (a POP3 DELE): skip it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            from_new |= m.sub == Sub::New;
+            // None: gone since the scan (a POP3 DELE): skip it.
+            let Some(was) = self.rename_current(m, &to)? else {
+                continue;
+            };
+            from_new |= was == Sub::New;
             touched_cur = true;
             m.name = new_name.into();
             m.sub = Sub::Cur;
@@ -735,13 +732,11 @@ impl Folder {
             if !m.flags.has(flags::DELETED) || uids.is_some_and(|u| !u.contains(&m.uid)) {
                 continue;
             }
-            match fs::remove_file(self.dir.join(m.sub.dir_name()).join(&*m.name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            match self.remove_current(m)? {
+                Some(Sub::New) => in_new = true,
+                Some(Sub::Cur) => in_cur = true,
+                None => {}
             }
-            in_new |= m.sub == Sub::New;
-            in_cur |= m.sub == Sub::Cur;
             gone.push(m.uid);
         }
         self.fsync_subs(in_new, in_cur)?;
@@ -933,14 +928,11 @@ impl Folder {
             } else {
                 (Sub::Cur, flags::with_flags(&base, f))
             };
-            let from = self.dir.join(m.sub.dir_name()).join(&*m.name);
             let to = dest.dir.join(sub.dir_name()).join(&name);
-            match fs::rename(&from, &to) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            match m.sub {
+            let Some(was) = self.rename_current(&m, &to)? else {
+                continue;
+            };
+            match was {
                 Sub::New => src_dirs.0 = true,
                 Sub::Cur => src_dirs.1 = true,
             }
@@ -969,6 +961,43 @@ impl Folder {
         };
         drop((l1, l2));
         Ok(moved)
+    }
+
+    /// Rename the message's file to `to`, finding it by its base name if
+    /// someone renamed it since the scan (POP3 moving `new/` to `cur/`
+    /// does so without the uidlist lock). `None`: it is gone.
+    fn rename_current(&self, m: &Message, to: &Path) -> io::Result<Option<Sub>> {
+        let from = self.dir.join(m.sub.dir_name()).join(&*m.name);
+        match fs::rename(&from, to) {
+            Ok(()) => return Ok(Some(m.sub)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        let Some((sub, name)) = list_files(&self.dir)?.remove(m.base()) else {
+            return Ok(None);
+        };
+        match fs::rename(self.dir.join(sub.dir_name()).join(name), to) {
+            Ok(()) => Ok(Some(sub)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unlink the message's file, wherever it is now; `None`: gone already.
+    fn remove_current(&self, m: &Message) -> io::Result<Option<Sub>> {
+        match fs::remove_file(self.dir.join(m.sub.dir_name()).join(&*m.name)) {
+            Ok(()) => return Ok(Some(m.sub)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        let Some((sub, name)) = list_files(&self.dir)?.remove(m.base()) else {
+            return Ok(None);
+        };
+        match fs::remove_file(self.dir.join(sub.dir_name()).join(name)) {
+            Ok(()) => Ok(Some(sub)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The message's file now (found by its base name if it was renamed

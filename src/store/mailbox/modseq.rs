@@ -211,8 +211,9 @@ impl State {
         first
     }
 
+    /// Records to append, or a file to (re)write.
     pub fn is_dirty(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.lines >= usize::MAX / 2
     }
 
     /// Make the pending records durable: append + fdatasync, or a compacted

@@ -203,3 +203,64 @@ fn notify(e: &mut Entry, origin: Option<SessionId>, notice: Notice) -> Vec<Sessi
     }
     wake
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::durable::tests::TempDir;
+    use crate::store::mailbox::flags::SEEN;
+    use crate::store::mailbox::folder::{FlagOp, Folder, NewMessage};
+
+    #[test]
+    fn notices_reach_other_sessions_and_wake_idle_ones() {
+        let t = TempDir::new("registry");
+        let root = t.path().join("m");
+        let f = Folder::new(&root, FolderName::Inbox);
+        f.create_dirs().unwrap();
+        let key = FolderKey {
+            root: root.clone(),
+            name: FolderName::Inbox,
+        };
+        let s0 = f.sync().unwrap();
+        let mut r = Registry::new();
+        r.open(key.clone(), 1, s0.clone());
+        r.open(key.clone(), 2, s0.clone());
+        r.open(key.clone(), 3, s0.clone());
+        r.set_idle(2, true);
+        // Session 1 appends: 2 (IDLE) is woken, 3 finds it at its next command.
+        let spool = t.path().join("spool");
+        std::fs::write(&spool, "Subject: x\r\n\r\ny\r\n").unwrap();
+        let (_, s1) = f
+            .append(&[NewMessage {
+                spool: &spool,
+                system: 0,
+                keywords: &[],
+                internal_date: None,
+            }])
+            .unwrap();
+        let notice = Notice::of(&s1.diff(&s0));
+        assert!(notice.arrived && !notice.flags);
+        assert_eq!(r.publish(&key, Some(1), s1.clone(), notice), vec![2]);
+        assert!(!r.take_notice(1).any(), "the origin already knows");
+        assert!(r.take_notice(2).arrived);
+        assert!(r.take_notice(3).arrived);
+        assert!(!r.take_notice(3).any(), "taken once");
+        // The woken session adopts the shared snapshot and diffs.
+        let latest = r.latest(&key).unwrap();
+        assert_eq!(latest.diff(&s0).added, [1]);
+        // A flag change by 3, an outside delivery: touch wakes IDLE sessions.
+        let st = f.store(&[1], FlagOp::Add, SEEN, &[], None).unwrap();
+        let n = Notice::of(&st.snapshot.diff(&s1));
+        assert!(n.flags);
+        assert_eq!(r.publish(&key, Some(3), st.snapshot.clone(), n), vec![2]);
+        assert_eq!(r.touch_mailbox(&root), vec![2]);
+        assert!(r.take_notice(1).resync);
+        // Sessions leave; the last one drops the folder and its snapshot.
+        r.close(1);
+        r.close(2);
+        assert_eq!(r.sessions(&key), vec![3]);
+        r.close(3);
+        assert!(r.latest(&key).is_none());
+        assert!(r.touch(&key).is_empty());
+    }
+}

@@ -477,3 +477,53 @@ fn select_of_20000_messages_reads_names_only() {
     eprintln!("20000 messages: first sync (numbering) {numbering:?}, SELECT {select:?}");
     let _ = SystemTime::now();
 }
+
+/// POP3 moves `new/X` to `cur/X:2,S` without the uidlist lock: STORE,
+/// MOVE and EXPUNGE after that (and a snapshot's `resolve`) find the
+/// files by base name. (A rename during an operation takes the same
+/// by-base-name path inside `rename_current`/`remove_current`.)
+#[test]
+fn operations_find_files_pop3_renamed() {
+    let t = TempDir::new("folder-race");
+    let root = t.path().join("m");
+    let mb = Mailbox::new(&root, Separator::Dot);
+    mb.ensure_defaults().unwrap();
+    let f = inbox(&root);
+    let sp = spool(&t, 1, "r");
+    let msgs: Vec<NewMessage> = (0..3)
+        .map(|_| NewMessage {
+            spool: &sp,
+            system: 0,
+            keywords: &[],
+            internal_date: None,
+        })
+        .collect();
+    let (_, snap) = f.append(&msgs).unwrap();
+    for m in &snap.messages {
+        let n = &*m.name;
+        fs::rename(
+            f.dir().join("new").join(n),
+            f.dir().join("cur").join(format!("{n}:2,S")),
+        )
+        .unwrap();
+    }
+    // The scan inside each operation sees the renamed files; the stale
+    // snapshot's names only matter to resolve().
+    assert!(f
+        .resolve(&snap.messages[0])
+        .unwrap()
+        .starts_with(f.dir().join("cur")));
+    let st = f.store(&[1], FlagOp::Add, DELETED, &[], None).unwrap();
+    assert_eq!(st.changed.len(), 1);
+    let (gone, _) = f.expunge(None).unwrap();
+    assert_eq!(gone, [1]);
+    let archive = mb.folder(&mb.parse("Archive").unwrap());
+    let m = f.move_to(&[2], &archive).unwrap();
+    assert_eq!(m.uids.len(), 1);
+    let after = f.sync().unwrap();
+    assert_eq!(
+        after.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [3]
+    );
+    assert_eq!(archive.sync().unwrap().messages.len(), 1);
+}
