@@ -304,3 +304,49 @@ def test_sigkill_during_append_move_store_loses_nothing_acknowledged(tmp_path):
         # broken one: a second dump changes nothing).
         assert dump(root)[0] == ours
     print(f"{len(acked)} acknowledged operations survived 3 SIGKILLs")
+
+
+def test_dovecot_and_the_store_share_a_folder_at_once(dovecot, tmp_path):
+    """Dovecot appends over IMAP while the store appends from another
+    process, both under dovecot-uidlist.lock: every message gets one UID,
+    and Dovecot and the store agree on which."""
+    root = dovecot.maildir("bob")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tool(root, "defaults")
+    dovecot.chown_mail()
+    dovecot.start()
+    # Not under tmp_path (0700 root): the mail user must read the spools.
+    spool_dir = dovecot.dir / "spool"
+    spool_dir.mkdir()
+    spools = [write_spool(spool_dir / f"ours{i}", f"ours{i}") for i in range(15)]
+    for s in spools:
+        os.chown(s, dovecot.uid, dovecot.gid)
+    # As the mail user, as mailgate and Dovecot would both run in real life.
+    as_mail_user = ["setpriv", f"--reuid={dovecot.uid}", f"--regid={dovecot.gid}", "--clear-groups"]
+    ours = subprocess.Popen(
+        [*as_mail_user, "sh", "-c", " && ".join(f"{TOOL} {root} append INBOX {s}" for s in spools)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = imap_login(dovecot)
+    for i in range(15):
+        assert c.append("INBOX", "(\\Seen)", None, f"Subject: theirs{i}\r\n\r\nx\r\n".encode())[0] == "OK"
+    out, err = ours.communicate(timeout=120)
+    assert ours.returncode == 0, err
+    c.select("INBOX", readonly=True)
+    typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    theirs = {}
+    for item in data:
+        if isinstance(item, tuple):
+            uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
+            theirs[uid] = item[1].decode().split(":", 1)[1].strip()
+    c.logout()
+    dovecot.stop()
+    folders, _ = dump(root)
+    mine = {}
+    for uid, (base, _flags) in folders["INBOX"][2].items():
+        path = next(p for sub in ("new", "cur") for p in (root / sub).iterdir()
+                    if p.name.split(":")[0] == base)
+        mine[uid] = re.search(r"^Subject: (.*)$", path.read_text(), re.M).group(1)
+    assert len(mine) == 30
+    print("UID order:", " ".join(mine[u] for u in sorted(mine)))
+    assert mine == theirs
+    assert sorted(mine.values()) == sorted([f"ours{i}" for i in range(15)] + [f"theirs{i}" for i in range(15)])
