@@ -149,6 +149,21 @@ impl Snapshot {
         d.keywords_changed = self.keywords != old.keywords;
         d
     }
+    /// Messages without \Seen (STATUS UNSEEN).
+    pub fn unseen(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| !m.flags.has(flags::SEEN))
+            .count()
+    }
+    /// Sequence number (1-based) of the first message without \Seen, for
+    /// SELECT's `[UNSEEN n]`.
+    pub fn first_unseen(&self) -> Option<usize> {
+        self.messages
+            .iter()
+            .position(|m| !m.flags.has(flags::SEEN))
+            .map(|i| i + 1)
+    }
     /// IMAP keyword names of a message's flags (known keywords only).
     pub fn keyword_names(&self, f: Flags) -> Vec<&str> {
         f.keyword_indexes()

@@ -59,6 +59,18 @@ pub struct State {
     pending: String,
 }
 
+/// RFC 7162 3.1.1: mod-sequence values are at most 2^63 - 1; anything
+/// larger in the file is garbage.
+pub const MAX_MODSEQ: u64 = i64::MAX as u64;
+
+fn modseq_value(v: &str) -> Option<u64> {
+    v.parse::<u64>().ok().filter(|&m| m <= MAX_MODSEQ)
+}
+
+fn parse_modseq(v: &str) -> Result<u64, ()> {
+    modseq_value(v).ok_or(())
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,12 +124,14 @@ impl State {
         st.expunge_floor = 0;
         st.highest = 0;
         for field in rest.split(' ').filter(|f| !f.is_empty()) {
-            let (k, v) = field.split_at(1);
+            let mut cs = field.chars();
+            let k = cs.next();
+            let v = cs.as_str();
             match k {
-                "V" => st.uidvalidity = v.parse().ok()?,
-                "H" => st.highest = v.parse().ok()?,
-                "R" => st.first_recent = v.parse().ok()?,
-                "E" => st.expunge_floor = v.parse().ok()?,
+                Some('V') => st.uidvalidity = v.parse().ok()?,
+                Some('H') => st.highest = modseq_value(v)?,
+                Some('R') => st.first_recent = v.parse().ok()?,
+                Some('E') => st.expunge_floor = modseq_value(v)?,
                 _ => {}
             }
         }
@@ -132,14 +146,14 @@ impl State {
             let mut f = line.split(' ');
             match (f.next(), f.next(), f.next()) {
                 (Some("m"), Some(uid), Some(ms)) => {
-                    if let (Ok(uid), Ok(ms)) = (uid.parse(), ms.parse::<u64>()) {
+                    if let (Ok(uid), Ok(ms)) = (uid.parse(), parse_modseq(ms)) {
                         let fl = flags::parse(&format!(":2,{}", f.next().unwrap_or("")));
                         st.highest = st.highest.max(ms);
                         st.messages.insert(uid, (ms, fl));
                     }
                 }
                 (Some("x"), Some(uid), Some(ms)) => {
-                    if let (Ok(uid), Ok(ms)) = (uid.parse::<u32>(), ms.parse::<u64>()) {
+                    if let (Ok(uid), Ok(ms)) = (uid.parse::<u32>(), parse_modseq(ms)) {
                         st.highest = st.highest.max(ms);
                         st.messages.remove(&uid);
                         st.expunged.insert(uid, ms);
@@ -185,7 +199,7 @@ impl State {
 
     /// A new modseq for `uid` with `flags`.
     pub fn bump(&mut self, uid: u32, flags: Flags) -> u64 {
-        self.highest += 1;
+        self.highest = self.highest.saturating_add(1).min(MAX_MODSEQ);
         self.messages.insert(uid, (self.highest, flags));
         self.pending
             .push_str(&format!("m {uid} {} {}\n", self.highest, letters(flags)));
@@ -193,7 +207,7 @@ impl State {
     }
 
     pub fn expunge(&mut self, uid: u32) -> u64 {
-        self.highest += 1;
+        self.highest = self.highest.saturating_add(1).min(MAX_MODSEQ);
         self.messages.remove(&uid);
         self.expunged.insert(uid, self.highest);
         self.pending
@@ -312,6 +326,23 @@ mod tests {
         fs::remove_file(t.path().join(FILE)).unwrap();
         let lost = State::load(t.path(), 7).unwrap();
         assert!(lost.highest >= c, "clock floor is above the old counter");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for junk in [
+            "",
+            "mailgate-modseq 1 V\u{e9}9 H\u{1f600}",
+            "mailgate-modseq 1 V1 H2\nm \u{e9} 3 S\nx 1\nm 1 2 \u{1f600}\n",
+            "mailgate-modseq 1 V1 H5\nm 1 18446744073709551615 S\nx 2 99999999999999999999\n",
+        ] {
+            if let Some(st) = State::parse(junk) {
+                assert!(st.highest <= MAX_MODSEQ);
+            }
+        }
+        assert!(State::parse("mailgate-modseq 1 V1 H18446744073709551615").is_none());
+        let mut st = State::parse("mailgate-modseq 1 V1 H5 R1 E0\n").unwrap();
+        assert_eq!(st.bump(1, Flags::NONE), 6);
     }
 
     #[test]

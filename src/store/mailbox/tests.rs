@@ -476,6 +476,10 @@ fn select_of_5000_messages_reads_names_only() {
         );
         assert_eq!(m.flags.has(SEEN), i % 2 == 0);
     }
+    assert_eq!(
+        (snap.unseen(), snap.first_unseen()),
+        (n as usize / 2, Some(2))
+    );
     eprintln!("{n} messages: first sync (numbering) {numbering:?}, SELECT {select:?}");
     let _ = SystemTime::now();
 }

@@ -362,4 +362,27 @@ mod tests {
         assert_eq!((l.uidvalidity, l.next_uid, l.records[0].uid), (42, 7, 3));
         assert_eq!(l.guid.len(), 32);
     }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let alphabet = b"0123456789 :VNG3\nabcW/.-\xc3\xa9";
+        for len in 0..400usize {
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let mut text = b"3 V1 N1 G0123456789abcdef0123456789abcdef\n".to_vec();
+            text.extend_from_slice(&buf);
+            for input in [&buf[..], &text[..]] {
+                if let Parsed::Ok { list, .. } = Uidlist::parse(input) {
+                    assert!(list.records.windows(2).all(|w| w[0].uid < w[1].uid));
+                    assert!(list.records.last().is_none_or(|r| r.uid < list.next_uid));
+                }
+            }
+        }
+    }
 }
