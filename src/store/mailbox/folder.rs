@@ -52,6 +52,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+#[cfg(test)]
+thread_local! {
+    /// Test-only: the step at which to "crash" (panic, so that no cleanup
+    /// code of the operation runs, as after SIGKILL).
+    pub(crate) static CRASH_AT: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// A point between two durable steps; tests crash here.
+fn step(_name: &'static str) {
+    #[cfg(test)]
+    if CRASH_AT.with(|c| c.get()) == Some(_name) {
+        panic!("simulated crash at {_name}");
+    }
+}
+
 /// Dovecot's `maildirfolder` marker in every Maildir++ subfolder.
 pub const MAILDIRFOLDER: &str = "maildirfolder";
 /// Read size for spool copies and on-demand size counts.
@@ -222,6 +238,10 @@ pub struct Stored {
 
 /// (source UID, new UID) pairs, for COPYUID (RFC 4315 3).
 pub type UidMap = Vec<(u32, u32)>;
+
+/// A message renamed into a folder, not yet numbered: base, subfolder,
+/// file name, S, W, flags.
+type Placed = (String, Sub, String, u64, u64, Flags);
 
 /// What a COPY did: the pairs and the target's snapshot.
 #[derive(Debug, Clone)]
@@ -581,6 +601,7 @@ impl Folder {
                 let tmp = self.dir.join("tmp").join(tmp_name);
                 let (s, w) = stage_converting(m.spool, &tmp)?;
                 staged.push((tmp.clone(), s, w));
+                step("append:staged");
                 if let Some(t) = m.internal_date {
                     File::options().write(true).open(&tmp)?.set_modified(t)?;
                 }
@@ -594,14 +615,14 @@ impl Folder {
                 scan.keywords.write(&self.dir)?;
                 scan.keywords_dirty = false;
             }
-            let mut uids = Vec::with_capacity(msgs.len());
             let (mut to_new, mut to_cur) = (false, false);
-            let mut placed = Vec::new();
+            let mut placed: Vec<Placed> = Vec::new();
             for ((tmp, s, w), f) in staged.iter().zip(&flagsets) {
                 let base = maildir::unique_name(SystemTime::now(), &host, *s, *w);
                 let (sub, name) = placement(&base, *f);
                 let dest = self.dir.join(sub.dir_name()).join(&name);
                 fs::rename(tmp, &dest)?;
+                step("append:renamed");
                 placed.push((base, sub, name, *s, *w, *f));
                 match sub {
                     Sub::New => to_new = true,
@@ -609,7 +630,38 @@ impl Folder {
                 }
             }
             staged.clear();
-            self.fsync_subs(to_new, to_cur)?;
+            // From here on an error takes the messages out again: a NO
+            // must mean "not appended" (only a crash leaves them, unnumbered).
+            let undo: Vec<PathBuf> = placed
+                .iter()
+                .map(|(_, sub, name, ..)| self.dir.join(sub.dir_name()).join(name))
+                .collect();
+            let numbered = (|| {
+                self.fsync_subs(to_new, to_cur)?;
+                step("append:synced");
+                self.number_appended(&mut scan, placed)
+            })();
+            match numbered {
+                Ok(uids) => Ok((uids, Arc::new(self.snapshot_of(&scan, self.stamp())))),
+                Err(e) => {
+                    for p in undo {
+                        let _ = fs::remove_file(p);
+                    }
+                    let _ = self.fsync_subs(to_new, to_cur);
+                    Err(e)
+                }
+            }
+        })();
+        for (tmp, _, _) in staged {
+            let _ = fs::remove_file(tmp);
+        }
+        result
+    }
+
+    /// Give the placed messages their UIDs and write uidlist and modseqs.
+    fn number_appended(&self, scan: &mut Scan, placed: Vec<Placed>) -> io::Result<Vec<u32>> {
+        let mut uids = Vec::with_capacity(placed.len());
+        {
             for (base, sub, name, s, w, f) in placed {
                 if scan.list.next_uid > uidlist::MAX_UID {
                     return Err(io::Error::other("folder has run out of UIDs"));
@@ -633,14 +685,17 @@ impl Folder {
                 });
                 uids.push(uid);
             }
-            scan.uidlist_dirty = true;
-            self.write_scan(&mut scan)?;
-            Ok((uids, Arc::new(self.snapshot_of(&scan, self.stamp()))))
-        })();
-        for (tmp, _, _) in staged {
-            let _ = fs::remove_file(tmp);
         }
-        result
+        scan.uidlist_dirty = true;
+        if scan.keywords_dirty {
+            scan.keywords.write(&self.dir)?;
+            scan.keywords_dirty = false;
+        }
+        scan.list.write(&self.dir)?;
+        scan.uidlist_dirty = false;
+        step("append:uidlist");
+        scan.state.save(&self.dir)?;
+        Ok(uids)
     }
 
     fn create_dirs_if_missing(&self) -> io::Result<()> {
@@ -725,7 +780,9 @@ impl Folder {
             m.flags = new;
             renamed.push(i);
         }
+        step("store:renamed");
         self.fsync_subs(from_new, touched_cur)?;
+        step("store:synced");
         for i in renamed {
             if let Some(m) = scan.messages.get_mut(i) {
                 m.modseq = scan.state.bump(m.uid, m.flags);
@@ -956,9 +1013,11 @@ impl Folder {
                 Sub::Cur => dst_dirs.1 = true,
             }
             moved.push((m, base, sub, name, f));
+            step("move:renamed");
         }
         dest.fsync_subs(dst_dirs.0, dst_dirs.1)?;
         self.fsync_subs(src_dirs.0, src_dirs.1)?;
+        step("move:synced");
         let mut map = Vec::new();
         let mut gone = Vec::new();
         for (m, base, sub, name, f) in moved {
@@ -967,6 +1026,7 @@ impl Folder {
             gone.push(m.uid);
         }
         dest.write_scan(&mut dst)?;
+        step("move:target-uidlist");
         self.drop_uids(&mut src, &gone);
         self.write_scan(&mut src)?;
         let moved = Moved {
