@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub type SessionId = u64;
+/// The driver's token, as in `store::mailboxes`.
+pub type SessionId = usize;
 
 /// One folder of one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
