@@ -70,6 +70,9 @@ fn step(_name: &'static str) {
 
 /// Dovecot's `maildirfolder` marker in every Maildir++ subfolder.
 pub const MAILDIRFOLDER: &str = "maildirfolder";
+/// Dovecot's MAILDIR_TMP_DELETE_SECS (the Maildir spec's 36 hours): a
+/// file in `tmp/` this old is a leftover of a writer that died.
+pub const TMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(36 * 60 * 60);
 /// Read size for spool copies and on-demand size counts.
 const CHUNK: usize = 64 * 1024;
 
@@ -326,6 +329,30 @@ impl Folder {
             dotlock::UIDLIST_STALE,
             dotlock::UIDLIST_WAIT,
         )
+    }
+
+    /// Remove leftovers older than `max_age` ([`TMP_MAX_AGE`]) from `tmp/`
+    /// (a crash between staging and rename). Not part of a sync, which
+    /// must stay one listing: call it now and then (at login). Returns how
+    /// many were removed.
+    pub fn clean_tmp(&self, max_age: std::time::Duration) -> io::Result<usize> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let rd = match fs::read_dir(self.dir.join("tmp")) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for de in rd {
+            let de = de?;
+            let Ok(meta) = de.metadata() else { continue };
+            let changed = meta.modified().unwrap_or(now);
+            let old = now.duration_since(changed).is_ok_and(|age| age > max_age);
+            if meta.is_file() && old && fs::remove_file(de.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Does the folder look changed since `snap` (3 stats, no listing)?

@@ -290,8 +290,10 @@ fn crash_leftovers_are_repaired_without_losing_uids() {
     let mut text = fs::read(f.dir().join(uidlist::FILE)).unwrap();
     text.extend_from_slice(b"9 :1999999999.M1P1Q1.h,S=1,W");
     fs::write(f.dir().join(uidlist::FILE), &text).unwrap();
-    // A staged tmp file and a stale lock from a dead process.
+    // A staged tmp file: left alone by syncs, removed by clean_tmp once old.
     fs::write(f.dir().join("tmp/1999999998.M1P1Q1.h"), "half").unwrap();
+    assert_eq!(f.clean_tmp(super::folder::TMP_MAX_AGE).unwrap(), 0);
+    assert_eq!(f.clean_tmp(Duration::ZERO).unwrap(), 1);
     let s2 = f.sync().unwrap();
     assert_eq!(s2.uidvalidity, v);
     assert_eq!(
