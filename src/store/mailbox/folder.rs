@@ -394,6 +394,16 @@ impl Folder {
         Ok(Arc::new(self.snapshot_of(&scan, self.stamp())))
     }
 
+    /// NOOP / IDLE poll: `snap` itself when nothing changed on disk since
+    /// (three stats, no listing), else a full [`Folder::sync`].
+    pub fn sync_from(&self, snap: &Arc<Snapshot>) -> io::Result<Arc<Snapshot>> {
+        if self.changed_since(snap) {
+            self.sync()
+        } else {
+            Ok(Arc::clone(snap))
+        }
+    }
+
     /// Sync and claim the \Recent messages (SELECT, not EXAMINE): returns
     /// the snapshot and the first UID that is \Recent for this session
     /// (RFC 3501 2.3.2: exactly one session sees a message as recent).

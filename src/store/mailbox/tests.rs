@@ -157,7 +157,11 @@ fn outside_changes_are_numbered_and_get_modseqs() {
     fs::write(f.dir().join("new/1700000002.M5P1Q1.h,S=3,W=4"), "b\n\n").unwrap();
     fs::write(f.dir().join("new/1700000001.M9P1Q2.h,S=3,W=4"), "a\n\n").unwrap();
     assert!(f.changed_since(&s));
-    let s2 = f.sync().unwrap();
+    let s2 = f.sync_from(&s).unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&f.sync_from(&s2).unwrap(), &s2),
+        "unchanged: same snapshot"
+    );
     let names: Vec<&str> = s2.messages.iter().map(|m| m.base()).collect();
     assert_eq!(
         names,
