@@ -229,6 +229,30 @@ def test_store_reads_what_dovecot_wrote(dovecot, tmp_path):
     assert msgs2 == {**theirs["INBOX"][2], int(uid): frozenset({"\\Seen"})}
 
 
+def test_uidvalidity_sequence_is_shared_with_dovecot(dovecot):
+    """dovecot-uidvalidity and its companion file: a folder the store makes
+    takes the value after Dovecot's last, and Dovecot's next folder the
+    value after ours, so no two folders ever share a UIDVALIDITY."""
+    dovecot.start()
+    c = imap_login(dovecot)
+    for name in ("A", "B"):
+        assert c.create(name)[0] == "OK"
+    dv = {name: imap_state(c, name)[0] for name in ("INBOX", "A", "B")}
+    c.logout()
+    dovecot.stop()
+    root = dovecot.maildir("bob")
+    tool(root, "create", "Ours")
+    ours, _ = dump(root)
+    assert ours["Ours"][0] == max(dv.values()) + 1
+    dovecot.chown_mail()
+    dovecot.start()
+    c = imap_login(dovecot)
+    assert c.create("C")[0] == "OK"
+    assert imap_state(c, "Ours")[0] == ours["Ours"][0]
+    assert imap_state(c, "C")[0] == ours["Ours"][0] + 1
+    c.logout()
+
+
 def test_select_of_20000_messages_opens_no_message_file(tmp_path):
     if not subprocess.run(["which", "strace"], capture_output=True).returncode == 0:
         pytest.skip("strace missing (tests/setup.sh installs it)")
