@@ -5,6 +5,7 @@
 pub mod address;
 pub mod dns;
 pub mod dotstuff;
+pub mod imap;
 pub mod line;
 pub mod pop3_client;
 pub mod pop3_server;
