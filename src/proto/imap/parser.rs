@@ -51,7 +51,7 @@ pub enum Input {
     /// Feed more bytes.
     NeedMore,
     /// A synchronizing literal is due: send `+ ...` now, then call
-    /// `next()` again (RFC 3501 7.5).
+    /// `next_input()` again (RFC 3501 7.5).
     Continue,
     Command(Command),
     /// Answer `TAG BAD reason` (`*` when no tag could be read). With
@@ -69,7 +69,9 @@ pub enum Input {
     /// The next chunk of the message literal, in order.
     AppendData(Vec<u8>),
     /// The literal and its command line ended: the message is complete.
-    AppendDone { tag: String },
+    AppendDone {
+        tag: String,
+    },
 }
 
 /// An APPEND command up to its message literal (RFC 3501 6.3.11).
@@ -115,7 +117,7 @@ enum State {
 }
 
 /// Cuts a byte stream into commands. Feed it with [`feed`](Self::feed),
-/// then call [`next`](Self::next) until `NeedMore`.
+/// then call [`next_input`](Self::next_input) until `NeedMore`.
 #[derive(Debug)]
 pub struct CommandReader {
     input: Vec<u8>,
@@ -264,7 +266,7 @@ impl CommandReader {
     }
 
     /// The next thing the caller must act on.
-    pub fn next(&mut self) -> Input {
+    pub fn next_input(&mut self) -> Input {
         loop {
             match &self.state {
                 State::Closed => return Input::NeedMore,
@@ -618,7 +620,10 @@ impl<'a> P<'a> {
         let end = self.i + w.len();
         if end <= self.b.len()
             && self.b[self.i..end].eq_ignore_ascii_case(w.as_bytes())
-            && self.b.get(end).is_none_or(|&c| !is_atom_char(c) || c == b'[')
+            && self
+                .b
+                .get(end)
+                .is_none_or(|&c| !is_atom_char(c) || c == b'[')
         {
             self.i = end;
             true
@@ -856,7 +861,11 @@ impl<'a> P<'a> {
         let mut v = Vec::new();
         loop {
             let start = self.seq_num()?;
-            let end = if self.eat(b':') { self.seq_num()? } else { start };
+            let end = if self.eat(b':') {
+                self.seq_num()?
+            } else {
+                start
+            };
             v.push(SeqRange { start, end });
             if !self.eat(b',') {
                 return Ok(SeqSet(v));
@@ -1650,7 +1659,9 @@ impl<'a> P<'a> {
 pub fn days_in_month(year: u16, month: u8) -> u8 {
     match month {
         4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         _ => 31,
     }
@@ -1665,10 +1676,13 @@ pub fn parse_command(b: &[u8]) -> Result<Command, ParseError> {
         tag: Some(tag.clone()),
         reason,
     };
-    p.sp().map_err(|_| fail("expected a space after the tag".into()))?;
+    p.sp()
+        .map_err(|_| fail("expected a space after the tag".into()))?;
     let body = p.command_body().map_err(fail)?;
     if !p.at_end() {
-        return Err(fail("unexpected characters at the end of the command".into()));
+        return Err(fail(
+            "unexpected characters at the end of the command".into(),
+        ));
     }
     Ok(Command { tag, body })
 }

@@ -18,7 +18,7 @@ fn run(input: &[u8], bytewise: bool) -> Vec<T> {
     let mut r = CommandReader::new();
     let mut out = Vec::new();
     let drain = |r: &mut CommandReader, out: &mut Vec<T>| loop {
-        match r.next() {
+        match r.next_input() {
             Input::NeedMore => break,
             Input::Continue => out.push(T::Cont),
             Input::Command(c) => out.push(T::Cmd(c)),
@@ -53,7 +53,12 @@ fn run(input: &[u8], bytewise: bool) -> Vec<T> {
 fn both(input: &[u8]) -> Vec<T> {
     let whole = run(input, false);
     let split = run(input, true);
-    assert_eq!(whole, split, "whole vs bytewise: {:?}", String::from_utf8_lossy(input));
+    assert_eq!(
+        whole,
+        split,
+        "whole vs bytewise: {:?}",
+        String::from_utf8_lossy(input)
+    );
     whole
 }
 
@@ -289,12 +294,21 @@ fn list_forms() {
     assert_eq!(plain.patterns, vec!["%".to_string()]);
     assert!(!plain.extended);
     let plain = l("a LIST \"~/Mail/\" \"foo.*\"\r\n");
-    assert_eq!((plain.reference.as_str(), plain.patterns[0].as_str()), ("~/Mail/", "foo.*"));
+    assert_eq!(
+        (plain.reference.as_str(), plain.patterns[0].as_str()),
+        ("~/Mail/", "foo.*")
+    );
     let ext = l("a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (INBOX \"Lists/*\") RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\n");
     assert!(ext.extended && ext.select_subscribed && ext.select_recursive);
     assert!(ext.return_children && ext.return_special_use && !ext.return_subscribed);
-    assert_eq!(ext.patterns, vec!["INBOX".to_string(), "Lists/*".to_string()]);
-    assert_eq!(ext.return_status, Some(vec![StatusItem::Messages, StatusItem::Unseen]));
+    assert_eq!(
+        ext.patterns,
+        vec!["INBOX".to_string(), "Lists/*".to_string()]
+    );
+    assert_eq!(
+        ext.return_status,
+        Some(vec![StatusItem::Messages, StatusItem::Unseen])
+    );
     let ret = l("a LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n");
     assert!(ret.extended && ret.return_special_use);
     let empty = l("a LIST () \"\" % RETURN ()\r\n");
@@ -383,11 +397,23 @@ fn fetch_items() {
         ("a FETCH 1 BODY[MIME]\r\n", "invalid section MIME"),
         ("a FETCH 1 BODY[1.MIME]<0.0>\r\n", "zero"),
         ("a FETCH 1 BODY[HEADER.FIELDS ()]\r\n", "expected a string"),
-        ("a FETCH 1 RFC822.BOGUS\r\n", "unknown fetch item RFC822.BOGUS"),
-        ("a FETCH 1 (FLAGS) (VANISHED)\r\n", "unknown fetch modifier VANISHED"),
-        ("a UID FETCH 1 (FLAGS) (VANISHED)\r\n", "VANISHED needs CHANGEDSINCE"),
+        (
+            "a FETCH 1 RFC822.BOGUS\r\n",
+            "unknown fetch item RFC822.BOGUS",
+        ),
+        (
+            "a FETCH 1 (FLAGS) (VANISHED)\r\n",
+            "unknown fetch modifier VANISHED",
+        ),
+        (
+            "a UID FETCH 1 (FLAGS) (VANISHED)\r\n",
+            "VANISHED needs CHANGEDSINCE",
+        ),
         ("a FETCH 0 FLAGS\r\n", "sequence number 0 is not valid"),
-        ("a FETCH 4294967296:* FLAGS\r\n", "sequence number out of range"),
+        (
+            "a FETCH 4294967296:* FLAGS\r\n",
+            "sequence number out of range",
+        ),
         ("a FETCH 1:4294967295 FLAGS extra\r\n", "expected '('"),
         ("a FETCH $ FLAGS\r\n", "SEARCHRES"),
         ("a FETCH 1 FLAGS (CHANGEDSINCE 0)\r\n", "mod-sequence"),
@@ -405,13 +431,30 @@ fn sequence_sets() {
     };
     assert_eq!(s("*"), set(&[(SeqNum::Star, SeqNum::Star)]));
     assert_eq!(s("4:2"), set(&[(n(4), n(2))]));
-    assert_eq!(s("1,3:*,4294967295"), set(&[(n(1), n(1)), (n(3), SeqNum::Star), (n(4294967295), n(4294967295))]));
+    assert_eq!(
+        s("1,3:*,4294967295"),
+        set(&[
+            (n(1), n(1)),
+            (n(3), SeqNum::Star),
+            (n(4294967295), n(4294967295))
+        ])
+    );
     let st = s("4:2,7,*:9");
     assert!(st.contains(3, 20) && st.contains(7, 20) && !st.contains(5, 20));
     assert!(st.contains(15, 20) && st.contains(9, 20) && !st.contains(8, 20));
     // n:* with n above the largest still takes the largest (RFC 3501 6.4.8).
     assert!(s("100:*").contains(20, 20));
-    for bad_set in ["0", "0:5", "1:0", "4294967296", "4294967296:*", "1,", ",1", "1::2", "a"] {
+    for bad_set in [
+        "0",
+        "0:5",
+        "1:0",
+        "4294967296",
+        "4294967296:*",
+        "1,",
+        ",1",
+        "1::2",
+        "a",
+    ] {
         bad(&format!("a FETCH {bad_set} FLAGS\r\n"));
     }
 }
@@ -461,7 +504,12 @@ fn store() {
 fn search_keys() {
     use SearchKey as K;
     let s = |input: &str| match cmd(input) {
-        CommandBody::Search { uid, ret, charset, key } => (uid, ret, charset, key),
+        CommandBody::Search {
+            uid,
+            ret,
+            charset,
+            key,
+        } => (uid, ret, charset, key),
         other => panic!("{other:?}"),
     };
     let d = |year, month, day| Date { year, month, day };
@@ -469,22 +517,33 @@ fn search_keys() {
     assert_eq!(cs, None);
     assert_eq!(
         key,
-        K::And(vec![K::Flagged, K::Since(d(1994, 2, 1)), K::Not(Box::new(K::From("Smith".into())))])
+        K::And(vec![
+            K::Flagged,
+            K::Since(d(1994, 2, 1)),
+            K::Not(Box::new(K::From("Smith".into())))
+        ])
     );
     let (_, _, cs, key) = s("A283 SEARCH CHARSET UTF-8 TEXT {6}\r\nXXXXXX\r\n");
-    assert_eq!((cs.as_deref(), key), (Some("UTF-8"), K::Text("XXXXXX".into())));
+    assert_eq!(
+        (cs.as_deref(), key),
+        (Some("UTF-8"), K::Text("XXXXXX".into()))
+    );
     let (_, _, _, key) = s("a SEARCH OR (SEEN UNDELETED) OR 1:5 UID 7,9 HEADER X-Spam yes\r\n");
     assert_eq!(
         key,
         K::And(vec![
             K::Or(
                 Box::new(K::And(vec![K::Seen, K::Undeleted])),
-                Box::new(K::Or(Box::new(K::SeqSet(set(&[(n(1), n(5))]))), Box::new(K::Uid(set(&[(n(7), n(7)), (n(9), n(9))])))))
+                Box::new(K::Or(
+                    Box::new(K::SeqSet(set(&[(n(1), n(5))]))),
+                    Box::new(K::Uid(set(&[(n(7), n(7)), (n(9), n(9))])))
+                ))
             ),
             K::Header("X-Spam".into(), "yes".into()),
         ])
     );
-    let (uid, ret, _, key) = s("a UID SEARCH RETURN (MIN COUNT) MODSEQ \"/flags/\\\\draft\" all 620162338\r\n");
+    let (uid, ret, _, key) =
+        s("a UID SEARCH RETURN (MIN COUNT) MODSEQ \"/flags/\\\\draft\" all 620162338\r\n");
     assert!(uid);
     assert_eq!(ret, Some(vec![SearchReturn::Min, SearchReturn::Count]));
     assert_eq!(key, K::ModSeq(620162338));
@@ -512,11 +571,19 @@ fn search_keys() {
 
 #[test]
 fn nesting_is_bounded() {
-    let deep = format!("a SEARCH {}SEEN{}\r\n", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+    let deep = format!(
+        "a SEARCH {}SEEN{}\r\n",
+        "(".repeat(MAX_DEPTH + 1),
+        ")".repeat(MAX_DEPTH + 1)
+    );
     assert_eq!(bad(&deep), "too deeply nested");
     let nots = format!("a SEARCH {}SEEN\r\n", "NOT ".repeat(10_000));
     assert_eq!(bad(&nots), "too deeply nested");
-    let ok = format!("a SEARCH {}SEEN{}\r\n", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
+    let ok = format!(
+        "a SEARCH {}SEEN{}\r\n",
+        "(".repeat(MAX_DEPTH - 1),
+        ")".repeat(MAX_DEPTH - 1)
+    );
     cmd(&ok);
 }
 
@@ -539,7 +606,13 @@ fn bad_commands_keep_their_tag() {
         }
     }
     // Empty lines are ignored; the next command is read as usual.
-    assert_eq!(both(b"\r\n\r\na NOOP\r\n"), vec![T::Cmd(Command { tag: "a".into(), body: CommandBody::Noop })]);
+    assert_eq!(
+        both(b"\r\n\r\na NOOP\r\n"),
+        vec![T::Cmd(Command {
+            tag: "a".into(),
+            body: CommandBody::Noop
+        })]
+    );
 }
 
 #[test]
@@ -562,20 +635,29 @@ fn literals() {
 fn huge_literals_cost_nothing() {
     // Refused at once, before a byte is stored; the next command is read.
     let t = both(b"a LOGIN {4000000000}\r\nb NOOP\r\n");
-    assert_eq!(t[0], T::Bad(Some("a".into()), "literal too large".into(), false));
+    assert_eq!(
+        t[0],
+        T::Bad(Some("a".into()), "literal too large".into(), false)
+    );
     assert!(matches!(&t[1], T::Cmd(c) if c.tag == "b"));
     // Beyond u32: not even a number.
     let t = both(b"a LOGIN {99999999999}\r\nb NOOP\r\n");
-    assert_eq!(t[0], T::Bad(Some("a".into()), "literal length too large".into(), false));
+    assert_eq!(
+        t[0],
+        T::Bad(Some("a".into()), "literal length too large".into(), false)
+    );
     // Non-synchronizing and too large: the client is sending it; close.
     let t = both(b"a LOGIN {4000000000+}\r\nxxxxxxxx");
-    assert_eq!(t, vec![T::Bad(Some("a".into()), "literal too large".into(), true)]);
+    assert_eq!(
+        t,
+        vec![T::Bad(Some("a".into()), "literal too large".into(), true)]
+    );
     let mut r = CommandReader::new();
     r.feed(b"a LOGIN {4000000000+}\r\n");
-    assert!(matches!(r.next(), Input::Bad { close: true, .. }));
+    assert!(matches!(r.next_input(), Input::Bad { close: true, .. }));
     r.feed(&[b'x'; 100_000]);
     assert_eq!(r.buffered(), 0, "nothing is kept after a fatal literal");
-    assert_eq!(r.next(), Input::NeedMore);
+    assert_eq!(r.next_input(), Input::NeedMore);
     // The sum of literals is bounded too.
     let mut many = Vec::new();
     many.extend_from_slice(b"a ID (");
@@ -585,7 +667,10 @@ fn huge_literals_cost_nothing() {
         many.extend_from_slice(b" NIL ");
     }
     let t = run(&many, false);
-    assert!(matches!(t.last(), Some(T::Bad(_, r, true)) if r == "literal too large"), "{t:?}");
+    assert!(
+        matches!(t.last(), Some(T::Bad(_, r, true)) if r == "literal too large"),
+        "{t:?}"
+    );
 }
 
 #[test]
@@ -594,7 +679,10 @@ fn long_lines_are_refused_and_skipped() {
     input.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
     input.extend_from_slice(b"\r\nb NOOP\r\n");
     let t = both(&input);
-    assert_eq!(t[0], T::Bad(Some("a".into()), "command line too long".into(), false));
+    assert_eq!(
+        t[0],
+        T::Bad(Some("a".into()), "command line too long".into(), false)
+    );
     assert!(matches!(&t[1], T::Cmd(c) if c.tag == "b"), "{t:?}");
     assert_eq!(t.len(), 2);
     // An over-long line ending in a non-synchronizing literal: the literal
@@ -610,7 +698,11 @@ fn long_lines_are_refused_and_skipped() {
 #[test]
 fn append_streams_the_message() {
     let msg = b"From: a@b\r\nSubject: hi\r\n\r\nbody {5}\r\n";
-    let mut input = format!("A003 APPEND saved-messages (\\Seen $Label1) \"05-Jul-1994 02:20:03 -0700\" {{{}}}\r\n", msg.len()).into_bytes();
+    let mut input = format!(
+        "A003 APPEND saved-messages (\\Seen $Label1) \"05-Jul-1994 02:20:03 -0700\" {{{}}}\r\n",
+        msg.len()
+    )
+    .into_bytes();
     input.extend_from_slice(msg);
     input.extend_from_slice(b"\r\nA004 NOOP\r\n");
     let t = both(&input);
@@ -619,7 +711,11 @@ fn append_streams_the_message() {
         mailbox: mbox("saved-messages"),
         flags: vec![Flag::Seen, Flag::Keyword("$Label1".into())],
         date: Some(DateTime {
-            date: Date { year: 1994, month: 7, day: 5 },
+            date: Date {
+                year: 1994,
+                month: 7,
+                day: 5,
+            },
             hour: 2,
             minute: 20,
             second: 3,
@@ -635,7 +731,11 @@ fn append_streams_the_message() {
     // 1994-07-05 09:20:03 UTC.
     assert_eq!(
         DateTime {
-            date: Date { year: 1994, month: 7, day: 5 },
+            date: Date {
+                year: 1994,
+                month: 7,
+                day: 5
+            },
             hour: 2,
             minute: 20,
             second: 3,
@@ -666,14 +766,23 @@ fn append_streams_the_message() {
     assert_eq!(t.len(), 4);
     // MULTIAPPEND is refused with a reason, and the rest of the line dropped.
     let t = both(b"a APPEND INBOX {1+}\r\nx {1+}\r\ny\r\nb NOOP\r\n");
-    assert!(matches!(&t[2], T::Bad(Some(tag), r, false) if tag == "a" && r.contains("MULTIAPPEND")), "{t:?}");
+    assert!(
+        matches!(&t[2], T::Bad(Some(tag), r, false) if tag == "a" && r.contains("MULTIAPPEND")),
+        "{t:?}"
+    );
     assert!(matches!(&t[3], T::Cmd(c) if c.tag == "b"), "{t:?}");
     // A bad head: BAD, the literal (sent anyway under LITERAL+) skipped.
     let t = both(b"a APPEND INBOX (\\Seen \"bogus\" {3+}\r\nabc\r\nb NOOP\r\n");
-    assert!(matches!(&t[0], T::Bad(Some(tag), _, false) if tag == "a"), "{t:?}");
+    assert!(
+        matches!(&t[0], T::Bad(Some(tag), _, false) if tag == "a"),
+        "{t:?}"
+    );
     assert!(matches!(&t[1], T::Cmd(c) if c.tag == "b"), "{t:?}");
     let t = both(b"a APPEND &AOQ {3}\r\nb NOOP\r\n");
-    assert!(matches!(&t[0], T::Bad(Some(tag), _, false) if tag == "a"), "{t:?}");
+    assert!(
+        matches!(&t[0], T::Bad(Some(tag), _, false) if tag == "a"),
+        "{t:?}"
+    );
     assert!(matches!(&t[1], T::Cmd(c) if c.tag == "b"), "{t:?}");
 }
 
@@ -681,15 +790,15 @@ fn append_streams_the_message() {
 fn raw_lines_for_idle_and_sasl() {
     let mut r = CommandReader::new();
     r.feed(b"a IDLE\r\nDO");
-    assert!(matches!(r.next(), Input::Command(_)));
+    assert!(matches!(r.next_input(), Input::Command(_)));
     assert_eq!(r.next_line(), RawLine::NeedMore);
     r.feed(b"NE\r\nb NOOP\r\n");
     assert_eq!(r.next_line(), RawLine::Line(b"DONE".to_vec()));
-    assert!(matches!(r.next(), Input::Command(c) if c.tag == "b"));
+    assert!(matches!(r.next_input(), Input::Command(c) if c.tag == "b"));
     r.feed(&vec![b'A'; MAX_RAW_LINE + 1]);
     assert_eq!(r.next_line(), RawLine::TooLong);
     r.feed(b"AAAA\r\nc NOOP\r\n");
-    assert!(matches!(r.next(), Input::Command(c) if c.tag == "c"));
+    assert!(matches!(r.next_input(), Input::Command(c) if c.tag == "c"));
 }
 
 /// Commands as Python's imaplib, imapclient, Thunderbird, iOS Mail and

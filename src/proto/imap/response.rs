@@ -9,7 +9,9 @@
 //! Must not: decide what to answer. The session picks the responses;
 //! this only writes them, always as valid syntax whatever the data.
 
-use super::types::{civil_from_unix, Flag, MailboxName, StatusItem, MONTHS};
+use super::types::{
+    civil_from_unix, FetchAttr, Flag, MailboxName, SectionText, StatusItem, MONTHS,
+};
 use super::utf7;
 
 /// Longest string sent quoted; longer ones go as literals, which need no
@@ -27,15 +29,12 @@ fn is_atom_char(c: u8) -> bool {
 }
 
 /// A string (RFC 3501 9 `string`): quoted when it can be, else a literal.
+/// Strings with `"` or `\\` go as literals too, as Dovecot sends them:
+/// clients' quoted-string parsers differ on escapes, literals are exact.
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
-    if s.len() <= MAX_QUOTED && s.iter().all(|&c| quotable(c)) {
+    if s.len() <= MAX_QUOTED && s.iter().all(|&c| quotable(c) && c != b'"' && c != b'\\') {
         out.push(b'"');
-        for &c in s {
-            if c == b'"' || c == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(c);
-        }
+        out.extend_from_slice(s);
         out.push(b'"');
     } else {
         literal(out, s);
@@ -179,8 +178,15 @@ pub enum Code<'a> {
     UidNext(u32),
     UidValidity(u32),
     Unseen(u32),
-    AppendUid { uidvalidity: u32, uid: u32 },
-    CopyUid { uidvalidity: u32, from: &'a [u32], to: &'a [u32] },
+    AppendUid {
+        uidvalidity: u32,
+        uid: u32,
+    },
+    CopyUid {
+        uidvalidity: u32,
+        from: &'a [u32],
+        to: &'a [u32],
+    },
     HighestModSeq(u64),
     NoModSeq,
     Modified(&'a [u32]),
@@ -454,7 +460,13 @@ pub fn status_data(out: &mut Vec<u8>, name: &MailboxName, items: &[(StatusItem, 
 }
 
 /// `* LIST (attrs) "/" name` (or LSUB); `delimiter` None is NIL.
-pub fn list(out: &mut Vec<u8>, lsub: bool, attrs: &[&str], delimiter: Option<char>, name: &MailboxName) {
+pub fn list(
+    out: &mut Vec<u8>,
+    lsub: bool,
+    attrs: &[&str],
+    delimiter: Option<char>,
+    name: &MailboxName,
+) {
     out.extend_from_slice(if lsub { b"* LSUB (" } else { b"* LIST (" });
     out.extend_from_slice(attrs.join(" ").as_bytes());
     out.extend_from_slice(b") ");
@@ -465,6 +477,85 @@ pub fn list(out: &mut Vec<u8>, lsub: bool, attrs: &[&str], delimiter: Option<cha
     out.push(b' ');
     mailbox(out, name);
     out.extend_from_slice(b"\r\n");
+}
+
+fn part_numbers(out: &mut String, part: &[u32]) {
+    for (i, n) in part.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(&n.to_string());
+    }
+}
+
+/// The name a fetch item has in the response (RFC 3501 7.4.2): BODY.PEEK
+/// answers as BODY, a partial shows its origin only, header field names
+/// upper-cased (as Dovecot).
+pub fn fetch_attr_name(a: &FetchAttr) -> String {
+    match a {
+        FetchAttr::Envelope => "ENVELOPE".into(),
+        FetchAttr::Flags => "FLAGS".into(),
+        FetchAttr::InternalDate => "INTERNALDATE".into(),
+        FetchAttr::Rfc822 => "RFC822".into(),
+        FetchAttr::Rfc822Header => "RFC822.HEADER".into(),
+        FetchAttr::Rfc822Size => "RFC822.SIZE".into(),
+        FetchAttr::Rfc822Text => "RFC822.TEXT".into(),
+        FetchAttr::Body => "BODY".into(),
+        FetchAttr::BodyStructure => "BODYSTRUCTURE".into(),
+        FetchAttr::Uid => "UID".into(),
+        FetchAttr::ModSeq => "MODSEQ".into(),
+        FetchAttr::BodySection {
+            section, partial, ..
+        } => {
+            let mut s = String::from("BODY[");
+            part_numbers(&mut s, &section.part);
+            if let Some(t) = &section.text {
+                if !section.part.is_empty() {
+                    s.push('.');
+                }
+                let fields = |s: &mut String, name: &str, names: &[String]| {
+                    s.push_str(name);
+                    s.push_str(" (");
+                    for (i, n) in names.iter().enumerate() {
+                        if i > 0 {
+                            s.push(' ');
+                        }
+                        let mut v = Vec::new();
+                        astring(&mut v, n.to_ascii_uppercase().as_bytes());
+                        s.push_str(&String::from_utf8_lossy(&v));
+                    }
+                    s.push(')');
+                };
+                match t {
+                    SectionText::Header => s.push_str("HEADER"),
+                    SectionText::Text => s.push_str("TEXT"),
+                    SectionText::Mime => s.push_str("MIME"),
+                    SectionText::HeaderFields(n) => fields(&mut s, "HEADER.FIELDS", n),
+                    SectionText::HeaderFieldsNot(n) => fields(&mut s, "HEADER.FIELDS.NOT", n),
+                }
+            }
+            s.push(']');
+            if let Some((o, _)) = partial {
+                s.push_str(&format!("<{o}>"));
+            }
+            s
+        }
+        FetchAttr::Binary { part, partial, .. } => {
+            let mut s = String::from("BINARY[");
+            part_numbers(&mut s, part);
+            s.push(']');
+            if let Some((o, _)) = partial {
+                s.push_str(&format!("<{o}>"));
+            }
+            s
+        }
+        FetchAttr::BinarySize(part) => {
+            let mut s = String::from("BINARY.SIZE[");
+            part_numbers(&mut s, part);
+            s.push(']');
+            s
+        }
+    }
 }
 
 /// One `* n FETCH (...)` response, item by item.
@@ -529,6 +620,11 @@ impl<'a> Fetch<'a> {
         o.extend_from_slice(value);
     }
 
+    /// Bytes after `literal_head`: the literal's data.
+    pub fn append(&mut self, data: &[u8]) {
+        self.out.extend_from_slice(data);
+    }
+
     pub fn finish(self) {
         self.out.extend_from_slice(b")\r\n");
     }
@@ -550,10 +646,18 @@ mod tests {
             (b"INBOX", "\"INBOX\"", "INBOX"),
             (b"", "\"\"", "\"\""),
             (b"a b", "\"a b\"", "\"a b\""),
-            (b"say \"hi\" \\o/", "\"say \\\"hi\\\" \\\\o/\"", "\"say \\\"hi\\\" \\\\o/\""),
+            (
+                b"say \"hi\" \\o/",
+                "{12}\r\nsay \"hi\" \\o/",
+                "{12}\r\nsay \"hi\" \\o/",
+            ),
             (b"NIL", "\"NIL\"", "\"NIL\""),
             (b"a]b", "\"a]b\"", "a]b"),
-            (b"line\r\nbreak", "{11}\r\nline\r\nbreak", "{11}\r\nline\r\nbreak"),
+            (
+                b"line\r\nbreak",
+                "{11}\r\nline\r\nbreak",
+                "{11}\r\nline\r\nbreak",
+            ),
             ("Grüße".as_bytes(), "{7}\r\nGrüße", "{7}\r\nGrüße"),
             (b"(x)", "\"(x)\"", "\"(x)\""),
         ];
@@ -564,14 +668,20 @@ mod tests {
         let long = vec![b'a'; MAX_QUOTED + 1];
         assert!(w(|o| string(o, &long)).starts_with("{1025}\r\n"));
         assert_eq!(w(|o| nstring(o, None)), "NIL");
-        assert_eq!(w(|o| mailbox(o, &MailboxName::new("Entwürfe".into()))), "\"Entw&APw-rfe\"");
+        assert_eq!(
+            w(|o| mailbox(o, &MailboxName::new("Entwürfe".into()))),
+            "\"Entw&APw-rfe\""
+        );
     }
 
     #[test]
     fn sets_and_lines() {
         assert_eq!(w(|o| seq_set(o, &[5, 1, 2, 3, 9, 10, 3])), "1:3,5,9:10");
         assert_eq!(w(|o| ordered_set(o, &[7, 8, 9, 3, 4])), "7:9,3:4");
-        assert_eq!(w(|o| vanished(o, true, &[41, 43, 42, 300])), "* VANISHED (EARLIER) 41:43,300\r\n");
+        assert_eq!(
+            w(|o| vanished(o, true, &[41, 43, 42, 300])),
+            "* VANISHED (EARLIER) 41:43,300\r\n"
+        );
         assert_eq!(w(|o| vanished(o, false, &[])), "");
         assert_eq!(w(|o| exists(o, 172)), "* 172 EXISTS\r\n");
         assert_eq!(w(|o| expunge(o, 3)), "* 3 EXPUNGE\r\n");
@@ -580,33 +690,79 @@ mod tests {
             "* FLAGS (\\Answered $Junk)\r\n"
         );
         assert_eq!(
-            w(|o| status(o, Some("A1"), Status::Ok, Some(&Code::CopyUid { uidvalidity: 38505, from: &[304, 319, 320], to: &[3956, 3957, 3958] }), "Done")),
+            w(|o| status(
+                o,
+                Some("A1"),
+                Status::Ok,
+                Some(&Code::CopyUid {
+                    uidvalidity: 38505,
+                    from: &[304, 319, 320],
+                    to: &[3956, 3957, 3958]
+                }),
+                "Done"
+            )),
             "A1 OK [COPYUID 38505 304,319:320 3956:3958] Done\r\n"
         );
         assert_eq!(
-            w(|o| status(o, None, Status::Ok, Some(&Code::PermanentFlags(&[Flag::Seen, Flag::Deleted])), "Limited")),
+            w(|o| status(
+                o,
+                None,
+                Status::Ok,
+                Some(&Code::PermanentFlags(&[Flag::Seen, Flag::Deleted])),
+                "Limited"
+            )),
             "* OK [PERMANENTFLAGS (\\Seen \\Deleted \\*)] Limited\r\n"
         );
-        assert_eq!(w(|o| status(o, Some("a"), Status::Bad, None, "[x]\r\nevil")), "a BAD (x]??evil\r\n");
+        assert_eq!(
+            w(|o| status(o, Some("a"), Status::Bad, None, "[x]\r\nevil")),
+            "a BAD (x]??evil\r\n"
+        );
         assert_eq!(
             w(|o| status(o, Some("a"), Status::No, Some(&Code::BadCharset), "no")),
             "a NO [BADCHARSET (UTF-8 US-ASCII)] no\r\n"
         );
-        assert_eq!(w(|o| capability(o, &["IMAP4rev1", "IDLE"])), "* CAPABILITY IMAP4rev1 IDLE\r\n");
-        assert_eq!(w(|o| search(o, &[2, 84, 882], Some(917162500))), "* SEARCH 2 84 882 (MODSEQ 917162500)\r\n");
+        assert_eq!(
+            w(|o| capability(o, &["IMAP4rev1", "IDLE"])),
+            "* CAPABILITY IMAP4rev1 IDLE\r\n"
+        );
+        assert_eq!(
+            w(|o| search(o, &[2, 84, 882], Some(917162500))),
+            "* SEARCH 2 84 882 (MODSEQ 917162500)\r\n"
+        );
         assert_eq!(w(|o| search(o, &[], Some(1))), "* SEARCH\r\n");
-        let e = Esearch { tag: "A285", uid: true, min: true, max: true, count: true, all: true, modseq: None };
+        let e = Esearch {
+            tag: "A285",
+            uid: true,
+            min: true,
+            max: true,
+            count: true,
+            all: true,
+            modseq: None,
+        };
         assert_eq!(
             w(|o| esearch(o, &e, &[7, 8, 9, 3800])),
             "* ESEARCH (TAG \"A285\") UID MIN 7 MAX 3800 ALL 7:9,3800 COUNT 4\r\n"
         );
-        assert_eq!(w(|o| esearch(o, &e, &[])), "* ESEARCH (TAG \"A285\") UID COUNT 0\r\n");
         assert_eq!(
-            w(|o| status_data(o, &MailboxName::new("blurdybloop".into()), &[(StatusItem::Messages, 231), (StatusItem::UidNext, 44292)])),
+            w(|o| esearch(o, &e, &[])),
+            "* ESEARCH (TAG \"A285\") UID COUNT 0\r\n"
+        );
+        assert_eq!(
+            w(|o| status_data(
+                o,
+                &MailboxName::new("blurdybloop".into()),
+                &[(StatusItem::Messages, 231), (StatusItem::UidNext, 44292)]
+            )),
             "* STATUS \"blurdybloop\" (MESSAGES 231 UIDNEXT 44292)\r\n"
         );
         assert_eq!(
-            w(|o| list(o, false, &["\\HasNoChildren", "\\Sent"], Some('/'), &MailboxName::new("Sent".into()))),
+            w(|o| list(
+                o,
+                false,
+                &["\\HasNoChildren", "\\Sent"],
+                Some('/'),
+                &MailboxName::new("Sent".into())
+            )),
             "* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent\"\r\n"
         );
     }
@@ -629,7 +785,10 @@ mod tests {
             "* 12 FETCH (UID 4827313 FLAGS (\\Seen) INTERNALDATE \" 5-Jul-1994 02:20:03 -0700\" RFC822.SIZE 44827 MODSEQ (12121231000) BODY[] {5}\r\nhello)\r\n"
         );
         assert_eq!(w(|o| date_time(o, 0, 0)), "\" 1-Jan-1970 00:00:00 +0000\"");
-        assert_eq!(w(|o| date_time(o, 1_709_164_800, 330)), "\"29-Feb-2024 05:30:00 +0530\"");
+        assert_eq!(
+            w(|o| date_time(o, 1_709_164_800, 330)),
+            "\"29-Feb-2024 05:30:00 +0530\""
+        );
     }
 
     fn o_push(f: &mut Fetch, b: &[u8]) {

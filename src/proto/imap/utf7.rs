@@ -31,7 +31,9 @@ pub enum Utf7Error {
 impl Utf7Error {
     pub fn reason(self) -> &'static str {
         match self {
-            Utf7Error::RawNonAscii => "mailbox name has 8-bit or control characters (use modified UTF-7)",
+            Utf7Error::RawNonAscii => {
+                "mailbox name has 8-bit or control characters (use modified UTF-7)"
+            }
             Utf7Error::Unterminated => "mailbox name has an unterminated &-sequence",
             Utf7Error::BadBase64 => "mailbox name has an invalid character in a &-sequence",
             Utf7Error::BadPadding => "mailbox name has a truncated &-sequence",
@@ -176,7 +178,11 @@ mod tests {
         ];
         for (utf8, wire) in rows {
             assert_eq!(encode(utf8), *wire, "encode {utf8}");
-            assert_eq!(decode(wire.as_bytes()).as_deref(), Ok(*utf8), "decode {wire}");
+            assert_eq!(
+                decode(wire.as_bytes()).as_deref(),
+                Ok(*utf8),
+                "decode {wire}"
+            );
         }
     }
 
@@ -198,7 +204,12 @@ mod tests {
             (b"&AOQ-&APY-", SplitRun),
         ];
         for (wire, err) in rows {
-            assert_eq!(decode(wire), Err(*err), "{:?}", String::from_utf8_lossy(wire));
+            assert_eq!(
+                decode(wire),
+                Err(*err),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
         }
         // Encoded runs separated by a direct character are fine.
         assert_eq!(decode(b"&AOQ-x&APY-").as_deref(), Ok("äxö"));
