@@ -811,7 +811,10 @@ impl<'a> P<'a> {
                 a.to_vec()
             }
         };
-        utf7::decode(&raw).map_err(|e| e.reason().into())
+        // A pattern that is not valid modified UTF-7 matches no name
+        // (every name is stored valid); it is not an error (Dovecot
+        // answers OK, imaptest `atoms`), so it is kept as it is.
+        Ok(utf7::decode(&raw).unwrap_or_else(|_| String::from_utf8_lossy(&raw).into_owned()))
     }
 
     fn flag(&mut self) -> R<Flag> {
