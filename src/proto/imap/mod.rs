@@ -3,9 +3,13 @@
 //!
 //! Owns: the command grammar and its framing (`parser`), the modified
 //! UTF-7 mailbox-name codec (`utf7`), the command and data types
-//! (`types`), response encoding (`response`), and message structure,
+//! (`types`), response encoding (`response`), message structure,
 //! sections and search matching computed from a message's bytes (`mime`,
-//! `search`).
+//! `search`), and the selected mailbox as a session sees it (`view`:
+//! sequence numbers, UIDs, flags, modseqs, and the untagged updates).
+//!
+//! Not here yet: the session state machine (states, dispatch, events to
+//! the driver); the driver and the store are written elsewhere.
 //!
 //! Must not: import anything else of the crate, touch sockets, files,
 //! clocks or threads. The mailbox is seen through plain data types
@@ -17,3 +21,4 @@ pub mod response;
 pub mod search;
 pub mod types;
 pub mod utf7;
+pub mod view;
