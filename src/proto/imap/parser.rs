@@ -379,7 +379,8 @@ impl CommandReader {
         };
         self.cmd.extend(self.input.drain(..=p));
         self.cmd.pop();
-        if self.cmd.last() == Some(&b'\r') {
+        // A CR of this line, never the last byte of a literal before it.
+        if self.cmd.len() > self.line_start && self.cmd.last() == Some(&b'\r') {
             self.cmd.pop();
         }
         let over_long = self.cmd.len() - self.line_start > MAX_LINE;

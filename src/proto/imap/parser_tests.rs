@@ -632,6 +632,20 @@ fn literals() {
 }
 
 #[test]
+fn a_literal_ending_in_cr() {
+    // Fuzz find: the LF after a literal whose last byte is CR must not
+    // take that CR as the line's own.
+    match cmd("a LOGIN {4}\r\nbob\r {3}\r\nx\ry\r\n") {
+        CommandBody::Login { user, password } => {
+            assert_eq!((user.as_str(), password.as_str()), ("bob\r", "x\ry"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let t = both(b"a SEARCH TEXT {1}\r\n\r\nb NOOP\r\n");
+    assert!(matches!(t.last(), Some(T::Cmd(c)) if c.tag == "b"), "{t:?}");
+}
+
+#[test]
 fn huge_literals_cost_nothing() {
     // Refused at once, before a byte is stored; the next command is read.
     let t = both(b"a LOGIN {4000000000}\r\nb NOOP\r\n");
