@@ -591,6 +591,11 @@ fn tokens(v: &[u8]) -> Vec<Tok> {
                 while i < v.len() && !b"\"<>@,;:.[]() \t\r\n".contains(&v[i]) {
                     i += 1;
                 }
+                if i == s {
+                    // A stray `)` (or other lone special): skip it.
+                    i += 1;
+                    continue;
+                }
                 out.push(Tok::Word(v[s..i].to_vec()));
             }
         }

@@ -306,6 +306,12 @@ fn addresses() {
         "((NIL NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\"))"
     );
     assert_eq!(a("a.b.c@d.e"), "((NIL NIL \"a.b.c\" \"d.e\"))");
+    // Fuzz find: a stray `)` once looped for ever.
+    assert_eq!(
+        a("\"Smith, Bob\" <bob@ex) with"),
+        "((\"Smith, Bob\" NIL \"bob\" \"exwith\"))"
+    );
+    assert_eq!(a(")"), "NIL");
     assert_eq!(a("x@[192.0.2.1]"), "((NIL NIL \"x\" \"[192.0.2.1]\"))");
     // Checked against Dovecot 2.3.19: comments inside a phrase dropped, a
     // comment after a bare address is its name.
