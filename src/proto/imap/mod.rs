@@ -15,6 +15,7 @@
 //! clocks or threads. The mailbox is seen through plain data types
 //! defined here; the store and the connection driver fill them in.
 
+pub mod capability;
 pub mod mime;
 pub mod parser;
 pub mod response;
