@@ -34,7 +34,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
-use super::line::{Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
+use super::line::{normalize_line_ends, Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use super::sasl::{self, PlainError};
 use crate::config::Resolution;
 
@@ -124,8 +124,9 @@ pub struct Transaction {
     /// `""` for the null reverse-path `<>`.
     pub reverse_path: String,
     pub recipients: Vec<Recipient>,
-    /// The message: lines end in CRLF, dot-unstuffed (DATA) or raw
-    /// (BDAT), without the terminator.
+    /// The message: lines end in CRLF (bare CR and bare LF made CRLF,
+    /// for DATA and BDAT alike), dot-unstuffed (DATA), without the
+    /// terminator.
     pub data: Vec<u8>,
     pub helo: String,
     pub peer: IpAddr,
@@ -1109,10 +1110,15 @@ impl SmtpSession {
             // RFC 5321 4.5.3.1.10 / RFC 1870.
             return Some(Reply::new(552, "5.3.4", "Error: message too big").uncounted());
         }
+        let mut data = self.body.take();
+        if env.chunking {
+            // BDAT octets arrive untouched; store them as DATA's are.
+            data = normalize_line_ends(&data);
+        }
         let transaction = Transaction {
             reverse_path: env.reverse_path,
             recipients: env.recipients,
-            data: self.body.take(),
+            data,
             helo: self.helo.clone().unwrap_or_default(),
             peer: self.params.peer,
             protocol: self.protocol(),
@@ -1789,7 +1795,8 @@ mod tests {
                 "two chunks",
                 format!("{MAIL_RCPT}BDAT 5\r\nhel\nlBDAT 3 LAST\r\n.\r\nQUIT\r\n"),
                 vec!["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 5 octets received", "250 2.0.0 Ok: queued as Q1", "221 2.0.0 mx.example.test closing connection"],
-                vec![b"hel\nl.\r\n"],
+                // The bare LF becomes CRLF, as in DATA.
+                vec![b"hel\r\nl.\r\n"],
             ),
             (
                 "bdat 0 last",
