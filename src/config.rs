@@ -152,6 +152,9 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// In file order.
     pub smartpop: Vec<SmartPopConfig>,
+    /// What an unknown login name is checked against: the scheme and cost
+    /// of the configured passwords (`auth::dummy_like`), made once here.
+    pub login_dummy: String,
 }
 
 #[derive(Debug, Clone)]
@@ -452,6 +455,20 @@ impl Config {
         match (found.next(), found.next()) {
             (Some(m), None) => Some(m),
             _ => None,
+        }
+    }
+
+    /// Checks a login (full address, or a bare local part naming one
+    /// mailbox). An unknown user, or one without a password, costs the
+    /// same hash work as a known one (`login_dummy`), so the answer time
+    /// does not reveal which users exist.
+    pub fn check_login(&self, user: &str, password: &str) -> bool {
+        match self.find_login(user).and_then(|m| m.password.as_deref()) {
+            Some(stored) => crate::auth::verify(stored, password),
+            None => {
+                crate::auth::verify(&self.login_dummy, password);
+                false
+            }
         }
     }
 

@@ -611,7 +611,7 @@ impl Builder {
             self.err(0, "missing [server] section (hostname is required)".into());
         }
         self.check_listeners();
-        let config = Config {
+        let mut config = Config {
             path: path.to_path_buf(),
             server: server.unwrap_or(ServerConfig {
                 hostname: String::new(),
@@ -627,7 +627,14 @@ impl Builder {
             aliases: std::mem::take(&mut self.aliases),
             outbox: self.outbox.clone(),
             smartpop: std::mem::take(&mut self.smartpop),
+            login_dummy: String::new(),
         };
+        config.login_dummy = crate::auth::dummy_like(
+            config
+                .mailboxes
+                .values()
+                .filter_map(|m| m.password.as_deref()),
+        );
         self.check_addresses(&config);
         self.check_outbox(&config);
         config
