@@ -166,3 +166,50 @@ def test_unknown_user_costs_a_plain_login(server):
     """Item 3: `{PLAIN}` mailboxes: an unknown user is a `{PLAIN}` compare too."""
     _assert_same_timing(server, ["bob@example.test", "alice@example.test"],
                         ["nobody@example.test", "ghost@example.test"], "{PLAIN}")
+
+
+# --- item 4: no control characters in addresses that reach headers -----------
+
+def _stored_files(server):
+    root = server.data_dir
+    return sorted(str(p) for sub in ("mail", "queue") for p in (root / sub).rglob("*")
+                  if p.is_file()) if root.exists() else []
+
+
+def test_sendmail_refuses_header_injection(make_server):
+    server = make_server(start=False)
+    before = _stored_files(server)
+    cases = [
+        ["-f", "evil@x.test\nBcc: injected@remote.test", "bob@example.test"],
+        ["-fevil@x.test\r\nBcc: injected@remote.test", "bob@example.test"],
+        ["-F", "Eve\nBcc: injected@remote.test", "bob@example.test"],
+        ["bob@example.test\nBcc: injected@remote.test"],
+        ["-f", "evil\x7f@x.test", "bob@example.test"],  # (argv cannot hold a NUL)
+    ]
+    for argv in cases:
+        r = server.run("sendmail", *argv, input=b"Subject: hi\n\nbody\n")
+        assert r.returncode == 64, (argv, r.returncode, r.stderr)
+        assert b"control character" in r.stderr and b"nothing was sent" in r.stderr, r.stderr
+    # -t: mailparse hands C0 bytes of an address through; refused too.
+    r = server.run("sendmail", "-t", input=b"To: bob\x01@example.test\nSubject: hi\n\nbody\n")
+    assert r.returncode == 65, (r.returncode, r.stderr)
+    assert b"control character" in r.stderr
+    assert _stored_files(server) == before
+    # The same message with a clean sender is stored, without a Bcc line.
+    r = server.run("sendmail", "-f", "evil@x.test", "bob@example.test",
+                   input=b"Subject: hi\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    raw = server.files_in("new")[0].read_bytes()
+    assert b"Bcc" not in raw and b"injected" not in raw
+
+
+def test_smtp_envelope_refuses_control_characters(server):
+    r = Raw(server.ports["smtp"])
+    r.reply()
+    r.cmd(b"EHLO c")
+    for path in [b"<evil\x01@x.test>", b"<evil@x.test\x00>", b"<\"a\x7fb\"@x.test>",
+                 b"<e\xc2\x85vil@x.test>"]:
+        assert r.cmd(b"MAIL FROM:" + path + b" SMTPUTF8")[:1] == b"5", path
+    assert r.cmd(b"MAIL FROM:<ok@x.test>").startswith(b"250")
+    assert r.cmd(b"RCPT TO:<bob\x01@example.test>")[:1] == b"5"
+    r.cmd(b"QUIT")
