@@ -29,6 +29,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/mailgate";
 /// `bob+tag@` goes to `bob@`, as in most Postfix setups; `recipient_delimiter =`
 /// (empty) turns it off. An exact match always wins over the split.
 pub const DEFAULT_RECIPIENT_DELIMITER: Option<char> = Some('+');
+/// Local parts every local domain has without a section for them, all
+/// going to `[server] postmaster`: RFC 5321 4.5.1 requires `postmaster`;
+/// `root` gets the box's cron and system mail (`sendmail root`); RFC 2142
+/// 2 names `abuse` for reports. A mailbox, alias or `[alias]` of the same
+/// name wins.
+pub const IMPLICIT_POSTMASTER_NAMES: [&str; 3] = ["postmaster", "root", "abuse"];
 /// RFC 5321 4.5.4.2 / IANA: the MX port.
 pub const DEFAULT_SMTP_LISTEN: SocketAddr = any_v4(25);
 /// RFC 6409 3.1: message submission.
@@ -164,6 +170,9 @@ pub struct ServerConfig {
     pub user: Option<String>,
     /// `None` when empty (plus-addressing off).
     pub recipient_delimiter: Option<char>,
+    /// Lower-case address (a local mailbox or alias) that gets
+    /// `IMPLICIT_POSTMASTER_NAMES` of every local domain; None: unset.
+    pub postmaster: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -511,12 +520,40 @@ impl Config {
             .domains
             .get(&domain)
             .and_then(|d| d.catch_all.as_deref());
-        let tries = [Some(local.as_str()), base, catch_all];
-        let found = tries
+        let exact = [Some(local.as_str()), base]
             .into_iter()
             .flatten()
             .find_map(|l| self.expand(&format!("{l}@{domain}")));
-        found
+        // Before the catch-all: mail to postmaster must reach a person.
+        let implicit = || {
+            let postmaster = self.server.postmaster.as_deref()?;
+            let name = base.unwrap_or(&local);
+            IMPLICIT_POSTMASTER_NAMES
+                .contains(&name)
+                .then(|| self.expand(postmaster))
+                .flatten()
+        };
+        exact
+            .or_else(implicit)
+            .or_else(|| catch_all.and_then(|l| self.expand(&format!("{l}@{domain}"))))
+    }
+
+    /// The domain of `RCPT TO:<postmaster>` without a domain (RFC 5321
+    /// 4.1.1.3): the one `[server] postmaster` is in, else the hostname if
+    /// it is local, else the first local domain.
+    pub fn postmaster_domain(&self) -> Option<String> {
+        let of_postmaster = self
+            .server
+            .postmaster
+            .as_deref()
+            .and_then(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d)
+            .filter(|d| self.domains.contains_key(*d));
+        let hostname = Some(self.server.hostname.as_str()).filter(|h| self.is_local_domain(h));
+        of_postmaster
+            .or(hostname)
+            .or_else(|| self.domains.keys().next().map(String::as_str))
+            .map(values::fold)
     }
 
     /// Exact lookup of a lower-case local address: no delimiter, no catch-all.

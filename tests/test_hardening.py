@@ -213,3 +213,47 @@ def test_smtp_envelope_refuses_control_characters(server):
     assert r.cmd(b"MAIL FROM:<ok@x.test>").startswith(b"250")
     assert r.cmd(b"RCPT TO:<bob\x01@example.test>")[:1] == b"5"
     r.cmd(b"QUIT")
+
+
+# --- item 8: postmaster, root and abuse everywhere ---------------------------
+
+def test_implicit_postmaster_root_abuse(make_server):
+    server = make_server(replace={
+        "recipient_delimiter = +": "recipient_delimiter = +\npostmaster = alice@example.test",
+    })
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+        s.ehlo("client.example")
+        # RFC 5321 4.1.1.3 / 4.5.1: <postmaster> without a domain.
+        code, text = s.docmd("MAIL FROM:<carol@remote.test>")
+        assert code == 250
+        code, text = s.docmd("RCPT TO:<postmaster>")
+        assert code == 250, text
+        s.rset()
+        for rcpt in ["postmaster", "postmaster@other.test", "root@other.test",
+                     "abuse@example.test", "ROOT@Example.Test"]:
+            m = f"Subject: {rcpt}\r\n\r\nhi\r\n"
+            assert s.sendmail("carol@remote.test", [rcpt], m) == {}
+    # bob's explicit alias postmaster@example.test still wins; the rest
+    # (and other.test's catch-all does not take them) go to [server] postmaster.
+    bob = [m["Subject"] for m in server.wait_messages("bob@example.test", 1)]
+    assert bob == ["postmaster"]
+    alice = sorted(m["Subject"] for m in server.wait_messages("alice@example.test", 4))
+    assert alice == ["ROOT@Example.Test", "abuse@example.test", "postmaster@other.test",
+                     "root@other.test"]
+    assert server.messages("info@other.test") == []
+    # sendmail's bare `root` (cron) lands there too.
+    r = server.run("sendmail", "root", input=b"Subject: cron\n\nout\n")
+    assert r.returncode == 0, r.stderr
+    assert "cron" in [m["Subject"] for m in server.wait_messages("alice@example.test", 5)]
+
+
+def test_check_warns_without_postmaster(make_server):
+    server = make_server(start=False, replace={"aliases = robert, postmaster": "aliases = robert"})
+    out = server.run("check")
+    assert out.returncode == 0
+    text = out.stdout.decode()
+    assert "[server] postmaster is not set" in text and "example.test" in text, text
+    with_pm = server.config_text.replace("[server]\n", "[server]\npostmaster = bob@example.test\n")
+    server.config.write_text(with_pm)
+    out = server.run("check")
+    assert "postmaster" not in out.stdout.decode(), out.stdout

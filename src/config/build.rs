@@ -87,6 +87,10 @@ struct Builder {
     outbox_line: Option<usize>,
     /// Line of an explicit `[outbox] mode`.
     outbox_mode_line: Option<usize>,
+    /// Line of `[server] postmaster`.
+    postmaster_line: Option<usize>,
+    /// Line of `[server]`.
+    server_line: usize,
     /// Line of each listener key set in the file (absent: default).
     listener_lines: HashMap<&'static str, usize>,
     domains: BTreeMap<String, DomainConfig>,
@@ -205,12 +209,14 @@ impl Builder {
     }
 
     fn server(&mut self, sec: &RawSection) {
+        self.server_line = sec.line;
         let mut hostname = None;
         let mut s = ServerConfig {
             hostname: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             user: None,
             recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
+            postmaster: None,
         };
         for e in self.entries(sec) {
             match e.key.as_str() {
@@ -225,6 +231,14 @@ impl Builder {
                     if let Some(d) = self.value(e, delimiter) {
                         s.recipient_delimiter = d;
                     }
+                }
+                "postmaster" if e.value.is_empty() => s.postmaster = None,
+                "postmaster" => {
+                    s.postmaster = self.value(e, |v| values::address(v, true));
+                    if let Some(a) = &s.postmaster {
+                        self.refer(e, std::slice::from_ref(a), "postmaster");
+                    }
+                    self.postmaster_line = Some(e.line);
                 }
                 _ => self.unknown_key(sec, e),
             }
@@ -618,6 +632,7 @@ impl Builder {
                 data_dir: PathBuf::from(DEFAULT_DATA_DIR),
                 user: None,
                 recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
+                postmaster: None,
             }),
             smtp: self.smtp.clone(),
             pop3: self.pop3.clone(),
@@ -637,7 +652,42 @@ impl Builder {
         );
         self.check_addresses(&config);
         self.check_outbox(&config);
+        self.check_postmaster(&config);
         config
+    }
+
+    /// RFC 5321 4.5.1: every domain must take mail for postmaster. Warn
+    /// when some local domain would refuse it: no `[server] postmaster`,
+    /// no postmaster of its own, no catch-all.
+    fn check_postmaster(&mut self, c: &Config) {
+        if c.server.postmaster.is_some() {
+            if let Some(p) = &c.server.postmaster {
+                let remote = p
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| !c.domains.contains_key(d));
+                if remote {
+                    let line = self.postmaster_line.unwrap_or(self.server_line);
+                    self.err(line, format!("postmaster {p} is not in a local domain"));
+                }
+            }
+            return;
+        }
+        let refused: Vec<&str> = c
+            .domains
+            .values()
+            .filter(|d| d.catch_all.is_none() && !c.defines(&format!("postmaster@{}", d.name)))
+            .map(|d| d.name.as_str())
+            .collect();
+        if !refused.is_empty() {
+            self.warn(
+                self.server_line,
+                format!(
+                    "[server] postmaster is not set: mail to postmaster@ (RFC 5321 4.5.1), \
+                     root@ and abuse@ {} is refused; set postmaster = a mailbox of yours",
+                    refused.join(", ")
+                ),
+            );
+        }
     }
 
     /// One socket, one listener: a second bind would fail at start anyway;

@@ -63,6 +63,7 @@ hostname = Mail.Example.TEST
 data_dir = /srv/mail
 user = mail
 recipient_delimiter = -
+postmaster = Alice@example.test
 
 [smtp]
 listen = 0.0.0.0:25, [::]:25
@@ -143,6 +144,25 @@ fn every_key_happy_path() {
     assert_eq!(c.path, PathBuf::from("t.ini"));
     assert_eq!(c.server.hostname, "mail.example.test");
     assert_eq!(c.server.data_dir, PathBuf::from("/srv/mail"));
+    assert_eq!(c.server.postmaster.as_deref(), Some("alice@example.test"));
+    // RFC 5321 4.5.1: every domain's postmaster (and root, abuse) reaches
+    // [server] postmaster; bob's explicit alias Postmaster still wins.
+    let local = |a: &str| c.resolve(a).map(|r| r.local);
+    assert_eq!(
+        local("postmaster@example.test"),
+        Some(vec!["bob@example.test".into()])
+    );
+    for a in [
+        "postmaster@other.test",
+        "ROOT@Other.Test",
+        "abuse@other.test",
+        "root-cron@other.test",
+        "root@example.test",
+    ] {
+        assert_eq!(local(a), Some(vec!["alice@example.test".into()]), "{a}");
+    }
+    assert_eq!(local("nobody@other.test"), None);
+    assert_eq!(c.postmaster_domain().as_deref(), Some("example.test"));
     assert_eq!(c.server.user.as_deref(), Some("mail"));
     assert_eq!(c.server.recipient_delimiter, Some('-'));
 
@@ -174,14 +194,14 @@ fn every_key_happy_path() {
     let d = &c.domains["example.test"];
     assert_eq!(
         (d.name.as_str(), d.catch_all.as_deref(), d.line),
-        ("example.test", Some("bob"), 28)
+        ("example.test", Some("bob"), 29)
     );
     assert_eq!(c.domains["other.test"].catch_all, None);
 
     let bob = &c.mailboxes["bob@example.test"];
     assert_eq!(
         (bob.local.as_str(), bob.domain.as_str(), bob.line),
-        ("bob", "example.test", 33)
+        ("bob", "example.test", 34)
     );
     assert_eq!(bob.password, Some(hash()));
     assert_eq!(bob.aliases, ["robert", "postmaster"]);
@@ -206,7 +226,7 @@ fn every_key_happy_path() {
             "gran@elsewhere.example"
         ]
     );
-    assert_eq!(fam.line, 44);
+    assert_eq!(fam.line, 45);
 
     let o = &c.outbox;
     assert_eq!(o.mode, OutboxMode::Smarthost);
@@ -229,7 +249,7 @@ fn every_key_happy_path() {
 
     assert_eq!(c.smartpop.len(), 2);
     let p = &c.smartpop[0];
-    assert_eq!((p.name.as_str(), p.line), ("isp-bob", 58));
+    assert_eq!((p.name.as_str(), p.line), ("isp-bob", 59));
     assert_eq!(p.host, hp("pop.isp.example", 110));
     assert_eq!(p.tls, TlsMode::StartTls);
     assert_eq!(
@@ -322,6 +342,10 @@ fn values_keep_every_character() {
         Some("{PLAIN}a;b#c \\ \"q\"")
     );
     assert_eq!(c.outbox.password.as_deref(), Some("a;b#c"));
+    let w: Vec<_> = w
+        .into_iter()
+        .filter(|d| !d.message.contains("postmaster is not set"))
+        .collect();
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].severity, Severity::Warning);
     assert_eq!(w[0].line, 5);
@@ -492,9 +516,32 @@ fn warnings() {
     }
     // A pure local install needs no outbox: no warning.
     let (_, w) = ok(&format!(
-        "{BASE}[domain d.test]\n[mailbox b@d.test]\n[outbox]\n"
+        "{BASE}[domain d.test]\n[mailbox b@d.test]\naliases = postmaster\n[outbox]\n"
     ));
     assert_eq!(w, vec![]);
+    // RFC 5321 4.5.1: a domain that would refuse postmaster@ is named.
+    let (_, w) = ok(&format!(
+        "{BASE}[domain d.test]\n[mailbox b@d.test]\n[domain e.test]\ncatch_all = c\n[mailbox c@e.test]\n"
+    ));
+    assert!(
+        w.iter()
+            .any(|d| d.message.contains("[server] postmaster is not set")
+                && d.message.contains("d.test")
+                && !d.message.contains("e.test")),
+        "{w:#?}"
+    );
+    let (_, w) = ok(&format!(
+        "{BASE}postmaster = b@d.test\n[domain d.test]\n[mailbox b@d.test]\n"
+    ));
+    assert_eq!(w, vec![]);
+    assert!(parse(&format!(
+        "{BASE}postmaster = b@far.test\n[domain d.test]\n[mailbox b@d.test]\n"
+    ))
+    .is_err());
+    assert!(parse(&format!(
+        "{BASE}postmaster = x@d.test\n[domain d.test]\n[mailbox b@d.test]\n"
+    ))
+    .is_err());
     let (c, _) = ok(&format!(
         "{BASE}[outbox]\nmode = direct\nhost = h.example\n"
     ));

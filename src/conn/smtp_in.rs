@@ -37,6 +37,9 @@ impl Recipients for Config {
     fn resolve(&self, address: &str) -> Option<Resolution> {
         Config::resolve(self, address)
     }
+    fn postmaster_domain(&self) -> Option<String> {
+        Config::postmaster_domain(self)
+    }
 }
 
 enum Waiting {
