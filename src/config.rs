@@ -58,6 +58,9 @@ pub const DEFAULT_RELAY_NETWORKS: [IpNet; 2] = [
     },
 ];
 pub const DEFAULT_ALLOW_PLAINTEXT_AUTH: bool = false;
+/// Postfix's `reject_sender_login_mismatch`, on: a logged-in user sends
+/// only as their own addresses (see `Config::may_send_as`).
+pub const DEFAULT_SENDER_LOGIN_MATCH: bool = true;
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for a command.
 pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// RFC 1939 3: the POP3 port.
@@ -187,6 +190,8 @@ pub struct SmtpConfig {
     pub relay_networks: Vec<IpNet>,
     pub allow_plaintext_auth: bool,
     pub timeout: Duration,
+    /// `sender_login_match`: see `Config::may_send_as`.
+    pub sender_login_match: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +229,9 @@ pub struct MailboxConfig {
     /// Remote (or local) addresses that also get a copy.
     pub forward: Vec<String>,
     pub quota: Option<u64>,
+    /// Lower-case addresses this mailbox's login may also use as
+    /// reverse-path (`send_as`), besides its own (see `may_send_as`).
+    pub send_as: Vec<String>,
     pub line: usize,
 }
 
@@ -319,6 +327,7 @@ impl Default for SmtpConfig {
             relay_networks: DEFAULT_RELAY_NETWORKS.to_vec(),
             allow_plaintext_auth: DEFAULT_ALLOW_PLAINTEXT_AUTH,
             timeout: DEFAULT_SMTP_TIMEOUT,
+            sender_login_match: DEFAULT_SENDER_LOGIN_MATCH,
         }
     }
 }
@@ -479,6 +488,38 @@ impl Config {
                 false
             }
         }
+    }
+
+    /// May the user logged in as `login` use `reverse_path` in MAIL FROM?
+    /// Postfix's `reject_sender_login_mismatch`: only the mailbox's own
+    /// address, its `aliases`, their `+tag` forms (`recipient_delimiter`)
+    /// and the addresses in its `send_as`; the null reverse-path `<>` (a
+    /// bounce or an auto-reply) always. Everything when
+    /// `sender_login_match = no`.
+    pub fn may_send_as(&self, login: &str, reverse_path: &str) -> bool {
+        if !self.smtp.sender_login_match || reverse_path.is_empty() {
+            return true;
+        }
+        let Some(m) = self.find_login(login) else {
+            return false;
+        };
+        let folded = values::fold(reverse_path);
+        let Some((local, domain)) = folded.rsplit_once('@') else {
+            return false;
+        };
+        let base = self
+            .server
+            .recipient_delimiter
+            .and_then(|d| local.split_once(d))
+            .map(|(b, _)| b)
+            .filter(|b| !b.is_empty());
+        let owned = [Some(local), base].into_iter().flatten().any(|l| {
+            let address = format!("{l}@{domain}");
+            address == m.address
+                || (domain == m.domain && m.aliases.iter().any(|a| a == l))
+                || m.send_as.contains(&address)
+        });
+        owned
     }
 
     /// Resolves a recipient address (any case). For a local domain: the

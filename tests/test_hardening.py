@@ -257,3 +257,40 @@ def test_check_warns_without_postmaster(make_server):
     server.config.write_text(with_pm)
     out = server.run("check")
     assert "postmaster" not in out.stdout.decode(), out.stdout
+
+
+# --- item 5: a logged-in user sends only as their own addresses --------------
+
+def _swaks(server, frm, user="bob@example.test", password="secret"):
+    return subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{server.ports['submission']}", "--auth", "PLAIN",
+         "--auth-user", user, "--auth-password", password, "--from", frm,
+         "--to", "alice@example.test", "--header", f"Subject: from {frm}",
+         "--timeout", "10"],
+        capture_output=True, text=True, timeout=30)
+
+
+def test_sender_login_mismatch_refused(make_server):
+    server = make_server(replace={
+        "aliases = robert, postmaster": "aliases = robert, postmaster\nsend_as = family@example.test",
+    })
+    refused = ["alice@example.test", "info@other.test", "robert@other.test", "carol@remote.test"]
+    for frm in refused:
+        r = _swaks(server, frm)
+        assert r.returncode != 0, (frm, r.stdout)
+        assert "553 5.7.1 <" + frm + ">: Sender address rejected: not owned by user bob@example.test" \
+            in r.stdout, r.stdout
+    allowed = ["bob@example.test", "BOB+lists@example.test", "robert@example.test",
+               "family@example.test", "<>"]
+    for frm in allowed:
+        r = _swaks(server, frm)
+        assert r.returncode == 0, (frm, r.stdout[-2000:])
+    subjects = sorted(m["Subject"] for m in server.wait_messages("alice@example.test", len(allowed)))
+    assert subjects == sorted(f"from {f}" for f in allowed)
+
+
+def test_sender_login_match_can_be_turned_off(make_server):
+    server = make_server(replace={"timeout = 30s\n\n[pop3]": "timeout = 30s\nsender_login_match = no\n\n[pop3]"})
+    r = _swaks(server, "alice@example.test")
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert len(server.wait_messages("alice@example.test", 1)) == 1

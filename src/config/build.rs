@@ -286,6 +286,9 @@ impl Builder {
                     set(&mut c.allow_plaintext_auth, self.value(e, values::boolean))
                 }
                 "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
+                "sender_login_match" => {
+                    set(&mut c.sender_login_match, self.value(e, values::boolean))
+                }
                 _ => self.unknown_key(sec, e),
             }
         }
@@ -434,6 +437,7 @@ impl Builder {
             aliases: Vec::new(),
             forward: Vec::new(),
             quota: None,
+            send_as: Vec::new(),
             line: sec.line,
         };
         self.defs
@@ -454,6 +458,11 @@ impl Builder {
                         .value(e, |v| values::list(v, |a| values::address(a, false)))
                         .unwrap_or_default();
                     self.refer(e, &m.forward, "forward");
+                }
+                "send_as" => {
+                    m.send_as = self
+                        .value(e, |v| values::list(v, |a| values::address(a, false)))
+                        .unwrap_or_default();
                 }
                 "quota" if e.value.is_empty() => m.quota = None,
                 "quota" => m.quota = self.value(e, values::size),

@@ -937,3 +937,38 @@ fn ip_nets() {
         "h.example:25"
     );
 }
+
+#[test]
+fn sender_login_match() {
+    let text = format!(
+        "{BASE}[domain d.test]\n[domain e.test]\n[mailbox bob@d.test]\naliases = robert\n\
+         send_as = Family@d.test, bob@far.example\n[mailbox alice@d.test]\n[mailbox carol@e.test]\n"
+    );
+    let (c, _) = ok(&text);
+    let table: &[(&str, &str, bool)] = &[
+        ("bob@d.test", "bob@d.test", true),
+        ("bob@d.test", "BOB@D.Test", true),
+        ("bob", "bob@d.test", true),
+        ("bob@d.test", "bob+lists@d.test", true),
+        ("bob@d.test", "robert@d.test", true),
+        ("bob@d.test", "robert+x@d.test", true),
+        ("bob@d.test", "family@d.test", true),
+        ("bob@d.test", "bob@far.example", true),
+        ("bob@d.test", "", true),
+        ("bob@d.test", "alice@d.test", false),
+        ("bob@d.test", "robert@e.test", false),
+        ("bob@d.test", "bob@e.test", false),
+        ("bob@d.test", "+bob@d.test", false),
+        ("bob@d.test", "evil@far.example", false),
+        ("alice@d.test", "bob@d.test", false),
+        ("nobody@d.test", "nobody@d.test", false),
+    ];
+    for (login, from, want) in table {
+        assert_eq!(c.may_send_as(login, from), *want, "{login} as {from:?}");
+    }
+    let (c, _) = ok(&format!(
+        "{BASE}[smtp]\nsender_login_match = no\n{}",
+        &text[BASE.len()..]
+    ));
+    assert!(c.may_send_as("bob@d.test", "alice@d.test"));
+}

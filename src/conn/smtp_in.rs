@@ -40,6 +40,9 @@ impl Recipients for Config {
     fn postmaster_domain(&self) -> Option<String> {
         Config::postmaster_domain(self)
     }
+    fn may_send_as(&self, login: &str, reverse_path: &str) -> bool {
+        Config::may_send_as(self, login, reverse_path)
+    }
 }
 
 enum Waiting {

@@ -95,6 +95,13 @@ pub trait Recipients {
     fn postmaster_domain(&self) -> Option<String> {
         None
     }
+    /// May the client logged in as `login` use `reverse_path` (`""` for
+    /// `<>`) in MAIL FROM (Postfix's `reject_sender_login_mismatch`)?
+    /// Asked only after AUTH.
+    fn may_send_as(&self, login: &str, reverse_path: &str) -> bool {
+        let _ = (login, reverse_path);
+        true
+    }
 }
 
 /// What the driver must do for the session.
@@ -753,7 +760,7 @@ impl SmtpSession {
         match verb.as_slice() {
             b"EHLO" => self.hello(args, true),
             b"HELO" => self.hello(args, false),
-            b"MAIL" => self.mail(args),
+            b"MAIL" => self.mail(args, rcpts),
             b"RCPT" => self.rcpt(args, rcpts),
             b"DATA" => self.data(args),
             b"BDAT" => self.bdat(args, events),
@@ -852,7 +859,7 @@ impl SmtpSession {
     }
 
     /// MAIL FROM:<reverse-path> [params] (RFC 5321 4.1.1.2).
-    fn mail(&mut self, args: &str) -> Handled {
+    fn mail(&mut self, args: &str, rcpts: &dyn Recipients) -> Handled {
         if self.helo.is_none() {
             return Err(bad_sequence("send HELO/EHLO first"));
         }
@@ -907,6 +914,19 @@ impl SmtpSession {
                 m.address()
             }
         };
+        if let Some(login) = &self.auth_user {
+            if !rcpts.may_send_as(login, &reverse_path) {
+                // Postfix's reply for reject_sender_login_mismatch.
+                return Err(Reply::new(
+                    553,
+                    "5.7.1",
+                    format!(
+                        "<{reverse_path}>: Sender address rejected: not owned by user {}",
+                        sanitize(login)
+                    ),
+                ));
+            }
+        }
         self.envelope = Some(Envelope {
             reverse_path,
             recipients: Vec::new(),
