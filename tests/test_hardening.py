@@ -294,3 +294,40 @@ def test_sender_login_match_can_be_turned_off(make_server):
     r = _swaks(server, "alice@example.test")
     assert r.returncode == 0, r.stdout[-2000:]
     assert len(server.wait_messages("alice@example.test", 1)) == 1
+
+
+# --- item 6: quota holds under concurrency -----------------------------------
+
+def test_quota_holds_for_simultaneous_messages(make_server):
+    server = make_server(replace={
+        "aliases = robert, postmaster": "aliases = robert, postmaster\nquota = 100K",
+    })
+    body = b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 600  # 60 KB
+    n = 6
+    ready = threading.Barrier(n)
+    replies = [None] * n
+
+    def client(i):
+        r = Raw(server.ports["smtp"], timeout=30)
+        r.reply()
+        r.cmd(b"EHLO c%d" % i)
+        assert r.cmd(b"MAIL FROM:<c@remote.test>").startswith(b"250")
+        assert r.cmd(b"RCPT TO:<bob@example.test>").startswith(b"250")
+        assert r.cmd(b"DATA").startswith(b"354")
+        r.send(body)
+        ready.wait()  # every message complete but its final dot
+        r.send(b".\r\n")
+        replies[i] = r.reply()
+        r.cmd(b"QUIT")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    accepted = [x for x in replies if x.startswith(b"250")]
+    assert len(accepted) == 1, replies
+    assert all(x.startswith(b"452 4.2.2") for x in replies if not x.startswith(b"250")), replies
+    time.sleep(0.2)
+    on_disk = sum(p.stat().st_size for p in server.files_in("new") + server.files_in("cur"))
+    assert on_disk <= 100 * 1024, on_disk
