@@ -275,6 +275,9 @@ pub struct OutboxConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// `fingerprint`: SHA-256 of the one smarthost certificate accepted,
+    /// upper-case hex pairs joined by colons (as `tls::fingerprint`).
+    pub fingerprint: Option<String>,
     /// Never empty; the last interval repeats.
     pub retry: Vec<Duration>,
     pub give_up_after: Duration,
@@ -351,6 +354,7 @@ impl Default for OutboxConfig {
             username: None,
             password: None,
             ca_file: None,
+            fingerprint: None,
             retry: DEFAULT_RETRY.to_vec(),
             give_up_after: DEFAULT_GIVE_UP_AFTER,
             nameserver: None,

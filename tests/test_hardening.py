@@ -4,6 +4,7 @@ real client against the real binary."""
 import base64
 import random
 import smtplib
+import ssl
 import statistics
 import subprocess
 import threading
@@ -331,3 +332,70 @@ def test_quota_holds_for_simultaneous_messages(make_server):
     time.sleep(0.2)
     on_disk = sum(p.stat().st_size for p in server.files_in("new") + server.files_in("cur"))
     assert on_disk <= 100 * 1024, on_disk
+
+
+# --- item 10: pinning a self-signed smarthost certificate --------------------
+
+def _self_signed(tmp_path, cn="smarthost.test"):
+    cert, key = tmp_path / "self.pem", tmp_path / "self.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", f"/CN={cn}"],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _readme_fingerprint(port):
+    """The README's recipe, run as written."""
+    out = subprocess.run(
+        f"openssl s_client -connect 127.0.0.1:{port} -starttls smtp </dev/null 2>/dev/null"
+        " | openssl x509 -noout -fingerprint -sha256",
+        shell=True, capture_output=True, text=True, timeout=30)
+    line = out.stdout.strip()
+    assert line.lower().startswith("sha256 fingerprint="), out
+    return "SHA256:" + line.split("=", 1)[1]
+
+
+def _outbox(port, extra):
+    return (f"\n[outbox]\nmode = smarthost\nhost = 127.0.0.1:{port}\ntls = starttls\n"
+            f"retry = 1h\ngive_up_after = 5d\nusername = u\npassword = p\n{extra}")
+
+
+def _relay(server):
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10,
+                      source_address=("127.0.0.2", 0)) as s:
+        s.ehlo("box")
+        return s.sendmail("cron@example.test", ["carol@remote.test"],
+                          "Subject: pinned\r\n\r\nhi\r\n")
+
+
+def test_outbox_pins_self_signed_certificate(make_server, tmp_path):
+    from outbox_helpers import Sink, wait_for
+    sink = Sink().start(tls_context=_self_signed(tmp_path), require_starttls=True, auth=("u", "p"))
+    try:
+        pin = _readme_fingerprint(sink.port)
+        server = make_server(extra=_outbox(sink.port, f"fingerprint = {pin}\n"))
+        assert _relay(server) == {}
+        assert wait_for(lambda: sink.messages, timeout=15), server.log_text()[-3000:]
+        assert sink.messages[0].tls and sink.messages[0].auth == ("PLAIN", "u")
+    finally:
+        sink.controller.stop()
+
+
+def test_outbox_refuses_another_certificate_than_the_pin(make_server, tmp_path):
+    from outbox_helpers import Sink, wait_for
+    sink = Sink().start(tls_context=_self_signed(tmp_path), auth=("u", "p"))
+    try:
+        wrong = "SHA256:" + ":".join(["AB"] * 32)
+        server = make_server(extra=_outbox(sink.port, f"fingerprint = {wrong}\n"))
+        assert _relay(server) == {}
+        qdir = server.data_dir / "queue"
+        assert wait_for(lambda: any("attempts: 1" in p.read_text(errors="replace")
+                                    for p in qdir.glob("*") if p.is_file()), timeout=15)
+        assert sink.messages == [] and sink.auth_attempts == []
+        server.stop()
+        text = server.run("queue").stdout.decode()
+        assert "pinned [outbox] fingerprint" in text, text
+    finally:
+        sink.controller.stop()

@@ -335,6 +335,7 @@ impl Builder {
     fn outbox(&mut self, sec: &RawSection) {
         self.outbox_line = Some(sec.line);
         let mut host = None;
+        let mut fingerprint_line = None;
         let mut o = std::mem::take(&mut self.outbox);
         for e in self.entries(sec) {
             match e.key.as_str() {
@@ -347,6 +348,11 @@ impl Builder {
                 "username" => o.username = optional(&e.value),
                 "password" => o.password = optional(&e.value),
                 "ca_file" => o.ca_file = optional_path(&e.value),
+                "fingerprint" if e.value.is_empty() => o.fingerprint = None,
+                "fingerprint" => {
+                    o.fingerprint = self.value(e, values::sha256_fingerprint);
+                    fingerprint_line = Some(e.line);
+                }
                 "retry" => set(&mut o.retry, self.value(e, values::duration_list)),
                 "give_up_after" => set(&mut o.give_up_after, self.value(e, values::duration)),
                 "nameserver" => {
@@ -370,6 +376,24 @@ impl Builder {
             if o.mode == OutboxMode::Direct && !o.hosts.is_empty() {
                 self.warn(e.line, "[outbox] host is ignored in direct mode".into());
                 o.hosts.clear();
+            }
+        }
+        if let Some(line) = fingerprint_line.filter(|_| o.fingerprint.is_some()) {
+            if o.tls == TlsMode::None {
+                self.warn(
+                    line,
+                    "[outbox] fingerprint is not used with tls = none".into(),
+                );
+            } else if o.mode == OutboxMode::Direct {
+                self.warn(
+                    line,
+                    "[outbox] fingerprint is not used in direct mode".into(),
+                );
+            } else if o.ca_file.is_some() {
+                self.warn(
+                    line,
+                    "[outbox] fingerprint pins the certificate; ca_file is not used".into(),
+                );
             }
         }
         if o.username.is_some() != o.password.is_some() {

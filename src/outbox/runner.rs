@@ -92,8 +92,8 @@ impl Outbox {
         if !loaded.entries.is_empty() {
             info!("outbox: {} message(s) queued", loaded.entries.len());
         }
-        let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
-            .map_err(|e| e.to_string())?;
+        let verified_tls =
+            crate::tls::outbox_client_config(&config.outbox).map_err(|e| e.to_string())?;
         let now = Instant::now();
         Ok(Outbox {
             known: loaded
@@ -136,7 +136,7 @@ impl Outbox {
 
     /// Rebuilds the TLS client config after a reload (ca_file may change).
     pub fn reload(&mut self, config: &Config) {
-        match crate::tls::client_config(config.outbox.ca_file.as_deref()) {
+        match crate::tls::outbox_client_config(&config.outbox) {
             Ok(c) => self.verified_tls = Some(c),
             Err(e) => error!("outbox: {e}; keeping the previous CA setup"),
         }
