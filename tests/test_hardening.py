@@ -2,6 +2,7 @@
 real client against the real binary."""
 
 import base64
+import os
 import random
 import smtplib
 import ssl
@@ -399,3 +400,109 @@ def test_outbox_refuses_another_certificate_than_the_pin(make_server, tmp_path):
         assert "pinned [outbox] fingerprint" in text, text
     finally:
         sink.controller.stop()
+
+
+# --- item 11: clear words ----------------------------------------------------
+
+def test_check_warnings_outbox_listen_twice_invalid_mode(make_server):
+    server = make_server(start=False)
+    # Logins on submission and no smarthost: mail for other domains would
+    # be accepted and stay queued.
+    out = server.run("check").stdout.decode()
+    assert "mode = smarthost but no host" in out and "stays queued" in out, out
+    smtp_line = next(l for l in server.config_text.splitlines() if l.startswith("listen = 127.0.0.1:"))
+    twice = server.config_text.replace(smtp_line, f"{smtp_line}, {smtp_line.split(' = ')[1]}", 1)
+    server.config.write_text(twice + "\n[outbox]\nhost = 127.0.0.1:1\n")
+    out = server.run("check")
+    text = out.stdout.decode()
+    assert out.returncode == 0, text
+    assert f"{smtp_line.split(' = ')[1]} is given twice in smtp listen" in text, text
+    assert "no host" not in text, text
+    server.config.write_text(server.config_text + "\n[outbox]\nmode = smarthots\n")
+    out = server.run("check")
+    text = out.stdout.decode()
+    assert out.returncode == 1 and "invalid mode" in text, text
+    assert "no host" not in text, text
+
+
+def test_queue_without_data_dir_and_fetch_without_accounts(make_server):
+    server = make_server(start=False)
+    out = server.run("queue")
+    assert out.returncode != 0
+    assert f"data_dir {server.data_dir} does not exist" in out.stderr.decode(), out
+    assert b"Outbox is empty" not in out.stdout
+    out = server.run("fetch")
+    assert out.returncode != 0
+    assert b"no [smartpop NAME] accounts" in out.stderr and b"nothing to fetch" in out.stderr, out
+
+
+def _sink_server(make_server, rcpt_replies, retry, give_up_after):
+    from outbox_helpers import Sink
+    sink = Sink(rcpt_replies=rcpt_replies).start()
+    server = make_server(extra=(
+        f"\n[outbox]\nmode = smarthost\nhost = 127.0.0.1:{sink.port}\ntls = none\n"
+        f"retry = {retry}\ngive_up_after = {give_up_after}\n"))
+    return sink, server
+
+
+def _send_out(server, rcpts):
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10,
+                      source_address=("127.0.0.2", 0)) as s:
+        s.ehlo("box")
+        assert s.sendmail("alice@example.test", rcpts, "Subject: out\r\n\r\nhi\r\n") == {}
+
+
+def test_queue_counts_the_first_attempt_of_a_5xx(make_server):
+    from outbox_helpers import wait_for
+    sink, server = _sink_server(make_server, {
+        "nobody@remote.test": "550 5.1.1 no such user",
+        "later@remote.test": "451 4.7.1 try later",
+    }, retry="1h", give_up_after="5d")
+    try:
+        _send_out(server, ["nobody@remote.test", "later@remote.test"])
+        text = wait_for(lambda: (lambda t: t if "failed after" in t else "")(
+            server.run("queue").stdout.decode()), timeout=15)
+        assert "<nobody@remote.test>  failed after 1 attempt\n" in text, text
+        assert "<later@remote.test>  pending, 1 attempt" in text, text
+    finally:
+        sink.controller.stop()
+
+
+def test_give_up_reports_the_last_4xx_as_5xx(make_server):
+    sink, server = _sink_server(make_server, {"later@remote.test": "451 4.7.1 greylisted"},
+                                retry="1s", give_up_after="3s")
+    try:
+        _send_out(server, ["later@remote.test"])
+        (bounce,) = server.wait_messages("alice@example.test", 1, timeout=20)
+        report = next(p for p in bounce.walk()
+                      if p.get_content_type() == "message/delivery-status")
+        text = report.as_string()
+        assert "Status: 5.7.1" in text, text
+        assert "greylisted" in text
+    finally:
+        sink.controller.stop()
+
+
+def test_utf8_reverse_path_keeps_its_letters(server):
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+        s.ehlo("client.example")
+        s.sendmail("j\u00f6rg@remote.test", ["\u00f8le@other.test"],
+                   "Subject: utf8\r\n\r\nhi\r\n".encode(), mail_options=["SMTPUTF8"])
+    (m,) = server.wait_messages("info@other.test", 1)
+    raw = server.files_in("new")[0].read_bytes().decode()
+    assert "Return-Path: <j\u00f6rg@remote.test>\n" in raw, raw[:400]
+    assert "for <\u00f8le@other.test>;" in raw, raw[:400]
+
+
+def test_data_dir_and_folders_are_private(make_server):
+    old = os.umask(0o022)
+    try:
+        server = make_server()
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as s:
+            s.sendmail("c@remote.test", ["bob@example.test"], "Subject: x\r\n\r\nx\r\n")
+        server.wait_messages("bob@example.test", 1)
+    finally:
+        os.umask(old)
+    for sub in ["", "mail", "queue", "smartpop", "mail/example.test", "mail/example.test/bob"]:
+        mode = (server.data_dir / sub).stat().st_mode & 0o777
+        assert mode == 0o700, f"{sub or 'data_dir'}: {mode:o}"

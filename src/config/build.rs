@@ -87,6 +87,10 @@ struct Builder {
     outbox_line: Option<usize>,
     /// Line of an explicit `[outbox] mode`.
     outbox_mode_line: Option<usize>,
+    /// `[outbox] mode` was given but invalid (already an error).
+    outbox_mode_invalid: bool,
+    /// Line of `[smtp] relay_networks`.
+    relay_networks_line: Option<usize>,
     /// Line of `[server] postmaster`.
     postmaster_line: Option<usize>,
     /// Line of `[server]`.
@@ -275,6 +279,7 @@ impl Builder {
                     set(&mut c.max_connections_per_ip, self.value(e, values::count))
                 }
                 "relay_networks" => {
+                    self.relay_networks_line = Some(e.line);
                     if let Some(nets) = self.value(e, values::cidr_list) {
                         if let Some(open) = nets.iter().find(|n| n.prefix == 0) {
                             self.warn(e.line, format!("relay_networks includes {open}: anyone there may relay (open relay)"));
@@ -340,8 +345,15 @@ impl Builder {
         for e in self.entries(sec) {
             match e.key.as_str() {
                 "mode" => {
-                    self.outbox_mode_line = Some(e.line);
-                    set(&mut o.mode, self.value(e, values::outbox_mode));
+                    // An invalid mode is an error of its own; no warning
+                    // about the smarthost it then does not configure.
+                    let mode = self.value(e, values::outbox_mode);
+                    if mode.is_some() {
+                        self.outbox_mode_line = Some(e.line);
+                    } else {
+                        self.outbox_mode_invalid = true;
+                    }
+                    set(&mut o.mode, mode);
                 }
                 "host" => host = Some(e),
                 "tls" => set(&mut o.tls, self.value(e, values::tls_mode)),
@@ -735,8 +747,13 @@ impl Builder {
         ];
         let mut used: HashMap<SocketAddr, &'static str> = HashMap::new();
         let mut clashes = Vec::new();
+        let mut repeated = Vec::new();
         for (key, addrs) in lists {
-            for a in addrs {
+            for (i, a) in addrs.iter().enumerate() {
+                if addrs.get(..i).is_some_and(|before| before.contains(a)) {
+                    repeated.push((*a, key));
+                    continue;
+                }
                 match used.get(a) {
                     Some(other) if *other != key => clashes.push((*a, *other, key)),
                     _ => {
@@ -744,6 +761,13 @@ impl Builder {
                     }
                 }
             }
+        }
+        for (addr, key) in repeated {
+            let line = self.listener_lines.get(key).copied().unwrap_or(0);
+            self.warn(
+                line,
+                format!("{addr} is given twice in {key}; listening once"),
+            );
         }
         for (addr, first, second) in clashes {
             let l1 = self.listener_lines.get(first).copied().unwrap_or(0);
@@ -863,12 +887,24 @@ impl Builder {
     }
 
     /// Warns when mail for other domains could be queued with nowhere to go:
-    /// `mode = smarthost` written out, or a forward / alias member that is
-    /// sure to relay. A pure local install (no such key) needs no outbox.
+    /// `mode = smarthost` written out, a forward / alias member that is
+    /// sure to relay, or a way for a client to relay (`relay_networks`, or
+    /// a login on a submission listener). A pure local install (no such
+    /// key, `relay_networks =` empty, no submission login) needs no outbox.
     fn check_outbox(&mut self, c: &Config) {
-        if c.outbox.mode != OutboxMode::Smarthost || !c.outbox.hosts.is_empty() {
+        if self.outbox_mode_invalid
+            || c.outbox.mode != OutboxMode::Smarthost
+            || !c.outbox.hosts.is_empty()
+        {
             return;
         }
+        let submission = !c.smtp.submission.is_empty() || !c.smtp.smtps.is_empty();
+        let login = c.mailboxes.values().any(|m| m.password.is_some());
+        // relay_networks as written: the loopback default alone (cron on
+        // the box itself) does not make a mail server of a local install.
+        let relay_networks =
+            self.relay_networks_line.is_some() && !c.smtp.relay_networks.is_empty();
+        let clients_relay = relay_networks || (submission && login);
         let relays_for_sure = c
             .mailboxes
             .values()
@@ -878,10 +914,12 @@ impl Builder {
                 let d = a.rsplit_once('@').map_or("", |(_, d)| d);
                 !c.domains.contains_key(d)
             });
-        if self.outbox_mode_line.is_some() || relays_for_sure {
+        if self.outbox_mode_line.is_some() || relays_for_sure || clients_relay {
             self.warn(
                 self.outbox_mode_line.or(self.outbox_line).unwrap_or(0),
-                "[outbox] mode = smarthost but no host: mail for other domains stays queued".into(),
+                "[outbox] mode = smarthost but no host: mail for other domains (from relay_networks, \
+                 logged-in users, forwards) is accepted and stays queued; set host, or mode = direct"
+                    .into(),
             );
         }
     }

@@ -496,7 +496,10 @@ fn all_problems_are_collected_in_line_order() {
 #[test]
 fn warnings() {
     let cases: &[(&str, usize, &str)] = &[
-        ("[outbox]\nmode = smarthost\n", 4, "[outbox] mode = smarthost but no host: mail for other domains stays queued"),
+        ("[outbox]\nmode = smarthost\n", 4, "[outbox] mode = smarthost but no host: mail for other domains (from relay_networks, logged-in users, forwards) is accepted and stays queued"),
+        ("[smtp]\nrelay_networks = 192.168.1.0/24\n", 0, "mode = smarthost but no host"),
+        ("[domain d.test]\n[mailbox b@d.test]\npassword = {PLAIN}x\n", 0, "mode = smarthost but no host"),
+        ("[smtp]\nlisten = 127.0.0.1:25, 127.0.0.1:25\n", 4, "127.0.0.1:25 is given twice in smtp listen; listening once"),
         ("[outbox]\n[domain d.test]\n[alias a@d.test]\nto = x@far.example\n", 3, "mode = smarthost but no host"),
         ("[domain d.test]\n[mailbox b@d.test]\nforward = x@far.example\n", 0, "mode = smarthost but no host"),
         ("[outbox]\nmode = direct\nhost = h.example\n", 5, "[outbox] host is ignored in direct mode"),
@@ -514,6 +517,16 @@ fn warnings() {
             "want line {line}: {want:?}\ngot {w:#?}"
         );
     }
+    // An invalid mode is one error, without a smarthost warning after it.
+    let d = parse(&format!("{BASE}[outbox]\nmode = smarthots\n")).unwrap_err();
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(d[0].message.starts_with("invalid mode"), "{d:#?}");
+    // No login on a submission listener, no relay_networks written: none.
+    let (_, w) = ok(&format!(
+        "{BASE}[smtp]\nsubmission =\nsmtps =\n[domain d.test]\n[mailbox b@d.test]\naliases = postmaster\npassword = {}\n",
+        hash()
+    ));
+    assert_eq!(w, vec![]);
     // A pure local install needs no outbox: no warning.
     let (_, w) = ok(&format!(
         "{BASE}[domain d.test]\n[mailbox b@d.test]\naliases = postmaster\n[outbox]\n"
@@ -664,7 +677,14 @@ fn shipped_config_parses_without_warnings() {
         Ok(c) => c,
         Err(d) => panic!("etc/mailgate.ini: {d:#?}"),
     };
-    assert!(warnings.is_empty(), "{warnings:#?}");
+    // The development config has logins on submission and no smarthost:
+    // only that is pointed out.
+    assert!(
+        warnings.iter().all(|w| w
+            .message
+            .starts_with("[outbox] mode = smarthost but no host")),
+        "{warnings:#?}"
+    );
     assert_eq!(c.server.data_dir, PathBuf::from("./data"));
     assert_eq!(c.smtp.listen, vec![sa("127.0.0.1:2525")]);
     assert_eq!(c.smtp.submission, vec![sa("127.0.0.1:2587")]);

@@ -387,6 +387,7 @@ pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> 
             match &r.outcome {
                 Outcome::Delivered { .. } => state.state = RcptState::Delivered,
                 Outcome::Permanent { reply, enhanced } => {
+                    state.attempts += 1;
                     state.state = RcptState::Failed;
                     state.last_error = reply.clone();
                     failed.push(FailedRecipient {
