@@ -9,8 +9,10 @@ PYTEST_JOBS ?= 2
 
 all: build
 
+# Examples too: tests/test_imap_store.py drives the mailbox store through
+# examples/mailbox_tool until the IMAP server exists.
 build:
-	$(CARGO) build
+	$(CARGO) build --bins --examples
 
 release:
 	$(CARGO) build --release
