@@ -26,10 +26,42 @@ use std::io::{self, BufRead, Write};
 /// second", and a few concurrent logins would queue behind each other.
 pub const HASH_ROUNDS: u32 = 10_000;
 
-/// Checked instead when the user does not exist, so a wrong user and a
-/// wrong password take the same time (no user enumeration). A real
-/// `$6$rounds=10000$` hash of a password nobody uses.
+/// Checked instead when the user does not exist and the config has no
+/// password to copy the cost of (see [`dummy_like`]): what `mailgate
+/// passwd` makes. A real `$6$rounds=10000$` hash of a password nobody uses.
 pub const DUMMY_HASH: &str = "$6$rounds=10000$dummysaltdummysa$YuOjPkC.Ukdigl44tBIqKb6nhTb9J4vD.YVkM0jzkaCHDVm4tzA1xvhtUi1WdMSYMuT2Ymcquy0jwC8DuAsQ8/";
+
+/// The stored value checked for an unknown user: it costs what checking a
+/// configured password costs, so a wrong user and a wrong password answer
+/// in the same time (no user enumeration by timing). It copies the scheme,
+/// rounds and salt length most common among `stored` (ties: the dearer
+/// one), since SHA-crypt's work is rounds times the salt and password
+/// bytes hashed in each round; `{PLAIN}` configs get a `{PLAIN}` compare.
+/// Nothing configured: [`DUMMY_HASH`]. Never matches anything: the caller
+/// answers "no" whatever `verify` says.
+pub fn dummy_like<'a>(stored: impl IntoIterator<Item = &'a str>) -> String {
+    // (rounds, salt length); rounds 0 stands for {PLAIN}.
+    let mut counts: std::collections::BTreeMap<(u32, usize), usize> = Default::default();
+    for s in stored {
+        let key = match parse(s) {
+            Some(Stored::Plain(_)) => (0, 0),
+            Some(Stored::Sha512Crypt(h)) => (h.rounds, h.salt.len()),
+            None => continue,
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    // max_by_key keeps the last of equals: the BTreeMap order makes that
+    // the most rounds.
+    match counts.into_iter().max_by_key(|&(_, n)| n).map(|(k, _)| k) {
+        None => DUMMY_HASH.to_string(),
+        Some((0, _)) => format!("{PLAIN_PREFIX}{}", "x".repeat(16)),
+        Some((rounds, salt_len)) => format!(
+            "$6$rounds={rounds}${}${}",
+            "s".repeat(salt_len),
+            ".".repeat(HASH_CHARS)
+        ),
+    }
+}
 
 /// SHA-crypt spec ("Unix crypt using SHA-256 and SHA-512", U. Drepper):
 /// `rounds=` is clamped to this range, not refused.
@@ -466,6 +498,32 @@ mod tests {
         ];
         for (a, b, want) in table {
             assert_eq!(ct_eq(a, b), *want, "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn dummy_copies_the_common_cost() {
+        let mkpasswd = "$6$SSzUkkHVT6Eczgez$lsJKdTQ6yquR4wk5yVa7yM8ggXoZRvSwU0KONfbkSODtzLVR//YjwuoHlqkFPVoBX8M5sN.I/bgkR5JmNRvhJ1";
+        // (stored values, Some((rounds, salt length)) or None for {PLAIN})
+        type Case<'a> = (Vec<&'a str>, Option<(u32, usize)>);
+        let table: Vec<Case> = vec![
+            (vec![], Some((HASH_ROUNDS, 16))),
+            (vec![SPEC_DEFAULT], Some((5000, 10))),
+            (vec![mkpasswd, SPEC_10000, mkpasswd], Some((5000, 16))),
+            (vec![SPEC_10000, mkpasswd], Some((10_000, 16))),
+            (vec!["{PLAIN}a", "{PLAIN}b", mkpasswd], None),
+            (vec!["junk", "{PLAIN}a"], None),
+        ];
+        for (stored, want) in table {
+            let d = dummy_like(stored.iter().copied());
+            match (parse(&d), want) {
+                (Some(Stored::Sha512Crypt(h)), Some((rounds, salt))) => {
+                    assert_eq!((h.rounds, h.salt.len()), (rounds, salt), "{stored:?}")
+                }
+                (Some(Stored::Plain(_)), None) => {}
+                _ => panic!("{stored:?} gave {d}"),
+            }
+            assert!(!verify(&d, ""));
         }
     }
 

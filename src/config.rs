@@ -37,6 +37,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/mailgate";
 /// `bob+tag@` goes to `bob@`, as in most Postfix setups; `recipient_delimiter =`
 /// (empty) turns it off. An exact match always wins over the split.
 pub const DEFAULT_RECIPIENT_DELIMITER: Option<char> = Some('+');
+/// Local parts every local domain has without a section for them, all
+/// going to `[server] postmaster`: RFC 5321 4.5.1 requires `postmaster`;
+/// `root` gets the box's cron and system mail (`sendmail root`); RFC 2142
+/// 2 names `abuse` for reports. A mailbox, alias or `[alias]` of the same
+/// name wins.
+pub const IMPLICIT_POSTMASTER_NAMES: [&str; 3] = ["postmaster", "root", "abuse"];
 /// RFC 5321 4.5.4.2 / IANA: the MX port.
 pub const DEFAULT_SMTP_LISTEN: SocketAddr = any_v4(25);
 /// RFC 6409 3.1: message submission.
@@ -60,6 +66,9 @@ pub const DEFAULT_RELAY_NETWORKS: [IpNet; 2] = [
     },
 ];
 pub const DEFAULT_ALLOW_PLAINTEXT_AUTH: bool = false;
+/// Postfix's `reject_sender_login_mismatch`, on: a logged-in user sends
+/// only as their own addresses (see `Config::may_send_as`).
+pub const DEFAULT_SENDER_LOGIN_MATCH: bool = true;
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for a command.
 pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Submission, smtps and POP3 sessions must log in this soon after
@@ -178,6 +187,9 @@ pub struct Config {
     /// the first of /etc/resolv.conf, read once by `load` (so no session
     /// reads a file on the loop thread).
     pub resolver: Option<SocketAddr>,
+    /// What an unknown login name is checked against: the scheme and cost
+    /// of the configured passwords (`auth::dummy_like`), made once here.
+    pub login_dummy: String,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +199,9 @@ pub struct ServerConfig {
     pub user: Option<String>,
     /// `None` when empty (plus-addressing off).
     pub recipient_delimiter: Option<char>,
+    /// Lower-case address (a local mailbox or alias) that gets
+    /// `IMPLICIT_POSTMASTER_NAMES` of every local domain; None: unset.
+    pub postmaster: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +224,8 @@ pub struct SmtpConfig {
     pub greylist: bool,
     pub greylist_delay: Duration,
     pub dmarc: DmarcAction,
+    /// `sender_login_match`: see `Config::may_send_as`.
+    pub sender_login_match: bool,
 }
 
 /// One `dnsbl` entry: `zone` or `zone=CODES`.
@@ -271,6 +288,9 @@ pub struct MailboxConfig {
     /// Remote (or local) addresses that also get a copy.
     pub forward: Vec<String>,
     pub quota: Option<u64>,
+    /// Lower-case addresses this mailbox's login may also use as
+    /// reverse-path (`send_as`), besides its own (see `may_send_as`).
+    pub send_as: Vec<String>,
     pub line: usize,
 }
 
@@ -304,6 +324,9 @@ pub struct OutboxConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// `fingerprint`: SHA-256 of the one smarthost certificate accepted,
+    /// upper-case hex pairs joined by colons (as `tls::fingerprint`).
+    pub fingerprint: Option<String>,
     /// Never empty; the last interval repeats.
     pub retry: Vec<Duration>,
     pub give_up_after: Duration,
@@ -344,6 +367,7 @@ impl Default for SmtpConfig {
             greylist: DEFAULT_GREYLIST,
             greylist_delay: DEFAULT_GREYLIST_DELAY,
             dmarc: DEFAULT_DMARC,
+            sender_login_match: DEFAULT_SENDER_LOGIN_MATCH,
         }
     }
 }
@@ -367,6 +391,7 @@ impl Default for OutboxConfig {
             username: None,
             password: None,
             ca_file: None,
+            fingerprint: None,
             retry: DEFAULT_RETRY.to_vec(),
             give_up_after: DEFAULT_GIVE_UP_AFTER,
             nameserver: None,
@@ -498,6 +523,52 @@ impl Config {
         }
     }
 
+    /// Checks a login (full address, or a bare local part naming one
+    /// mailbox). An unknown user, or one without a password, costs the
+    /// same hash work as a known one (`login_dummy`), so the answer time
+    /// does not reveal which users exist.
+    pub fn check_login(&self, user: &str, password: &str) -> bool {
+        match self.find_login(user).and_then(|m| m.password.as_deref()) {
+            Some(stored) => crate::auth::verify(stored, password),
+            None => {
+                crate::auth::verify(&self.login_dummy, password);
+                false
+            }
+        }
+    }
+
+    /// May the user logged in as `login` use `reverse_path` in MAIL FROM?
+    /// Postfix's `reject_sender_login_mismatch`: only the mailbox's own
+    /// address, its `aliases`, their `+tag` forms (`recipient_delimiter`)
+    /// and the addresses in its `send_as`; the null reverse-path `<>` (a
+    /// bounce or an auto-reply) always. Everything when
+    /// `sender_login_match = no`.
+    pub fn may_send_as(&self, login: &str, reverse_path: &str) -> bool {
+        if !self.smtp.sender_login_match || reverse_path.is_empty() {
+            return true;
+        }
+        let Some(m) = self.find_login(login) else {
+            return false;
+        };
+        let folded = values::fold(reverse_path);
+        let Some((local, domain)) = folded.rsplit_once('@') else {
+            return false;
+        };
+        let base = self
+            .server
+            .recipient_delimiter
+            .and_then(|d| local.split_once(d))
+            .map(|(b, _)| b)
+            .filter(|b| !b.is_empty());
+        let owned = [Some(local), base].into_iter().flatten().any(|l| {
+            let address = format!("{l}@{domain}");
+            address == m.address
+                || (domain == m.domain && m.aliases.iter().any(|a| a == l))
+                || m.send_as.contains(&address)
+        });
+        owned
+    }
+
     /// Resolves a recipient address (any case). For a local domain: the
     /// mailbox, its aliases, `[alias]` fan-out (recursively, loops cut),
     /// the recipient delimiter (`bob+tag` -> `bob`), then catch-all, and the
@@ -537,12 +608,40 @@ impl Config {
             .domains
             .get(&domain)
             .and_then(|d| d.catch_all.as_deref());
-        let tries = [Some(local.as_str()), base, catch_all];
-        let found = tries
+        let exact = [Some(local.as_str()), base]
             .into_iter()
             .flatten()
             .find_map(|l| self.expand(&format!("{l}@{domain}")));
-        found
+        // Before the catch-all: mail to postmaster must reach a person.
+        let implicit = || {
+            let postmaster = self.server.postmaster.as_deref()?;
+            let name = base.unwrap_or(&local);
+            IMPLICIT_POSTMASTER_NAMES
+                .contains(&name)
+                .then(|| self.expand(postmaster))
+                .flatten()
+        };
+        exact
+            .or_else(implicit)
+            .or_else(|| catch_all.and_then(|l| self.expand(&format!("{l}@{domain}"))))
+    }
+
+    /// The domain of `RCPT TO:<postmaster>` without a domain (RFC 5321
+    /// 4.1.1.3): the one `[server] postmaster` is in, else the hostname if
+    /// it is local, else the first local domain.
+    pub fn postmaster_domain(&self) -> Option<String> {
+        let of_postmaster = self
+            .server
+            .postmaster
+            .as_deref()
+            .and_then(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d)
+            .filter(|d| self.domains.contains_key(*d));
+        let hostname = Some(self.server.hostname.as_str()).filter(|h| self.is_local_domain(h));
+        of_postmaster
+            .or(hostname)
+            .or_else(|| self.domains.keys().next().map(String::as_str))
+            .map(values::fold)
     }
 
     /// Exact lookup of a lower-case local address: no delimiter, no catch-all.

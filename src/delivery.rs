@@ -53,6 +53,25 @@ pub fn accept(
     tx: Transaction,
     tls: Option<String>,
 ) -> (DeliveryOutcome, Option<QueueEntry>) {
+    // Every way in checks its addresses (the SMTP parser, `sendmail`);
+    // this is the last line before they reach headers and queue files.
+    let hostile = std::iter::once(&tx.reverse_path)
+        .chain(tx.recipients.iter().map(|r| &r.address))
+        .any(|a| crate::proto::address::has_control(a));
+    if hostile {
+        info!(
+            "rejected client=[{}]: control character in an address",
+            tx.peer
+        );
+        return (
+            DeliveryOutcome::PermFail {
+                code: 553,
+                enhanced: "5.1.7",
+                text: "control character in an address".into(),
+            },
+            None,
+        );
+    }
     let now = SystemTime::now();
     let trace = TraceInfo {
         hostname: config.server.hostname.clone(),

@@ -242,6 +242,12 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
             }
             let config = load_as_user(&config_path(config))?;
             let account = rest.first().map(|a| a.to_string_lossy().into_owned());
+            if config.smartpop.is_empty() {
+                return Err(format!(
+                    "no [smartpop NAME] accounts in {}: nothing to fetch",
+                    config.path.display()
+                ));
+            }
             if let Some(name) = &account {
                 if !config.smartpop.iter().any(|a| &a.name == name) {
                     return Err(format!("no [smartpop {name}] in the config"));

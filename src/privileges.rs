@@ -22,7 +22,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::config::Config;
@@ -309,6 +309,9 @@ pub fn check_data_dir(data_dir: &Path, user: Option<&str>) -> Result<Vec<String>
             io::Error::last_os_error()
         ));
     }
+    if meta.uid() == me {
+        make_private(data_dir).map_err(|e| format!("data_dir {shown}: {e}"))?;
+    }
     if me != 0 {
         for entry in DATA_DIR_ENTRIES {
             let path = data_dir.join(entry);
@@ -325,6 +328,37 @@ pub fn check_data_dir(data_dir: &Path, user: Option<&str>) -> Result<Vec<String>
         }
     }
     Ok(warnings)
+}
+
+/// Folders of `data_dir` made at start, mode [`DATA_DIR_MODE`], so that
+/// mail, queue and SmartPop records are private whoever creates them later
+/// (`tls/` is made by `tls.rs`, also 0700).
+const PRIVATE_FOLDERS: [&str; 3] = ["mail", "queue", "smartpop"];
+
+/// `data_dir` and its folders are the mailgate user's alone (0700),
+/// whether or not `[server] user` is set: mail is private, and a umask
+/// of 022 would otherwise leave `queue/` and `smartpop/` readable by every
+/// local user. Only what the running user owns is changed; the files in
+/// them keep their own (0600) modes.
+fn make_private(data_dir: &Path) -> io::Result<()> {
+    let me = euid();
+    let tighten = |path: &Path| -> io::Result<()> {
+        let m = fs::symlink_metadata(path)?;
+        if m.is_dir() && m.uid() == me && m.mode() & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o7700))?;
+        }
+        Ok(())
+    };
+    tighten(data_dir)?;
+    for name in PRIVATE_FOLDERS {
+        let path = data_dir.join(name);
+        match DirBuilder::new().mode(DATA_DIR_MODE).create(&path) {
+            Ok(()) => crate::store::durable::fsync_parent(&path)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => tighten(&path)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]

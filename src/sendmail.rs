@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::proto::address::has_control;
 use crate::proto::smtp_server::{DeliveryOutcome, Recipient, Transaction};
 
 /// sysexits.h codes, which callers of sendmail(8) understand.
@@ -200,12 +201,43 @@ fn qualify(address: &str, config: &Config) -> String {
     format!("{address}@{domain}")
 }
 
+/// Refuses an address (or `-F` name) holding a control character: it
+/// would reach `From:`, `Return-Path:` or the queue file, where a CR or LF
+/// starts a forged line (`-f $'me@x\nBcc: y@z'`). Refused, not cleaned:
+/// a script passing such a value is broken or hostile, and guessing what
+/// it meant could send mail where nobody wanted it.
+fn no_control(what: &str, value: &str, exit_code: u8) -> Result<(), SendmailError> {
+    if has_control(value) {
+        return Err(fail(
+            exit_code,
+            format!(
+                "{what} {value:?} contains a control character (CR, LF, NUL, ...); \
+                 nothing was sent"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(), SendmailError> {
     let opts = parse_args(args)?;
+    if let Some(from) = &opts.from {
+        no_control("-f", from, EX_USAGE)?;
+    }
+    if let Some(name) = &opts.from_name {
+        no_control("-F", name, EX_USAGE)?;
+    }
+    for r in &opts.recipients {
+        no_control("recipient", r, EX_USAGE)?;
+    }
     let mut message = read_message(input, opts.ignore_dots, config.smtp.max_message_size)?;
     let mut wanted = opts.recipients.clone();
     if opts.recipients_from_headers {
-        wanted.extend(recipients_from_headers(&mut message)?);
+        for r in recipients_from_headers(&mut message)? {
+            // mailparse passes other C0 bytes (`To: a\x01b@x`) through.
+            no_control("recipient from the headers", &r, EX_DATAERR)?;
+            wanted.push(r);
+        }
     }
     if wanted.is_empty() {
         return Err(fail(EX_USAGE, "no recipients (give addresses, or -t)"));
@@ -324,6 +356,47 @@ mod tests {
         assert_eq!(o.recipients, vec!["x@y"]);
         assert!(parse_args(&args(&["-f"])).is_err());
         assert!(parse_args(&args(&["-Z"])).is_err());
+    }
+
+    #[test]
+    fn control_characters_refused() {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.ini"),
+            "[server]\nhostname = mx.example.test\ndata_dir = /nonexistent/mailgate-test\n\
+             [domain example.test]\n[mailbox bob@example.test]\n",
+        )
+        .map(|(c, _)| c);
+        let Ok(config) = config else {
+            panic!("test config")
+        };
+        let cases: &[(&[&str], &[u8], u8)] = &[
+            (
+                &[
+                    "-f",
+                    "evil@x.test\nBcc: injected@remote.test",
+                    "bob@example.test",
+                ],
+                b"x\n",
+                EX_USAGE,
+            ),
+            (&["-fevil@x.test\r", "bob@example.test"], b"x\n", EX_USAGE),
+            (&["-F", "Eve\0", "bob@example.test"], b"x\n", EX_USAGE),
+            (&["bob@example.test\nBcc: x@y.test"], b"x\n", EX_USAGE),
+            (
+                &["-t"],
+                b"To: =?utf-8?q?bob=0D=0ABcc=3A_x?= <bob@example.test>, a\x01b@example.test\n\nx\n",
+                EX_DATAERR,
+            ),
+        ];
+        for (argv, input, code) in cases {
+            match run(&config, &args(argv), &mut &input[..]) {
+                Err(e) => {
+                    assert_eq!(e.exit_code, *code, "{argv:?}: {}", e.message);
+                    assert!(e.message.contains("control character"), "{}", e.message);
+                }
+                Ok(()) => panic!("{argv:?} accepted"),
+            }
+        }
     }
 
     #[test]

@@ -232,8 +232,8 @@ fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
                 &config.server.hostname,
             )
             .map_err(|e| e.to_string());
-            let outbox_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
-                .map_err(|e| e.to_string());
+            let outbox_tls =
+                crate::tls::outbox_client_config(&config.outbox).map_err(|e| e.to_string());
             Reload::Ok {
                 warnings,
                 config: Box::new(config),

@@ -3,7 +3,8 @@
 //!
 //! Owns: the server certificate (from `[tls] cert`/`key`, or a self-signed
 //! pair made once in `data_dir/tls/`), the verifying client config for
-//! smarthosts and SmartPop (web roots plus `ca_file`), the opportunistic
+//! smarthosts and SmartPop (web roots plus `ca_file`, or for the outbox
+//! one pinned certificate: `[outbox] fingerprint`), the opportunistic
 //! client config for direct-to-MX STARTTLS, and the one-line description of
 //! a negotiated session for `Received:` lines and logs.
 //! Must not: touch sockets or drive handshakes (the connection drivers own
@@ -145,6 +146,30 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
+/// The outbox's verifying client config: with `[outbox] fingerprint`,
+/// exactly the certificate of that SHA-256 is accepted (self-signed, any
+/// name, any dates: the pin is the trust; the handshake signature must
+/// still be made with its key), else [`client_config`] with `ca_file`.
+pub fn outbox_client_config(
+    outbox: &crate::config::OutboxConfig,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let Some(pin) = &outbox.fingerprint else {
+        return client_config(outbox.ca_file.as_deref());
+    };
+    let provider = provider();
+    let verifier = Arc::new(PinnedCert {
+        fingerprint: pin.clone(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::other(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The client side for direct-to-MX STARTTLS: RFC 7435 opportunistic
 /// security. MX hosts commonly present self-signed or mismatched
 /// certificates, and the alternative is plaintext, so any certificate is
@@ -204,6 +229,57 @@ impl ServerCertVerifier for AcceptAnyCert {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Accepts one server certificate, by the SHA-256 of its DER (as
+/// [`fingerprint`] writes it); the chain, name and dates are not looked
+/// at. Signatures are checked as by the web verifier.
+#[derive(Debug)]
+struct PinnedCert {
+    fingerprint: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity.as_ref());
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate SHA256:{got} is not the pinned [outbox] fingerprint"
+            )))
+        }
     }
 
     fn verify_tls12_signature(

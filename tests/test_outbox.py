@@ -712,6 +712,8 @@ def test_flush_without_server_fails(make_server):
 
 def test_queue_empty_listing(make_server):
     server = make_server(start=False)
+    # data_dir made (as a first start makes it), queue never used: empty.
+    server.data_dir.mkdir(mode=0o700)
     out = server.run("queue")
     assert out.returncode == 0
     assert b"empty" in out.stdout.lower()

@@ -87,6 +87,14 @@ struct Builder {
     outbox_line: Option<usize>,
     /// Line of an explicit `[outbox] mode`.
     outbox_mode_line: Option<usize>,
+    /// `[outbox] mode` was given but invalid (already an error).
+    outbox_mode_invalid: bool,
+    /// Line of `[smtp] relay_networks`.
+    relay_networks_line: Option<usize>,
+    /// Line of `[server] postmaster`.
+    postmaster_line: Option<usize>,
+    /// Line of `[server]`.
+    server_line: usize,
     /// Line of each listener key set in the file (absent: default).
     listener_lines: HashMap<&'static str, usize>,
     domains: BTreeMap<String, DomainConfig>,
@@ -205,12 +213,14 @@ impl Builder {
     }
 
     fn server(&mut self, sec: &RawSection) {
+        self.server_line = sec.line;
         let mut hostname = None;
         let mut s = ServerConfig {
             hostname: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             user: None,
             recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
+            postmaster: None,
         };
         for e in self.entries(sec) {
             match e.key.as_str() {
@@ -225,6 +235,14 @@ impl Builder {
                     if let Some(d) = self.value(e, delimiter) {
                         s.recipient_delimiter = d;
                     }
+                }
+                "postmaster" if e.value.is_empty() => s.postmaster = None,
+                "postmaster" => {
+                    s.postmaster = self.value(e, |v| values::address(v, true));
+                    if let Some(a) = &s.postmaster {
+                        self.refer(e, std::slice::from_ref(a), "postmaster");
+                    }
+                    self.postmaster_line = Some(e.line);
                 }
                 _ => self.unknown_key(sec, e),
             }
@@ -261,6 +279,7 @@ impl Builder {
                     set(&mut c.max_connections_per_ip, self.value(e, values::count))
                 }
                 "relay_networks" => {
+                    self.relay_networks_line = Some(e.line);
                     if let Some(nets) = self.value(e, values::cidr_list) {
                         if let Some(open) = nets.iter().find(|n| n.prefix == 0) {
                             self.warn(e.line, format!("relay_networks includes {open}: anyone there may relay (open relay)"));
@@ -277,6 +296,9 @@ impl Builder {
                 "greylist" => set(&mut c.greylist, self.value(e, values::boolean)),
                 "greylist_delay" => set(&mut c.greylist_delay, self.value(e, values::duration)),
                 "dmarc" => set(&mut c.dmarc, self.value(e, values::dmarc_action)),
+                "sender_login_match" => {
+                    set(&mut c.sender_login_match, self.value(e, values::boolean))
+                }
                 _ => self.unknown_key(sec, e),
             }
         }
@@ -323,18 +345,31 @@ impl Builder {
     fn outbox(&mut self, sec: &RawSection) {
         self.outbox_line = Some(sec.line);
         let mut host = None;
+        let mut fingerprint_line = None;
         let mut o = std::mem::take(&mut self.outbox);
         for e in self.entries(sec) {
             match e.key.as_str() {
                 "mode" => {
-                    self.outbox_mode_line = Some(e.line);
-                    set(&mut o.mode, self.value(e, values::outbox_mode));
+                    // An invalid mode is an error of its own; no warning
+                    // about the smarthost it then does not configure.
+                    let mode = self.value(e, values::outbox_mode);
+                    if mode.is_some() {
+                        self.outbox_mode_line = Some(e.line);
+                    } else {
+                        self.outbox_mode_invalid = true;
+                    }
+                    set(&mut o.mode, mode);
                 }
                 "host" => host = Some(e),
                 "tls" => set(&mut o.tls, self.value(e, values::tls_mode)),
                 "username" => o.username = optional(&e.value),
                 "password" => o.password = optional(&e.value),
                 "ca_file" => o.ca_file = optional_path(&e.value),
+                "fingerprint" if e.value.is_empty() => o.fingerprint = None,
+                "fingerprint" => {
+                    o.fingerprint = self.value(e, values::sha256_fingerprint);
+                    fingerprint_line = Some(e.line);
+                }
                 "retry" => set(&mut o.retry, self.value(e, values::duration_list)),
                 "give_up_after" => set(&mut o.give_up_after, self.value(e, values::duration)),
                 "nameserver" => {
@@ -358,6 +393,24 @@ impl Builder {
             if o.mode == OutboxMode::Direct && !o.hosts.is_empty() {
                 self.warn(e.line, "[outbox] host is ignored in direct mode".into());
                 o.hosts.clear();
+            }
+        }
+        if let Some(line) = fingerprint_line.filter(|_| o.fingerprint.is_some()) {
+            if o.tls == TlsMode::None {
+                self.warn(
+                    line,
+                    "[outbox] fingerprint is not used with tls = none".into(),
+                );
+            } else if o.mode == OutboxMode::Direct {
+                self.warn(
+                    line,
+                    "[outbox] fingerprint is not used in direct mode".into(),
+                );
+            } else if o.ca_file.is_some() {
+                self.warn(
+                    line,
+                    "[outbox] fingerprint pins the certificate; ca_file is not used".into(),
+                );
             }
         }
         if o.username.is_some() != o.password.is_some() {
@@ -428,6 +481,7 @@ impl Builder {
             aliases: Vec::new(),
             forward: Vec::new(),
             quota: None,
+            send_as: Vec::new(),
             line: sec.line,
         };
         self.defs
@@ -448,6 +502,11 @@ impl Builder {
                         .value(e, |v| values::list(v, |a| values::address(a, false)))
                         .unwrap_or_default();
                     self.refer(e, &m.forward, "forward");
+                }
+                "send_as" => {
+                    m.send_as = self
+                        .value(e, |v| values::list(v, |a| values::address(a, false)))
+                        .unwrap_or_default();
                 }
                 "quota" if e.value.is_empty() => m.quota = None,
                 "quota" => m.quota = self.value(e, values::size),
@@ -619,13 +678,14 @@ impl Builder {
             self.err(0, "missing [server] section (hostname is required)".into());
         }
         self.check_listeners();
-        let config = Config {
+        let mut config = Config {
             path: path.to_path_buf(),
             server: server.unwrap_or(ServerConfig {
                 hostname: String::new(),
                 data_dir: PathBuf::from(DEFAULT_DATA_DIR),
                 user: None,
                 recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
+                postmaster: None,
             }),
             smtp: self.smtp.clone(),
             pop3: self.pop3.clone(),
@@ -636,10 +696,52 @@ impl Builder {
             resolver: self.outbox.nameserver,
             outbox: self.outbox.clone(),
             smartpop: std::mem::take(&mut self.smartpop),
+            login_dummy: String::new(),
         };
+        config.login_dummy = crate::auth::dummy_like(
+            config
+                .mailboxes
+                .values()
+                .filter_map(|m| m.password.as_deref()),
+        );
         self.check_addresses(&config);
         self.check_outbox(&config);
+        self.check_postmaster(&config);
         config
+    }
+
+    /// RFC 5321 4.5.1: every domain must take mail for postmaster. Warn
+    /// when some local domain would refuse it: no `[server] postmaster`,
+    /// no postmaster of its own, no catch-all.
+    fn check_postmaster(&mut self, c: &Config) {
+        if c.server.postmaster.is_some() {
+            if let Some(p) = &c.server.postmaster {
+                let remote = p
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| !c.domains.contains_key(d));
+                if remote {
+                    let line = self.postmaster_line.unwrap_or(self.server_line);
+                    self.err(line, format!("postmaster {p} is not in a local domain"));
+                }
+            }
+            return;
+        }
+        let refused: Vec<&str> = c
+            .domains
+            .values()
+            .filter(|d| d.catch_all.is_none() && !c.defines(&format!("postmaster@{}", d.name)))
+            .map(|d| d.name.as_str())
+            .collect();
+        if !refused.is_empty() {
+            self.warn(
+                self.server_line,
+                format!(
+                    "[server] postmaster is not set: mail to postmaster@ (RFC 5321 4.5.1), \
+                     root@ and abuse@ {} is refused; set postmaster = a mailbox of yours",
+                    refused.join(", ")
+                ),
+            );
+        }
     }
 
     /// One socket, one listener: a second bind would fail at start anyway;
@@ -654,8 +756,13 @@ impl Builder {
         ];
         let mut used: HashMap<SocketAddr, &'static str> = HashMap::new();
         let mut clashes = Vec::new();
+        let mut repeated = Vec::new();
         for (key, addrs) in lists {
-            for a in addrs {
+            for (i, a) in addrs.iter().enumerate() {
+                if addrs.get(..i).is_some_and(|before| before.contains(a)) {
+                    repeated.push((*a, key));
+                    continue;
+                }
                 match used.get(a) {
                     Some(other) if *other != key => clashes.push((*a, *other, key)),
                     _ => {
@@ -663,6 +770,13 @@ impl Builder {
                     }
                 }
             }
+        }
+        for (addr, key) in repeated {
+            let line = self.listener_lines.get(key).copied().unwrap_or(0);
+            self.warn(
+                line,
+                format!("{addr} is given twice in {key}; listening once"),
+            );
         }
         for (addr, first, second) in clashes {
             let l1 = self.listener_lines.get(first).copied().unwrap_or(0);
@@ -782,12 +896,24 @@ impl Builder {
     }
 
     /// Warns when mail for other domains could be queued with nowhere to go:
-    /// `mode = smarthost` written out, or a forward / alias member that is
-    /// sure to relay. A pure local install (no such key) needs no outbox.
+    /// `mode = smarthost` written out, a forward / alias member that is
+    /// sure to relay, or a way for a client to relay (`relay_networks`, or
+    /// a login on a submission listener). A pure local install (no such
+    /// key, `relay_networks =` empty, no submission login) needs no outbox.
     fn check_outbox(&mut self, c: &Config) {
-        if c.outbox.mode != OutboxMode::Smarthost || !c.outbox.hosts.is_empty() {
+        if self.outbox_mode_invalid
+            || c.outbox.mode != OutboxMode::Smarthost
+            || !c.outbox.hosts.is_empty()
+        {
             return;
         }
+        let submission = !c.smtp.submission.is_empty() || !c.smtp.smtps.is_empty();
+        let login = c.mailboxes.values().any(|m| m.password.is_some());
+        // relay_networks as written: the loopback default alone (cron on
+        // the box itself) does not make a mail server of a local install.
+        let relay_networks =
+            self.relay_networks_line.is_some() && !c.smtp.relay_networks.is_empty();
+        let clients_relay = relay_networks || (submission && login);
         let relays_for_sure = c
             .mailboxes
             .values()
@@ -797,10 +923,12 @@ impl Builder {
                 let d = a.rsplit_once('@').map_or("", |(_, d)| d);
                 !c.domains.contains_key(d)
             });
-        if self.outbox_mode_line.is_some() || relays_for_sure {
+        if self.outbox_mode_line.is_some() || relays_for_sure || clients_relay {
             self.warn(
                 self.outbox_mode_line.or(self.outbox_line).unwrap_or(0),
-                "[outbox] mode = smarthost but no host: mail for other domains stays queued".into(),
+                "[outbox] mode = smarthost but no host: mail for other domains (from relay_networks, \
+                 logged-in users, forwards) is accepted and stays queued; set host, or mode = direct"
+                    .into(),
             );
         }
     }

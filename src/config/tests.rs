@@ -63,6 +63,7 @@ hostname = Mail.Example.TEST
 data_dir = /srv/mail
 user = mail
 recipient_delimiter = -
+postmaster = Alice@example.test
 
 [smtp]
 listen = 0.0.0.0:25, [::]:25
@@ -143,6 +144,25 @@ fn every_key_happy_path() {
     assert_eq!(c.path, PathBuf::from("t.ini"));
     assert_eq!(c.server.hostname, "mail.example.test");
     assert_eq!(c.server.data_dir, PathBuf::from("/srv/mail"));
+    assert_eq!(c.server.postmaster.as_deref(), Some("alice@example.test"));
+    // RFC 5321 4.5.1: every domain's postmaster (and root, abuse) reaches
+    // [server] postmaster; bob's explicit alias Postmaster still wins.
+    let local = |a: &str| c.resolve(a).map(|r| r.local);
+    assert_eq!(
+        local("postmaster@example.test"),
+        Some(vec!["bob@example.test".into()])
+    );
+    for a in [
+        "postmaster@other.test",
+        "ROOT@Other.Test",
+        "abuse@other.test",
+        "root-cron@other.test",
+        "root@example.test",
+    ] {
+        assert_eq!(local(a), Some(vec!["alice@example.test".into()]), "{a}");
+    }
+    assert_eq!(local("nobody@other.test"), None);
+    assert_eq!(c.postmaster_domain().as_deref(), Some("example.test"));
     assert_eq!(c.server.user.as_deref(), Some("mail"));
     assert_eq!(c.server.recipient_delimiter, Some('-'));
 
@@ -174,14 +194,14 @@ fn every_key_happy_path() {
     let d = &c.domains["example.test"];
     assert_eq!(
         (d.name.as_str(), d.catch_all.as_deref(), d.line),
-        ("example.test", Some("bob"), 28)
+        ("example.test", Some("bob"), 29)
     );
     assert_eq!(c.domains["other.test"].catch_all, None);
 
     let bob = &c.mailboxes["bob@example.test"];
     assert_eq!(
         (bob.local.as_str(), bob.domain.as_str(), bob.line),
-        ("bob", "example.test", 33)
+        ("bob", "example.test", 34)
     );
     assert_eq!(bob.password, Some(hash()));
     assert_eq!(bob.aliases, ["robert", "postmaster"]);
@@ -206,7 +226,7 @@ fn every_key_happy_path() {
             "gran@elsewhere.example"
         ]
     );
-    assert_eq!(fam.line, 44);
+    assert_eq!(fam.line, 45);
 
     let o = &c.outbox;
     assert_eq!(o.mode, OutboxMode::Smarthost);
@@ -229,7 +249,7 @@ fn every_key_happy_path() {
 
     assert_eq!(c.smartpop.len(), 2);
     let p = &c.smartpop[0];
-    assert_eq!((p.name.as_str(), p.line), ("isp-bob", 58));
+    assert_eq!((p.name.as_str(), p.line), ("isp-bob", 59));
     assert_eq!(p.host, hp("pop.isp.example", 110));
     assert_eq!(p.tls, TlsMode::StartTls);
     assert_eq!(
@@ -322,6 +342,10 @@ fn values_keep_every_character() {
         Some("{PLAIN}a;b#c \\ \"q\"")
     );
     assert_eq!(c.outbox.password.as_deref(), Some("a;b#c"));
+    let w: Vec<_> = w
+        .into_iter()
+        .filter(|d| !d.message.contains("postmaster is not set"))
+        .collect();
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].severity, Severity::Warning);
     assert_eq!(w[0].line, 5);
@@ -472,7 +496,10 @@ fn all_problems_are_collected_in_line_order() {
 #[test]
 fn warnings() {
     let cases: &[(&str, usize, &str)] = &[
-        ("[outbox]\nmode = smarthost\n", 4, "[outbox] mode = smarthost but no host: mail for other domains stays queued"),
+        ("[outbox]\nmode = smarthost\n", 4, "[outbox] mode = smarthost but no host: mail for other domains (from relay_networks, logged-in users, forwards) is accepted and stays queued"),
+        ("[smtp]\nrelay_networks = 192.168.1.0/24\n", 0, "mode = smarthost but no host"),
+        ("[domain d.test]\n[mailbox b@d.test]\npassword = {PLAIN}x\n", 0, "mode = smarthost but no host"),
+        ("[smtp]\nlisten = 127.0.0.1:25, 127.0.0.1:25\n", 4, "127.0.0.1:25 is given twice in smtp listen; listening once"),
         ("[outbox]\n[domain d.test]\n[alias a@d.test]\nto = x@far.example\n", 3, "mode = smarthost but no host"),
         ("[domain d.test]\n[mailbox b@d.test]\nforward = x@far.example\n", 0, "mode = smarthost but no host"),
         ("[outbox]\nmode = direct\nhost = h.example\n", 5, "[outbox] host is ignored in direct mode"),
@@ -490,11 +517,44 @@ fn warnings() {
             "want line {line}: {want:?}\ngot {w:#?}"
         );
     }
-    // A pure local install needs no outbox: no warning.
+    // An invalid mode is one error, without a smarthost warning after it.
+    let d = parse(&format!("{BASE}[outbox]\nmode = smarthots\n")).unwrap_err();
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(d[0].message.starts_with("invalid mode"), "{d:#?}");
+    // No login on a submission listener, no relay_networks written: none.
     let (_, w) = ok(&format!(
-        "{BASE}[domain d.test]\n[mailbox b@d.test]\n[outbox]\n"
+        "{BASE}[smtp]\nsubmission =\nsmtps =\n[domain d.test]\n[mailbox b@d.test]\naliases = postmaster\npassword = {}\n",
+        hash()
     ));
     assert_eq!(w, vec![]);
+    // A pure local install needs no outbox: no warning.
+    let (_, w) = ok(&format!(
+        "{BASE}[domain d.test]\n[mailbox b@d.test]\naliases = postmaster\n[outbox]\n"
+    ));
+    assert_eq!(w, vec![]);
+    // RFC 5321 4.5.1: a domain that would refuse postmaster@ is named.
+    let (_, w) = ok(&format!(
+        "{BASE}[domain d.test]\n[mailbox b@d.test]\n[domain e.test]\ncatch_all = c\n[mailbox c@e.test]\n"
+    ));
+    assert!(
+        w.iter()
+            .any(|d| d.message.contains("[server] postmaster is not set")
+                && d.message.contains("d.test")
+                && !d.message.contains("e.test")),
+        "{w:#?}"
+    );
+    let (_, w) = ok(&format!(
+        "{BASE}postmaster = b@d.test\n[domain d.test]\n[mailbox b@d.test]\n"
+    ));
+    assert_eq!(w, vec![]);
+    assert!(parse(&format!(
+        "{BASE}postmaster = b@far.test\n[domain d.test]\n[mailbox b@d.test]\n"
+    ))
+    .is_err());
+    assert!(parse(&format!(
+        "{BASE}postmaster = x@d.test\n[domain d.test]\n[mailbox b@d.test]\n"
+    ))
+    .is_err());
     let (c, _) = ok(&format!(
         "{BASE}[outbox]\nmode = direct\nhost = h.example\n"
     ));
@@ -617,7 +677,14 @@ fn shipped_config_parses_without_warnings() {
         Ok(c) => c,
         Err(d) => panic!("etc/mailgate.ini: {d:#?}"),
     };
-    assert!(warnings.is_empty(), "{warnings:#?}");
+    // The development config has logins on submission and no smarthost:
+    // only that is pointed out.
+    assert!(
+        warnings.iter().all(|w| w
+            .message
+            .starts_with("[outbox] mode = smarthost but no host")),
+        "{warnings:#?}"
+    );
     assert_eq!(c.server.data_dir, PathBuf::from("./data"));
     assert_eq!(c.smtp.listen, vec![sa("127.0.0.1:2525")]);
     assert_eq!(c.smtp.submission, vec![sa("127.0.0.1:2587")]);
@@ -949,4 +1016,39 @@ fn mail_authentication_keys() {
         assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
         assert_eq!(errs[0].0, 4, "{bad}: {errs:?}");
     }
+}
+
+#[test]
+fn sender_login_match() {
+    let text = format!(
+        "{BASE}[domain d.test]\n[domain e.test]\n[mailbox bob@d.test]\naliases = robert\n\
+         send_as = Family@d.test, bob@far.example\n[mailbox alice@d.test]\n[mailbox carol@e.test]\n"
+    );
+    let (c, _) = ok(&text);
+    let table: &[(&str, &str, bool)] = &[
+        ("bob@d.test", "bob@d.test", true),
+        ("bob@d.test", "BOB@D.Test", true),
+        ("bob", "bob@d.test", true),
+        ("bob@d.test", "bob+lists@d.test", true),
+        ("bob@d.test", "robert@d.test", true),
+        ("bob@d.test", "robert+x@d.test", true),
+        ("bob@d.test", "family@d.test", true),
+        ("bob@d.test", "bob@far.example", true),
+        ("bob@d.test", "", true),
+        ("bob@d.test", "alice@d.test", false),
+        ("bob@d.test", "robert@e.test", false),
+        ("bob@d.test", "bob@e.test", false),
+        ("bob@d.test", "+bob@d.test", false),
+        ("bob@d.test", "evil@far.example", false),
+        ("alice@d.test", "bob@d.test", false),
+        ("nobody@d.test", "nobody@d.test", false),
+    ];
+    for (login, from, want) in table {
+        assert_eq!(c.may_send_as(login, from), *want, "{login} as {from:?}");
+    }
+    let (c, _) = ok(&format!(
+        "{BASE}[smtp]\nsender_login_match = no\n{}",
+        &text[BASE.len()..]
+    ));
+    assert!(c.may_send_as("bob@d.test", "alice@d.test"));
 }

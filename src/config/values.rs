@@ -397,6 +397,33 @@ pub fn fold(s: &str) -> String {
     s.to_lowercase()
 }
 
+/// `SHA256:AB:CD:…` (64 hex digits, colons optional, any case; also
+/// openssl's `sha256 Fingerprint=AB:CD:…`), as upper-case pairs joined by
+/// colons, the form `tls::fingerprint` makes.
+pub fn sha256_fingerprint(v: &str) -> Parsed<String> {
+    let v = v.trim();
+    let hex = ["sha256 fingerprint=", "sha256:"]
+        .iter()
+        .find_map(|p| {
+            v.get(..p.len())
+                .filter(|h| h.eq_ignore_ascii_case(p))
+                .and_then(|_| v.get(p.len()..))
+        })
+        .unwrap_or(v);
+    let digits: String = hex.chars().filter(|&c| c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(
+            "expected SHA256: and 64 hex digits, as `openssl x509 -noout -fingerprint -sha256` prints"
+                .into(),
+        );
+    }
+    let upper = digits.to_ascii_uppercase();
+    let pairs: Vec<&str> = (0..32)
+        .filter_map(|i| upper.get(2 * i..2 * i + 2))
+        .collect();
+    Ok(pairs.join(":"))
+}
+
 /// What a `password` value is, by its scheme prefix.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PasswordScheme {
@@ -767,6 +794,28 @@ mod tests {
             Ok(PasswordScheme::Sha512Crypt)
         );
         assert_eq!(password("{PLAIN}a;b#c"), Ok(PasswordScheme::Plain));
+        let want = format!("AB:{}", "0F:".repeat(30) + "12");
+        for ok in [
+            format!("SHA256:{want}"),
+            format!("sha256:{}", want.to_lowercase()),
+            format!("sha256 Fingerprint={want}"),
+            want.replace(':', ""),
+        ] {
+            assert_eq!(
+                sha256_fingerprint(&ok).as_deref(),
+                Ok(want.as_str()),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "",
+            "SHA256:",
+            "SHA256:AB",
+            &format!("SHA256:{want}:00"),
+            &format!("{}ZZ", &want[..want.len() - 2]),
+        ] {
+            assert!(sha256_fingerprint(bad).is_err(), "{bad}");
+        }
         assert_eq!(password("{PLAIN}"), Ok(PasswordScheme::Plain));
         let bad = [
             "secret".to_string(),

@@ -128,15 +128,10 @@ impl IdleClock {
 
 /// Checks a login (full address, or a bare local part naming one mailbox);
 /// runs on a worker. An unknown user costs the same hash work as a known
-/// one, so the answer time does not reveal which users exist.
+/// one (`Config::login_dummy`), so the answer time does not reveal which
+/// users exist.
 pub fn check_login(config: &crate::config::Config, user: &str, password: &str) -> bool {
-    match config.find_login(user).and_then(|m| m.password.as_deref()) {
-        Some(stored) => crate::auth::verify(stored, password),
-        None => {
-            crate::auth::verify(crate::auth::DUMMY_HASH, password);
-            false
-        }
-    }
+    config.check_login(user, password)
 }
 
 #[cfg(test)]

@@ -32,6 +32,12 @@ impl Recipients for Config {
     fn resolve(&self, address: &str) -> Option<Resolution> {
         Config::resolve(self, address)
     }
+    fn postmaster_domain(&self) -> Option<String> {
+        Config::postmaster_domain(self)
+    }
+    fn may_send_as(&self, login: &str, reverse_path: &str) -> bool {
+        Config::may_send_as(self, login, reverse_path)
+    }
 }
 
 /// The SMTP core with the config it resolves recipients against (the

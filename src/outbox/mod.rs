@@ -23,6 +23,15 @@ pub use crate::store::unix_secs;
 
 /// `mailgate queue`: the listing, read from the files (no server needed).
 pub fn listing(config: &Config) -> Result<String, String> {
+    let data_dir = &config.server.data_dir;
+    // "Outbox is empty" would hide a wrong data_dir (or a server that
+    // never ran): say what is missing instead.
+    if !data_dir.is_dir() {
+        return Err(format!(
+            "data_dir {} does not exist (no server has run with this config yet?)",
+            data_dir.display()
+        ));
+    }
     let loaded = queue::Queue::at(&config.server.data_dir).load_all();
     for p in &loaded.problems {
         eprintln!("warning: {p}");

@@ -90,8 +90,8 @@ impl Outbox {
         if !loaded.entries.is_empty() {
             info!("outbox: {} message(s) queued", loaded.entries.len());
         }
-        let verified_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
-            .map_err(|e| e.to_string())?;
+        let verified_tls =
+            crate::tls::outbox_client_config(&config.outbox).map_err(|e| e.to_string())?;
         let now = Instant::now();
         Ok(Outbox {
             known: loaded
@@ -397,6 +397,7 @@ pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> 
             match &r.outcome {
                 Outcome::Delivered { .. } => state.state = RcptState::Delivered,
                 Outcome::Permanent { reply, enhanced } => {
+                    state.attempts += 1;
                     state.state = RcptState::Failed;
                     state.last_error = reply.clone();
                     failed.push(FailedRecipient {

@@ -93,6 +93,16 @@ impl AddrError {
 ///
 /// Source routes (`<@a,@b:user@d>`) are accepted and stripped, as
 /// RFC 5321 4.1.1.3 and appendix C allow ("SHOULD ignore").
+/// Does `s` hold a control character (C0 such as CR, LF, NUL, TAB; DEL;
+/// C1)? No address that reaches a header may: a CR or LF would end the
+/// header line and start a forged one (`Bcc:` injection), a NUL ends C
+/// strings in other programs. The SMTP parser never lets one through
+/// (`is_atext`, quoted strings are printable only); other ways in
+/// (`sendmail` arguments and headers) check with this.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 pub fn parse_path(input: &str) -> Result<(Path, &str), AddrError> {
     let rest = input
         .strip_prefix('<')
@@ -330,6 +340,24 @@ mod tests {
     }
 
     #[test]
+    fn control_characters() {
+        for bad in [
+            "a\rb",
+            "a\nb",
+            "\0",
+            "a\tb",
+            "\x7f",
+            "\u{85}",
+            "evil@x.test\nBcc: y@z",
+        ] {
+            assert!(has_control(bad), "{bad:?}");
+        }
+        for good in ["", "bob@example.test", "héllo@exämple.test", "a b"] {
+            assert!(!has_control(good), "{good:?}");
+        }
+    }
+
+    #[test]
     fn refused_paths() {
         use AddrError::*;
         let long_local = format!("<{}@x.test>", "a".repeat(65));
@@ -358,6 +386,12 @@ mod tests {
             ("<b\0ob@example.test>", "Syntax"),
             ("<b\tob@example.test>", "Syntax"),
             ("<bob@exa\x01mple.test>", "Syntax"),
+            // CR, LF and C1 controls, in either part (header injection).
+            ("<b\rob@example.test>", "Syntax"),
+            ("<bob@example.test\n>", "Syntax"),
+            ("<\"b\nBcc: x\"@example.test>", "Syntax"),
+            ("<b\u{85}ob@example.test>", "Syntax"),
+            ("<bob@ex\u{85}ample.test>", "Syntax"),
             ("<\"b\x7fob\"@example.test>", "Syntax"),
             ("<\"bob@example.test>", "Syntax"),
             ("<\"\"@example.test>", "Syntax"),

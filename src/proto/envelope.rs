@@ -30,8 +30,9 @@ pub struct Transaction {
     /// `""` for the null reverse-path `<>`.
     pub reverse_path: String,
     pub recipients: Vec<Recipient>,
-    /// The message: lines end in CRLF, dot-unstuffed (DATA) or raw
-    /// (BDAT), without the terminator.
+    /// The message: lines end in CRLF (bare CR and bare LF made CRLF,
+    /// for DATA and BDAT alike), dot-unstuffed (DATA), without the
+    /// terminator.
     pub data: Vec<u8>,
     pub helo: String,
     pub peer: IpAddr,

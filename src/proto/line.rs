@@ -12,7 +12,10 @@
 //!   unstuffing at the start of real (CRLF-ended) lines; a bare LF or a
 //!   bare CR is normalised to CRLF but never ends the data (the SMTP
 //!   smuggling fix, as Postfix 3.9 `smtpd_forbid_bare_newline = normalize`);
-//! - BDAT chunks (RFC 3030): exactly N octets, binary-safe, untouched;
+//! - BDAT chunks (RFC 3030): exactly N octets, binary-safe, untouched
+//!   while read; the whole message then gets the same line-end
+//!   normalisation as DATA ([`normalize_line_ends`]), so both are stored
+//!   alike;
 //! - the message size limit: body bytes past it are counted and dropped.
 //!
 //! Must not: interpret commands or reply; the session decides what a
@@ -85,6 +88,37 @@ impl Body {
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.data)
     }
+}
+
+/// A BDAT message (all chunks together) with DATA's line-end rules: CRLF
+/// stays, a bare CR and a bare LF each become CRLF. Done on the whole
+/// message, not per chunk, so a CRLF split across two chunks stays one.
+pub fn normalize_line_ends(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64);
+    let mut i = 0;
+    while let Some(&b) = data.get(i) {
+        match b {
+            CR => {
+                out.extend_from_slice(b"\r\n");
+                // CR LF is one line end; a bare CR is one of its own.
+                i += if data.get(i + 1) == Some(&LF) { 2 } else { 1 };
+            }
+            LF => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            _ => {
+                let rest = data.get(i..).unwrap_or_default();
+                let run = rest
+                    .iter()
+                    .position(|&c| c == CR || c == LF)
+                    .unwrap_or(rest.len());
+                out.extend_from_slice(rest.get(..run).unwrap_or_default());
+                i += run;
+            }
+        }
+    }
+    out
 }
 
 /// Where in the CRLF "." CRLF search the DATA reader is.
@@ -358,6 +392,33 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bdat_line_ends_match_data() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b"a\r\nb\r\n", b"a\r\nb\r\n"),
+            (b"bare\rCR\r\n", b"bare\r\nCR\r\n"),
+            (b"bare\nLF\n", b"bare\r\nLF\r\n"),
+            (b"\r\r\n", b"\r\n\r\n"),
+            (b"\n\r", b"\r\n\r\n"),
+            (b"ends in CR\r", b"ends in CR\r\n"),
+            (b"no end", b"no end"),
+            (b"\0\xff\r\n", b"\0\xff\r\n"),
+        ];
+        for (input, want) in table {
+            assert_eq!(normalize_line_ends(input), *want, "{input:?}");
+            // The DATA reader stores the same bytes (its body before the
+            // terminator), so DATA and BDAT agree.
+            if input.ends_with(b"\r\n") {
+                let mut wire = input.to_vec();
+                wire.extend_from_slice(b".\r\n");
+                let (body, _, ended) = data(&wire, 7);
+                assert!(ended);
+                assert_eq!(body, *want, "DATA {input:?}");
+            }
+        }
+    }
 
     /// Feeds `input` in pieces of `step` bytes in command mode; returns
     /// the frames.

@@ -35,7 +35,7 @@ use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
 pub use super::envelope::{DeliveryOutcome, Recipient, Resolution, Transaction};
-use super::line::{Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
+use super::line::{normalize_line_ends, Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use super::sasl::{self, PlainError};
 
 /// Replies of 5xx to commands before the session is closed with 421
@@ -99,6 +99,13 @@ pub trait Recipients {
     /// the server's hostname is used if it is a local domain.
     fn postmaster_domain(&self) -> Option<String> {
         None
+    }
+    /// May the client logged in as `login` use `reverse_path` (`""` for
+    /// `<>`) in MAIL FROM (Postfix's `reject_sender_login_mismatch`)?
+    /// Asked only after AUTH.
+    fn may_send_as(&self, login: &str, reverse_path: &str) -> bool {
+        let _ = (login, reverse_path);
+        true
     }
 }
 
@@ -729,7 +736,7 @@ impl SmtpSession {
         match verb.as_slice() {
             b"EHLO" => self.hello(args, true),
             b"HELO" => self.hello(args, false),
-            b"MAIL" => self.mail(args),
+            b"MAIL" => self.mail(args, rcpts),
             b"RCPT" => self.rcpt(args, rcpts),
             b"DATA" => self.data(args),
             b"BDAT" => self.bdat(args, events),
@@ -828,7 +835,7 @@ impl SmtpSession {
     }
 
     /// MAIL FROM:<reverse-path> [params] (RFC 5321 4.1.1.2).
-    fn mail(&mut self, args: &str) -> Handled {
+    fn mail(&mut self, args: &str, rcpts: &dyn Recipients) -> Handled {
         if self.helo.is_none() {
             return Err(bad_sequence("send HELO/EHLO first"));
         }
@@ -883,6 +890,19 @@ impl SmtpSession {
                 m.address()
             }
         };
+        if let Some(login) = &self.auth_user {
+            if !rcpts.may_send_as(login, &reverse_path) {
+                // Postfix's reply for reject_sender_login_mismatch.
+                return Err(Reply::new(
+                    553,
+                    "5.7.1",
+                    format!(
+                        "<{reverse_path}>: Sender address rejected: not owned by user {}",
+                        sanitize(login)
+                    ),
+                ));
+            }
+        }
         self.envelope = Some(Envelope {
             reverse_path,
             recipients: Vec::new(),
@@ -1086,10 +1106,15 @@ impl SmtpSession {
             // RFC 5321 4.5.3.1.10 / RFC 1870.
             return Some(Reply::new(552, "5.3.4", "Error: message too big").uncounted());
         }
+        let mut data = self.body.take();
+        if env.chunking {
+            // BDAT octets arrive untouched; store them as DATA's are.
+            data = normalize_line_ends(&data);
+        }
         let transaction = Transaction {
             reverse_path: env.reverse_path,
             recipients: env.recipients,
-            data: self.body.take(),
+            data,
             helo: self.helo.clone().unwrap_or_default(),
             peer: self.params.peer,
             protocol: self.protocol(),
@@ -1784,7 +1809,8 @@ mod tests {
                 "two chunks",
                 format!("{MAIL_RCPT}BDAT 5\r\nhel\nlBDAT 3 LAST\r\n.\r\nQUIT\r\n"),
                 vec!["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 5 octets received", "250 2.0.0 Ok: queued as Q1", "221 2.0.0 mx.example.test closing connection"],
-                vec![b"hel\nl.\r\n"],
+                // The bare LF becomes CRLF, as in DATA.
+                vec![b"hel\r\nl.\r\n"],
             ),
             (
                 "bdat 0 last",

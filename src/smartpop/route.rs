@@ -276,6 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_never_route() {
+        // A catch-all resolver: it would take anything, so only the
+        // address filter keeps a control character out of `Delivered-To:`.
+        let seen = std::cell::RefCell::new(Vec::new());
+        let any = |a: &str| {
+            seen.borrow_mut().push(a.to_string());
+            a.ends_with("@example.test").then(|| vec![a.to_string()])
+        };
+        let msg = b"Delivered-To: bob\x01@example.test\r\nX-Original-To: bob\0@example.test\r\n\
+            Envelope-To: bob\x7f@example.test\r\nTo: alice@example.test\r\n\r\n";
+        let want = Route::Routed {
+            mailboxes: vec!["alice@example.test".into()],
+            by: "To/Cc",
+        };
+        assert_eq!(route(msg, &any), want);
+        assert!(
+            seen.borrow()
+                .iter()
+                .all(|a| !a.chars().any(char::is_control)),
+            "{:?}",
+            seen.borrow()
+        );
+    }
+
+    #[test]
     fn junk_never_panics() {
         let mut junk: Vec<Vec<u8>> = vec![
             b"To: \xff\xfe\x00\x01@\x80\r\n\r\n".to_vec(),

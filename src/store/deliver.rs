@@ -308,6 +308,29 @@ pub fn deliver_local_with(
     let now = SystemTime::now();
     let (body_s, body_w) = maildir::lf_sizes(&[req.message]);
 
+    // Quota'd mailboxes are locked from their usage check until their copy
+    // is published (Maildir::lock_quota), in name order so that two
+    // transactions for the same mailboxes cannot deadlock.
+    let mut quota_boxes: Vec<&str> = req
+        .recipients
+        .iter()
+        .filter(|r| r.quota.is_some())
+        .map(|r| r.mailbox.as_str())
+        .collect();
+    quota_boxes.sort_unstable();
+    quota_boxes.dedup();
+    let mut _quota_locks = Vec::with_capacity(quota_boxes.len());
+    for mailbox in quota_boxes {
+        let md = Maildir::for_mailbox(data_dir, mailbox).map_err(|e| {
+            log::error!("refusing delivery to {mailbox:?}: {e}");
+            DeliveryError::bad_mailbox()
+        })?;
+        _quota_locks.push(md.lock_quota().map_err(|e| {
+            log::error!("quota lock of {}: {e}", md.root().display());
+            DeliveryError::from_io(&e)
+        })?);
+    }
+
     // Prepare every copy (names, sizes, quota) before writing anything.
     let mut copies = Vec::with_capacity(req.recipients.len());
     let mut headers = Vec::with_capacity(req.recipients.len());
@@ -584,6 +607,42 @@ mod tests {
         assert_eq!(deliver_local(t.path(), &r).unwrap_err().enhanced(), "4.2.2");
         let alice = Maildir::for_mailbox(t.path(), "alice@example.test").unwrap();
         assert_eq!(files(&alice.new_dir()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn quota_holds_under_concurrency() {
+        let t = TempDir::new("deliver-quota-race");
+        let mut big = b"Subject: big\r\n\r\n".to_vec();
+        while big.len() < 60_000 {
+            big.extend_from_slice(&[b'x'; 99]);
+            big.extend_from_slice(b"\r\n");
+        }
+        let quota = 100 * 1024;
+        let barrier = std::sync::Barrier::new(6);
+        let results: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    scope.spawn(|| {
+                        // Also the other order for a second mailbox: no deadlock.
+                        let r = req(
+                            vec![
+                                rcpt("bob@example.test", Some(quota)),
+                                rcpt("alice@example.test", Some(quota)),
+                            ],
+                            &big,
+                        );
+                        barrier.wait();
+                        deliver_local(t.path(), &r).is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+        for mb in ["bob@example.test", "alice@example.test"] {
+            let md = Maildir::for_mailbox(t.path(), mb).unwrap();
+            assert!(md.usage().unwrap() <= quota);
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Owns: the path of a mailbox's Maildir (refusing names that could escape
 //! `data_dir`), unique file names (`TIME.M<usec>P<pid>Q<n>.HOST,S=..,W=..`),
 //! the CRLF -> LF conversion of stored messages and their sizes, staging a
-//! message in `tmp/` and moving it to `new/`, listing and quota usage.
+//! message in `tmp/` and moving it to `new/`, listing and quota usage,
+//! and the per-mailbox quota lock.
 //!
 //! Stored form: messages are kept with LF line ends (the Maildir
 //! convention, what mutt and Python's `mailbox` expect). The wire form is
@@ -16,6 +17,7 @@
 use crate::store::durable;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +27,11 @@ pub const MAX_COMPONENT: usize = 255;
 /// The Maildir "info" separator and the flags of a message a POP3 client
 /// has retrieved (Maildir spec: `:2,` then flags; `S` = seen).
 pub const INFO_SEEN: &str = ":2,S";
+
+/// The lock file in a Maildir's root that serialises quota checks (see
+/// [`Maildir::lock_quota`]). Dovecot and mutt ignore files in the root
+/// other than their own and `tmp/ new/ cur/`.
+pub const QUOTA_LOCK: &str = "mailgate-quota.lock";
 
 /// Which Maildir subfolder a message sits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -205,6 +212,44 @@ impl Maildir {
             }
         }
         Ok(out)
+    }
+
+    /// Waits for this mailbox's quota lock (an `flock` on [`QUOTA_LOCK`],
+    /// creating the Maildir if needed) and holds it until the returned
+    /// file is dropped. A delivery holds it from its usage check until its
+    /// copy is in `new/`, so two deliveries can never both see room for
+    /// one message (six 60 KB messages at once into a 100 KB quota: one
+    /// lands, not four). A lock file rather than a table in memory:
+    /// `mailgate sendmail` delivers from another process, and flock
+    /// excludes open files of one process just as of two. It blocks a
+    /// worker thread for at most one other delivery's fsyncs.
+    pub fn lock_quota(&self) -> io::Result<fs::File> {
+        let path = self.root.join(QUOTA_LOCK);
+        let open = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.create()?;
+                open()?
+            }
+            other => other?,
+        };
+        loop {
+            // SAFETY: flock(2) on a descriptor we own; the lock goes with
+            // the file when it is dropped.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(file);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// Bytes on disk in `new/` and `cur/`, for the quota.

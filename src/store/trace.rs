@@ -59,13 +59,35 @@ pub fn sanitize(field: &str, max: usize) -> String {
 }
 
 /// Like [`sanitize`] but an empty input stays empty: for the null
-/// reverse-path `<>` (RFC 5321 4.5.5).
+/// reverse-path `<>` (RFC 5321 4.5.5). Non-ASCII letters are kept: such
+/// an address only gets here through SMTPUTF8 (the SMTP core refuses it
+/// otherwise, `sendmail` sets the flag), and RFC 6532 3.2 lets its
+/// trace fields carry UTF-8, so `Return-Path: <jörg@example.test>` keeps
+/// its `ö`. Non-ASCII controls, spaces and invisible format characters
+/// (bidi overrides, zero widths) still become `?`.
 pub fn sanitize_path(path: &str) -> String {
     if path.is_empty() {
-        String::new()
-    } else {
-        sanitize(path, MAX_PATH - 2)
+        return String::new();
     }
+    let max = MAX_PATH - 2;
+    let mut out = String::with_capacity(path.len().min(max));
+    for c in path.chars() {
+        let ascii_ok =
+            c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\' | '<' | '>' | '"' | ';');
+        let utf8_ok = !c.is_ascii() && !c.is_control() && !c.is_whitespace() && !invisible(c);
+        let c = if ascii_ok || utf8_ok { c } else { '?' };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Format characters that change how text is shown without being seen
+/// (Unicode Cf): zero widths, bidi embeddings, overrides and isolates, BOM.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{ad}')
 }
 
 /// RFC 5321 4.1.3 address literal: `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
@@ -114,7 +136,7 @@ pub fn received_line(info: &TraceInfo, rcpt: Option<&str>, date: SystemTime) -> 
     }
     s.push_str("\r\n\t");
     if let Some(rcpt) = rcpt {
-        let _ = write!(s, "for <{}>", sanitize(rcpt, MAX_PATH - 2));
+        let _ = write!(s, "for <{}>", sanitize_path(rcpt));
     }
     let _ = write!(s, "; {}\r\n", rfc5322_date(date));
     s
@@ -215,6 +237,25 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn utf8_paths_keep_their_letters() {
+        let table: &[(&str, &str)] = &[
+            ("", ""),
+            ("jörg@exämple.test", "jörg@exämple.test"),
+            ("用户@例子.测试", "用户@例子.测试"),
+            ("a\u{202e}b@x.test", "a?b@x.test"),
+            ("a\u{85}b\u{2028}c@x.test", "a?b?c@x.test"),
+            ("a b<c>@x.test", "a?b?c?@x.test"),
+            ("x\r\nBcc: y", "x??Bcc:?y"),
+        ];
+        for (input, want) in table {
+            assert_eq!(sanitize_path(input), *want, "{input:?}");
+        }
+        let long = "é".repeat(400);
+        let cut = sanitize_path(&long);
+        assert!(cut.len() <= MAX_PATH - 2 && cut.chars().all(|c| c == 'é'));
     }
 
     #[test]
@@ -343,8 +384,16 @@ mod tests {
             for (n, line) in body.split("\r\n").enumerate() {
                 assert!(n == 0 || line.starts_with('\t'), "{line:?}");
                 assert!(line.len() < 998, "RFC 5322 2.1.1 line limit");
+                // ASCII, except the UTF-8 letters an SMTPUTF8 forward-path
+                // keeps in `for <...>` (RFC 6532 3.2).
+                let ascii = if line.starts_with("\tfor <") {
+                    line.chars().filter(|c| c.is_ascii()).collect::<String>()
+                } else {
+                    line.to_string()
+                };
                 assert!(
-                    line.bytes()
+                    ascii
+                        .bytes()
                         .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
                     "{line:?}"
                 );
