@@ -15,6 +15,10 @@
 //! - BDAT chunks (RFC 3030): exactly N octets, binary-safe, untouched;
 //! - the message size limit: body bytes past it are counted and dropped.
 //!
+//! Body bytes collect in a [`Body`] only until the session hands them out
+//! (`smtp_server` does after every read), so the framer never holds a
+//! whole message.
+//!
 //! Must not: interpret commands or reply; the session decides what a
 //! frame means and switches the framer into DATA or chunk mode.
 
@@ -45,8 +49,9 @@ pub enum Frame {
     ChunkEnd,
 }
 
-/// The message being received: bytes up to `limit`, and the size of all
-/// of it (so an oversized message can be refused after it has been read).
+/// The message being received: the bytes not yet handed out, and the size
+/// of all of it (so an oversized message can be refused after it has been
+/// read; past `limit` nothing more is held).
 #[derive(Debug, Default)]
 pub struct Body {
     data: Vec<u8>,
@@ -82,6 +87,12 @@ impl Body {
         self.size > self.limit
     }
 
+    /// Bytes held, not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Hands out the bytes held; the size still counts them.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.data)
     }

@@ -1,6 +1,7 @@
 //! Everything that puts bytes on disk for good: the one durable-write
 //! helper, Maildir folders, local delivery with its trace headers, the
-//! outbox queue's files, and the POP3 view of a Maildir; and, in memory,
+//! outbox queue's files, the SMTP intake spool and the message bodies
+//! delivered from memory or from it, and the POP3 view of a Maildir; and, in memory,
 //! who has which mailbox open (`mailboxes`).
 //!
 //! Must not: speak any protocol or run on the event-loop thread (every
@@ -12,7 +13,9 @@ pub mod durable;
 pub mod mailboxes;
 pub mod maildir;
 pub mod maildrop;
+pub mod message;
 pub mod queue;
+pub mod spool;
 pub mod trace;
 
 /// Seconds since the Unix epoch (0 for a clock set before it).
