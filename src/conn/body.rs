@@ -252,7 +252,10 @@ impl BodySink {
     /// The write in flight came back.
     pub fn written(&mut self, result: io::Result<SpoolWriter>, budget: &mut Budget) -> Vec<Next> {
         let Some(n) = self.writing.take() else {
-            return Vec::new();
+            // Not ours to keep (cannot happen: one write at a time).
+            return result
+                .map(|w| vec![Next::Job(SpoolJob::Remove(w))])
+                .unwrap_or_default();
         };
         budget.release(self.token, n);
         let mut next = Vec::new();
