@@ -2,7 +2,9 @@
 //! and one outbox entry for the remote recipients, all or nothing.
 //!
 //! Runs on a worker thread (it fsyncs). Used by SMTP, `sendmail`, bounces
-//! and SmartPop, so that every way in writes mail the same way.
+//! and SmartPop, so that every way in writes mail the same way. The body
+//! is in memory (`Transaction::data`) or, for a large SMTP message, in the
+//! spool (`store::spool`), from which every copy is streamed.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -12,6 +14,7 @@ use log::info;
 use crate::config::Config;
 use crate::proto::envelope::{DeliveryOutcome, Transaction};
 use crate::store::deliver::{self, DeliveryError, LocalDelivery, LocalRecipient};
+use crate::store::message::Message;
 use crate::store::queue::{Queue, QueueEntry};
 use crate::store::trace::{self, TraceInfo};
 use crate::store::unix_secs;
@@ -53,6 +56,17 @@ pub fn accept(
     tx: Transaction,
     tls: Option<String>,
 ) -> (DeliveryOutcome, Option<QueueEntry>) {
+    accept_message(config, &tx, Message::Wire(&tx.data), tls)
+}
+
+/// [`accept`] for a transaction whose body is `message` (`tx.data` is
+/// not looked at): every copy is written from it.
+pub fn accept_message(
+    config: &Config,
+    tx: &Transaction,
+    message: Message<'_>,
+    tls: Option<String>,
+) -> (DeliveryOutcome, Option<QueueEntry>) {
     // Every way in checks its addresses (the SMTP parser, `sendmail`);
     // this is the last line before they reach headers and queue files.
     let hostile = std::iter::once(&tx.reverse_path)
@@ -83,8 +97,8 @@ pub fn accept(
         via: None,
         id: trace::new_id(now),
     };
-    let routed = route(config, &tx);
-    match store(&config.server.data_dir, config, &tx, &routed, &trace, now) {
+    let routed = route(config, tx);
+    match store(config, tx, message, &routed, &trace, now) {
         Ok(queued) => {
             let to: Vec<String> = tx
                 .recipients
@@ -96,7 +110,7 @@ pub fn accept(
                 trace.id,
                 tx.reverse_path,
                 to.join(","),
-                tx.data.len(),
+                message.sizes().1,
                 trace::sanitize(&tx.helo, 64),
                 tx.peer,
                 tx.auth_user
@@ -111,21 +125,25 @@ pub fn accept(
                 "rejected from=<{}> client=[{}]: {e}",
                 tx.reverse_path, tx.peer
             );
-            let (code, enhanced, text) = (e.code(), e.enhanced(), e.text().to_string());
-            let outcome = if e.is_permanent() {
-                DeliveryOutcome::PermFail {
-                    code,
-                    enhanced,
-                    text,
-                }
-            } else {
-                DeliveryOutcome::TempFail {
-                    code,
-                    enhanced,
-                    text,
-                }
-            };
-            (outcome, None)
+            (refusal(&e), None)
+        }
+    }
+}
+
+/// The reply for a delivery that failed.
+pub fn refusal(e: &DeliveryError) -> DeliveryOutcome {
+    let (code, enhanced, text) = (e.code(), e.enhanced(), e.text().to_string());
+    if e.is_permanent() {
+        DeliveryOutcome::PermFail {
+            code,
+            enhanced,
+            text,
+        }
+    } else {
+        DeliveryOutcome::TempFail {
+            code,
+            enhanced,
+            text,
         }
     }
 }
@@ -134,20 +152,22 @@ pub fn accept(
 /// queue entry is removed again, so the client's retry after a 4xx finds
 /// nothing half done.
 fn store(
-    data_dir: &Path,
     config: &Config,
     tx: &Transaction,
+    message: Message<'_>,
     routed: &Routed,
     trace: &TraceInfo,
     now: SystemTime,
 ) -> Result<Option<QueueEntry>, DeliveryError> {
-    deliver::check_hops(&tx.data)?;
+    let data_dir: &Path = &config.server.data_dir;
+    deliver::check_hops_of(&message)?;
     let queued = if routed.remote.is_empty() {
         None
     } else {
         Some(crate::delivery::enqueue_relayed(
             config,
             tx,
+            message,
             &routed.remote,
             trace,
             now,
@@ -162,7 +182,7 @@ fn store(
         reverse_path: tx.reverse_path.clone(),
         recipients: routed.local.clone(),
         trace: trace.clone(),
-        message: &tx.data,
+        message,
     };
     match deliver::deliver_local(data_dir, &request) {
         Ok(_) => Ok(queued),
@@ -180,6 +200,7 @@ fn store(
 pub fn enqueue_relayed(
     config: &Config,
     tx: &Transaction,
+    message: Message<'_>,
     remote: &[String],
     trace_info: &TraceInfo,
     now: SystemTime,
@@ -189,10 +210,16 @@ pub fn enqueue_relayed(
         _ => None,
     };
     let received = trace::received_line(trace_info, for_rcpt, now);
-    let mut message = Vec::with_capacity(received.len() + tx.data.len());
-    message.extend_from_slice(received.as_bytes());
-    message.extend_from_slice(&tx.data);
-    enqueue(config, &tx.reverse_path, remote, &message, tx.smtputf8, now)
+    let size = received.len() as u64 + message.sizes().1;
+    enqueue_with(
+        config,
+        &tx.reverse_path,
+        remote,
+        tx.smtputf8,
+        now,
+        size,
+        &mut |w| message.write_stored(received.as_bytes(), w),
+    )
 }
 
 /// Queues `message` (headers complete) for `recipients`.
@@ -204,10 +231,32 @@ pub fn enqueue(
     smtputf8: bool,
     now: SystemTime,
 ) -> Result<QueueEntry, DeliveryError> {
+    enqueue_with(
+        config,
+        sender,
+        recipients,
+        smtputf8,
+        now,
+        message.len() as u64,
+        &mut |w| crate::store::maildir::write_lf(w, &[message]),
+    )
+}
+
+/// [`enqueue`] with the message (stored form) written by `fill`; `size`
+/// (on the wire) is for the log.
+fn enqueue_with(
+    config: &Config,
+    sender: &str,
+    recipients: &[String],
+    smtputf8: bool,
+    now: SystemTime,
+    size: u64,
+    fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<QueueEntry, DeliveryError> {
     let queue = Queue::at(&config.server.data_dir);
     queue
         .ensure_dirs()
-        .and_then(|_| queue.enqueue(sender, recipients, message, smtputf8, unix_secs(now)))
+        .and_then(|_| queue.enqueue_with(sender, recipients, smtputf8, unix_secs(now), fill))
         .inspect(|entry| {
             log::info!(
                 "queued id={} from=<{sender}> to={} size={}",
@@ -217,7 +266,7 @@ pub fn enqueue(
                     .map(|r| format!("<{r}>"))
                     .collect::<Vec<_>>()
                     .join(","),
-                message.len()
+                size
             );
         })
         .map_err(|e| DeliveryError::from_io(&e))

@@ -165,7 +165,13 @@ impl EventLoop {
                     return Ok(());
                 }
             }
-            let timeout = self.poll_timeout(host, now);
+            let timeout = if sv.budget.has_woken() {
+                // Connections the budget let read again: their sockets are
+                // edge-triggered and will not fire for what already waits.
+                Some(Duration::ZERO)
+            } else {
+                self.poll_timeout(host, now)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -213,6 +219,11 @@ impl EventLoop {
             // Sessions watching a mailbox that changed (IMAP IDLE).
             for watcher in sv.mailboxes.take_woken() {
                 self.dispatch(Token(watcher), sv, host, now, |d, cx| d.ready(cx));
+            }
+            // Connections the body budget lets read again, or asks to
+            // spool what they hold (it filled).
+            for token in sv.budget.take_woken() {
+                self.dispatch(token, sv, host, now, |d, cx| d.ready(cx));
             }
         }
     }

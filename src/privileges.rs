@@ -49,7 +49,14 @@ const GROUP_OR_WORLD_WRITABLE: u32 = 0o022;
 const WORLD_READABLE: u32 = 0o004;
 
 /// What `data_dir` holds; each must belong to the user mailgate runs as.
-const DATA_DIR_ENTRIES: [&str; 5] = ["mail", "queue", "smartpop", "tls", crate::control::PID_FILE];
+const DATA_DIR_ENTRIES: [&str; 6] = [
+    "mail",
+    "queue",
+    crate::store::spool::SPOOL_DIR,
+    "smartpop",
+    "tls",
+    crate::control::PID_FILE,
+];
 
 /// A user from /etc/passwd with its groups from /etc/group.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -379,6 +379,18 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             (tls, pid_file, outbox, ev, waker)
         }
     };
+    // As the user, before any connection: bodies a crash left in the
+    // spool were never answered 250; their clients send them again.
+    match crate::store::spool::prepare(&data_dir) {
+        Ok(0) => {}
+        Ok(n) => info!("spool: removed {n} unfinished message bodies"),
+        Err(e) => {
+            return Err(format!(
+                "cannot prepare {}: {e}",
+                crate::store::spool::dir(&data_dir).display()
+            ))
+        }
+    }
     let (workers, done_rx) = Workers::with_lanes(WRITE_THREADS, QUICK_THREADS, waker);
     let registry = ev
         .registry()

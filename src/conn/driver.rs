@@ -16,6 +16,7 @@ use log::warn;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::budget::Budget;
 use crate::config::Config;
 use crate::outbox::runner::Recorded;
 use crate::outbox::GroupReport;
@@ -63,6 +64,11 @@ pub struct Completion {
 pub enum Outcome {
     /// SMTP in: the reply for the client, and the outbox entry it made.
     Delivered(DeliveryOutcome, Option<QueueEntry>),
+    /// SMTP in: a chunk of a message body is in its spool file, which is
+    /// handed back for the next one (on error the file is gone).
+    Spooled(std::io::Result<crate::store::spool::SpoolWriter>),
+    /// SMTP in: a spool file that will not be delivered is removed.
+    SpoolRemoved,
     /// A password check.
     Password(bool),
     /// POP3: the maildrop's listing after a good login.
@@ -140,6 +146,8 @@ pub struct Services {
     pub registry: Registry,
     pub penalty: Penalty,
     pub mailboxes: Mailboxes,
+    /// Message-body bytes all connections hold in memory.
+    pub budget: Budget,
     /// SIGTERM arrived: finish what is in flight, start nothing new.
     pub stopping: bool,
     effects: Vec<Effect>,
@@ -159,6 +167,7 @@ impl Services {
             registry,
             penalty: Penalty::new(),
             mailboxes: Mailboxes::default(),
+            budget: Budget::default(),
             stopping: false,
             effects: Vec::new(),
         }

@@ -5,6 +5,8 @@
 //! inbound connection on a listener) and `start` (a job of the outbox or
 //! SmartPop). Must not: import the server or the event loop.
 
+pub mod body;
+pub mod budget;
 pub mod driver;
 pub mod pop3_fetch;
 pub mod pop3_in;

@@ -35,6 +35,13 @@ pub trait ServerCore {
     fn is_closed(&self) -> bool;
     /// The TLS handshake the core asked for has started.
     fn tls_started(&mut self, out: &mut Vec<u8>, events: &mut Vec<Self::Event>);
+    /// Does this event answer the client (a command completed) and so
+    /// count as progress for the idle clock? Bytes of a message handed
+    /// out as they arrive do not: a client trickling a message must still
+    /// move `MIN_PROGRESS_BYTES` per timeout.
+    fn answers(_event: &Self::Event) -> bool {
+        true
+    }
 }
 
 /// Why `pump` returned.
@@ -172,7 +179,8 @@ impl<S: ServerCore, W: Wire> Inbound<S, W> {
                 Ok(ReadStatus::Data(0)) => continue,
                 Ok(ReadStatus::Data(n)) => {
                     self.core.receive(&input, &mut self.out, &mut self.events);
-                    let answered = !self.out.is_empty() || !self.events.is_empty();
+                    let answered =
+                        !self.out.is_empty() || self.events.iter().any(|e| S::answers(e));
                     self.idle.read(n, answered, now);
                     if !self.events.is_empty() {
                         return Pumped::Events;

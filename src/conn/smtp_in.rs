@@ -1,9 +1,10 @@
 //! Driver for one inbound SMTP connection (MX, submission or smtps role).
 //!
 //! Owns: the socket (via `Transport`), the sans-IO `SmtpSession`, the idle
-//! deadline, handing messages and password checks to the workers, and the
-//! delayed answer to a failed AUTH. Must not: parse SMTP itself, or touch
-//! the disk on the loop thread.
+//! deadline, the message body under way (`body::BodySink`: memory, then
+//! the spool, with the global budget's back-pressure), handing messages
+//! and password checks to the workers, and the delayed answer to a failed
+//! AUTH. Must not: parse SMTP itself, or touch the disk on the loop thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +14,13 @@ use log::info;
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::body::{BodySink, Next, Ready, SpoolJob};
 use super::pump::{Inbound, Pumped, ServerCore};
 use super::{Ctx, Driver, Effect, IdleClock, ListenerKind, Outcome};
 use crate::config::{Config, Resolution};
 use crate::net::canonical_ip;
 use crate::proto::smtp_server::{
-    DeliveryOutcome, Event, Recipients, Role, SessionParams, SmtpSession, Transaction,
+    DeliveryOutcome, Event, Recipients, Role, SessionParams, SmtpSession,
 };
 
 /// A failed AUTH is answered after this pause (slows password guessing
@@ -62,6 +64,9 @@ impl ServerCore for SmtpCore {
     fn tls_started(&mut self, out: &mut Vec<u8>, events: &mut Vec<Event>) {
         self.session.tls_started(out, events);
     }
+    fn answers(event: &Event) -> bool {
+        !matches!(event, Event::Body(_) | Event::Discard)
+    }
 }
 
 enum Waiting {
@@ -82,6 +87,10 @@ pub struct SmtpIn {
     auth_attempt: Option<String>,
     /// Submission and smtps: the session must log in by then.
     login_by: Option<Instant>,
+    /// The message body under way.
+    body: BodySink,
+    /// The global budget refused the last read: not the client's silence.
+    starved: bool,
 }
 
 impl SmtpIn {
@@ -123,6 +132,8 @@ impl SmtpIn {
             waiting: Waiting::Nothing,
             auth_attempt: None,
             login_by,
+            body: BodySink::new(cx.token, cx.config().server.data_dir.clone()),
+            starved: false,
         }
     }
 
@@ -133,10 +144,25 @@ impl SmtpIn {
     /// Pumps IO and carries out the core's events until it waits.
     fn pump(&mut self, cx: &mut Ctx) {
         loop {
-            let may_read = matches!(self.waiting, Waiting::Nothing);
+            let mut may_read = matches!(self.waiting, Waiting::Nothing) && self.body.may_read();
+            self.starved = false;
+            if may_read && !cx.sv.budget.may_read(cx.token) {
+                // Back-pressure: the budget wakes us when it has room.
+                may_read = false;
+                self.starved = true;
+            }
             match self.io.pump(&cx.sv.tls, may_read, cx.now) {
                 Pumped::Events => self.handle_events(cx),
-                Pumped::Waiting => return,
+                Pumped::Waiting => {
+                    if self.starved || cx.sv.budget.under_pressure() {
+                        // What we hold goes to disk, so the budget frees
+                        // whatever our client does.
+                        if let Some(job) = self.body.flush() {
+                            self.submit_spool(job, cx);
+                        }
+                    }
+                    return;
+                }
                 Pumped::Closed => {
                     if self.io.core.session.in_transaction() {
                         info!(
@@ -144,16 +170,61 @@ impl SmtpIn {
                             self.io.t.peer()
                         );
                     }
+                    self.closed(cx);
                     return;
                 }
             }
         }
     }
 
+    /// The connection is over: forget the body under way (its spool file
+    /// is removed on a worker).
+    fn closed(&mut self, cx: &mut Ctx) {
+        let (job, dropped) = self.body.close(&mut cx.sv.budget);
+        if let Some(job) = job {
+            self.submit_spool(job, cx);
+        }
+        if dropped {
+            // Its delivery never started: nothing to wait for.
+            self.waiting = Waiting::Nothing;
+        }
+    }
+
+    fn submit_spool(&mut self, job: SpoolJob, cx: &mut Ctx) {
+        cx.submit(move || match job.run() {
+            Some(result) => Outcome::Spooled(result),
+            None => Outcome::SpoolRemoved,
+        });
+    }
+
     fn handle_events(&mut self, cx: &mut Ctx) {
-        for event in std::mem::take(&mut self.io.events) {
+        // Answering a delivery at once (a failed spool) adds events.
+        while !self.io.events.is_empty() {
+            for event in std::mem::take(&mut self.io.events) {
+                self.handle_event(event, cx);
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event, cx: &mut Ctx) {
+        {
             match event {
-                Event::Deliver(tx) => self.submit_delivery(tx, cx),
+                Event::Body(bytes) => {
+                    if let Some(job) = self.body.body(bytes, &mut cx.sv.budget) {
+                        self.submit_spool(job, cx);
+                    }
+                }
+                Event::Discard => {
+                    if let Some(job) = self.body.discard(&mut cx.sv.budget) {
+                        self.submit_spool(job, cx);
+                    }
+                }
+                Event::Deliver(tx) => {
+                    self.waiting = Waiting::Delivery;
+                    if let Some(ready) = self.body.deliver(tx, &mut cx.sv.budget) {
+                        self.submit_delivery(ready, cx);
+                    }
+                }
                 Event::Authenticate { username, password } => {
                     if !cx.begin_login(self.ip()) {
                         // Blocked, or enough guesses from this address in
@@ -171,7 +242,7 @@ impl SmtpIn {
                             &mut Vec::new(),
                         );
                         io.closing = true;
-                        continue;
+                        return;
                     }
                     self.waiting = Waiting::Password;
                     self.auth_attempt = Some(username.clone());
@@ -186,45 +257,94 @@ impl SmtpIn {
         }
     }
 
-    fn submit_delivery(&mut self, tx: Transaction, cx: &mut Ctx) {
+    /// Stores a complete message on a worker (from memory, or from its
+    /// spool file, which goes afterwards); a body that could not be
+    /// spooled is answered at once.
+    fn submit_delivery(&mut self, ready: Ready, cx: &mut Ctx) {
         self.waiting = Waiting::Delivery;
         let config = Arc::clone(cx.config());
         let tls = self.io.t.tls_description();
-        cx.submit(move || {
-            let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
-            Outcome::Delivered(outcome, queued)
-        });
+        match ready {
+            Ready::Memory(tx) => cx.submit(move || {
+                let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
+                Outcome::Delivered(outcome, queued)
+            }),
+            Ready::Spool { tx, writer, tail } => cx.submit(move || {
+                let (outcome, queued) = match super::body::finish_spool(writer, &tail) {
+                    Ok(spooled) => {
+                        let message = crate::store::message::Message::Stored(&spooled);
+                        let done = crate::delivery::accept_message(&config, &tx, message, tls);
+                        spooled.remove();
+                        done
+                    }
+                    Err(e) => (
+                        crate::delivery::refusal(&crate::store::deliver::DeliveryError::from_io(
+                            &e,
+                        )),
+                        None,
+                    ),
+                };
+                Outcome::Delivered(outcome, queued)
+            }),
+            Ready::Refuse(outcome) => self.answer_delivery(outcome, cx),
+        }
+    }
+
+    /// The reply to the end of the data.
+    fn answer_delivery(&mut self, outcome: DeliveryOutcome, cx: &mut Ctx) {
+        self.waiting = Waiting::Nothing;
+        if self.io.is_done() {
+            return;
+        }
+        if let DeliveryOutcome::Accepted { .. } = &outcome {
+            self.io.idle.touch(cx.now);
+        }
+        let config = Arc::clone(&self.io.core.config);
+        let io = &mut self.io;
+        io.core
+            .session
+            .delivered(outcome, config.as_ref(), &mut io.out, &mut io.events);
+        if cx.stopping() && !io.core.session.in_transaction() {
+            // The transaction we waited for is done; no new one.
+            io.core.session.shutting_down(&mut io.out);
+            io.closing = true;
+        }
     }
 }
 
 impl Driver for SmtpIn {
     fn ready(&mut self, cx: &mut Ctx) {
         self.pump(cx);
+        if self.io.is_done() {
+            self.closed(cx);
+        }
     }
 
     fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
         let config = Arc::clone(&self.io.core.config);
         match done {
             Outcome::Delivered(outcome, queued) => {
-                self.waiting = Waiting::Nothing;
+                self.body.delivered(&mut cx.sv.budget);
                 if let Some(entry) = queued {
                     cx.effect(Effect::Queued(entry));
+                }
+                self.answer_delivery(outcome, cx);
+                if self.io.is_done() {
+                    return;
+                }
+            }
+            Outcome::Spooled(result) => {
+                for next in self.body.written(result, &mut cx.sv.budget) {
+                    match next {
+                        Next::Job(job) => self.submit_spool(job, cx),
+                        Next::Deliver(ready) => self.submit_delivery(ready, cx),
+                    }
                 }
                 if self.io.is_done() {
                     return;
                 }
-                if let DeliveryOutcome::Accepted { .. } = &outcome {
-                    self.io.idle.touch(cx.now);
-                }
-                let io = &mut self.io;
-                io.core
-                    .session
-                    .delivered(outcome, config.as_ref(), &mut io.out, &mut io.events);
-                if cx.stopping() && !io.core.session.in_transaction() {
-                    // The transaction we waited for is done; no new one.
-                    io.core.session.shutting_down(&mut io.out);
-                    io.closing = true;
-                }
+                // Our disk was slow, not the client.
+                self.io.idle.touch(cx.now);
             }
             Outcome::Password(ok) => {
                 self.waiting = Waiting::Nothing;
@@ -276,7 +396,13 @@ impl Driver for SmtpIn {
         let login_late = self.login_by.is_some_and(|t| t <= cx.now);
         if (self.io.idle.expired(cx.now) || login_late)
             && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
+            && !self.body.busy()
         {
+            if self.starved {
+                // We stopped reading (a full budget), not the client.
+                self.io.idle.touch(cx.now);
+                return;
+            }
             if login_late {
                 info!(
                     "smtp {}: no login within login_timeout, closing",
@@ -295,6 +421,7 @@ impl Driver for SmtpIn {
             self.pump(cx);
             // A client that does not even read gets no more patience.
             self.io.finish();
+            self.closed(cx);
         }
     }
 
@@ -307,6 +434,8 @@ impl Driver for SmtpIn {
         match self.waiting {
             Waiting::FailureDelay(at) => Some(at.min(idle)),
             Waiting::Delivery | Waiting::Password => None,
+            // A spool write of ours is in flight.
+            Waiting::Nothing if self.body.busy() => None,
             Waiting::Nothing => Some(idle),
         }
     }
@@ -330,7 +459,7 @@ impl Driver for SmtpIn {
     }
 
     fn is_idle(&self) -> bool {
-        !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
+        !matches!(self.waiting, Waiting::Delivery | Waiting::Password) && !self.body.busy()
     }
 
     fn interest(&self) -> Interest {

@@ -14,7 +14,7 @@ use mio::Interest;
 
 /// Bytes read from the socket per `read` call (and at most this much
 /// plaintext is pulled out of rustls per call).
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Output buffers above this size are released after they drain, so one
 /// large reply (a POP3 RETR) does not pin memory for the connection's life.

@@ -23,6 +23,7 @@ use crate::outbox::unix_secs;
 use crate::outbox::{GroupReport, OutboundJob, RouteSpec};
 use crate::proto::smtp_client::{Credentials, Outcome};
 use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
+use crate::store::message::Message;
 use crate::store::queue::{Loaded, Queue, QueueEntry, RcptState};
 use crate::store::trace::{self, TraceInfo};
 
@@ -544,7 +545,7 @@ fn send_bounce(
                 via: None,
                 id: trace::new_id(now_t),
             },
-            message: &message,
+            message: Message::Wire(&message),
         };
         deliver::deliver_local(&config.server.data_dir, &request).map_err(|e| e.to_string())?;
     }

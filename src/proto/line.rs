@@ -18,6 +18,10 @@
 //!   alike;
 //! - the message size limit: body bytes past it are counted and dropped.
 //!
+//! Body bytes collect in a [`Body`] only until the session hands them out
+//! (`smtp_server` does after every read), so the framer never holds a
+//! whole message.
+//!
 //! Must not: interpret commands or reply; the session decides what a
 //! frame means and switches the framer into DATA or chunk mode.
 
@@ -48,8 +52,9 @@ pub enum Frame {
     ChunkEnd,
 }
 
-/// The message being received: bytes up to `limit`, and the size of all
-/// of it (so an oversized message can be refused after it has been read).
+/// The message being received: the bytes not yet handed out, and the size
+/// of all of it (so an oversized message can be refused after it has been
+/// read; past `limit` nothing more is held).
 #[derive(Debug, Default)]
 pub struct Body {
     data: Vec<u8>,
@@ -85,39 +90,81 @@ impl Body {
         self.size > self.limit
     }
 
+    /// Bytes held, not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Hands out the bytes held; the size still counts them.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.data)
     }
 }
 
-/// A BDAT message (all chunks together) with DATA's line-end rules: CRLF
-/// stays, a bare CR and a bare LF each become CRLF. Done on the whole
-/// message, not per chunk, so a CRLF split across two chunks stays one.
-pub fn normalize_line_ends(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 64);
-    let mut i = 0;
-    while let Some(&b) = data.get(i) {
-        match b {
-            CR => {
-                out.extend_from_slice(b"\r\n");
-                // CR LF is one line end; a bare CR is one of its own.
-                i += if data.get(i + 1) == Some(&LF) { 2 } else { 1 };
+/// DATA's line-end rules for a BDAT message, streamed chunk by chunk:
+/// CRLF stays, a bare CR and a bare LF each become CRLF. A CR at the end
+/// of one chunk waits for the next, so a CRLF split across two chunks
+/// stays one line end.
+#[derive(Debug, Default, Clone)]
+pub struct LineEnds {
+    pending_cr: bool,
+}
+
+impl LineEnds {
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        out.reserve(data.len() + data.len() / 64);
+        let mut i = 0;
+        if std::mem::take(&mut self.pending_cr) {
+            out.extend_from_slice(b"\r\n");
+            if data.first() == Some(&LF) {
+                i = 1;
             }
-            LF => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            _ => {
-                let rest = data.get(i..).unwrap_or_default();
-                let run = rest
-                    .iter()
-                    .position(|&c| c == CR || c == LF)
-                    .unwrap_or(rest.len());
-                out.extend_from_slice(rest.get(..run).unwrap_or_default());
-                i += run;
+        }
+        while let Some(&b) = data.get(i) {
+            match b {
+                CR => {
+                    if i + 1 == data.len() {
+                        self.pending_cr = true;
+                        return;
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    // CR LF is one line end; a bare CR is one of its own.
+                    i += if data.get(i + 1) == Some(&LF) { 2 } else { 1 };
+                }
+                LF => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                _ => {
+                    let rest = data.get(i..).unwrap_or_default();
+                    let run = rest
+                        .iter()
+                        .position(|&c| c == CR || c == LF)
+                        .unwrap_or(rest.len());
+                    out.extend_from_slice(rest.get(..run).unwrap_or_default());
+                    i += run;
+                }
             }
         }
     }
+
+    /// The end of the message: a CR still waiting is a bare one.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// [`LineEnds`] over a whole message at once.
+pub fn normalize_line_ends(data: &[u8]) -> Vec<u8> {
+    let mut ends = LineEnds::default();
+    let mut out = Vec::new();
+    ends.feed(data, &mut out);
+    ends.finish(&mut out);
     out
 }
 
@@ -416,6 +463,24 @@ mod tests {
                 let (body, _, ended) = data(&wire, 7);
                 assert!(ended);
                 assert_eq!(body, *want, "DATA {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn line_ends_split_anywhere_come_out_alike() {
+        let input: &[u8] = b"a\r\nb\rc\nd\r\r\n\n\re\r";
+        let whole = normalize_line_ends(input);
+        assert_eq!(whole, b"a\r\nb\r\nc\r\nd\r\n\r\n\r\n\r\ne\r\n");
+        for cut in 0..=input.len() {
+            for cut2 in cut..=input.len() {
+                let mut ends = LineEnds::default();
+                let mut out = Vec::new();
+                ends.feed(&input[..cut], &mut out);
+                ends.feed(&input[cut..cut2], &mut out);
+                ends.feed(&input[cut2..], &mut out);
+                ends.finish(&mut out);
+                assert_eq!(out, whole, "cut at {cut} and {cut2}");
             }
         }
     }

@@ -21,6 +21,9 @@
 //!    an authentication or the TLS handshake is pending, the session holds
 //!    at most what was already given to it).
 //! 2. After each call, write `out` and carry out `events` in order:
+//!    `Body` -> keep (the message's next bytes, in order; the session
+//!    does not hold them); `Discard` -> forget the bytes kept so far (the
+//!    transaction ended without its data being accepted);
 //!    `Deliver` -> store, then `delivered()`; `Authenticate` -> check,
 //!    then `auth_result()`; `StartTls` -> flush `out`, handshake, then
 //!    `tls_started()`; `Close` -> flush `out`, close.
@@ -35,7 +38,7 @@ use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
 pub use super::envelope::{DeliveryOutcome, Recipient, Resolution, Transaction};
-use super::line::{normalize_line_ends, Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
+use super::line::{Body, Frame, Framer, LineEnds, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use super::sasl::{self, PlainError};
 
 /// Replies of 5xx to commands before the session is closed with 421
@@ -50,6 +53,12 @@ pub const MAX_AUTH_FAILURES: u32 = 3;
 /// mail must not keep a connection slot forever (Postfix's
 /// `smtpd_junk_command_limit`, default 100).
 pub const MAX_JUNK_COMMANDS: u32 = 100;
+
+/// The most body bytes one [`Event::Body`] carries. The session hands out
+/// what it read after every `receive()` (a read is at most 16 KiB), so
+/// this only splits a large input fed in one go; 64 KiB is one write to
+/// the spool, big enough to keep the syscalls per message few.
+pub const BODY_CHUNK: usize = 64 * 1024;
 
 /// Base64 for SASL (RFC 4954 4): standard alphabet; padding accepted with
 /// or without, as clients differ.
@@ -112,7 +121,15 @@ pub trait Recipients {
 /// What the driver must do for the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Store this message; the session waits until `delivered()`.
+    /// The next bytes of the message (DATA dot-unstuffed with CRLF line
+    /// ends, BDAT as sent), at most [`BODY_CHUNK`]. They belong to the
+    /// transaction that a later `Deliver` or `Discard` ends.
+    Body(Vec<u8>),
+    /// The bytes given out by `Body` since the last `Deliver` are void
+    /// (RSET, EHLO, a message over the size limit, a refused BDAT).
+    Discard,
+    /// Store this message, whose data came in the `Body` events before
+    /// (`data` is empty); the session waits until `delivered()`.
     Deliver(Transaction),
     /// The 220 is in `out`: flush it, do the TLS handshake, then call
     /// `tls_started()`.
@@ -329,6 +346,11 @@ pub struct SmtpSession {
     state: State,
     framer: Framer,
     body: Body,
+    /// `Body` events went out for the current transaction: dropping it
+    /// must say `Discard`.
+    body_out: bool,
+    /// BDAT: the line-end normaliser, across the chunks of one message.
+    bdat_line_ends: LineEnds,
     /// Input received while waiting for the driver; processed on resume.
     held: Vec<u8>,
     helo: Option<String>,
@@ -353,6 +375,8 @@ impl SmtpSession {
             state: State::Command,
             framer: Framer::new(),
             body: Body::default(),
+            body_out: false,
+            bdat_line_ends: LineEnds::default(),
             held: Vec::new(),
             helo: None,
             esmtp: false,
@@ -462,7 +486,7 @@ impl SmtpSession {
     /// The TLS handshake after STARTTLS is done. RFC 3207 4.2: forget
     /// everything learnt from the client before it (EHLO, AUTH, the
     /// envelope) and anything it pipelined in plaintext.
-    pub fn tls_started(&mut self, _out: &mut Vec<u8>, _events: &mut Vec<Event>) {
+    pub fn tls_started(&mut self, _out: &mut Vec<u8>, events: &mut Vec<Event>) {
         if !matches!(self.state, State::WaitTls) {
             return;
         }
@@ -473,7 +497,7 @@ impl SmtpSession {
         self.envelope = None;
         self.held = Vec::new();
         self.framer = Framer::new();
-        self.body = Body::default();
+        self.drop_body(events);
         self.state = State::Command;
     }
 
@@ -559,9 +583,51 @@ impl SmtpSession {
             }
             let (used, frame) = self.framer.feed(rest, &mut self.body);
             rest = rest.get(used..).unwrap_or_default();
+            if self.body.overflowed() && self.body_out {
+                // Over the size limit: what went out is void now; the
+                // rest is counted, not kept, and refused at its end.
+                self.body_out = false;
+                events.push(Event::Discard);
+            }
             if let Some(frame) = frame {
                 self.on_frame(frame, rcpts, out, events);
             }
+        }
+        self.hand_out_body(events);
+    }
+
+    /// Gives the body bytes read so far to the driver, so the session
+    /// never holds more of a message than one input.
+    fn hand_out_body(&mut self, events: &mut Vec<Event>) {
+        if self.body.buffered() == 0 {
+            return;
+        }
+        let mut data = self.body.take();
+        if self.envelope.as_ref().is_some_and(|e| e.chunking) {
+            // BDAT octets arrive untouched; store them as DATA's are.
+            let mut normalized = Vec::new();
+            self.bdat_line_ends.feed(&data, &mut normalized);
+            data = normalized;
+            if data.is_empty() {
+                // Only a CR that waits for the next chunk.
+                return;
+            }
+        }
+        self.body_out = true;
+        if data.len() <= BODY_CHUNK {
+            events.push(Event::Body(data));
+        } else {
+            events.extend(data.chunks(BODY_CHUNK).map(|c| Event::Body(c.to_vec())));
+        }
+    }
+
+    /// The transaction's data will not be delivered: forget what is held
+    /// and tell the driver to forget what it was given.
+    fn drop_body(&mut self, events: &mut Vec<Event>) {
+        self.body = Body::default();
+        self.bdat_line_ends = LineEnds::default();
+        if std::mem::take(&mut self.body_out) {
+            events.push(Event::Discard);
         }
     }
 
@@ -734,8 +800,8 @@ impl SmtpSession {
             }
         }
         match verb.as_slice() {
-            b"EHLO" => self.hello(args, true),
-            b"HELO" => self.hello(args, false),
+            b"EHLO" => self.hello(args, true, events),
+            b"HELO" => self.hello(args, false, events),
             b"MAIL" => self.mail(args, rcpts),
             b"RCPT" => self.rcpt(args, rcpts),
             b"DATA" => self.data(args),
@@ -745,6 +811,7 @@ impl SmtpSession {
                     return Err(syntax("RSET"));
                 }
                 self.envelope = None;
+                self.drop_body(events);
                 Ok(Some(Reply::new(250, "2.0.0", "Ok")))
             }
             b"NOOP" => Ok(Some(Reply::new(250, "2.0.0", "Ok"))),
@@ -780,7 +847,7 @@ impl SmtpSession {
     }
 
     /// EHLO / HELO (RFC 5321 4.1.1.1): resets the transaction (4.1.4).
-    fn hello(&mut self, args: &str, extended: bool) -> Handled {
+    fn hello(&mut self, args: &str, extended: bool, events: &mut Vec<Event>) -> Handled {
         let name = args.trim_matches(' ');
         let usage = if extended {
             "EHLO hostname"
@@ -797,6 +864,7 @@ impl SmtpSession {
         self.helo = Some(name.to_string());
         self.esmtp = extended;
         self.envelope = None;
+        self.drop_body(events);
         let host = self.params.hostname.clone();
         if !extended {
             return Ok(Some(Reply::new(250, "", host)));
@@ -1083,14 +1151,16 @@ impl SmtpSession {
     ) -> Option<Reply> {
         if let Some(reply) = refused {
             self.envelope = None;
+            self.drop_body(events);
             return Some(reply);
         }
         if !last {
             if self.body.overflowed() {
                 self.envelope = None;
-                self.body = Body::default();
+                self.drop_body(events);
                 return Some(Reply::new(552, "5.3.4", "Error: message too big").uncounted());
             }
+            self.hand_out_body(events);
             return Some(Reply::new(250, "2.0.0", format!("{size} octets received")));
         }
         self.message_end(events)
@@ -1099,22 +1169,32 @@ impl SmtpSession {
     /// The whole message is in: refuse it if too big, else hand it over.
     fn message_end(&mut self, events: &mut Vec<Event>) -> Option<Reply> {
         let Some(env) = self.envelope.take() else {
+            self.drop_body(events);
             return Some(bad_sequence("need MAIL command"));
         };
         if self.body.overflowed() {
-            self.body = Body::default();
+            self.drop_body(events);
             // RFC 5321 4.5.3.1.10 / RFC 1870.
             return Some(Reply::new(552, "5.3.4", "Error: message too big").uncounted());
         }
-        let mut data = self.body.take();
+        // hand_out_body normalises BDAT bodies: it looks at the envelope.
+        self.envelope = Some(env);
+        self.hand_out_body(events);
+        let env = self.envelope.take()?;
         if env.chunking {
-            // BDAT octets arrive untouched; store them as DATA's are.
-            data = normalize_line_ends(&data);
+            // A bare CR at the very end of the last chunk.
+            let mut tail = Vec::new();
+            self.bdat_line_ends.finish(&mut tail);
+            if !tail.is_empty() {
+                events.push(Event::Body(tail));
+            }
         }
+        self.body_out = false;
+        self.bdat_line_ends = LineEnds::default();
         let transaction = Transaction {
             reverse_path: env.reverse_path,
             recipients: env.recipients,
-            data,
+            data: Vec::new(),
             helo: self.helo.clone().unwrap_or_default(),
             peer: self.params.peer,
             protocol: self.protocol(),
@@ -1356,13 +1436,17 @@ mod tests {
         }
     }
 
-    /// A stand-in for the connection driver: answers every event at once.
+    /// A stand-in for the connection driver: answers every event at once,
+    /// and keeps the `Body` chunks of the transaction under way.
     struct Driver {
         s: SmtpSession,
         out: Vec<u8>,
         txns: Vec<Transaction>,
         closes: usize,
         tls_starts: usize,
+        body: Vec<u8>,
+        chunks: usize,
+        discards: usize,
     }
 
     impl Driver {
@@ -1373,6 +1457,9 @@ mod tests {
                 txns: Vec::new(),
                 closes: 0,
                 tls_starts: 0,
+                body: Vec::new(),
+                chunks: 0,
+                discards: 0,
             }
         }
 
@@ -1388,7 +1475,19 @@ mod tests {
                 let mut next = Vec::new();
                 for event in events {
                     match event {
-                        Event::Deliver(t) => {
+                        Event::Body(chunk) => {
+                            assert!(!chunk.is_empty() && chunk.len() <= BODY_CHUNK);
+                            self.body.extend_from_slice(&chunk);
+                            self.chunks += 1;
+                        }
+                        Event::Discard => {
+                            assert!(!self.body.is_empty(), "a Discard with nothing given out");
+                            self.body.clear();
+                            self.discards += 1;
+                        }
+                        Event::Deliver(mut t) => {
+                            assert!(t.data.is_empty(), "the data comes in Body events");
+                            t.data = std::mem::take(&mut self.body);
                             self.txns.push(t);
                             let queue_id = format!("Q{}", self.txns.len());
                             self.s.delivered(
@@ -1900,6 +1999,119 @@ mod tests {
     }
 
     #[test]
+    fn body_streams_out_in_bounded_chunks() {
+        let mut p = params(Role::Mx);
+        p.max_message_size = 300_000;
+        let line = format!("{}\r\n", "x".repeat(98));
+        let body = line.repeat(2000); // 200_000 octets
+                                      // One big input, then 1000-octet reads: same message, every chunk
+                                      // at most BODY_CHUNK, nothing held by the session between reads.
+        for step in [usize::MAX, 1000] {
+            let mut d = Driver::new(p.clone());
+            d.feed(format!("EHLO c\r\n{MAIL_RCPT}DATA\r\n").as_bytes());
+            let input = format!("{body}.\r\n");
+            for piece in input.as_bytes().chunks(step.min(input.len())) {
+                d.feed(piece);
+                assert_eq!(d.s.body.buffered(), 0, "the session holds body bytes");
+            }
+            assert_eq!(d.txns.len(), 1);
+            assert_eq!(d.txns[0].data, body.as_bytes());
+            assert!(d.chunks >= 4, "{} chunks", d.chunks);
+            assert_eq!(d.discards, 0);
+        }
+    }
+
+    #[test]
+    fn size_limit_exact_and_one_over() {
+        // max_message_size = 1000: 1000 octets pass, 1001 do not, whether
+        // the first octets were given out already or not.
+        for step in [usize::MAX, 7] {
+            for (size, ok) in [(1000usize, true), (1001, false)] {
+                let mut d = Driver::new(params(Role::Mx));
+                d.feed(format!("EHLO c\r\n{MAIL_RCPT}").as_bytes());
+                d.take_out();
+                let mut body = "y".repeat(size - 2);
+                body.push_str("\r\n");
+                let input = format!("DATA\r\n{body}.\r\nNOOP\r\n");
+                for piece in input.as_bytes().chunks(step.min(input.len())) {
+                    d.feed(piece);
+                }
+                let end = if ok {
+                    "250 2.0.0 Ok: queued as Q1\r\n250 2.0.0 Ok\r\n"
+                } else {
+                    "552 5.3.4 Error: message too big\r\n250 2.0.0 Ok\r\n"
+                };
+                assert!(d.take_out().ends_with(end), "size {size} step {step}");
+                assert_eq!(d.txns.len(), usize::from(ok));
+                if ok {
+                    assert_eq!(d.txns[0].data.len(), size);
+                }
+                // Given out in pieces, then over the limit: Discard once.
+                assert_eq!(d.discards, usize::from(!ok && step == 7));
+                assert!(d.body.is_empty());
+
+                // BDAT: the same limit over two chunks.
+                let mut d = Driver::new(params(Role::Mx));
+                d.feed(format!("EHLO c\r\n{MAIL_RCPT}").as_bytes());
+                d.take_out();
+                let input = format!(
+                    "BDAT 500\r\n{}BDAT {} LAST\r\n{}",
+                    "b".repeat(500),
+                    size - 500,
+                    "c".repeat(size - 500)
+                );
+                for piece in input.as_bytes().chunks(step.min(input.len())) {
+                    d.feed(piece);
+                }
+                assert_eq!(
+                    d.txns.len(),
+                    usize::from(ok),
+                    "bdat size {size} step {step}"
+                );
+                if ok {
+                    assert_eq!(d.txns[0].data.len(), size);
+                    assert!(d.take_out().ends_with("250 2.0.0 Ok: queued as Q1\r\n"));
+                } else {
+                    assert!(d
+                        .take_out()
+                        .ends_with("552 5.3.4 Error: message too big\r\n"));
+                    assert_eq!(d.discards, 1);
+                }
+                assert!(d.body.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn dropped_transactions_discard_what_was_given_out() {
+        // (input after EHLO and MAIL/RCPT, Discards, deliveries)
+        let table: &[(&str, usize, usize)] = &[
+            ("BDAT 5\r\nabcdeRSET\r\n", 1, 0),
+            ("BDAT 5\r\nabcdeEHLO again\r\n", 1, 0),
+            // A new transaction after the RSET gets only its own bytes.
+            ("BDAT 5\r\nabcdeRSET\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\nBDAT 3 LAST\r\nxyz", 1, 1),
+            // Nothing given out yet: nothing to discard.
+            ("RSET\r\n", 0, 0),
+            ("BDAT 0\r\nRSET\r\n", 0, 0),
+        ];
+        for &(input, discards, delivered) in table {
+            for step in [usize::MAX, 1] {
+                let mut d = Driver::new(params(Role::Mx));
+                d.feed(format!("EHLO c\r\n{MAIL_RCPT}").as_bytes());
+                for piece in input.as_bytes().chunks(step.min(input.len())) {
+                    d.feed(piece);
+                }
+                assert_eq!(d.discards, discards, "{input:?} step {step}");
+                assert_eq!(d.txns.len(), delivered, "{input:?}");
+                if delivered == 1 {
+                    assert_eq!(d.txns[0].data, b"xyz");
+                }
+                assert!(d.body.is_empty(), "{input:?}");
+            }
+        }
+    }
+
+    #[test]
     fn huge_bdat_is_discarded_without_buffering() {
         let mut d = Driver::new(params(Role::Mx));
         d.feed(b"EHLO c\r\n");
@@ -1910,7 +2122,8 @@ mod tests {
         while left > 0 {
             let n = left.min(junk.len());
             d.feed(&junk[..n]);
-            assert!(d.s.body.size() <= 10_000_000 && d.s.body.take().capacity() <= 1000);
+            assert!(d.s.body.size() <= 10_000_000 && d.s.body.buffered() == 0);
+            assert!(d.body.len() <= 1000, "over the limit, nothing is given out");
             left -= n;
         }
         d.feed(b"NOOP\r\n");
@@ -2130,7 +2343,8 @@ mod tests {
         let Some(Event::Deliver(t)) = ev.pop() else {
             panic!("no delivery: {ev:?}")
         };
-        assert_eq!(t.data, b"one\r\n");
+        assert!(t.data.is_empty());
+        assert_eq!(ev.pop(), Some(Event::Body(b"one\r\n".to_vec())));
         assert!(ev.is_empty());
         assert!(!s.wants_input());
         assert!(s.in_transaction());
@@ -2157,10 +2371,11 @@ mod tests {
                 "354 End data with <CR><LF>.<CR><LF>"
             ])
         );
-        let Some(Event::Deliver(t)) = ev.pop() else {
+        let Some(Event::Deliver(_)) = ev.pop() else {
             panic!("no second delivery")
         };
-        assert_eq!(t.data, b"two\r\n");
+        assert_eq!(ev.pop(), Some(Event::Body(b"two\r\n".to_vec())));
+        assert!(ev.is_empty());
         assert!(!s.wants_input());
         out.clear();
         s.delivered(
@@ -2423,6 +2638,10 @@ mod tests {
                                 closes += 1;
                                 assert!(s.is_closed())
                             }
+                            Event::Body(chunk) => {
+                                assert!(!chunk.is_empty() && chunk.len() <= BODY_CHUNK)
+                            }
+                            Event::Discard => {}
                         }
                     }
                     pending = next;

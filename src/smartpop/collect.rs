@@ -16,6 +16,7 @@ use crate::outbox::unix_secs;
 use crate::smartpop::records::{records_path, Records};
 use crate::smartpop::route::{self, Route};
 use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
+use crate::store::message::Message;
 use crate::store::trace::{self, TraceInfo};
 
 /// Before a run, on a worker: the account's records (finishing the
@@ -97,7 +98,7 @@ impl Fetched {
                 })
                 .collect(),
             trace: trace_info,
-            message: &message,
+            message: Message::Wire(&message),
             extra_headers: format!(
                 "X-Mailgate-Routed: smartpop {} from {}:{}, {how}\r\n",
                 self.account.name, self.account.host.host, self.account.host.port
@@ -308,7 +309,7 @@ pub fn oversize_notice(
                 via: None,
                 id: trace::new_id(now),
             },
-            message: text.as_bytes(),
+            message: Message::Wire(text.as_bytes()),
             extra_headers: String::new(),
             delivered_to_check: true,
         };

@@ -12,6 +12,7 @@
 //! or decide routing (recipients arrive resolved and deduplicated).
 
 use crate::store::maildir::{self, Maildir};
+use crate::store::message::{HeaderScan, Message};
 use crate::store::trace::{self, TraceInfo};
 use std::fmt;
 use std::io;
@@ -129,8 +130,9 @@ pub struct LocalDelivery<'a> {
     /// Resolved, deduplicated mailboxes.
     pub recipients: Vec<LocalRecipient>,
     pub trace: TraceInfo,
-    /// The message as received: CRLF line ends, dot-stuffing removed.
-    pub message: &'a [u8],
+    /// The message as received (dot-stuffing removed): in memory with
+    /// CRLF line ends, or spooled.
+    pub message: Message<'a>,
     /// Extra header lines (CRLF-terminated) placed after `Received:`,
     /// e.g. SmartPop's `X-Mailgate-Routed:`.
     pub extra_headers: String,
@@ -149,52 +151,46 @@ pub struct DeliveredCopy {
     pub size: u64,
 }
 
-/// Header section of a message: up to the first empty line (RFC 5322 2.1),
-/// iterated as (field name, raw value including folded lines).
-fn header_fields(message: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
-    let mut lines = message.split(|&b| b == b'\n').peekable();
-    std::iter::from_fn(move || loop {
-        let line = lines.next()?;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            // End of the header section: stop for good.
-            while lines.next().is_some() {}
-            return None;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue; // continuation without a field, or junk: skip
-        };
-        let (name, value) = line.split_at(colon);
-        let mut value = value.get(1..).unwrap_or(&[]).to_vec();
-        while let Some(next) = lines.peek() {
-            if matches!(next.first(), Some(b' ') | Some(b'\t')) {
-                let next = next.strip_suffix(b"\r").unwrap_or(next);
-                value.extend_from_slice(next);
-                lines.next();
-            } else {
-                break;
-            }
-        }
-        return Some((name.trim_ascii(), value));
-    })
-}
-
 /// Number of `Received:` fields in the header section.
 pub fn count_received(message: &[u8]) -> usize {
-    header_fields(message)
-        .filter(|(name, _)| name.eq_ignore_ascii_case(b"Received"))
-        .count()
+    let mut scan = HeaderScan::new(&[]);
+    scan.feed(message);
+    scan.finish().received
+}
+
+fn too_many_hops() -> DeliveryError {
+    DeliveryError::Permanent {
+        code: 554,
+        enhanced: "5.4.6",
+        text: "Too many hops".into(),
+    }
+}
+
+fn mail_loop() -> DeliveryError {
+    DeliveryError::Permanent {
+        code: 554,
+        enhanced: "5.4.6",
+        text: "Mail loop detected".into(),
+    }
 }
 
 /// RFC 5321 6.3 loop detection by hop count: 554 5.4.6 past
 /// [`MAX_RECEIVED`].
 pub fn check_hops(message: &[u8]) -> Result<(), DeliveryError> {
     if count_received(message) > MAX_RECEIVED {
-        Err(DeliveryError::Permanent {
-            code: 554,
-            enhanced: "5.4.6",
-            text: "Too many hops".into(),
-        })
+        Err(too_many_hops())
+    } else {
+        Ok(())
+    }
+}
+
+/// The hop count of any message (in memory or spooled).
+pub fn check_hops_of(message: &Message<'_>) -> Result<(), DeliveryError> {
+    let facts = message
+        .headers(&[])
+        .map_err(|e| DeliveryError::from_io(&e))?;
+    if facts.received > MAX_RECEIVED {
+        Err(too_many_hops())
     } else {
         Ok(())
     }
@@ -203,23 +199,11 @@ pub fn check_hops(message: &[u8]) -> Result<(), DeliveryError> {
 /// A message that already carries `Delivered-To: MAILBOX` came back to the
 /// mailbox it was delivered to (a forward loop): 554 5.4.6.
 pub fn check_delivered_to(message: &[u8], mailbox: &str) -> Result<(), DeliveryError> {
-    let looped = header_fields(message).any(|(name, value)| {
-        if !name.eq_ignore_ascii_case(b"Delivered-To") {
-            return false;
-        }
-        let v = value.trim_ascii();
-        let v = v
-            .strip_prefix(b"<")
-            .and_then(|v| v.strip_suffix(b">"))
-            .unwrap_or(v);
-        v.eq_ignore_ascii_case(mailbox.as_bytes())
-    });
-    if looped {
-        Err(DeliveryError::Permanent {
-            code: 554,
-            enhanced: "5.4.6",
-            text: "Mail loop detected".into(),
-        })
+    let mailboxes = [mailbox];
+    let mut scan = HeaderScan::new(&mailboxes);
+    scan.feed(message);
+    if scan.finish().delivered_to.first() == Some(&true) {
+        Err(mail_loop())
     } else {
         Ok(())
     }
@@ -304,9 +288,16 @@ pub fn deliver_local_with(
     req: &LocalDelivery<'_>,
     before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
-    check_hops(req.message)?;
+    let mailboxes: Vec<&str> = req.recipients.iter().map(|r| r.mailbox.as_str()).collect();
+    let facts = req
+        .message
+        .headers(&mailboxes)
+        .map_err(|e| DeliveryError::from_io(&e))?;
+    if facts.received > MAX_RECEIVED {
+        return Err(too_many_hops());
+    }
     let now = SystemTime::now();
-    let (body_s, body_w) = maildir::lf_sizes(&[req.message]);
+    let (body_s, body_w) = req.message.sizes();
 
     // Quota'd mailboxes are locked from their usage check until their copy
     // is published (Maildir::lock_quota), in name order so that two
@@ -334,13 +325,13 @@ pub fn deliver_local_with(
     // Prepare every copy (names, sizes, quota) before writing anything.
     let mut copies = Vec::with_capacity(req.recipients.len());
     let mut headers = Vec::with_capacity(req.recipients.len());
-    for r in &req.recipients {
+    for (i, r) in req.recipients.iter().enumerate() {
         let md = Maildir::for_mailbox(data_dir, &r.mailbox).map_err(|e| {
             log::error!("refusing delivery to {:?}: {e}", r.mailbox);
             DeliveryError::bad_mailbox()
         })?;
-        if req.delivered_to_check {
-            check_delivered_to(req.message, &r.mailbox)?;
+        if req.delivered_to_check && facts.delivered_to.get(i) == Some(&true) {
+            return Err(mail_loop());
         }
         let hdr = copy_headers(req, r, now);
         // The header block ends in CRLF, so sizes simply add up.
@@ -390,14 +381,12 @@ pub fn deliver_local_with(
 fn write_all_copies(
     copies: &mut [Copy],
     headers: &[String],
-    message: &[u8],
+    message: Message<'_>,
     before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<(), (PathBuf, io::Error)> {
     for (c, hdr) in copies.iter_mut().zip(headers) {
-        c.md.stage(&c.name, |w| {
-            maildir::write_lf(w, &[hdr.as_bytes(), message])
-        })
-        .map_err(|e| (c.md.tmp_dir().join(&c.name), e))?;
+        c.md.stage(&c.name, |w| message.write_stored(hdr.as_bytes(), w))
+            .map_err(|e| (c.md.tmp_dir().join(&c.name), e))?;
         c.staged = true;
     }
     let staged: Vec<StagedCopy> = copies
@@ -458,7 +447,7 @@ mod tests {
             reverse_path: "a@example.org".into(),
             recipients: rcpts,
             trace: trace_info(),
-            message,
+            message: Message::Wire(message),
         }
     }
 
@@ -721,6 +710,57 @@ mod tests {
         assert_eq!(quota.code(), 452);
         let eio = DeliveryError::from_io(&io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(eio.to_string(), "451 4.3.0 Local error in processing");
+    }
+
+    #[test]
+    fn spooled_copies_match_in_memory_ones() {
+        use crate::store::spool::{self, SpoolWriter};
+        let t = TempDir::new("deliver-spooled");
+        spool::prepare(t.path()).unwrap();
+        let mut wire = b"Received: from a\r\nSubject: big\r\n\r\n".to_vec();
+        for i in 0..5000 {
+            wire.extend_from_slice(format!("line {i} with a bare\rCR\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"no newline at the end\r");
+        let mut w = SpoolWriter::create(t.path()).unwrap();
+        for piece in wire.chunks(4093) {
+            w.write(piece).unwrap();
+        }
+        let spooled = w.finish().unwrap();
+        let mem =
+            deliver_local(t.path(), &req(vec![rcpt("bob@example.test", None)], &wire)).unwrap();
+        let mut r = req(vec![rcpt("alice@example.test", None)], b"");
+        r.message = Message::Stored(&spooled);
+        let disk = deliver_local(t.path(), &r).unwrap();
+        let (a, b) = (
+            fs::read(&mem[0].path).unwrap(),
+            fs::read(&disk[0].path).unwrap(),
+        );
+        let mut body = Vec::new();
+        maildir::write_lf(&mut body, &[&wire]).unwrap();
+        assert!(a.ends_with(&body) && b.ends_with(&body));
+        for c in [&mem[0], &disk[0]] {
+            let data = fs::read(&c.path).unwrap();
+            assert_eq!(data.len() as u64, c.size);
+            let lfs = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            let name = c.path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                maildir::parse_sizes(name),
+                (Some(c.size), Some(c.size + lfs))
+            );
+        }
+        // Loop checks read the spooled header section too.
+        let mut looped = SpoolWriter::create(t.path()).unwrap();
+        looped
+            .write(b"Delivered-To: bob@example.test\r\n\r\nx\r\n")
+            .unwrap();
+        let looped = looped.finish().unwrap();
+        let mut r = req(vec![rcpt("bob@example.test", None)], b"");
+        r.message = Message::Stored(&looped);
+        assert_eq!(
+            deliver_local(t.path(), &r).unwrap_err().to_string(),
+            "554 5.4.6 Mail loop detected"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Everything that puts bytes on disk for good: the one durable-write
 //! helper, Maildir folders, local delivery with its trace headers, the
-//! outbox queue's files, the POP3 view of a Maildir, and the IMAP mailbox
-//! store (`mailbox`: folders, UIDs, flags and modseqs as Dovecot keeps
-//! them); and, in memory, who has which mailbox open (`mailboxes`, and
-//! `mailbox::registry` per IMAP folder).
+//! outbox queue's files, the SMTP intake spool and the message bodies
+//! delivered from memory or from it, the POP3 view of a Maildir, and the
+//! IMAP mailbox store (`mailbox`: folders, UIDs, flags and modseqs as
+//! Dovecot keeps them); and, in memory, who has which mailbox open
+//! (`mailboxes`, and `mailbox::registry` per IMAP folder).
 //!
 //! Must not: speak any protocol or run on the event-loop thread (every
 //! function here but `mailboxes`' and `mailbox::registry`'s may block on
@@ -15,7 +16,9 @@ pub mod mailbox;
 pub mod mailboxes;
 pub mod maildir;
 pub mod maildrop;
+pub mod message;
 pub mod queue;
+pub mod spool;
 pub mod trace;
 
 /// Seconds since the Unix epoch (0 for a clock set before it).

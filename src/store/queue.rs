@@ -21,7 +21,6 @@
 //! times (`schedule`), or build bounces (`bounce`). It does blocking file IO
 //! with fsync: call it from the worker pool, not the event loop.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -406,6 +405,22 @@ impl Queue {
         smtputf8: bool,
         now: u64,
     ) -> io::Result<QueueEntry> {
+        self.enqueue_with(sender, recipients, smtputf8, now, &mut |w| {
+            crate::store::maildir::write_lf(w, &[message])
+        })
+    }
+
+    /// [`Queue::enqueue`] with the message written by `fill`, which must
+    /// write the stored form (LF line ends): a spooled body is copied,
+    /// never read into memory whole.
+    pub fn enqueue_with(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        smtputf8: bool,
+        now: u64,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<QueueEntry> {
         check_address(sender, true)?;
         if recipients.is_empty() {
             return Err(invalid("no recipients"));
@@ -426,11 +441,7 @@ impl Queue {
         }
         let id = self.new_id(now)?;
         let msg_path = self.message_path(&id);
-        write_durable(
-            &self.tmp_path(&id, MSG_EXT),
-            &msg_path,
-            &crlf_to_lf(message),
-        )?;
+        crate::store::durable::write_durable_with(&self.tmp_path(&id, MSG_EXT), &msg_path, fill)?;
         let entry = QueueEntry {
             id,
             created: now,
@@ -711,21 +722,6 @@ fn ignore_not_found(result: io::Result<()>) -> io::Result<()> {
 
 /// CRLF line endings become LF; a lone CR or LF is kept as it is. A
 /// message without CRLF is not copied.
-fn crlf_to_lf(message: &[u8]) -> Cow<'_, [u8]> {
-    if !message.windows(2).any(|w| w == b"\r\n") {
-        return Cow::Borrowed(message);
-    }
-    let mut out = Vec::with_capacity(message.len());
-    let mut rest = message;
-    while let Some((&b, tail)) = rest.split_first() {
-        if !(b == b'\r' && tail.first() == Some(&b'\n')) {
-            out.push(b);
-        }
-        rest = tail;
-    }
-    Cow::Owned(out)
-}
-
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -1245,8 +1241,15 @@ mod tests {
             (b"\r", b"\r"),
             (b"\xff\r\n\x00", b"\xff\n\x00"),
         ];
+        // Stored as Maildir copies are (one conversion: maildir::write_lf).
+        let tmp = TempDir::new("crlf");
+        let (q, _) = open(&tmp);
         for (input, want) in cases {
-            assert_eq!(&*crlf_to_lf(input), *want, "{input:?}");
+            let e = q
+                .enqueue("s@x", &rcpts(&["a@x"]), input, false, T0)
+                .unwrap();
+            let stored = fs::read(q.message_path(&e.id)).unwrap();
+            assert_eq!(&stored, want, "{input:?}");
         }
     }
 
