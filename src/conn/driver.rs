@@ -82,6 +82,9 @@ pub enum Outcome {
     /// SmartPop: a fetched message is (true) or is not durable, with the
     /// account's records handed back.
     SmartPopDelivered(bool, Option<Box<Records>>),
+    /// SmartPop: a chunk of a RETR body is in the staging file, which
+    /// comes back for the next write.
+    SmartPopStaged(std::io::Result<std::fs::File>),
     /// SmartPop bookkeeping done; nothing to report.
     SmartPopNoted,
     /// A job with nothing to report (closing a file off the loop thread).

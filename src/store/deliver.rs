@@ -11,10 +11,12 @@
 //! Must not: run on the event-loop thread (it fsyncs; use `crate::workers`)
 //! or decide routing (recipients arrive resolved and deduplicated).
 
-use crate::store::maildir::{self, Maildir};
+use crate::store::maildir::{self, CrlfToLf, Maildir};
 use crate::store::trace::{self, TraceInfo};
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -304,9 +306,34 @@ pub fn deliver_local_with(
     req: &LocalDelivery<'_>,
     before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
+    deliver_local_from(data_dir, req, None, before_publish)
+}
+
+/// The part of a message that stays on disk: `file` from `offset` to its
+/// end, read in chunks of this many octets while each copy is written.
+pub struct Tail<'a> {
+    pub file: &'a File,
+    pub offset: u64,
+}
+
+/// Octets of a [`Tail`] read at a time.
+const TAIL_CHUNK: usize = 64 * 1024;
+
+/// [`deliver_local_with`] for a message held in memory only in part:
+/// `req.message` (its whole header, which the loop checks read) followed
+/// by `tail`, streamed from its file into every copy.
+pub fn deliver_local_from(
+    data_dir: &Path,
+    req: &LocalDelivery<'_>,
+    tail: Option<&Tail<'_>>,
+    before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
+) -> Result<Vec<DeliveredCopy>, DeliveryError> {
     check_hops(req.message)?;
     let now = SystemTime::now();
-    let (body_s, body_w) = maildir::lf_sizes(&[req.message]);
+    let (body_s, body_w) = body_sizes(req.message, tail).map_err(|e| {
+        log::error!("delivery: cannot read the message: {e}");
+        DeliveryError::from_io(&e)
+    })?;
 
     // Prepare every copy (names, sizes, quota) before writing anything.
     let mut copies = Vec::with_capacity(req.recipients.len());
@@ -344,7 +371,7 @@ pub fn deliver_local_with(
         headers.push(hdr);
     }
 
-    let result = write_all_copies(&mut copies, &headers, req.message, before_publish);
+    let result = write_all_copies(&mut copies, &headers, req.message, tail, before_publish);
     match result {
         Ok(()) => Ok(copies
             .into_iter()
@@ -362,17 +389,60 @@ pub fn deliver_local_with(
     }
 }
 
+/// [`maildir::lf_sizes`] of `message` followed by `tail`.
+fn body_sizes(message: &[u8], tail: Option<&Tail<'_>>) -> io::Result<(u64, u64)> {
+    let Some(t) = tail else {
+        return Ok(maildir::lf_sizes(&[message]));
+    };
+    let (mut s, mut lfs) = (0u64, 0u64);
+    let mut count = |b: &[u8]| {
+        s += b.len() as u64;
+        lfs += b.iter().filter(|&&c| c == b'\n').count() as u64;
+        Ok(())
+    };
+    let mut conv = CrlfToLf::default();
+    conv.feed(message, &mut count)?;
+    each_chunk(t, &mut |chunk| conv.feed(chunk, &mut count))?;
+    conv.finish(&mut count)?;
+    Ok((s, s + lfs))
+}
+
+/// Reads `tail` to the end of its file, a chunk at a time.
+fn each_chunk(t: &Tail<'_>, f: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    let mut buf = vec![0u8; TAIL_CHUNK];
+    let mut offset = t.offset;
+    loop {
+        match t.file.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                f(buf.get(..n).unwrap_or_default())?;
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Stage every copy, publish every copy, fsync every `new/`. The error
 /// names the path that failed, for the log.
 fn write_all_copies(
     copies: &mut [Copy],
     headers: &[String],
     message: &[u8],
+    tail: Option<&Tail<'_>>,
     before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<(), (PathBuf, io::Error)> {
     for (c, hdr) in copies.iter_mut().zip(headers) {
         c.md.stage(&c.name, |w| {
-            maildir::write_lf(w, &[hdr.as_bytes(), message])
+            let mut conv = CrlfToLf::default();
+            let mut emit = |b: &[u8]| io::Write::write_all(w, b);
+            conv.feed(hdr.as_bytes(), &mut emit)?;
+            conv.feed(message, &mut emit)?;
+            if let Some(t) = tail {
+                each_chunk(t, &mut |chunk| conv.feed(chunk, &mut emit))?;
+            }
+            conv.finish(&mut emit)
         })
         .map_err(|e| (c.md.tmp_dir().join(&c.name), e))?;
         c.staged = true;
