@@ -696,10 +696,8 @@ impl Driver for SmtpOut {
 
     fn complete(&mut self, done: Done, cx: &mut Ctx) {
         match done {
-            Done::OutboundLoaded(read) => {
-                if !self.done && matches!(self.phase, Phase::Loading) {
-                    self.loaded(read, cx);
-                }
+            Done::OutboundLoaded(read) if !self.done && matches!(self.phase, Phase::Loading) => {
+                self.loaded(read, cx);
             }
             Done::OutboundRead(read) => self.chunk_read(read, cx),
             _ => {}

@@ -1990,7 +1990,7 @@ mod tests {
         assert_eq!(events, [FetchEvent::Body(b"ab\r\n".to_vec())]);
         let mut events = Vec::new();
         let mut b = Body::new(4);
-        assert_eq!(b.feed(b"abc", &mut events).1, false);
+        assert!(!b.feed(b"abc", &mut events).1);
         assert_eq!(b.feed(b"\r\nlonger line\r\n.\r\n", &mut events), (18, true));
         assert!(b.overflow);
         assert_eq!(b.seen, 18);

@@ -496,6 +496,38 @@ mod tests {
     }
 
     #[test]
+    fn head_is_read_to_the_empty_line() {
+        let t = crate::store::durable::tests::TempDir::new("collect-head");
+        let path = t.path().join("m");
+        let long_line = format!("X: {}\r\n", "y".repeat(100));
+        let huge: String = std::iter::repeat_n(long_line.as_str(), MAX_HEADER / 100 + 10).collect();
+        let cases: Vec<(Vec<u8>, usize)> = vec![
+            (b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore".to_vec(), 14),
+            (b"A: 1\nB: 2\n\nbody\n".to_vec(), 11),
+            (b"\r\nbody".to_vec(), 2),
+            (b"A: 1\r\nno body".to_vec(), 13),
+            (b"".to_vec(), 0),
+            // Longer than MAX_HEADER: whole lines up to about the bound.
+            (huge.clone().into_bytes(), 0),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&path, &text).unwrap();
+            let head = read_head(&File::open(&path).unwrap()).unwrap();
+            if want == 0 && !text.is_empty() {
+                assert!(head.len() > MAX_HEADER - 200 && head.len() < MAX_HEADER + HEAD_CHUNK);
+                assert!(head.ends_with(b"\r\n") && text.starts_with(&head));
+            } else {
+                assert_eq!(head, &text[..want], "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+        assert_eq!(
+            staging_path(t.path(), "isp"),
+            Some(t.path().join("smartpop/.isp.retr"))
+        );
+        assert_eq!(staging_path(t.path(), "../x"), None);
+    }
+
+    #[test]
     fn sender_from_header() {
         let cases: &[(&[u8], &str)] = &[
             (

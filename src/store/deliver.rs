@@ -555,6 +555,43 @@ mod tests {
     }
 
     #[test]
+    fn delivers_from_a_file_tail_as_from_memory() {
+        let t = TempDir::new("deliver-tail");
+        let msg: &[u8] =
+            b"From: a@example.org\r\nSubject: t\r\n\r\nline\r\n.dot\r\nbare\rCR\r\nend";
+        let path = t.path().join("staged");
+        fs::write(&path, msg).unwrap();
+        let file = File::open(&path).unwrap();
+        let whole =
+            deliver_local(t.path(), &req(vec![rcpt("bob@example.test", None)], msg)).unwrap();
+        let want = fs::read(&whole[0].path).unwrap();
+        let want_body: &[u8] = b"From: a@example.org\nSubject: t\n\nline\n.dot\nbare\rCR\nend";
+        assert!(want.ends_with(want_body));
+        // Every split, even between a CR and its LF, gives the same copy.
+        for split in 0..=msg.len() {
+            let r = req(vec![rcpt("bob@example.test", None)], &msg[..split]);
+            let tail = Tail {
+                file: &file,
+                offset: split as u64,
+            };
+            let got = deliver_local_from(t.path(), &r, Some(&tail), &mut |_| Ok(())).unwrap();
+            let data = fs::read(&got[0].path).unwrap();
+            assert!(data.ends_with(want_body), "split {split}");
+            assert_eq!(data.len() as u64, got[0].size, "split {split}");
+            let name =
+                |c: &DeliveredCopy| c.path.file_name().unwrap().to_str().unwrap().to_string();
+            let sizes = maildir::parse_sizes(&name(&got[0]));
+            // S= is the size on disk, W= adds one octet per LF.
+            let lfs = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(
+                sizes,
+                (Some(got[0].size), Some(got[0].size + lfs)),
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
     fn null_reverse_path_and_hostile_sender() {
         let t = TempDir::new("deliver-null");
         let mut r = req(vec![rcpt("bob@example.test", None)], MSG);
