@@ -638,6 +638,8 @@ fn read_full(file: &mut File, want: usize) -> io::Result<Vec<u8>> {
         }
     }
     buf.truncate(got);
+    // Kept for the driver's life (the first chunk): no more than it holds.
+    buf.shrink_to_fit();
     Ok(buf)
 }
 
