@@ -63,13 +63,15 @@ impl Stage {
         self.writing.is_some() && self.pending.len() >= STAGE_CHUNK
     }
 
-    /// Forgets message `gen` (oversized, delivered, or the session ended).
-    fn next_message(&mut self) {
+    /// Forgets message `gen` (oversized, delivered, or the session
+    /// ended); its file, if open, is the caller's to close on a worker.
+    #[must_use]
+    fn next_message(&mut self) -> Option<File> {
         self.gen += 1;
-        self.file = None;
         self.pending = Vec::new();
         self.failed = None;
         self.deliver = None;
+        self.file.take()
     }
 }
 
@@ -322,7 +324,8 @@ impl Pop3FetchDriver {
                 "smartpop {}: cannot stage the message ({e}); left on the server",
                 self.name()
             );
-            self.stage.next_message();
+            let file = self.stage.next_message();
+            self.close_file(file, cx);
             self.delivery_done(false, cx);
             return;
         }
@@ -339,7 +342,9 @@ impl Pop3FetchDriver {
             staged: self.stage.file.take(),
             staged_path: self.stage.path.clone(),
         };
-        self.stage.next_message();
+        // None: the job has the file.
+        let left = self.stage.next_message();
+        self.close_file(left, cx);
         let records = self.records.take();
         self.jobs += 1;
         cx.submit(move || {
@@ -351,20 +356,33 @@ impl Pop3FetchDriver {
     /// A staging write came back.
     fn staged(&mut self, written: std::io::Result<File>, cx: &mut Ctx) {
         let generation = self.stage.writing.take();
-        if generation == Some(self.stage.gen) {
-            match written {
-                Ok(file) => self.stage.file = Some(file),
-                Err(e) => {
-                    self.stage.failed = Some(e.to_string());
-                    self.stage.pending = Vec::new();
-                }
+        match written {
+            Ok(file) if generation == Some(self.stage.gen) => self.stage.file = Some(file),
+            // For a message dropped since.
+            Ok(file) => self.close_file(Some(file), cx),
+            Err(e) if generation == Some(self.stage.gen) => {
+                self.stage.failed = Some(e.to_string());
+                self.stage.pending = Vec::new();
             }
+            Err(_) => {}
         }
         if self.finished {
             return;
         }
         self.kick_stage(cx);
         self.pump(cx);
+    }
+
+    /// Files are closed on a worker, never on the loop thread (`close` on
+    /// a regular file is disk work too).
+    fn close_file(&mut self, file: Option<File>, cx: &mut Ctx) {
+        if let Some(file) = file {
+            self.jobs += 1;
+            cx.submit_quick(move || {
+                drop(file);
+                Outcome::Nothing
+            });
+        }
     }
 
     /// The delivery of the message in flight is over: `ok` when it is
@@ -444,7 +462,8 @@ impl Pop3FetchDriver {
                 }
                 FetchEvent::Oversized { uidl, size, .. } => {
                     // What was staged of it (a LIST size that lied) goes.
-                    self.stage.next_message();
+                    let file = self.stage.next_message();
+                    self.close_file(file, cx);
                     warn!("smartpop {}: a message of {size} bytes is over max_message_size; left on the server", self.name());
                     let notice = crate::smartpop::collect::oversize_notice(
                         &self.config,
@@ -507,7 +526,8 @@ impl Pop3FetchDriver {
             None => info!("{line}"),
             Some(e) => warn!("{line} error: {e}"),
         }
-        self.stage.next_message();
+        let file = self.stage.next_message();
+        self.close_file(file, cx);
         if std::mem::take(&mut self.stage.used) {
             let path = self.stage.path.clone();
             self.jobs += 1;

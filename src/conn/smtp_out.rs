@@ -137,6 +137,11 @@ impl SmtpOut {
                 return;
             }
         };
+        self.message = Some(Message {
+            file: Some(message.file),
+            first: message.first,
+            reading: false,
+        });
         // RFC 5321 6.3: a message that went round too often is a loop.
         if message.received > deliver::MAX_RECEIVED {
             let results =
@@ -150,11 +155,6 @@ impl SmtpOut {
             size: message.size,
             eight_bit: message.eight_bit,
             smtputf8: self.job.smtputf8,
-        });
-        self.message = Some(Message {
-            file: Some(message.file),
-            first: message.first,
-            reading: false,
         });
         self.phase = Phase::Connecting;
         let step = self.connector.advance(cx.registry(), cx.token, cx.now);
@@ -490,6 +490,11 @@ impl SmtpOut {
     fn finish(&mut self, results: Vec<RcptResult>, relay: Option<String>, cx: &mut Ctx) {
         self.phase = Phase::Done;
         self.done = true;
+        // A read still out brings the file back to `chunk_read`, which
+        // closes it then.
+        if let Some(file) = self.message.as_mut().and_then(|m| m.file.take()) {
+            close_on_worker(file, cx);
+        }
         cx.effect(Effect::OutboundDone(GroupReport {
             entry_id: self.job.entry_id.clone(),
             results,
@@ -507,6 +512,12 @@ impl SmtpOut {
             return;
         };
         message.reading = false;
+        if self.done {
+            if let Ok((file, _)) = read {
+                close_on_worker(file, cx);
+            }
+            return;
+        }
         let waiting = match &mut self.phase {
             Phase::Session {
                 body: Some(b),
@@ -580,6 +591,15 @@ fn feed_body(
         }
     }
     Ok(None)
+}
+
+/// Files are closed on a worker, never on the loop thread (`close` on a
+/// regular file is disk work too).
+fn close_on_worker(file: File, cx: &Ctx) {
+    cx.submit_quick(move || {
+        drop(file);
+        Done::Nothing
+    });
 }
 
 /// Worker side: opens the queued message and measures it in one pass of
@@ -701,6 +721,7 @@ impl Driver for SmtpOut {
             Done::OutboundLoaded(read) if !self.done && matches!(self.phase, Phase::Loading) => {
                 self.loaded(read, cx);
             }
+            Done::OutboundLoaded(Ok(late)) => close_on_worker(late.file, cx),
             Done::OutboundRead(read) => self.chunk_read(read, cx),
             _ => {}
         }
