@@ -55,6 +55,9 @@ struct Stage {
     deliver: Option<Option<String>>,
     /// A staging file was made during this run (removed at its end).
     used: bool,
+    /// Message `gen` is going to the staging file (it outgrew one
+    /// chunk); until then its body is only in `pending`.
+    on_disk: bool,
 }
 
 impl Stage {
@@ -71,6 +74,7 @@ impl Stage {
         self.pending = Vec::new();
         self.failed = None;
         self.deliver = None;
+        self.on_disk = false;
         self.file.take()
     }
 }
@@ -304,7 +308,11 @@ impl Pop3FetchDriver {
         if self.stage.writing.is_some() {
             return;
         }
-        if !self.stage.pending.is_empty() && self.stage.failed.is_none() {
+        // A body within one chunk never touches the disk: it goes to the
+        // delivery from memory (most mail is a few KiB).
+        let spill = self.stage.on_disk || self.stage.pending.len() >= STAGE_CHUNK;
+        if spill && !self.stage.pending.is_empty() && self.stage.failed.is_none() {
+            self.stage.on_disk = true;
             let data = std::mem::take(&mut self.stage.pending);
             let file = self.stage.file.take();
             let path = self.stage.path.clone();
@@ -340,7 +348,8 @@ impl Pop3FetchDriver {
             tls: t.tls_description(),
             uidl,
             staged: self.stage.file.take(),
-            staged_path: self.stage.path.clone(),
+            staged_path: self.stage.on_disk.then(|| self.stage.path.clone()),
+            data: std::mem::take(&mut self.stage.pending),
         };
         // None: the job has the file.
         let left = self.stage.next_message();

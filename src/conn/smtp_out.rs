@@ -64,7 +64,8 @@ enum Phase {
 
 /// The queued message as a worker found it (`load`).
 pub struct QueuedMessage {
-    pub file: File,
+    /// None when `first` holds all of it (closed on the worker).
+    pub file: Option<File>,
     /// Its first `STREAM_CHUNK` octets (all of it when shorter).
     pub first: Vec<u8>,
     /// RFC 1870 size and 8-bit octets, for MAIL FROM.
@@ -138,7 +139,7 @@ impl SmtpOut {
             }
         };
         self.message = Some(Message {
-            file: Some(message.file),
+            file: message.file,
             first: message.first,
             reading: false,
         });
@@ -628,9 +629,11 @@ pub fn load(path: &Path) -> io::Result<QueuedMessage> {
             break;
         }
     }
+    let first = first.unwrap_or_default();
     Ok(QueuedMessage {
-        file,
-        first: first.unwrap_or_default(),
+        // A message within one chunk is never read again: close it here.
+        file: (first.len() >= STREAM_CHUNK).then_some(file),
+        first,
         size: scan.size(),
         eight_bit: scan.eight_bit(),
         received: deliver::count_received(&head),
@@ -721,7 +724,9 @@ impl Driver for SmtpOut {
             Done::OutboundLoaded(read) if !self.done && matches!(self.phase, Phase::Loading) => {
                 self.loaded(read, cx);
             }
-            Done::OutboundLoaded(Ok(late)) => close_on_worker(late.file, cx),
+            Done::OutboundLoaded(Ok(QueuedMessage {
+                file: Some(late), ..
+            })) => close_on_worker(late, cx),
             Done::OutboundRead(read) => self.chunk_read(read, cx),
             _ => {}
         }

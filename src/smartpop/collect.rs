@@ -157,9 +157,11 @@ pub struct Fetched {
     /// "TLSv1.3 with cipher ..." when the session was encrypted.
     pub tls: Option<String>,
     pub uidl: Option<String>,
-    /// The staged body (None: it was empty) and where it is.
+    /// The staged body and where it is; None for a body within one
+    /// chunk, which is in `data` (or empty).
     pub staged: Option<File>,
-    pub staged_path: PathBuf,
+    pub staged_path: Option<PathBuf>,
+    pub data: Vec<u8>,
 }
 
 impl Fetched {
@@ -169,9 +171,10 @@ impl Fetched {
     /// mark is durable). The staging file is removed either way.
     pub fn deliver(mut self, records: Option<Records>) -> (bool, Option<Records>) {
         let staged = self.staged.take();
+        let data = std::mem::take(&mut self.data);
         let result = match &staged {
             Some(file) => read_head(file).map(|head| (head, Some(file))),
-            None => Ok((Vec::new(), None)),
+            None => Ok((data, None)),
         };
         let delivered = match result {
             Ok((head, file)) => self.deliver_staged(&head, file, records),
@@ -184,7 +187,9 @@ impl Fetched {
             }
         };
         drop(staged);
-        remove_stage(&self.staged_path);
+        if let Some(path) = &self.staged_path {
+            remove_stage(path);
+        }
         delivered
     }
 
