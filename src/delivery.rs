@@ -110,7 +110,7 @@ pub fn accept_message(
                 trace.id,
                 tx.reverse_path,
                 to.join(","),
-                message.sizes().1,
+                message.sizes().map_or(0, |s| s.1),
                 trace::sanitize(&tx.helo, 64),
                 tx.peer,
                 tx.auth_user
@@ -210,7 +210,7 @@ pub fn enqueue_relayed(
         _ => None,
     };
     let received = trace::received_line(trace_info, for_rcpt, now);
-    let size = received.len() as u64 + message.sizes().1;
+    let size = received.len() as u64 + message.sizes().map_or(0, |s| s.1);
     enqueue_with(
         config,
         &tx.reverse_path,

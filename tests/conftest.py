@@ -269,3 +269,10 @@ class Raw:
 
     def close(self):
         self.sock.close()
+
+
+def peak_rss_kib(pid):
+    """The process's peak resident set (VmHWM) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        line = next(l for l in f if l.startswith("VmHWM:"))
+    return int(line.split()[1])

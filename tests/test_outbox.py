@@ -961,3 +961,39 @@ def test_ipv6_smarthost(make_server, sink):
     (got,) = s.wait(1)
     assert got.rcpt_tos == ["carol@remote.test"]
     assert f"[::1]:{s.port}" in delivery_lines(server, status="sent")[0]
+
+
+def test_50mb_message_relayed_in_bounded_memory(make_server, sink):
+    """A 50 MB queued message goes to the smarthost streamed from its file:
+    the server's peak memory stays far below the message's size, and the
+    sink gets it byte for byte (dot-stuffing undone, 8-bit intact)."""
+    from conftest import peak_rss_kib
+
+    s = sink(pipelining=True, size_limit=60 * 1024 * 1024)
+    server = make_server(extra=outbox_config(f"127.0.0.1:{s.port}", retry="1h", give_up_after="5d"),
+                         replace={"max_message_size = 1M": "max_message_size = 60M"}, start=False)
+    head = (f"From: {LOCAL_SENDER}\nTo: carol@remote.test\nSubject: fifty megabytes\n"
+            "Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <big@example.test>\n\n").encode()
+    lines = []
+    for i in range(640_000):
+        if i % 97 == 0:
+            lines.append(b".%07d starts with a dot, \xc3\xa9t\xc3\xa9\n" % i)
+        else:
+            lines.append(b"%07d " % i + b"x" * 70 + b"\n")
+    msg = head + b"".join(lines)
+    assert len(msg) > 50_000_000
+    # Queued by sendmail (its own process) while the server is down, so
+    # the server's peak memory is the outbound side's alone.
+    out = sendmail(server, ["-f", LOCAL_SENDER, "carol@remote.test"], msg)
+    assert out.returncode == 0, out.stderr
+    server.start()
+    (got,) = s.wait(1, timeout=180)
+    rss = peak_rss_kib(server.proc.pid)
+    want = msg.replace(b"\n", b"\r\n")
+    assert got.content.endswith(want), len(got.content)
+    trace = got.content[: len(got.content) - len(want)]
+    assert trace.startswith(b"Received: ") and b"\r\n\r\n" not in trace, trace[:500]
+    assert f"SIZE={len(got.content)}" in got.mail_options, got.mail_options
+    assert "BODY=8BITMIME" in got.mail_options
+    assert wait_queue_empty(server)
+    assert rss < 16 * 1024, f"peak RSS {rss} KiB"

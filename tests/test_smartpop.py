@@ -507,6 +507,29 @@ def test_two_megabyte_message(make_server, dovecot, ca, tls):
     assert dovecot.count("bob123") == 0
 
 
+def test_50mb_message_collected_in_bounded_memory(make_server, dovecot):
+    """A 50 MB message is staged on disk as it arrives and copied from
+    there: the server's peak memory stays far below its size, and the
+    Maildir holds it byte for byte."""
+    from conftest import peak_rss_kib
+
+    big = message("fifty megabytes", size=50 * 1000 * 1000)
+    dovecot.add("bob123", big)
+    server = make_server(extra=account("huge", dovecot.pop3),
+                         replace={"max_message_size = 1M": "max_message_size = 60M"})
+    assert wait_polls(server, "huge", 1, timeout=180)[0][:5] == (1, 0, 1, 0, 0)
+    rss = peak_rss_kib(server.proc.pid)
+    (raw,) = raw_messages(server, "bob@example.test")
+    assert raw.endswith(big)
+    trace = raw[: len(raw) - len(big)]
+    assert trace.startswith(b"Return-Path: <sender@remote.example>\nDelivered-To: bob@example.test\n")
+    assert b"\nX-Mailgate-Routed: smartpop huge" in trace and b"\n\n" not in trace
+    assert dovecot.count("bob123") == 0
+    # Nothing staged is left behind.
+    assert sorted(p.name for p in (server.data_dir / "smartpop").iterdir()) == ["huge"]
+    assert rss < 16 * 1024, f"peak RSS {rss} KiB"
+
+
 def test_wrong_password_logged_and_retried(make_server, dovecot):
     dovecot.add("bob123", message("waits"))
     dovecot.set_password("bob123", "changed")

@@ -78,13 +78,19 @@ pub enum Outcome {
     Pop3Read(std::io::Result<(Option<std::fs::File>, Vec<u8>)>),
     /// POP3: the QUIT commit (deletions, `cur/` moves) is durable (true).
     Pop3Commit(bool),
-    /// Outbox: the queued message a session is to deliver.
-    OutboundMessage(std::io::Result<Vec<u8>>),
+    /// Outbox: the queued message a session is to deliver, measured.
+    OutboundLoaded(std::io::Result<crate::conn::smtp_out::QueuedMessage>),
+    /// Outbox: the next chunk of the message being sent (short at its
+    /// end), with the file handed back for the next read.
+    OutboundRead(std::io::Result<(std::fs::File, Vec<u8>)>),
     /// SmartPop: the account's records and TLS setup, read before a run.
     SmartPopReady(Result<(Records, Arc<rustls::ClientConfig>), String>),
     /// SmartPop: a fetched message is (true) or is not durable, with the
     /// account's records handed back.
     SmartPopDelivered(bool, Option<Box<Records>>),
+    /// SmartPop: a chunk of a RETR body is in the staging file, which
+    /// comes back for the next write.
+    SmartPopStaged(std::io::Result<std::fs::File>),
     /// SmartPop bookkeeping done; nothing to report.
     SmartPopNoted,
     /// A job with nothing to report (closing a file off the loop thread).

@@ -3,10 +3,14 @@
 //! Owns: the run's steps: a worker reads the account's records and TLS
 //! setup first; the one outbound connector reaches the ISP's POP3 server
 //! (plain, STLS or implicit TLS); the sans-IO `Pop3Fetch` core speaks
-//! POP3; each fetched message goes to a worker that delivers it and
-//! records its UIDL durably before the core may send DELE. Must not:
-//! touch a file on the loop thread.
+//! POP3; each RETR body is written to a staging file by workers as it
+//! arrives (one write in flight; the socket is not read while a full
+//! chunk waits behind it, so memory stays bounded for any size), then a
+//! worker delivers it from there and records its UIDL durably before the
+//! core may send DELE. Must not: touch a file on the loop thread.
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,64 @@ use crate::smartpop::runner::FetchJob;
 /// A POP3 server that says nothing for this long is given up on
 /// (fetchmail's default timeout).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// While a staging write is in flight, the socket is read until this many
+/// body octets wait behind it; then reading stops until the write is back.
+const STAGE_CHUNK: usize = 64 * 1024;
+
+/// The RETR body on its way to the staging file.
+#[derive(Default)]
+struct Stage {
+    path: PathBuf,
+    /// Bumped when a message is handed to the delivery or dropped: a
+    /// write that comes back for an older one is stale.
+    gen: u64,
+    /// Message `gen`'s staging file between writes (None before its
+    /// first write and while a worker writes).
+    file: Option<File>,
+    /// Body octets waiting for the next write.
+    pending: Vec<u8>,
+    /// The message generation a worker is writing for.
+    writing: Option<u64>,
+    /// A write of message `gen` failed: it cannot be delivered.
+    failed: Option<String>,
+    /// The core said `Deliver` for message `gen`: its UIDL, waiting for
+    /// the last write.
+    deliver: Option<Option<String>>,
+    /// A staging file was made during this run (removed at its end).
+    used: bool,
+    /// Message `gen` is going to the staging file (it outgrew one
+    /// chunk); until then its body is only in `pending`.
+    on_disk: bool,
+}
+
+impl Stage {
+    /// Reading more now would only pile up memory behind a slow disk.
+    fn backed_up(&self) -> bool {
+        self.writing.is_some() && self.pending.len() >= STAGE_CHUNK
+    }
+
+    /// Forgets message `gen` (oversized, delivered, or the session
+    /// ended); its file, if open, is the caller's to close on a worker.
+    #[must_use]
+    fn next_message(&mut self) -> Option<File> {
+        self.gen += 1;
+        self.pending = Vec::new();
+        self.failed = None;
+        self.deliver = None;
+        self.on_disk = false;
+        self.file.take()
+    }
+}
+
+/// What one turn of reading found.
+enum Io {
+    /// The core has events to handle.
+    Events,
+    /// Nothing to read now (or reading waits for the disk).
+    Blocked,
+    Lost(FetchSummary),
+}
 
 enum Phase {
     Start,
@@ -66,6 +128,7 @@ pub struct Pop3FetchDriver {
     finished: bool,
     /// The run could not start (records or TLS setup unreadable).
     broken: bool,
+    stage: Stage,
 }
 
 impl Pop3FetchDriver {
@@ -85,6 +148,7 @@ impl Pop3FetchDriver {
             jobs: 0,
             finished: false,
             broken: false,
+            stage: Stage::default(),
         }
     }
 
@@ -100,6 +164,18 @@ impl Pop3FetchDriver {
     ) {
         match prepared {
             Ok((records, tls)) => {
+                let stage = crate::smartpop::collect::staging_path(
+                    &self.config.server.data_dir,
+                    &self.account.name,
+                );
+                let Some(stage) = stage else {
+                    // `prepare` read the records by this name: cannot happen.
+                    self.broken = true;
+                    let e = FetchError::Local("bad account name".into());
+                    self.finish(cx, summary_error(e));
+                    return;
+                };
+                self.stage.path = stage;
                 self.records = Some(records);
                 self.tls_config = Some(tls);
                 self.phase = Phase::Connecting;
@@ -166,20 +242,45 @@ impl Pop3FetchDriver {
     }
 
     fn pump(&mut self, cx: &mut Ctx) {
+        loop {
+            match self.read_some(cx) {
+                Io::Events => {
+                    self.handle_events(cx);
+                    if !matches!(self.phase, Phase::Session { .. }) {
+                        break;
+                    }
+                }
+                Io::Blocked => break,
+                Io::Lost(summary) => {
+                    self.finish(cx, summary);
+                    return;
+                }
+            }
+        }
+        if let Phase::Session { t, .. } | Phase::Delivering { t, .. } = &mut self.phase {
+            let interest = t.interest();
+            let _ = cx.registry().reregister(t.socket(), cx.token, interest);
+        }
+    }
+
+    /// Flushes output and reads until the core has events, the socket has
+    /// nothing more, or the staging writes fall behind.
+    fn read_some(&mut self, cx: &mut Ctx) -> Io {
         let Phase::Session { t, core, deadline } = &mut self.phase else {
-            return;
+            return Io::Blocked;
         };
         let mut input = Vec::new();
-        let mut lost: Option<FetchSummary> = None;
         loop {
             t.queue(&self.out);
             self.out.clear();
             if t.flush().is_err() {
-                lost = Some(core.connection_lost());
-                break;
+                return Io::Lost(core.connection_lost());
             }
             if !self.events.is_empty() {
-                break;
+                return Io::Events;
+            }
+            if self.stage.backed_up() {
+                return Io::Blocked;
             }
             input.clear();
             match t.read(&mut input, usize::MAX) {
@@ -188,28 +289,143 @@ impl Pop3FetchDriver {
                     *deadline = cx.now + REPLY_TIMEOUT;
                     core.receive(&input, &mut self.out, &mut self.events);
                 }
-                Ok(ReadStatus::WouldBlock) => break,
-                Ok(ReadStatus::Closed) => {
-                    lost = Some(core.connection_lost());
-                    break;
-                }
+                Ok(ReadStatus::WouldBlock) => return Io::Blocked,
+                Ok(ReadStatus::Closed) => return Io::Lost(core.connection_lost()),
                 Err(e) => {
-                    lost = Some(if t.is_tls() && !t.tls_established() {
+                    return Io::Lost(if t.is_tls() && !t.tls_established() {
                         core.abort(FetchError::Tls(e.to_string()))
                     } else {
                         core.connection_lost()
                     });
-                    break;
                 }
             }
         }
-        if let Some(summary) = lost {
+    }
+
+    /// Hands the waiting body octets to a worker when none is writing;
+    /// once the message is complete and written, to the delivery.
+    fn kick_stage(&mut self, cx: &mut Ctx) {
+        if self.stage.writing.is_some() {
+            return;
+        }
+        // A body within one chunk never touches the disk: it goes to the
+        // delivery from memory (most mail is a few KiB).
+        let spill = self.stage.on_disk || self.stage.pending.len() >= STAGE_CHUNK;
+        if spill && !self.stage.pending.is_empty() && self.stage.failed.is_none() {
+            self.stage.on_disk = true;
+            let data = std::mem::take(&mut self.stage.pending);
+            let file = self.stage.file.take();
+            let path = self.stage.path.clone();
+            self.stage.writing = Some(self.stage.gen);
+            self.stage.used = true;
+            self.jobs += 1;
+            cx.submit(move || {
+                Outcome::SmartPopStaged(crate::smartpop::collect::write_stage(file, &path, &data))
+            });
+            return;
+        }
+        let Some(uidl) = self.stage.deliver.take() else {
+            return;
+        };
+        if let Some(e) = self.stage.failed.take() {
+            warn!(
+                "smartpop {}: cannot stage the message ({e}); left on the server",
+                self.name()
+            );
+            let file = self.stage.next_message();
+            self.close_file(file, cx);
+            self.delivery_done(false, cx);
+            return;
+        }
+        let Phase::Delivering { t, .. } = &self.phase else {
+            return;
+        };
+        let job = crate::smartpop::collect::Fetched {
+            config: Arc::clone(&self.config),
+            account: self.account.clone(),
+            server: self.account.host.host.clone(),
+            peer: t.peer().ip(),
+            tls: t.tls_description(),
+            uidl,
+            staged: self.stage.file.take(),
+            staged_path: self.stage.on_disk.then(|| self.stage.path.clone()),
+            data: std::mem::take(&mut self.stage.pending),
+        };
+        // None: the job has the file.
+        let left = self.stage.next_message();
+        self.close_file(left, cx);
+        let records = self.records.take();
+        self.jobs += 1;
+        cx.submit(move || {
+            let (ok, records) = job.deliver(records);
+            Outcome::SmartPopDelivered(ok, records.map(Box::new))
+        });
+    }
+
+    /// A staging write came back.
+    fn staged(&mut self, written: std::io::Result<File>, cx: &mut Ctx) {
+        let generation = self.stage.writing.take();
+        match written {
+            Ok(file) if generation == Some(self.stage.gen) => self.stage.file = Some(file),
+            // For a message dropped since.
+            Ok(file) => self.close_file(Some(file), cx),
+            Err(e) if generation == Some(self.stage.gen) => {
+                self.stage.failed = Some(e.to_string());
+                self.stage.pending = Vec::new();
+            }
+            Err(_) => {}
+        }
+        if self.finished {
+            return;
+        }
+        self.kick_stage(cx);
+        self.pump(cx);
+    }
+
+    /// Files are closed on a worker, never on the loop thread (`close` on
+    /// a regular file is disk work too).
+    fn close_file(&mut self, file: Option<File>, cx: &mut Ctx) {
+        if let Some(file) = file {
+            self.jobs += 1;
+            cx.submit_quick(move || {
+                drop(file);
+                Outcome::Nothing
+            });
+        }
+    }
+
+    /// The delivery of the message in flight is over: `ok` when it is
+    /// durable in every mailbox and its UIDL durably recorded.
+    fn delivery_done(&mut self, ok: bool, cx: &mut Ctx) {
+        let Phase::Delivering { t, mut core } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            return;
+        };
+        if cx.stopping() {
+            // `stop` came while the worker stored the message: end
+            // here (no QUIT, so no DELE is committed; the record
+            // makes the next run DELE it without fetching it again).
+            // `delivered` counts the message; what it would send is dropped.
+            core.delivered(ok, &mut Vec::new(), &mut Vec::new());
+            let summary = core.abort(FetchError::Connection("mailgate is stopping".into()));
+            self.phase = Phase::Delivering { t, core };
             self.finish(cx, summary);
             return;
         }
-        let interest = t.interest();
-        let _ = cx.registry().reregister(t.socket(), cx.token, interest);
+        let uidl = self.in_flight.take();
+        let entry = uidl.and_then(|u| self.records.as_ref().and_then(|r| r.get(&u).copied()));
+        if !ok && entry.is_some_and(|e| e.rejected && !e.delivered) {
+            core.rejected(&mut self.out, &mut self.events);
+        } else {
+            core.delivered(ok, &mut self.out, &mut self.events);
+        }
+        self.phase = Phase::Session {
+            t,
+            core,
+            deadline: cx.now + REPLY_TIMEOUT,
+        };
         self.handle_events(cx);
+        self.pump(cx);
     }
 
     fn handle_events(&mut self, cx: &mut Ctx) {
@@ -235,33 +451,28 @@ impl Pop3FetchDriver {
                         }
                     }
                 }
-                FetchEvent::Deliver { uidl, data, .. } => {
+                FetchEvent::Body(chunk) => {
+                    if self.stage.failed.is_none() {
+                        self.stage.pending.extend_from_slice(&chunk);
+                    }
+                    self.kick_stage(cx);
+                }
+                FetchEvent::Deliver { uidl, .. } => {
+                    // Nothing is read while the message is stored.
                     let Phase::Session { t, core, .. } =
                         std::mem::replace(&mut self.phase, Phase::Done)
                     else {
                         continue;
                     };
-                    let peer = t.peer().ip();
-                    let tls = t.tls_description();
                     self.phase = Phase::Delivering { t, core };
                     self.in_flight = uidl.clone();
-                    let job = crate::smartpop::collect::Fetched {
-                        config: Arc::clone(&self.config),
-                        account: self.account.clone(),
-                        server: self.account.host.host.clone(),
-                        peer,
-                        tls,
-                        uidl,
-                        data,
-                    };
-                    let records = self.records.take();
-                    self.jobs += 1;
-                    cx.submit(move || {
-                        let (ok, records) = job.deliver(records);
-                        Outcome::SmartPopDelivered(ok, records.map(Box::new))
-                    });
+                    self.stage.deliver = Some(uidl);
+                    self.kick_stage(cx);
                 }
                 FetchEvent::Oversized { uidl, size, .. } => {
+                    // What was staged of it (a LIST size that lied) goes.
+                    let file = self.stage.next_message();
+                    self.close_file(file, cx);
                     warn!("smartpop {}: a message of {size} bytes is over max_message_size; left on the server", self.name());
                     let notice = crate::smartpop::collect::oversize_notice(
                         &self.config,
@@ -289,11 +500,6 @@ impl Pop3FetchDriver {
                     self.finish(cx, summary);
                     return;
                 }
-            }
-        }
-        if let Phase::Session { .. } = self.phase {
-            if !self.out.is_empty() {
-                self.pump(cx);
             }
         }
     }
@@ -328,6 +534,16 @@ impl Pop3FetchDriver {
         match &summary.error {
             None => info!("{line}"),
             Some(e) => warn!("{line} error: {e}"),
+        }
+        let file = self.stage.next_message();
+        self.close_file(file, cx);
+        if std::mem::take(&mut self.stage.used) {
+            let path = self.stage.path.clone();
+            self.jobs += 1;
+            cx.submit(move || {
+                crate::smartpop::collect::remove_stage(&path);
+                Outcome::SmartPopNoted
+            });
         }
         let dirty = self.records_dirty;
         if let Some(mut records) = self.records.take() {
@@ -406,38 +622,9 @@ impl Driver for Pop3FetchDriver {
             }
             Outcome::SmartPopDelivered(ok, records) => {
                 self.records = records.map(|r| *r);
-                if let Phase::Delivering { t, mut core } =
-                    std::mem::replace(&mut self.phase, Phase::Done)
-                {
-                    if cx.stopping() {
-                        // `stop` came while the worker stored the message: end
-                        // here (no QUIT, so no DELE is committed; the record
-                        // makes the next run DELE it without fetching it again).
-                        // `delivered` counts the message; what it would send is dropped.
-                        core.delivered(ok, &mut Vec::new(), &mut Vec::new());
-                        let summary =
-                            core.abort(FetchError::Connection("mailgate is stopping".into()));
-                        self.phase = Phase::Delivering { t, core };
-                        self.finish(cx, summary);
-                        return;
-                    }
-                    let uidl = self.in_flight.take();
-                    let entry =
-                        uidl.and_then(|u| self.records.as_ref().and_then(|r| r.get(&u).copied()));
-                    if !ok && entry.is_some_and(|e| e.rejected && !e.delivered) {
-                        core.rejected(&mut self.out, &mut self.events);
-                    } else {
-                        core.delivered(ok, &mut self.out, &mut self.events);
-                    }
-                    self.phase = Phase::Session {
-                        t,
-                        core,
-                        deadline: cx.now + REPLY_TIMEOUT,
-                    };
-                    self.handle_events(cx);
-                    self.pump(cx);
-                }
+                self.delivery_done(ok, cx);
             }
+            Outcome::SmartPopStaged(written) => self.staged(written, cx),
             _ => {}
         }
         self.release_account(cx);

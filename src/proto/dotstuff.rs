@@ -1,11 +1,14 @@
 //! Streaming dot-stuffing for multi-line data: POP3 RETR/TOP responses
-//! (RFC 1939 3) and the SMTP DATA body (RFC 5321 4.5.2).
+//! (RFC 1939 3) and the SMTP DATA body (RFC 5321 4.5.2), and its reverse
+//! for the RETR responses SmartPop collects.
 //!
 //! Owns: turning stored message text, whose lines end in LF (Maildir files),
 //! CRLF, or a stray CR, into the wire form: every line ends in CRLF, a line
 //! starting with "." gets a second "." ("byte-stuffing"), and `finish()`
 //! appends the terminating ".CRLF". Optionally cuts the text the way TOP
 //! wants it: the header, the blank line, then the first n body lines.
+//! [`WireScan`] measures that wire form without making it (the SMTP client's
+//! RFC 1870 SIZE). [`DotUnstuffer`] decodes a POP3 multi-line body back.
 //!
 //! Must not: read files or sockets, or hold a message: state is a few flags,
 //! so memory stays bounded whatever the chunking (the POP3 driver feeds 64 KiB
@@ -158,6 +161,201 @@ pub fn stuff(input: &[u8]) -> Vec<u8> {
     stuffer.encode(input, &mut out);
     stuffer.finish(&mut out);
     out
+}
+
+/// Measures a stored text the way [`DotStuffer`] sends it, fed in chunks:
+/// the RFC 1870 3 message size (CRLF line ends, the line end added to an
+/// unterminated last line, neither stuffing nor the final ".CRLF"), and
+/// whether any octet has the high bit set (RFC 6152 8BITMIME).
+#[derive(Debug, Clone, Default)]
+pub struct WireScan {
+    size: u64,
+    /// The last byte was a CR: an LF right after it is the same line end.
+    pending_cr: bool,
+    /// Some of the current line is counted and its line end is not.
+    mid_line: bool,
+    eight_bit: bool,
+}
+
+impl WireScan {
+    pub fn new() -> WireScan {
+        WireScan::default()
+    }
+
+    pub fn feed(&mut self, input: &[u8]) {
+        let mut rest = input;
+        if self.pending_cr {
+            if let Some((&first, after)) = rest.split_first() {
+                self.pending_cr = false;
+                if first == b'\n' {
+                    rest = after;
+                }
+            }
+        }
+        self.eight_bit |= rest.iter().any(|&b| b >= 0x80);
+        let mut i = 0;
+        while i < rest.len() {
+            match rest.get(i) {
+                Some(b'\r') => {
+                    // CR, CRLF: one line end, two octets on the wire.
+                    self.size += 2;
+                    self.mid_line = false;
+                    match rest.get(i + 1) {
+                        Some(b'\n') => i += 2,
+                        Some(_) => i += 1,
+                        None => {
+                            self.pending_cr = true;
+                            i += 1;
+                        }
+                    }
+                }
+                Some(b'\n') => {
+                    self.size += 2;
+                    self.mid_line = false;
+                    i += 1;
+                }
+                _ => {
+                    let run = rest
+                        .get(i..)
+                        .and_then(|r| r.iter().position(|&b| b == b'\r' || b == b'\n'))
+                        .unwrap_or(rest.len() - i);
+                    self.size += run as u64;
+                    self.mid_line = true;
+                    i += run;
+                }
+            }
+        }
+    }
+
+    /// The RFC 1870 size of what was fed.
+    pub fn size(&self) -> u64 {
+        self.size + if self.mid_line { 2 } else { 0 }
+    }
+
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+}
+
+/// Where the decoder stands within a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnstuffAt {
+    /// After CRLF (or at the start): a "." here is stuffing or the end.
+    LineStart,
+    /// "." at line start.
+    Dot,
+    /// ".\r" at line start.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// "\r" inside a line (not yet emitted).
+    MidCr,
+}
+
+/// Un-dot-stuffs a POP3 multi-line body (RFC 1939 3) byte by byte as it
+/// arrives, so neither a line nor the message needs a buffer of its own.
+///
+/// Lines end only at CRLF: a bare LF or CR is content and passes through
+/// unchanged, and a lone "." ends the body only as a whole CRLF line
+/// (treating a bare LF as a line end could end the body early and
+/// deliver half a message).
+#[derive(Debug, Clone)]
+pub struct DotUnstuffer {
+    at: UnstuffAt,
+}
+
+impl Default for DotUnstuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotUnstuffer {
+    pub fn new() -> DotUnstuffer {
+        DotUnstuffer {
+            at: UnstuffAt::LineStart,
+        }
+    }
+
+    /// Decodes from `input`, appending content to `out`; returns (octets
+    /// used, terminator seen). Stops right after the terminator; what
+    /// follows it is not consumed.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+        let mut i = 0;
+        while let Some(&b) = input.get(i) {
+            match self.at {
+                UnstuffAt::LineStart => {
+                    i += 1;
+                    if b == b'.' {
+                        self.at = UnstuffAt::Dot;
+                    } else {
+                        self.at = UnstuffAt::Mid;
+                        self.mid_byte(b, out);
+                    }
+                }
+                UnstuffAt::Dot => {
+                    i += 1;
+                    if b == b'\r' {
+                        self.at = UnstuffAt::DotCr;
+                    } else {
+                        // Stuffed: the leading "." is dropped, the rest kept.
+                        self.at = UnstuffAt::Mid;
+                        self.mid_byte(b, out);
+                    }
+                }
+                UnstuffAt::DotCr => {
+                    i += 1;
+                    if b == b'\n' {
+                        self.at = UnstuffAt::LineStart;
+                        return (i, true);
+                    }
+                    // ".\r" then not LF: a stuffed line starting with a bare CR.
+                    self.at = UnstuffAt::MidCr;
+                    self.mid_byte(b, out);
+                }
+                UnstuffAt::Mid => {
+                    // Fast path: copy the run up to the next CR.
+                    let rest = input.get(i..).unwrap_or_default();
+                    let run = rest.iter().position(|&c| c == b'\r').unwrap_or(rest.len());
+                    out.extend_from_slice(rest.get(..run).unwrap_or_default());
+                    i += run;
+                    if i < input.len() {
+                        i += 1;
+                        self.at = UnstuffAt::MidCr;
+                    }
+                }
+                UnstuffAt::MidCr => {
+                    i += 1;
+                    self.mid_byte(b, out);
+                }
+            }
+        }
+        (i, false)
+    }
+
+    /// One byte in `Mid` or `MidCr` (the pending CR not yet emitted).
+    fn mid_byte(&mut self, b: u8, out: &mut Vec<u8>) {
+        let pending_cr = self.at == UnstuffAt::MidCr;
+        match (pending_cr, b) {
+            (true, b'\n') => {
+                out.extend_from_slice(CRLF);
+                self.at = UnstuffAt::LineStart;
+            }
+            (true, b'\r') => {
+                out.push(b'\r');
+                self.at = UnstuffAt::MidCr;
+            }
+            (true, _) => {
+                out.extend_from_slice(&[b'\r', b]);
+                self.at = UnstuffAt::Mid;
+            }
+            (false, b'\r') => self.at = UnstuffAt::MidCr,
+            (false, _) => {
+                out.push(b);
+                self.at = UnstuffAt::Mid;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,5 +524,109 @@ mod tests {
         s.encode(&chunk, &mut out);
         assert_eq!(out.len(), chunk.len() + 1);
         assert_eq!(stuff(b"x\n"), b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn wire_scan_matches_the_encoder() {
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const ALPHABET: &[u8] = b".\r\na \xff";
+        for _ in 0..2000 {
+            let len = (next() % 30) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let wire = stuff(&input);
+            // The size counts CRLF but neither stuffing nor the final dot.
+            let dots = wire.windows(3).filter(|w| w == b"\n..").count()
+                + usize::from(wire.starts_with(b".."));
+            let want = (wire.len() - 3 - dots) as u64;
+            let mut whole = WireScan::new();
+            whole.feed(&input);
+            assert_eq!(whole.size(), want, "input {}", show(&input));
+            assert_eq!(whole.eight_bit(), input.contains(&0xff));
+            let mut bytewise = WireScan::new();
+            for b in input.chunks(1) {
+                bytewise.feed(b);
+            }
+            assert_eq!(bytewise.size(), want, "bytewise {}", show(&input));
+        }
+        let mut s = WireScan::new();
+        s.feed(b"Subject: hi\n\nhello\n");
+        assert_eq!((s.size(), s.eight_bit()), (22, false));
+    }
+
+    fn unstuff(chunks: &[&[u8]]) -> (Vec<u8>, usize, bool) {
+        let mut d = DotUnstuffer::new();
+        let mut out = Vec::new();
+        let (mut used, mut done) = (0, false);
+        for c in chunks {
+            assert!(!done, "fed after the end");
+            let (u, end) = d.decode(c, &mut out);
+            used += u;
+            done = end;
+        }
+        (out, used, done)
+    }
+
+    #[test]
+    fn unstuffing_table_in_every_chunking() {
+        // (wire body after +OK, content)
+        let cases: &[(&[u8], &[u8])] = &[
+            (b".\r\n", b""),
+            (b"a\r\n.\r\n", b"a\r\n"),
+            (b"..\r\n.\r\n", b".\r\n"),
+            (b"...\r\n.\r\n", b"..\r\n"),
+            (b"..x\r\n.y\r\n.\r\n", b".x\r\ny\r\n"),
+            (b"a.\r\n.\r\n", b"a.\r\n"),
+            (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n"),
+            (b"a\r.\r\n.\r\n", b"a\r.\r\n"),
+            (b".\rx\r\n.\r\n", b"\rx\r\n"),
+            (b".\r\rx\r\n.\r\n", b"\r\rx\r\n"),
+            (b"a\r\r\n.\r\n", b"a\r\r\n"),
+            (b".\n\r\n.\r\n", b"\n\r\n"),
+            (b"\x00\xff\r\n.\r\n", b"\x00\xff\r\n"),
+            (b"\r\n\r\n.\r\n", b"\r\n\r\n"),
+        ];
+        for (wire, want) in cases {
+            for chunk in 1..=wire.len() {
+                let pieces: Vec<&[u8]> = wire.chunks(chunk).collect();
+                let (out, used, done) = unstuff(&pieces);
+                assert!(done, "{wire:?} chunk {chunk}");
+                assert_eq!(used, wire.len());
+                assert_eq!(&out[..], *want, "{wire:?} chunk {chunk}");
+            }
+        }
+        // Only CRLF "." CRLF ends a body.
+        for open in [&b"a\n.\n"[..], b"a\r.\r", b"a\r\n. \r\n", b"a\r\n.\n"] {
+            let (_, used, done) = unstuff(&[open]);
+            assert_eq!((used, done), (open.len(), false), "{open:?}");
+        }
+        // Stops exactly after the terminator.
+        let (out, used, done) = unstuff(&[b"x\r\n.\r\n+OK\r\n"]);
+        assert_eq!((&out[..], used, done), (&b"x\r\n"[..], 6, true));
+    }
+
+    #[test]
+    fn unstuffing_reverses_stuffing() {
+        // CRLF texts come back exactly from their wire form.
+        for text in [
+            &b"a\r\n.b\r\n..\r\n\r\n"[..],
+            b"",
+            b".\r\n",
+            b"x\r\n.\r\ny\r\n",
+        ] {
+            let wire = stuff(text);
+            let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+            let (out, used, done) = unstuff(&bytes);
+            assert!(done);
+            assert_eq!(used, wire.len());
+            assert_eq!(out, text);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! USER+PASS), UIDL, LIST, then per message RETR, (wait for the driver's
 //! durable delivery), DELE, and finally QUIT. It also owns reply framing:
 //! every reply line is bounded and must start with `+OK` or `-ERR`, and the
-//! RETR body is un-dot-stuffed here.
+//! RETR body is un-dot-stuffed here (by `proto::dotstuff::DotUnstuffer`).
 //! Must not: touch sockets, TLS, files or the clock. Time is `FetchParams::now`;
 //! what is already known comes in as a `Records` snapshot; deliveries go out
 //! as events and come back through `delivered`.
@@ -22,17 +22,20 @@
 //! (RFC 1939 section 6, UPDATE state); a session cut earlier deletes nothing.
 //!
 //! Choices made here:
-//! - The RETR body is collected in memory up to `max_message_size +
-//!   RETR_SLACK` and handed over whole in `FetchEvent::Deliver`: simpler than
-//!   streaming, and the bound keeps memory predictable. A body that grows
-//!   past the bound (the server's LIST size lied) is read to its end,
-//!   discarded, and reported as oversized.
+//! - The RETR body is handed out as it arrives, in `FetchEvent::Body`
+//!   chunks (one per `receive` call, the size of its input), and the
+//!   driver stages it on disk: memory stays bounded whatever the message's
+//!   size. `FetchEvent::Deliver` then says the body is complete. A body that
+//!   grows past `max_message_size + RETR_SLACK` (the server's LIST size
+//!   lied) gets no more chunks, is read to its end, and is reported as
+//!   oversized; the driver drops what it staged.
 //! - Body lines end only at CRLF (RFC 1939 section 3). A bare LF or CR is
 //!   message content and passes through unchanged; a lone `.` only ends the
 //!   body when it is a whole CRLF line. Treating a bare LF as a line end
 //!   could end the body early and deliver half a message.
 //! - Body lines have no length bound of their own (real mail breaks the
-//!   RFC 5322 998-octet rule); the total bound above covers memory. Status
+//!   RFC 5322 998-octet rule) and need no buffer: the decoder works byte by
+//!   byte. Status
 //!   lines and CAPA/UIDL/LIST lines are bounded by `MAX_REPLY_LINE`.
 //! - Login: under TLS, AUTH PLAIN when CAPA offers `SASL PLAIN`, else
 //!   USER/PASS. With `tls = none`, APOP when the greeting carries a
@@ -50,6 +53,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use super::dotstuff::DotUnstuffer;
 use super::TlsMode;
 
 /// `keep = no | yes | 7d`.
@@ -144,17 +148,22 @@ pub enum FetchEvent {
     /// STLS got +OK: flush output, run the TLS handshake on this connection,
     /// then call `tls_started` (or `abort` with `FetchError::Tls`).
     StartTls,
-    /// Deliver this message (CRLF line ends, un-dot-stuffed, exactly as the
-    /// server holds it) durably, record `uidl` durably, then call
-    /// `delivered`. `uidl` is `None` only when the server lacks UIDL and
-    /// `keep = no`. Nothing is sent to the server until `delivered` is called.
+    /// The next part of the RETR body (CRLF line ends, un-dot-stuffed,
+    /// exactly as the server holds it), in order. Never empty.
+    Body(Vec<u8>),
+    /// The message that the `Body` events since the last `Deliver` or
+    /// `Oversized` carried is complete (`size` octets): deliver it durably,
+    /// record `uidl` durably, then call `delivered`. `uidl` is `None` only
+    /// when the server lacks UIDL and `keep = no`. Nothing is sent to the
+    /// server until `delivered` is called.
     Deliver {
         uidl: Option<String>,
         number: u32,
-        data: Vec<u8>,
+        size: u64,
     },
-    /// Message `number` is over the size limit and stays on the server. Emitted
-    /// once per UIDL (record it with `Records::record_oversized`).
+    /// Message `number` is over the size limit and stays on the server;
+    /// any `Body` chunks given for it are to be dropped. Emitted once per
+    /// UIDL (record it with `Records::record_oversized`).
     Oversized {
         uidl: Option<String>,
         number: u32,
@@ -430,7 +439,7 @@ impl Pop3Fetch {
         while pos < self.inbuf.len() {
             let rest = &self.inbuf[pos..];
             if let State::RetrBody(body) = &mut self.state {
-                let (used, finished) = body.feed(rest);
+                let (used, finished) = body.feed(rest, events);
                 pos += used;
                 if finished {
                     let trailing = pos < self.inbuf.len();
@@ -742,10 +751,7 @@ impl Pop3Fetch {
             }
             (State::Retr, Status::Ok(_)) => {
                 let limit = self.params.max_message_size.saturating_add(RETR_SLACK);
-                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-                let hint = self.msgs.get(self.idx).map_or(0, |m| m.size);
-                let hint = usize::try_from(hint).unwrap_or(usize::MAX).min(limit);
-                self.state = State::RetrBody(Body::new(limit, hint));
+                self.state = State::RetrBody(Body::new(limit));
             }
             (State::Retr, Status::Err(text)) => {
                 if let Some(m) = self.msgs.get(self.idx) {
@@ -1038,142 +1044,45 @@ impl Pop3Fetch {
         events.push(FetchEvent::Deliver {
             uidl: m.uidl.clone(),
             number: m.number,
-            data: body.data,
+            size: body.seen,
         });
         self.state = State::AwaitDelivery;
     }
 }
 
-/// Where the body decoder stands within a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyAt {
-    /// After CRLF (or at the start): a "." here is stuffing or the end.
-    LineStart,
-    /// "." at line start.
-    Dot,
-    /// ".\r" at line start.
-    DotCr,
-    /// Inside a line.
-    Mid,
-    /// "\r" inside a line.
-    MidCr,
-}
-
-/// Un-dot-stuffs a RETR multi-line body (RFC 1939 section 3) byte by byte,
-/// so a line of any length needs no buffer of its own.
+/// A RETR body being received: decoded as it comes and handed out.
 #[derive(Debug)]
 struct Body {
-    data: Vec<u8>,
-    limit: usize,
+    decoder: DotUnstuffer,
+    limit: u64,
     /// Octets of content seen (even once past the limit).
     seen: u64,
     overflow: bool,
-    at: BodyAt,
 }
 
 impl Body {
-    fn new(limit: usize, capacity: usize) -> Body {
+    fn new(limit: u64) -> Body {
         Body {
-            data: Vec::with_capacity(capacity.saturating_add(2)),
+            decoder: DotUnstuffer::new(),
             limit,
             seen: 0,
             overflow: false,
-            at: BodyAt::LineStart,
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        self.seen = self.seen.saturating_add(bytes.len() as u64);
-        if self.overflow {
-            return;
-        }
-        if self.data.len().saturating_add(bytes.len()) > self.limit {
+    /// Decodes from `input`; the content goes out as one `Body` event
+    /// while within the limit. Returns (octets used, terminator seen).
+    fn feed(&mut self, input: &[u8], events: &mut Vec<FetchEvent>) -> (usize, bool) {
+        let mut chunk = Vec::new();
+        let (used, finished) = self.decoder.decode(input, &mut chunk);
+        self.seen = self.seen.saturating_add(chunk.len() as u64);
+        if self.seen > self.limit {
             self.overflow = true;
-            self.data = Vec::new();
-        } else {
-            self.data.extend_from_slice(bytes);
         }
-    }
-
-    /// Consumes from `input`; returns (octets used, terminator seen).
-    fn feed(&mut self, input: &[u8]) -> (usize, bool) {
-        let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
-            match self.at {
-                BodyAt::LineStart => {
-                    i += 1;
-                    if b == b'.' {
-                        self.at = BodyAt::Dot;
-                    } else {
-                        self.at = BodyAt::Mid;
-                        self.mid_byte(b);
-                    }
-                }
-                BodyAt::Dot => {
-                    i += 1;
-                    if b == b'\r' {
-                        self.at = BodyAt::DotCr;
-                    } else {
-                        // Stuffed: the leading "." is dropped, the rest kept.
-                        self.at = BodyAt::Mid;
-                        self.mid_byte(b);
-                    }
-                }
-                BodyAt::DotCr => {
-                    i += 1;
-                    if b == b'\n' {
-                        return (i, true);
-                    }
-                    // ".\r" then not LF: a stuffed line starting with a bare CR.
-                    self.at = BodyAt::MidCr;
-                    self.mid_byte(b);
-                }
-                BodyAt::Mid => {
-                    // Fast path: copy the run up to the next CR.
-                    let run = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r')
-                        .unwrap_or(input.len() - i);
-                    let (start, end) = (i, i + run);
-                    self.push(&input[start..end]);
-                    i = end;
-                    if i < input.len() {
-                        i += 1;
-                        self.at = BodyAt::MidCr;
-                    }
-                }
-                BodyAt::MidCr => {
-                    i += 1;
-                    self.mid_byte(b);
-                }
-            }
+        if !self.overflow && !chunk.is_empty() {
+            events.push(FetchEvent::Body(chunk));
         }
-        (i, false)
-    }
-
-    /// One byte in `Mid` or `MidCr` (the pending CR not yet stored).
-    fn mid_byte(&mut self, b: u8) {
-        let pending_cr = self.at == BodyAt::MidCr;
-        match (pending_cr, b) {
-            (true, b'\n') => {
-                self.push(b"\r\n");
-                self.at = BodyAt::LineStart;
-            }
-            (true, b'\r') => {
-                self.push(b"\r");
-                self.at = BodyAt::MidCr;
-            }
-            (true, _) => {
-                self.push(&[b'\r', b]);
-                self.at = BodyAt::Mid;
-            }
-            (false, b'\r') => self.at = BodyAt::MidCr,
-            (false, _) => {
-                self.push(&[b]);
-                self.at = BodyAt::Mid;
-            }
-        }
+        (used, finished)
     }
 }
 
@@ -1503,6 +1412,8 @@ mod tests {
         summary: FetchSummary,
         /// (uidl, data) handed over and acknowledged with delivered(true).
         delivered: Vec<(Option<String>, Vec<u8>)>,
+        /// `Body` chunks of the message being received (the staging file).
+        staged: Vec<u8>,
         oversized: Vec<(Option<String>, u32)>,
         events: Vec<FetchEvent>,
     }
@@ -1599,9 +1510,15 @@ mod tests {
                     server.tls = true;
                     core.tls_started(out);
                 }
-                FetchEvent::Deliver { uidl, number, data } => {
+                FetchEvent::Body(chunk) => {
+                    assert!(!chunk.is_empty());
+                    o.staged.extend_from_slice(&chunk);
+                }
+                FetchEvent::Deliver { uidl, number, size } => {
                     // Nothing goes to the server while the delivery runs.
                     assert!(out.is_empty());
+                    let data = std::mem::take(&mut o.staged);
+                    assert_eq!(size, data.len() as u64);
                     let ok = store_ok(number);
                     if ok {
                         if let Some(u) = &uidl {
@@ -1612,6 +1529,7 @@ mod tests {
                     core.delivered(ok, out, events);
                 }
                 FetchEvent::Oversized { uidl, number, .. } => {
+                    o.staged.clear();
                     if let Some(u) = &uidl {
                         records.mark_oversized(u, NOW);
                     }
@@ -1679,7 +1597,7 @@ mod tests {
                                 core.delivered(true, &mut out, &mut events);
                             }
                         }
-                        FetchEvent::Oversized { .. } => {}
+                        FetchEvent::Oversized { .. } | FetchEvent::Body(_) => {}
                         FetchEvent::Done(s) => done = Some(s),
                     }
                     i += 1;
@@ -1877,11 +1795,14 @@ mod tests {
         }
         assert_eq!(
             ev,
-            [FetchEvent::Deliver {
-                uidl: Some("abc".into()),
-                number: 1,
-                data: b"hi\r\n".to_vec()
-            }]
+            [
+                FetchEvent::Body(b"hi\r\n".to_vec()),
+                FetchEvent::Deliver {
+                    uidl: Some("abc".into()),
+                    number: 1,
+                    size: 4
+                }
+            ]
         );
         ev.clear();
         // Unsolicited bytes while waiting for the delivery are refused.
@@ -2031,59 +1952,49 @@ mod tests {
     }
 
     #[test]
-    fn dot_unstuffing_table() {
-        // (wire body after +OK, delivered data)
-        let cases: &[(&[u8], &[u8])] = &[
-            (b".\r\n", b""),
-            (b"a\r\n.\r\n", b"a\r\n"),
-            (b"..\r\n.\r\n", b".\r\n"),
-            (b"...\r\n.\r\n", b"..\r\n"),
-            (b"..x\r\n.y\r\n.\r\n", b".x\r\ny\r\n"),
-            (b"a.\r\n.\r\n", b"a.\r\n"),
-            (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n"),
-            (b"a\r.\r\n.\r\n", b"a\r.\r\n"),
-            (b".\rx\r\n.\r\n", b"\rx\r\n"),
-            (b".\r\rx\r\n.\r\n", b"\r\rx\r\n"),
-            (b"a\r\r\n.\r\n", b"a\r\r\n"),
-            (b".\n\r\n.\r\n", b"\n\r\n"),
-            (b"\x00\xff\r\n.\r\n", b"\x00\xff\r\n"),
-            (b"\r\n\r\n.\r\n", b"\r\n\r\n"),
-        ];
-        for (wire, want) in cases {
-            for chunk in 1..=wire.len() {
-                let mut b = Body::new(1000, 0);
-                let mut done = false;
-                let mut used = 0;
-                for piece in wire.chunks(chunk) {
-                    assert!(!done);
-                    let (u, d) = b.feed(piece);
-                    used += u;
-                    done = d;
+    fn retr_bodies_stream_in_every_chunking() {
+        // Fed whole, in odd pieces and byte by byte, each message comes out
+        // exactly as the server holds it, in chunks the size of the input.
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let mut server = Server::new(&three());
+            let mut records = empty_records();
+            let o = session(
+                &mut server,
+                params(Keep::No),
+                &mut records,
+                chunk,
+                None,
+                &all_ok,
+            );
+            assert_eq!(o.summary.error, None, "chunk {chunk}");
+            let got: Vec<&[u8]> = o.delivered.iter().map(|(_, d)| &d[..]).collect();
+            let want: Vec<&[u8]> = three().iter().map(|(_, m)| m.as_bytes()).collect();
+            assert_eq!(got, want, "chunk {chunk}");
+            for ev in &o.events {
+                if let FetchEvent::Body(b) = ev {
+                    // Its input, and a CR held back from the input before.
+                    assert!(b.len() <= chunk + 1, "a Body event holds only its input");
                 }
-                assert!(done, "{wire:?} chunk {chunk}");
-                assert_eq!(used, wire.len());
-                assert_eq!(&b.data[..], *want, "{wire:?} chunk {chunk}");
             }
         }
-        // Only CRLF "." CRLF ends a body.
-        for open in [&b"a\n.\n"[..], b"a\r.\r", b"a\r\n. \r\n", b"a\r\n.\n"] {
-            let mut b = Body::new(1000, 0);
-            assert_eq!(b.feed(open), (open.len(), false), "{open:?}");
-        }
-        // Stops exactly after the terminator.
-        let mut b = Body::new(1000, 0);
-        assert_eq!(b.feed(b"x\r\n.\r\n+OK\r\n"), (6, true));
     }
 
     #[test]
     fn body_limit() {
-        let mut b = Body::new(4, 0);
-        assert_eq!(b.feed(b"ab\r\n.\r\n"), (7, true));
+        // Up to the limit the chunks flow; past it they stop and the
+        // message is reported oversized instead of delivered.
+        let mut events = Vec::new();
+        let mut b = Body::new(4);
+        assert_eq!(b.feed(b"ab\r\n.\r\n", &mut events), (7, true));
         assert!(!b.overflow);
-        let mut b = Body::new(4, 0);
-        assert_eq!(b.feed(b"abc\r\nlonger line\r\n.\r\n"), (21, true));
-        assert!(b.overflow && b.data.is_empty());
+        assert_eq!(events, [FetchEvent::Body(b"ab\r\n".to_vec())]);
+        let mut events = Vec::new();
+        let mut b = Body::new(4);
+        assert!(!b.feed(b"abc", &mut events).1);
+        assert_eq!(b.feed(b"\r\nlonger line\r\n.\r\n", &mut events), (18, true));
+        assert!(b.overflow);
         assert_eq!(b.seen, 18);
+        assert_eq!(events, [FetchEvent::Body(b"abc".to_vec())]);
     }
 
     #[test]

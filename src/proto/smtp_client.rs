@@ -5,8 +5,9 @@
 //! STARTTLS (RFC 3207), AUTH PLAIN/LOGIN (RFC 4954), MAIL/RCPT/DATA with
 //! PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152) and SMTPUTF8
 //! (RFC 6531)), reply parsing with enhanced status codes (RFC 3463), the
-//! LF-to-CRLF conversion and dot-stuffing of the message, and classifying
-//! every recipient as delivered, transient (retry) or permanent (bounce).
+//! LF-to-CRLF conversion and dot-stuffing of the message as the driver
+//! streams it in (`proto::dotstuff`), and classifying every recipient as
+//! delivered, transient (retry) or permanent (bounce).
 //!
 //! Modelled on OpenSMTPD's `smtp_client.c`: the state is the command in
 //! flight and the reply decides the next state. With PIPELINING several
@@ -15,15 +16,22 @@
 //! Must not: touch sockets, TLS sessions, clocks or files. The driver feeds
 //! the server's bytes to [`SmtpClient::receive`], writes what the client
 //! appends to `out`, runs the TLS handshake on [`ClientEvent::StartTls`],
-//! owns the timers (see [`SmtpClient::reply_timeout`]) and closes the
-//! connection on [`ClientEvent::Done`].
+//! streams the message on [`ClientEvent::SendBody`] (chunks of the stored
+//! file into [`SmtpClient::body_chunk`] as the socket takes them, then
+//! [`SmtpClient::body_end`]), owns the timers (see
+//! [`SmtpClient::reply_timeout`]) and closes the connection on
+//! [`ClientEvent::Done`]. The message itself is never held here: what MAIL
+//! FROM needs to know of it (its size, 8-bit octets) comes in the
+//! [`Envelope`], measured by the driver with [`WireScan`].
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+
+use super::dotstuff::DotStuffer;
+pub use super::dotstuff::WireScan;
 
 /// Longest reply line accepted, CRLF included. RFC 5321 4.5.3.1.5 sets 512
 /// octets; real servers exceed it, so we are lenient up to this bound and
@@ -42,6 +50,10 @@ const TIMEOUT_GREETING: Duration = Duration::from_secs(5 * 60);
 const TIMEOUT_COMMAND: Duration = Duration::from_secs(5 * 60);
 /// RFC 5321 4.5.3.2.4: DATA initiation (the 354), 2 minutes.
 const TIMEOUT_DATA_INIT: Duration = Duration::from_secs(2 * 60);
+/// RFC 5321 4.5.3.2.5: data block, 3 minutes for each chunk of the message
+/// the server's side of the connection takes (the driver restarts the timer
+/// whenever a chunk goes out).
+const TIMEOUT_DATA_BLOCK: Duration = Duration::from_secs(3 * 60);
 /// RFC 5321 4.5.3.2.6: DATA termination (the reply to the final dot), 10 minutes.
 const TIMEOUT_DATA_TERM: Duration = Duration::from_secs(10 * 60);
 
@@ -86,6 +98,9 @@ pub struct ClientParams {
 }
 
 /// One message and the recipients this session tries to deliver it to.
+/// The message's text is streamed by the driver after
+/// [`ClientEvent::SendBody`]: as stored, LF line ends (CRLF and lone CR
+/// are also taken as line ends), not dot-stuffed.
 #[derive(Debug, Clone)]
 pub struct Envelope {
     /// The reverse-path without angle brackets; empty for the null
@@ -93,9 +108,10 @@ pub struct Envelope {
     pub reverse_path: String,
     /// Forward-paths without angle brackets.
     pub recipients: Vec<String>,
-    /// The message as stored: LF line ends (CRLF and lone CR are also taken
-    /// as line ends), not dot-stuffed.
-    pub message: Arc<[u8]>,
+    /// The message's RFC 1870 size (what [`WireScan::size`] says of it).
+    pub size: u64,
+    /// The message has octets with the high bit set ([`WireScan::eight_bit`]).
+    pub eight_bit: bool,
     /// The message was submitted with SMTPUTF8 (RFC 6531): its headers may
     /// hold UTF-8, so it needs a server that offers SMTPUTF8.
     pub smtputf8: bool,
@@ -107,6 +123,10 @@ pub enum ClientEvent {
     /// Flush `out`, run the TLS handshake, then call
     /// [`SmtpClient::tls_started`] (or [`SmtpClient::tls_failed`]).
     StartTls,
+    /// The server said 354: hand the stored message over in chunks with
+    /// [`SmtpClient::body_chunk`] (as fast as the socket takes them), then
+    /// call [`SmtpClient::body_end`].
+    SendBody,
     /// Flush `out` (it may hold QUIT), then close. The session is over.
     Done(SessionResult),
 }
@@ -434,6 +454,8 @@ impl Cmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// 354 received; the driver streams the message in.
+    Body,
     /// STARTTLS accepted; waiting for the driver's handshake.
     TlsHandshake,
     Done,
@@ -469,6 +491,8 @@ pub struct SmtpClient {
     greeting: Option<String>,
     sent_8bit_without_8bitmime: bool,
     final_result: Option<SessionResult>,
+    /// Stuffs the message's chunks as they come (RFC 5321 4.5.2).
+    stuffer: DotStuffer,
 }
 
 impl SmtpClient {
@@ -502,6 +526,7 @@ impl SmtpClient {
             greeting: None,
             sent_8bit_without_8bitmime: false,
             final_result: None,
+            stuffer: DotStuffer::new(),
         }
     }
 
@@ -510,6 +535,7 @@ impl SmtpClient {
         match self.phase {
             Phase::Done => "done",
             Phase::TlsHandshake => "TLS handshake",
+            Phase::Body => "the message",
             Phase::Running => self.in_flight.front().map_or("idle", |c| c.name()),
         }
     }
@@ -521,9 +547,51 @@ impl SmtpClient {
     /// How long the driver waits for the next reply before calling
     /// [`SmtpClient::timed_out`] (RFC 5321 4.5.3.2). Re-read after each call.
     pub fn reply_timeout(&self) -> Duration {
+        if self.phase == Phase::Body {
+            return TIMEOUT_DATA_BLOCK;
+        }
         self.in_flight
             .front()
             .map_or(TIMEOUT_COMMAND, |c| c.timeout())
+    }
+
+    /// True between [`ClientEvent::SendBody`] and [`SmtpClient::body_end`].
+    pub fn wants_body(&self) -> bool {
+        self.phase == Phase::Body
+    }
+
+    /// The next chunk of the stored message (any size, cut anywhere):
+    /// appends its wire form to `out`. Ignored unless [`SmtpClient::wants_body`].
+    pub fn body_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.phase == Phase::Body {
+            self.stuffer.encode(chunk, out);
+        }
+    }
+
+    /// The whole message went through [`SmtpClient::body_chunk`]: ends it
+    /// with the final dot and waits for the server's verdict. Replies that
+    /// came in the same read as the 354 are read now, so the event is what
+    /// `receive` would have returned for them.
+    pub fn body_end(&mut self, out: &mut Vec<u8>) -> Option<ClientEvent> {
+        if self.phase != Phase::Body {
+            return None;
+        }
+        self.stuffer.finish(out);
+        self.phase = Phase::Running;
+        self.in_flight.push_back(Cmd::Body);
+        self.receive(&[], out)
+    }
+
+    /// The stored message could not be read while it was being sent: the
+    /// data is cut short, so the driver closes without the final dot (the
+    /// server then discards the partial message) and every recipient still
+    /// open is retried later.
+    pub fn body_failed(&mut self, reason: &str) -> SessionResult {
+        let reason = format!(
+            "cannot read the queued message: {}",
+            truncate_chars(reason.to_string(), 200)
+        );
+        self.abort(&reason, "4.3.0")
     }
 
     /// Feeds bytes from the server; appends the client's commands to `out`.
@@ -537,6 +605,19 @@ impl SmtpClient {
                 // The driver feeds plaintext only; bytes now would be plaintext
                 // injected before the handshake (RFC 3207 6).
                 return Some(self.malformed("plaintext received during the TLS handshake"));
+            }
+            Phase::Body => {
+                // No reply is due before the final dot; a whole one now is
+                // the server out of step (or closing, which the driver sees).
+                self.reader.push(input);
+                return match self.reader.next_reply() {
+                    Ok(None) => None,
+                    Ok(Some(reply)) => Some(self.malformed(&format!(
+                        "reply before the end of the message: {}",
+                        reply.text()
+                    ))),
+                    Err(e) => Some(self.malformed(&e)),
+                };
             }
             Phase::Running => {}
         }
@@ -596,6 +677,7 @@ impl SmtpClient {
     fn waiting_for(&self) -> String {
         match self.phase {
             Phase::TlsHandshake => "during the TLS handshake".to_string(),
+            Phase::Body => "while sending the message".to_string(),
             _ => match self.in_flight.front() {
                 Some(cmd) => format!("while waiting for the reply to {}", cmd.name()),
                 None => "after the session ended".to_string(),
@@ -750,12 +832,13 @@ impl SmtpClient {
                     // empty content with a lone dot, then leave.
                     out.extend_from_slice(b".\r\n");
                     self.in_flight.push_back(Cmd::EmptyBody);
+                    None
                 } else {
-                    dot_stuff_crlf(&self.env.message, out);
                     self.body_sent = true;
-                    self.in_flight.push_back(Cmd::Body);
+                    self.stuffer = DotStuffer::new();
+                    self.phase = Phase::Body;
+                    Some(ClientEvent::SendBody)
                 }
-                None
             }
             (Cmd::Data, 4 | 5) => {
                 self.fail_accepted(&reply);
@@ -921,7 +1004,7 @@ impl SmtpClient {
             return Some(self.quit(out));
         }
 
-        let size = wire_size(&self.env.message);
+        let size = self.env.size;
         if let Some(limit) = self.caps.size {
             if limit > 0 && size > limit {
                 let reason = format!(
@@ -943,7 +1026,7 @@ impl SmtpClient {
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={size}"));
         }
-        if self.env.message.iter().any(|&b| b >= 0x80) {
+        if self.env.eight_bit {
             if self.caps.eightbitmime {
                 mail.push_str(" BODY=8BITMIME");
             } else {
@@ -1129,52 +1212,6 @@ fn remote_outcome(reply: &Reply) -> Outcome {
     }
 }
 
-/// Hands the message to `emit` as it goes on the wire: every line end (LF,
-/// CRLF, or a lone CR, which RFC 5321 2.3.8 forbids on its own) becomes
-/// CRLF, a last line without a line end gets one, and with `stuff_dots` a
-/// line starting with `.` gets another (RFC 5321 4.5.2).
-fn to_wire(msg: &[u8], stuff_dots: bool, emit: &mut dyn FnMut(&[u8])) {
-    let mut rest = msg;
-    while !rest.is_empty() {
-        if stuff_dots && rest.first() == Some(&b'.') {
-            emit(b".");
-        }
-        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-            None => {
-                emit(rest);
-                emit(b"\r\n");
-                return;
-            }
-            Some(pos) => {
-                let (line, tail) = rest.split_at(pos);
-                emit(line);
-                emit(b"\r\n");
-                rest = match tail {
-                    [b'\r', b'\n', r @ ..] => r,
-                    [_, r @ ..] => r,
-                    [] => &[],
-                };
-            }
-        }
-    }
-}
-
-/// The message, CRLF and dot-stuffed, then the final `.` line.
-// TODO(lead): share proto::dotstuff
-fn dot_stuff_crlf(msg: &[u8], out: &mut Vec<u8>) {
-    out.reserve(msg.len() + msg.len() / 32 + 5);
-    to_wire(msg, true, &mut |s| out.extend_from_slice(s));
-    out.extend_from_slice(b".\r\n");
-}
-
-/// RFC 1870 3: the message's size in octets with CRLF line ends, before
-/// dot-stuffing.
-fn wire_size(msg: &[u8]) -> u64 {
-    let mut n = 0u64;
-    to_wire(msg, false, &mut |s| n += s.len() as u64);
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1191,12 +1228,44 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// The text of the test's message, streamed on `SendBody` as the
+        /// driver would stream the queued file (each test is one thread).
+        static MESSAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
     fn envelope(rcpts: &[&str], msg: &[u8]) -> Envelope {
+        MESSAGE.with(|m| *m.borrow_mut() = msg.to_vec());
+        let mut scan = WireScan::new();
+        scan.feed(msg);
         Envelope {
             reverse_path: "alice@example.test".into(),
             recipients: rcpts.iter().map(|s| s.to_string()).collect(),
-            message: Arc::from(msg),
+            size: scan.size(),
+            eight_bit: scan.eight_bit(),
             smtputf8: false,
+        }
+    }
+
+    /// Streams the test's message `chunk` octets at a time, as the driver
+    /// does with file chunks, and ends it.
+    fn send_body(client: &mut SmtpClient, chunk: usize, out: &mut Vec<u8>) -> Option<ClientEvent> {
+        assert!(client.wants_body());
+        let msg = MESSAGE.with(|m| m.borrow().clone());
+        for piece in msg.chunks(chunk.max(1)) {
+            client.body_chunk(piece, out);
+        }
+        let ev = client.body_end(out);
+        assert!(!client.wants_body());
+        ev
+    }
+
+    /// `receive` as the driver sees it: on `SendBody` the message is
+    /// streamed (whole chunks) and ended.
+    fn feed(client: &mut SmtpClient, input: &[u8], out: &mut Vec<u8>) -> Option<ClientEvent> {
+        match client.receive(input, out) {
+            Some(ClientEvent::SendBody) => send_body(client, usize::MAX, out),
+            other => other,
         }
     }
 
@@ -1216,7 +1285,7 @@ mod tests {
             if *server == TLS {
                 client.tls_started(&mut out);
             } else {
-                last = client.receive(server.as_bytes(), &mut out);
+                last = feed(client, server.as_bytes(), &mut out);
             }
             assert_eq!(
                 String::from_utf8_lossy(&out),
@@ -1993,7 +2062,7 @@ mod tests {
             let mut out = Vec::new();
             let mut last = None;
             for chunk in [&all[..split], &all[split..]] {
-                if let Some(ev) = c.receive(chunk, &mut out) {
+                if let Some(ev) = feed(&mut c, chunk, &mut out) {
                     last = Some(ev);
                 }
             }
@@ -2005,8 +2074,11 @@ mod tests {
         let mut out = Vec::new();
         let mut last = None;
         for b in &all {
-            if let Some(ev) = c.receive(std::slice::from_ref(b), &mut out) {
-                last = Some(ev);
+            match c.receive(std::slice::from_ref(b), &mut out) {
+                // And the message, one byte at a time too.
+                Some(ClientEvent::SendBody) => assert_eq!(send_body(&mut c, 1, &mut out), None),
+                Some(ev) => last = Some(ev),
+                None => {}
             }
         }
         assert_eq!(String::from_utf8_lossy(&out), expect_out);
@@ -2166,19 +2238,96 @@ mod tests {
             (b"\xff\x00\n", b"\xff\x00\r\n.\r\n"),
         ];
         for (input, expect) in cases {
-            let mut out = Vec::new();
-            dot_stuff_crlf(input, &mut out);
-            assert_eq!(
-                String::from_utf8_lossy(&out),
-                String::from_utf8_lossy(expect),
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
-            // The size counts CRLF but neither stuffing nor the final dot.
-            let dots = out.windows(3).filter(|w| w == b"\n..").count()
-                + usize::from(out.starts_with(b".."));
-            assert_eq!(wire_size(input) as usize, out.len() - 3 - dots, "{input:?}");
+            // The session's body, the message fed whole and byte by byte.
+            for chunk in [usize::MAX, 1, 2, 3] {
+                let mut c = SmtpClient::new(
+                    params(TlsPolicy::None, false),
+                    envelope(&["a@x.net"], input),
+                );
+                let ehlo = "250-mx\r\n250-PIPELINING\r\n250 SIZE 100\r\n";
+                let mut out = Vec::new();
+                c.receive(b"220 mx\r\n", &mut out);
+                c.receive(ehlo.as_bytes(), &mut out);
+                let mail = String::from_utf8_lossy(&out).into_owned();
+                out.clear();
+                assert_eq!(
+                    c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n", &mut out),
+                    Some(ClientEvent::SendBody)
+                );
+                assert!(out.is_empty());
+                assert_eq!(c.reply_timeout(), TIMEOUT_DATA_BLOCK);
+                assert_eq!(send_body(&mut c, chunk, &mut out), None);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(expect),
+                    "{:?} in chunks of {chunk}",
+                    String::from_utf8_lossy(input)
+                );
+                // SIZE counts CRLF but neither stuffing nor the final dot.
+                let dots = out.windows(3).filter(|w| w == b"\n..").count()
+                    + usize::from(out.starts_with(b".."));
+                let size = format!(" SIZE={}\r\n", out.len() - 3 - dots);
+                assert!(mail.contains(&size), "{mail:?} for {input:?}");
+                assert_eq!(c.reply_timeout(), TIMEOUT_DATA_TERM);
+                assert_eq!(kinds(&done(c.receive(b"250 ok\r\n", &mut out))), ['D']);
+            }
         }
+    }
+
+    #[test]
+    fn body_phase_accepts_no_reply_and_reports_read_failures() {
+        let to_354 = |c: &mut SmtpClient| {
+            let mut out = Vec::new();
+            for step in ["220 mx\r\n", EHLO_PIPE] {
+                c.receive(step.as_bytes(), &mut out);
+            }
+            let ev = c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n", &mut out);
+            assert_eq!(ev, Some(ClientEvent::SendBody));
+            assert!(c.wants_body());
+            assert_eq!(c.state(), "the message");
+        };
+        // A reply before the final dot: the server is out of step.
+        let mut c = SmtpClient::new(params(TlsPolicy::None, false), envelope(&["a@x.net"], MSG));
+        to_354(&mut c);
+        let mut out = Vec::new();
+        c.body_chunk(b"Subject: hi\n", &mut out);
+        assert_eq!(
+            c.receive(b"554 5.0.0 no", &mut out),
+            None,
+            "a partial line waits"
+        );
+        let r = done(c.receive(b"\r\n", &mut out));
+        assert_eq!(kinds(&r), ['T']);
+        assert!(r.recipients[0]
+            .outcome
+            .reply()
+            .contains("reply before the end"));
+        assert!(!r.try_next_host, "the message was being sent");
+        // The file could not be read half way: transient, no next host.
+        let mut c = SmtpClient::new(params(TlsPolicy::None, false), envelope(&["a@x.net"], MSG));
+        to_354(&mut c);
+        c.body_chunk(b"Subject: hi\n", &mut out);
+        let r = c.body_failed("Input/output error");
+        assert_eq!(kinds(&r), ['T']);
+        assert!(r.recipients[0]
+            .outcome
+            .reply()
+            .contains("cannot read the queued message: Input/output error"));
+        assert!(!r.try_next_host);
+        // The connection drops while the message is sent.
+        let mut c = SmtpClient::new(params(TlsPolicy::None, false), envelope(&["a@x.net"], MSG));
+        to_354(&mut c);
+        let r = c.connection_lost();
+        assert!(r.recipients[0]
+            .outcome
+            .reply()
+            .contains("connection lost while sending the message"));
+        // Chunks outside the body phase are ignored.
+        let mut c = SmtpClient::new(params(TlsPolicy::None, false), envelope(&["a@x.net"], MSG));
+        let mut out = Vec::new();
+        c.body_chunk(b"stray", &mut out);
+        assert_eq!(c.body_end(&mut out), None);
+        assert!(out.is_empty() && !c.wants_body());
     }
 
     #[test]

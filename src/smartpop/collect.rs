@@ -1,11 +1,23 @@
-//! Worker side of SmartPop: delivering one fetched message into local
-//! mailboxes and recording its UIDL, in that order (the no-loss rule:
-//! the core sends DELE only after both are durable).
+//! Worker side of SmartPop: staging a RETR body on disk as it arrives,
+//! then delivering it from there into local mailboxes and recording its
+//! UIDL, in that order (the no-loss rule: the core sends DELE only after
+//! both are durable).
+//!
+//! The staging file (`data_dir/smartpop/.NAME.retr`, one per account, as
+//! one run fetches one message at a time) is scratch: it is never durable
+//! and never counts as delivered; a crash leaves the message on the server
+//! and the file is removed at the next run. Only its header is read into
+//! memory (routing, `Return-Path:`, the loop check); each copy is written
+//! from the file in chunks.
 //!
 //! Collected mail never goes through the outbox and is never bounced to
 //! its header sender: a failure leaves it on the ISP's server.
 
+use std::fs::File;
+use std::io::{self, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -18,6 +30,91 @@ use crate::smartpop::route::{self, Route};
 use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
 use crate::store::message::Message;
 use crate::store::trace::{self, TraceInfo};
+
+/// Most of a collected message's header read into memory (for routing,
+/// `Return-Path:` and the loop check). RFC 5322 sets no bound; real
+/// headers take a few KiB, and a longer one is read in its first MiB
+/// (cut at a line end), the rest copied as it is.
+const MAX_HEADER: usize = 1024 * 1024;
+/// Octets of the staging file read at a time while looking for the header's end.
+const HEAD_CHUNK: usize = 64 * 1024;
+
+/// Where account `name`'s RETR body is staged: next to its records, a
+/// name no account can have (account names never start with `.`).
+pub fn staging_path(data_dir: &Path, name: &str) -> Option<PathBuf> {
+    let records = records_path(data_dir, name).ok()?;
+    Some(records.with_file_name(format!(".{name}.retr")))
+}
+
+/// Worker side: appends `data` to the staging file, creating (or
+/// emptying) it for the first chunk of a message (`file` None). The file
+/// comes back for the next write.
+pub fn write_stage(file: Option<File>, path: &Path, data: &[u8]) -> io::Result<File> {
+    let mut file = match file {
+        Some(f) => f,
+        // Read and write: the delivery reads it back through this handle.
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?,
+    };
+    file.write_all(data)?;
+    Ok(file)
+}
+
+/// Worker side: the staging file is no longer needed (best effort).
+pub fn remove_stage(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!("smartpop: cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// The header section of the staged message, up to and including the
+/// empty line that ends it (RFC 5322 2.1), or all of a message without
+/// one; at most [`MAX_HEADER`], cut after a line end.
+fn read_head(file: &File) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; HEAD_CHUNK];
+    let mut scanned = 0;
+    loop {
+        let n = loop {
+            match file.read_at(&mut buf, head.len() as u64) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Ok(head);
+        }
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        // Line starts from `scanned` on; the first empty line ends it.
+        let mut start = scanned;
+        while let Some(lf) = head
+            .get(start..)
+            .and_then(|r| r.iter().position(|&b| b == b'\n'))
+        {
+            let line = head.get(start..start + lf + 1).unwrap_or_default();
+            if line == b"\n" || line == b"\r\n" {
+                head.truncate(start + lf + 1);
+                return Ok(head);
+            }
+            start += lf + 1;
+        }
+        scanned = start;
+        if head.len() >= MAX_HEADER {
+            // Whole lines only: the rest follows from the file.
+            if scanned > 0 {
+                head.truncate(scanned);
+            }
+            return Ok(head);
+        }
+    }
+}
 
 /// Before a run, on a worker: the account's records (finishing the
 /// renames a crash cut short), their folder, and the TLS client config
@@ -45,6 +142,10 @@ pub fn prepare(
             warn!("smartpop: cannot create {}: {e}", dir.display());
         }
     }
+    // A body staged when the last run was cut short is still on the server.
+    if let Some(stage) = staging_path(&config.server.data_dir, &account.name) {
+        remove_stage(&stage);
+    }
     Ok((records, tls))
 }
 
@@ -57,16 +158,52 @@ pub struct Fetched {
     /// "TLSv1.3 with cipher ..." when the session was encrypted.
     pub tls: Option<String>,
     pub uidl: Option<String>,
+    /// The staged body and where it is; None for a body within one
+    /// chunk, which is in `data` (or empty).
+    pub staged: Option<File>,
+    pub staged_path: Option<PathBuf>,
     pub data: Vec<u8>,
 }
 
 impl Fetched {
-    /// Delivers, then records the UIDL; true only when both are durable.
-    /// On false, `records` marks the UIDL `rejected` when the delivery
-    /// refused the message for good (and that mark is durable).
-    pub fn deliver(self, records: Option<Records>) -> (bool, Option<Records>) {
+    /// Delivers from the staging file, then records the UIDL; true only
+    /// when both are durable. On false, `records` marks the UIDL
+    /// `rejected` when the delivery refused the message for good (and that
+    /// mark is durable). The staging file is removed either way.
+    pub fn deliver(mut self, records: Option<Records>) -> (bool, Option<Records>) {
+        let staged = self.staged.take();
+        let data = std::mem::take(&mut self.data);
+        let result = match &staged {
+            Some(file) => read_head(file).map(|head| (head, Some(file))),
+            None => Ok((data, None)),
+        };
+        let delivered = match result {
+            Ok((head, file)) => self.deliver_staged(&head, file, records),
+            Err(e) => {
+                warn!(
+                    "smartpop {}: cannot read the staged message, left on the server: {e}",
+                    self.account.name
+                );
+                (false, records)
+            }
+        };
+        drop(staged);
+        if let Some(path) = &self.staged_path {
+            remove_stage(path);
+        }
+        delivered
+    }
+
+    /// `head` is the message's header (see `read_head`); the rest of it
+    /// follows in `file`.
+    fn deliver_staged(
+        &self,
+        head: &[u8],
+        file: Option<&File>,
+        records: Option<Records>,
+    ) -> (bool, Option<Records>) {
         let mut records = records;
-        let (mailboxes, how) = self.mailboxes();
+        let (mailboxes, how) = self.mailboxes(head);
         if mailboxes.is_empty() {
             warn!(
                 "smartpop {}: deliver_to {} reaches no local mailbox; message left on the server",
@@ -74,7 +211,7 @@ impl Fetched {
             );
             return (false, records);
         }
-        let (reverse_path, message) = take_return_path(&self.data);
+        let (reverse_path, message) = take_return_path(head);
         let reverse_path = reverse_path.unwrap_or_else(|| sender_of(&message));
         let now = SystemTime::now();
         let trace_info = TraceInfo {
@@ -98,7 +235,14 @@ impl Fetched {
                 })
                 .collect(),
             trace: trace_info,
-            message: Message::Wire(&message),
+            message: match file {
+                Some(file) => Message::Tail {
+                    head: &message,
+                    file,
+                    offset: head.len() as u64,
+                },
+                None => Message::Wire(&message),
+            },
             extra_headers: format!(
                 "X-Mailgate-Routed: smartpop {} from {}:{}, {how}\r\n",
                 self.account.name, self.account.host.host, self.account.host.port
@@ -158,18 +302,20 @@ impl Fetched {
             );
             return (false, records);
         }
+        let size = file
+            .and_then(|f| f.metadata().ok())
+            .map_or(head.len() as u64, |m| m.len());
         info!(
-            "smartpop {}: delivered uidl={} to {} ({how}) size={}",
+            "smartpop {}: delivered uidl={} to {} ({how}) size={size}",
             self.account.name,
             self.uidl.as_deref().unwrap_or("-"),
             mailboxes.join(","),
-            message.len()
         );
         (true, records)
     }
 
     /// The local mailboxes and a description of how they were chosen.
-    fn mailboxes(&self) -> (Vec<String>, String) {
+    fn mailboxes(&self, head: &[u8]) -> (Vec<String>, String) {
         let local_of = |addr: &str| {
             self.config
                 .resolve(addr)
@@ -182,7 +328,7 @@ impl Fetched {
                 // itself as "remote", which multi-drop must ignore.
                 local_of(addr)
             };
-            if let Route::Routed { mailboxes, by } = route::route(&self.data, &resolver) {
+            if let Route::Routed { mailboxes, by } = route::route(head, &resolver) {
                 return (mailboxes, format!("multidrop by {by}"));
             }
             let fallback = local_of(&self.account.deliver_to).unwrap_or_default();
@@ -355,6 +501,38 @@ mod tests {
             assert_eq!(p.as_deref(), *path, "{:?}", String::from_utf8_lossy(input));
             assert_eq!(m, kept.to_vec(), "{:?}", String::from_utf8_lossy(input));
         }
+    }
+
+    #[test]
+    fn head_is_read_to_the_empty_line() {
+        let t = crate::store::durable::tests::TempDir::new("collect-head");
+        let path = t.path().join("m");
+        let long_line = format!("X: {}\r\n", "y".repeat(100));
+        let huge: String = std::iter::repeat_n(long_line.as_str(), MAX_HEADER / 100 + 10).collect();
+        let cases: Vec<(Vec<u8>, usize)> = vec![
+            (b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore".to_vec(), 14),
+            (b"A: 1\nB: 2\n\nbody\n".to_vec(), 11),
+            (b"\r\nbody".to_vec(), 2),
+            (b"A: 1\r\nno body".to_vec(), 13),
+            (b"".to_vec(), 0),
+            // Longer than MAX_HEADER: whole lines up to about the bound.
+            (huge.clone().into_bytes(), 0),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&path, &text).unwrap();
+            let head = read_head(&File::open(&path).unwrap()).unwrap();
+            if want == 0 && !text.is_empty() {
+                assert!(head.len() > MAX_HEADER - 200 && head.len() < MAX_HEADER + HEAD_CHUNK);
+                assert!(head.ends_with(b"\r\n") && text.starts_with(&head));
+            } else {
+                assert_eq!(head, &text[..want], "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+        assert_eq!(
+            staging_path(t.path(), "isp"),
+            Some(t.path().join("smartpop/.isp.retr"))
+        );
+        assert_eq!(staging_path(t.path(), "../x"), None);
     }
 
     #[test]

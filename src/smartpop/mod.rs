@@ -13,15 +13,21 @@
 //!    `finish_staged`) and the TLS client config.
 //! 2. Connect (TLS first when `tls = tls`), build
 //!    `proto::pop3_client::Pop3Fetch::new(params, records.iter())`, feed it bytes.
-//! 3. On `Deliver { uidl, data, .. }`: on a worker, pick the mailboxes
+//! 3. On `Body(chunk)`: workers append it to the account's staging file
+//!    (`collect::write_stage`, one write in flight; the driver stops reading
+//!    the socket while a chunk waits behind it). The staging file is scratch,
+//!    never durable, never a reason to DELE.
+//!    On `Deliver { uidl, .. }`, once the last write is back: on a worker,
+//!    read the staged message's header, pick the mailboxes
 //!    (`route::route` when `multidrop = yes`, else `deliver_to`; `Unrouted`
-//!    also means `deliver_to`), write the message durably into each Maildir,
+//!    also means `deliver_to`), copy the message from the staging file
+//!    durably into each Maildir (`deliver::deliver_local_from`),
 //!    THEN `records.record_delivered(uidl, now)`, then report
 //!    `delivered(ok)` back to the core on the loop thread. Only then may the
 //!    core send DELE: this ordering is the no-loss rule. (A crash between the
 //!    Maildir rename and the records write can deliver that one message twice
 //!    on the next run; it can never lose it.)
-//! 4. On `Oversized { uidl, .. }`: log it, have a worker deliver the
+//! 4. On `Oversized { uidl, .. }`: drop what was staged of it, log it, have a worker deliver the
 //!    notice to the owner, and `records.mark_oversized(uidl, now)` in
 //!    memory: the mark is written with the next delivery's record or at
 //!    the end of the run, never by a second writer in parallel.

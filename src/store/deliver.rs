@@ -297,7 +297,10 @@ pub fn deliver_local_with(
         return Err(too_many_hops());
     }
     let now = SystemTime::now();
-    let (body_s, body_w) = req.message.sizes();
+    let (body_s, body_w) = req.message.sizes().map_err(|e| {
+        log::error!("delivery: cannot read the message: {e}");
+        DeliveryError::from_io(&e)
+    })?;
 
     // Quota'd mailboxes are locked from their usage check until their copy
     // is published (Maildir::lock_quota), in name order so that two
@@ -416,6 +419,7 @@ mod tests {
     use super::*;
     use crate::store::durable::tests::TempDir;
     use std::fs;
+    use std::fs::File;
 
     const MSG: &[u8] = b"From: a@example.org\r\nSubject: test\r\n\r\nHello\r\n.dot\r\n";
 
@@ -494,6 +498,44 @@ mod tests {
         }
         let bob = fs::read_to_string(&copies[1].path).unwrap();
         assert!(bob.contains("\tfor <robert+tag@example.test>; "));
+    }
+
+    #[test]
+    fn delivers_from_a_file_tail_as_from_memory() {
+        let t = TempDir::new("deliver-tail");
+        let msg: &[u8] =
+            b"From: a@example.org\r\nSubject: t\r\n\r\nline\r\n.dot\r\nbare\rCR\r\nend";
+        let path = t.path().join("staged");
+        fs::write(&path, msg).unwrap();
+        let file = File::open(&path).unwrap();
+        let whole =
+            deliver_local(t.path(), &req(vec![rcpt("bob@example.test", None)], msg)).unwrap();
+        let want = fs::read(&whole[0].path).unwrap();
+        let want_body: &[u8] = b"From: a@example.org\nSubject: t\n\nline\n.dot\nbare\rCR\nend";
+        assert!(want.ends_with(want_body));
+        // Every split, even between a CR and its LF, gives the same copy.
+        for split in 0..=msg.len() {
+            let mut r = req(vec![rcpt("bob@example.test", None)], &msg[..split]);
+            r.message = Message::Tail {
+                head: &msg[..split],
+                file: &file,
+                offset: split as u64,
+            };
+            let got = deliver_local_with(t.path(), &r, &mut |_| Ok(())).unwrap();
+            let data = fs::read(&got[0].path).unwrap();
+            assert!(data.ends_with(want_body), "split {split}");
+            assert_eq!(data.len() as u64, got[0].size, "split {split}");
+            let name =
+                |c: &DeliveredCopy| c.path.file_name().unwrap().to_str().unwrap().to_string();
+            let sizes = maildir::parse_sizes(&name(&got[0]));
+            // S= is the size on disk, W= adds one octet per LF.
+            let lfs = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(
+                sizes,
+                (Some(got[0].size), Some(got[0].size + lfs)),
+                "split {split}"
+            );
+        }
     }
 
     #[test]

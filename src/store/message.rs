@@ -9,7 +9,9 @@
 //! Must not: decide what a header means for delivery (`deliver` does), or
 //! hold more of a spooled body than one buffer.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 
 use crate::store::maildir;
 use crate::store::spool::Spooled;
@@ -31,14 +33,59 @@ pub enum Message<'a> {
     Wire(&'a [u8]),
     /// Already in the stored form.
     Stored(&'a Spooled),
+    /// Wire form, `head` in memory (at least the whole header section,
+    /// which the loop checks read) and the rest in `file` from `offset`
+    /// to its end (a SmartPop message staged as it arrived).
+    Tail {
+        head: &'a [u8],
+        file: &'a File,
+        offset: u64,
+    },
+}
+
+/// Octets of a `Tail` read at a time.
+const TAIL_CHUNK: usize = 64 * 1024;
+
+/// Reads `file` from `offset` to its end, a chunk at a time.
+fn each_chunk(
+    file: &File,
+    offset: u64,
+    f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; TAIL_CHUNK];
+    let mut offset = offset;
+    loop {
+        match file.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                f(buf.get(..n).unwrap_or_default())?;
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Message<'_> {
     /// `(S, W)`: octets as stored (LF line ends), and on the wire.
-    pub fn sizes(&self) -> (u64, u64) {
+    pub fn sizes(&self) -> io::Result<(u64, u64)> {
         match self {
-            Message::Wire(m) => maildir::lf_sizes(&[m]),
-            Message::Stored(s) => s.sizes(),
+            Message::Wire(m) => Ok(maildir::lf_sizes(&[m])),
+            Message::Stored(s) => Ok(s.sizes()),
+            Message::Tail { head, file, offset } => {
+                let (mut s, mut lfs) = (0u64, 0u64);
+                let mut count = |b: &[u8]| {
+                    s += b.len() as u64;
+                    lfs += b.iter().filter(|&&c| c == b'\n').count() as u64;
+                    Ok(())
+                };
+                let mut conv = maildir::CrlfToLf::default();
+                conv.feed(head, &mut count)?;
+                each_chunk(file, *offset, &mut |chunk| conv.feed(chunk, &mut count))?;
+                conv.finish(&mut count)?;
+                Ok((s, s + lfs))
+            }
         }
     }
 
@@ -51,6 +98,18 @@ impl Message<'_> {
                 maildir::write_lf(w, &[head])?;
                 s.copy_to(w)
             }
+            Message::Tail {
+                head: body_head,
+                file,
+                offset,
+            } => {
+                let mut conv = maildir::CrlfToLf::default();
+                let mut emit = |b: &[u8]| w.write_all(b);
+                conv.feed(head, &mut emit)?;
+                conv.feed(body_head, &mut emit)?;
+                each_chunk(file, *offset, &mut |chunk| conv.feed(chunk, &mut emit))?;
+                conv.finish(&mut emit)
+            }
         }
     }
 
@@ -59,7 +118,7 @@ impl Message<'_> {
     pub fn headers(&self, mailboxes: &[&str]) -> io::Result<HeaderFacts> {
         let mut scan = HeaderScan::new(mailboxes);
         match self {
-            Message::Wire(m) => {
+            Message::Wire(m) | Message::Tail { head: m, .. } => {
                 scan.feed(m);
             }
             Message::Stored(s) => {
