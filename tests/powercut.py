@@ -1,0 +1,115 @@
+"""Test side of the power-cut filesystem (tests/powercut_fs.py): mount it,
+cut the power, mount what is left.
+
+A cut is: the caller has killed every process writing to the mount
+(SIGKILL, and waited); the daemon writes its durable image; the mount is
+taken down; a new daemon serves the image on a fresh mount. Nothing the
+kernel cached of the old mount can leak into the new one.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DAEMON = Path(__file__).resolve().parent / "powercut_fs.py"
+
+
+def unusable():
+    """Why the power-cut filesystem cannot run here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse on this machine: power-cut tests need FUSE"
+    try:
+        import fuse  # noqa: F401  (fusepy; tests/setup.sh installs it)
+    except (ImportError, OSError) as e:
+        return f"fusepy/libfuse2 not usable ({e}); run tests/setup.sh"
+    return None
+
+
+def skip_unless_usable():
+    why = unusable()
+    if why:
+        pytest.skip(why)
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+class PowerCutMount:
+    def __init__(self, mountpoint: Path, workdir: Path):
+        self.mountpoint = mountpoint
+        self.workdir = workdir
+        self.sock = str(workdir / "ctl.sock")
+        self.state = str(workdir / "durable.pickle")
+        self.log = workdir / "fs.log"
+        self.proc = None
+        self.cuts = 0
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Unix socket paths are limited to 108 bytes: fall back to /tmp.
+        if len(self.sock) > 100:
+            self.sock = f"/tmp/powercut-{os.getpid()}-{id(self)}.sock"
+
+    def mount(self, timeout=10):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(DAEMON), str(self.mountpoint), self.sock, self.state],
+            stdout=logf, stderr=logf)
+        deadline = time.time() + timeout
+        while not (is_mounted(self.mountpoint) and os.path.exists(self.sock)):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"powercut_fs exited {self.proc.returncode}: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            if time.time() > deadline:
+                raise RuntimeError("powercut_fs did not mount")
+            time.sleep(0.01)
+        return self
+
+    def _ask(self, cmd):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(self.sock)
+            s.sendall(cmd.encode() + b"\n")
+            return s.makefile("r").readline().strip()
+
+    def stats(self):
+        return json.loads(self._ask("stats"))
+
+    def cut(self):
+        """Power cut: everything not durable is gone. Every writer must be dead."""
+        assert self._ask("cut") == "ok"
+        self.unmount()
+        self.cuts += 1
+        self.mount()
+
+    def unmount(self):
+        if self.proc is None:
+            return
+        for attempt in range(50):
+            r = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, text=True)
+            if r.returncode == 0 or not is_mounted(self.mountpoint):
+                break
+            time.sleep(0.05)  # a dying process still holds a file open
+        else:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+
+    def close(self):
+        self.unmount()
+        shutil.rmtree(self.workdir, ignore_errors=True)
