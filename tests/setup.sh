@@ -11,7 +11,7 @@ command -v mkpasswd >/dev/null || need_apt+=(whois)
 command -v strace >/dev/null || need_apt+=(strace)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
 # The power-cut filesystem (tests/powercut_fs.py): fusepy loads libfuse 2.
-ldconfig -p | grep -q "libfuse\.so\.2" || need_apt+=(libfuse2)
+ldconfig -p | grep "libfuse\.so\.2" >/dev/null || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
