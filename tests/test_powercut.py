@@ -1,0 +1,491 @@
+"""Power cuts under load, on every write path (issue 17).
+
+The server's data_dir is a power-cut filesystem (tests/powercut_fs.py):
+only what was fsynced (files) and fsyncdir'd (folders) survives a cut.
+A cut here: the filesystem freezes at a random instant (now, after a
+random delay, or just before the N-th sync from now, so that cuts also
+land between the syncs of one transaction); from then on every operation
+blocks unapplied, so nothing the server says afterwards can rest on a
+write after the cut. Then SIGKILL, the blocked calls fail, the
+filesystem keeps only its durable image, and the server starts again on
+what is left.
+
+Promises checked (README "How mail flows"): every message that got a
+`250` (or a zero `sendmail` exit, or a DELE at the ISP) is present once,
+whole, in its mailbox or the queue; nothing half-written in any `new/` or
+`cur/`; the queue and the UIDL records parse; a deletion that got QUIT's
+`+OK` stays done. Each test prints a line for the per-path table: cuts,
+acknowledged, lost, duplicated.
+
+The seed is printed; `POWERCUT_SEED=N` replays a run.
+"""
+
+import email
+import smtplib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, RELAY_SOURCE, Server, free_port
+from powercut import PowerCutMount, skip_unless_usable
+
+SEED = int(os.environ.get("POWERCUT_SEED") or random.SystemRandom().randrange(1 << 32))
+CUTS = int(os.environ.get("POWERCUT_CUTS") or 20)
+
+MSGID_RE = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.I | re.M)
+
+
+def rng_for(name):
+    print(f"\npowercut seed {SEED} (replay: POWERCUT_SEED={SEED})")
+    return random.Random(f"{SEED}-{name}")
+
+
+# -- the server on a power-cut filesystem ------------------------------------
+
+
+class CutServer:
+    """A mailgate whose data_dir is a power-cut mount."""
+
+    def __init__(self, tmp_path, extra="", replace=None, premade_data_dir=True):
+        self.server = s = Server(tmp_path / "s", extra, replace)
+        # data_dir one level inside the mount, over a trap file (see
+        # PowerCutMount): mailgate makes data_dir itself, durably.
+        mnt = tmp_path / "mnt"
+        data_dir = mnt / "data"
+        s.config_text = s.config_text.replace(f"data_dir = {s.data_dir}\n", f"data_dir = {data_dir}\n")
+        assert str(data_dir) in s.config_text
+        s.config.write_text(s.config_text)
+        s.data_dir = data_dir
+        self.fs = PowerCutMount(mnt, tmp_path / "fs", trap="data").mount()
+        if premade_data_dir:
+            # As an installer leaves it: made, and its name synced.
+            data_dir.mkdir(mode=0o700)
+            fd = os.open(mnt, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        self.cut_log = []
+
+    def start(self):
+        self.server.start()
+
+    def power_cut(self, rng, others=(), mode=None):
+        """Freeze at a random instant (or `mode` "now"), SIGKILL the server
+        (and `others`, procs writing to the mount), cut, remount. The
+        caller starts the server again."""
+        if mode == "now":
+            self.fs.freeze(0)
+            self.cut_log.append("now")
+        elif rng.random() < 0.4:
+            time.sleep(rng.uniform(0.0, 0.4))
+            self.fs.freeze(0)
+            self.cut_log.append("now")
+        else:
+            n = rng.randint(1, 40)
+            self.fs.freeze(n)
+            how = f"sync {n}"
+            if not self.fs.wait_frozen(3):
+                self.fs.freeze(0)
+                how += " (idle: now)"
+            self.cut_log.append(how)
+        procs = [self.server.proc, *others]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        self.fs.release()
+        for p in procs:
+            p.wait(20)
+        self.fs.cut()
+
+    def close(self):
+        try:
+            self.server.stop()
+        except RuntimeError:
+            pass
+        self.fs.close()
+
+
+@pytest.fixture
+def cut_server(tmp_path):
+    skip_unless_usable()
+    made = []
+
+    def make(extra="", replace=None, premade_data_dir=True):
+        s = CutServer(tmp_path / f"c{len(made)}", extra, replace, premade_data_dir)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def more_connections(n=100):
+    return {"max_recipients = 20": f"max_recipients = 20\nmax_connections_per_ip = {n}"}
+
+
+def outbox(port, retry="1h"):
+    return (
+        "\n[outbox]\nmode = smarthost\n"
+        f"host = 127.0.0.1:{port}\ntls = none\nretry = {retry}\ngive_up_after = 1h\n"
+    )
+
+
+# -- load ---------------------------------------------------------------------
+
+# One client process (not a thread: the cut must not wait on our GIL). It
+# writes each Message-ID to ACKS only after the 250 (or zero exit), one line
+# each, flushed at once; it reconnects when the server goes away and stops
+# when STOP appears. Kind "smtp" or "sendmail".
+CLIENT_SCRIPT = r"""
+import os, random, smtplib, subprocess, sys, time
+kind, port, source, rcpts, prefix, acks, stop, bin_, config = sys.argv[1:10]
+rcpts = rcpts.split(",")
+rng = random.Random(prefix)
+n = 0
+out = open(acks, "a", buffering=1)
+
+def message():
+    global n
+    n += 1
+    mid = f"{prefix}.{n}"
+    lines = rng.choice([1, 3, 20, 200])
+    body = "".join(f"{mid} line {i} " + "x" * 60 + "\r\n" for i in range(lines))
+    data = (f"From: load@example.test\r\nTo: {', '.join(rcpts)}\r\nSubject: {mid}\r\n"
+            f"Message-ID: <{mid}@cut.test>\r\n\r\n{body}last-line {mid}\r\n")
+    return mid, data
+
+while not os.path.exists(stop):
+    if kind == "sendmail":
+        mid, data = message()
+        try:
+            r = subprocess.run([bin_, "-c", config, "sendmail", "-f", "bob@example.test", *rcpts],
+                               input=data.encode(), capture_output=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            continue
+        if r.returncode == 0:
+            out.write(mid + "\n")
+        else:
+            time.sleep(0.05)
+        continue
+    try:
+        s = smtplib.SMTP("127.0.0.1", int(port), timeout=8,
+                         source_address=(source, 0) if source else None)
+        s.ehlo("cut.client")
+        for _ in range(rng.randint(1, 10)):
+            if os.path.exists(stop):
+                break
+            mid, data = message()
+            sender = "bob@example.test" if source else "load@remote.test"
+            s.sendmail(sender, rcpts, data.encode())
+            out.write(mid + "\n")   # only after the 250 to the final dot
+        s.quit()
+    except (OSError, smtplib.SMTPException):
+        time.sleep(0.05)
+"""
+
+
+class Load:
+    """Client processes, one per spec (kind, source, rcpts)."""
+
+    def __init__(self, server, workdir: Path, specs):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stop_file = self.dir / "stop"
+        self.specs = specs
+        self.procs = []
+        for i, (kind, source, rcpts) in enumerate(specs):
+            acks = self.dir / f"acks{i}"
+            self.procs.append((acks, subprocess.Popen(
+                [sys.executable, "-c", CLIENT_SCRIPT, kind, str(server.ports["smtp"]),
+                 source or "", ",".join(rcpts), f"{workdir.name}-{i}", str(acks),
+                 str(self.stop_file), BIN, str(server.config)])))
+
+    def stop(self):
+        self.stop_file.touch()
+        for _, p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def acked(self, i):
+        acks = self.procs[i][0]
+        return acks.read_text().split() if acks.exists() else []
+
+    def total(self):
+        return sum(len(self.acked(i)) for i in range(len(self.procs)))
+
+
+def wait_growth(count, before, more=2, timeout=15):
+    deadline = time.time() + timeout
+    while count() < before + more and time.time() < deadline:
+        time.sleep(0.02)
+    return count() - before
+
+
+# -- reading what survived ---------------------------------------------------
+
+
+def message_id(raw: bytes):
+    m = MSGID_RE.search(raw)
+    return m.group(1).decode().split("@")[0] if m else None
+
+
+def check_whole(raw: bytes, where):
+    mid = message_id(raw)
+    assert mid, f"{where}: no Message-ID, a partial file?"
+    msg = email.message_from_bytes(raw)
+    assert msg["Subject"] == mid, f"{where}: headers do not parse"
+    assert raw.rstrip(b"\r\n").endswith(f"last-line {mid}".encode()), \
+        f"{where}: cut short ({len(raw)} bytes)"
+    return mid
+
+
+def mailbox_files(server, address):
+    root = server.maildir_path(address)
+    return [p for sub in ("new", "cur") if (root / sub).is_dir()
+            for p in sorted((root / sub).iterdir()) if p.is_file()]
+
+
+def mailbox_ids(server, address):
+    """Message-ID -> copies in ADDRESS's new/ and cur/; every file whole."""
+    ids = {}
+    for p in mailbox_files(server, address):
+        mid = check_whole(p.read_bytes(), p)
+        ids[mid] = ids.get(mid, 0) + 1
+    return ids
+
+
+def queue_entries(server):
+    """[(Message-ID, {recipient: state})] for every committed queue entry;
+    every envelope must parse (end marker, its message there and whole)."""
+    out = []
+    qdir = server.data_dir / "queue"
+    for env in sorted(qdir.glob("*.env")):
+        msg = env.with_suffix(".msg")
+        assert msg.exists(), f"{env.name} without its message"
+        text = env.read_text()
+        assert text.rstrip().endswith("end"), f"{env.name} cut short: {text!r}"
+        rcpts, cur = {}, None
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == "recipient":
+                cur = value
+            elif key == "state" and cur:
+                rcpts[cur] = value
+        raw = msg.read_bytes()
+        out.append((message_id(raw), rcpts, raw))
+    return out
+
+
+def table_line(path, cuts, acked, lost, dup, extra=""):
+    line = (f"powercut/{path}: cuts {cuts}, acknowledged {acked}, lost {lost}, "
+            f"duplicated {dup}{extra}")
+    print("\n" + line)
+    return line
+
+
+# -- SMTP and sendmail intake ----------------------------------------------------
+
+
+def test_power_cuts_during_intake(cut_server, tmp_path):
+    """Local, remote, local+remote, an alias with two local copies, and
+    sendmail; the smarthost is down, so remote mail stays queued."""
+    rng = rng_for("intake")
+    cs = cut_server(outbox(free_port()), more_connections())
+    cs.start()
+    srv = cs.server
+    specs = [
+        ("smtp", None, ["bob@example.test"]),                          # local
+        ("smtp", RELAY_SOURCE, ["carol@remote.test"]),                 # remote
+        ("smtp", RELAY_SOURCE, ["alice@example.test", "dan@remote.test"]),  # both
+        ("smtp", None, ["family@example.test"]),                       # alias: bob + alice
+        ("sendmail", None, ["info@other.test"]),                       # sendmail, local
+    ]
+    load = Load(srv, tmp_path / "load", specs)
+    try:
+        for _ in range(CUTS):
+            wait_growth(load.total, load.total())
+            cs.power_cut(rng)
+            srv.start()
+    finally:
+        load.stop()
+    cs.power_cut(rng)
+    srv.start()
+    srv.stop()
+
+    r = srv.run("queue")
+    assert r.returncode == 0, r.stderr
+    boxes = {a: mailbox_ids(srv, a) for a in
+             ("bob@example.test", "alice@example.test", "info@other.test")}
+    queued = {}
+    for mid, rcpts, raw in queue_entries(srv):
+        check_whole(raw, f"queue {mid}")
+        for rc, state in rcpts.items():
+            if state == "pending":
+                queued.setdefault(rc, {}).setdefault(mid, 0)
+                queued[rc][mid] += 1
+    # Where each client's acknowledged messages must be, once each.
+    where = [
+        [boxes["bob@example.test"]],
+        [queued.get("carol@remote.test", {})],
+        [boxes["alice@example.test"], queued.get("dan@remote.test", {})],
+        [boxes["bob@example.test"], boxes["alice@example.test"]],
+        [boxes["info@other.test"]],
+    ]
+    names = ["local", "remote", "local+remote", "alias (2 copies)", "sendmail"]
+    failures, lines = [], []
+    for i, name in enumerate(names):
+        acked = load.acked(i)
+        lost = [m for m in acked if any(m not in place for place in where[i])]
+        dup = [m for m in acked if any(place.get(m, 0) > 1 for place in where[i])]
+        lines.append(table_line(f"intake {name}", len(cs.cut_log), len(acked), len(lost), len(dup)))
+        if not acked:
+            failures.append(f"{name}: nothing acknowledged")
+        if lost or dup:
+            failures.append(f"{name}: lost {lost[:5]} duplicated {dup[:5]}")
+    print("cuts:", ", ".join(cs.cut_log))
+    assert not failures, "\n".join(failures) + "\n" + "\n".join(lines)
+    # A crash's leftovers in the queue's tmp/ are cleaned at start.
+    assert list((srv.data_dir / "queue" / "tmp").iterdir()) == []
+
+
+# -- outbound delivery and bounces ---------------------------------------------
+
+
+class Sink:
+    """aiosmtpd smarthost: counts messages by Message-ID; refuses
+    `refuse-*` recipients for good (550), so bounces are made."""
+
+    def __init__(self, port):
+        from aiosmtpd.controller import Controller
+
+        self.received = {}
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address.startswith("refuse-"):
+                    return "550 5.1.1 no such user"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server, session, envelope):
+                import asyncio
+
+                await asyncio.sleep(random.uniform(0, 0.01))
+                mid = message_id(envelope.content)
+                with sink.lock:
+                    sink.received[mid] = sink.received.get(mid, 0) + 1
+                return "250 2.0.0 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+    def total(self):
+        with self.lock:
+            return sum(self.received.values())
+
+
+def bounced_ids(server, address):
+    """Original Message-ID -> bounces for it in ADDRESS's mailbox."""
+    out = {}
+    for p in mailbox_files(server, address):
+        raw = p.read_bytes()
+        msg = email.message_from_bytes(raw)
+        assert msg.is_multipart(), f"{p}: not a whole bounce ({len(raw)} bytes)"
+        assert raw.rstrip().endswith(b"--"), f"{p}: bounce cut short"
+        found = re.findall(rb"Message-ID:\s*<([^>@]+)@cut\.test>", raw, re.I)
+        for mid in set(found):
+            out[mid.decode()] = out.get(mid.decode(), 0) + 1
+    return out
+
+
+def test_power_cuts_during_outbound_delivery_and_bounces(cut_server, tmp_path):
+    rng = rng_for("outbound")
+    port = free_port()
+    sink = Sink(port)
+    try:
+        cs = cut_server(outbox(port, retry="1s"), more_connections())
+        cs.start()
+        srv = cs.server
+        specs = [("smtp", RELAY_SOURCE, ["carol@remote.test"]),
+                 ("smtp", RELAY_SOURCE, ["dan@remote.test"]),
+                 ("smtp", RELAY_SOURCE, ["refuse-erin@remote.test"])]
+        load = Load(srv, tmp_path / "load", specs)
+        try:
+            for _ in range(CUTS):
+                # Cut while the outbox sends or bounces.
+                wait_growth(lambda: sink.total() + load.total(), sink.total() + load.total(), 3)
+                cs.power_cut(rng)
+                srv.start()
+        finally:
+            load.stop()
+        cs.power_cut(rng)
+        srv.start()
+        acked_ok = load.acked(0) + load.acked(1)
+        acked_refused = load.acked(2)
+
+        def drained():
+            return not any(s == "pending" for _, r, _ in queue_entries(srv) for s in r.values())
+        deadline = time.time() + 30
+        while time.time() < deadline and not drained():
+            time.sleep(0.2)
+        srv.stop()
+    finally:
+        sink.stop()
+
+    still = {mid for mid, r, _ in queue_entries(srv) if "pending" in r.values()}
+    bounces = bounced_ids(srv, "bob@example.test")
+    lost = [m for m in acked_ok if m not in sink.received and m not in still]
+    lost_b = [m for m in acked_refused if m not in bounces and m not in still]
+    twice = [m for m in acked_ok if sink.received.get(m, 0) > 1]
+    twice_b = [m for m in acked_refused if bounces.get(m, 0) > 1]
+    lines = [
+        table_line("outbound delivery", len(cs.cut_log), len(acked_ok), len(lost), len(twice),
+                   f"; still queued {len(still)}"),
+        table_line("bounce generation", len(cs.cut_log), len(acked_refused), len(lost_b),
+                   len(twice_b)),
+    ]
+    print("cuts:", ", ".join(cs.cut_log))
+    assert acked_ok and acked_refused, lines
+    assert not lost, f"acknowledged, neither delivered nor queued: {lost[:10]}"
+    assert not lost_b, f"refused, neither bounced nor queued: {lost_b[:10]}"
+    assert not still, f"the queue did not drain: {sorted(still)[:5]}"
+    # SMTP is at-least-once: a cut between the sink's 250 and the queue's
+    # record of it sends that message again, at most once per session in
+    # flight per cut. A bounce is made before its recipient is marked
+    # done: the same window.
+    assert len(twice) + len(twice_b) <= 4 * len(cs.cut_log), (twice, twice_b)
+    assert all(c <= 2 for c in sink.received.values())
+
+
+# -- regression cases: one cut at a chosen instant ---------------------------
+
+
+def test_first_queued_message_survives_a_cut(cut_server):
+    """The queue folders were made without syncing data_dir: a remote
+    message acknowledged before any local delivery lost the whole queue/."""
+    cs = cut_server(outbox(free_port()), more_connections())
+    cs.start()
+    srv = cs.server
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], source_address=(RELAY_SOURCE, 0)) as s:
+        s.sendmail("bob@example.test", ["carol@remote.test"],
+                   b"Subject: q.1\r\nMessage-ID: <q.1@cut.test>\r\n\r\nlast-line q.1\r\n")
+    cs.power_cut(random.Random(0), mode="now")
+    srv.start()
+    srv.stop()
+    assert [m for m, _, _ in queue_entries(srv)] == ["q.1"]
