@@ -45,7 +45,13 @@ def is_mounted(path: Path) -> bool:
 
 
 class PowerCutMount:
-    def __init__(self, mountpoint: Path, workdir: Path):
+    """TRAP names a regular file put in the mount point's own folder, seen
+    only while the filesystem is down: a program that writes there between
+    a cut and the remount (a one-shot `sendmail` started just then) finds
+    a file where it expects its data folder and fails, instead of writing
+    what the next mount would hide."""
+
+    def __init__(self, mountpoint: Path, workdir: Path, trap=None):
         self.mountpoint = mountpoint
         self.workdir = workdir
         self.sock = str(workdir / "ctl.sock")
@@ -54,6 +60,8 @@ class PowerCutMount:
         self.proc = None
         self.cuts = 0
         mountpoint.mkdir(parents=True, exist_ok=True)
+        if trap:
+            (mountpoint / trap).write_text("the power-cut filesystem is not mounted\n")
         workdir.mkdir(parents=True, exist_ok=True)
         # Unix socket paths are limited to 108 bytes: fall back to /tmp.
         if len(self.sock) > 100:
@@ -83,6 +91,22 @@ class PowerCutMount:
 
     def stats(self):
         return json.loads(self._ask("stats"))
+
+    def freeze(self, syncs=0):
+        """The instant of the cut: now (0) or just before the SYNCS-th sync."""
+        assert self._ask(f"freeze {syncs}") == "ok"
+
+    def wait_frozen(self, timeout):
+        deadline = time.time() + timeout
+        while self._ask("frozen") != "yes":
+            if time.time() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def release(self):
+        """Blocked calls fail (EIO) so that killed writers can exit."""
+        assert self._ask("release") == "ok"
 
     def cut(self):
         """Power cut: everything not durable is gone. Every writer must be dead."""

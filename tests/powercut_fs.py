@@ -23,6 +23,16 @@ had at its last fsync, for each file the bytes it had at its last fsync
   STATE_FILE serves exactly what a machine would find after losing power
   at that instant. A fresh mount, so no kernel cache can keep what was
   thrown away.
+- `freeze N`: the instant of the power cut. With N = 0, now; with N > 0,
+  just before the N-th fsync or fsyncdir from now. From then on every
+  operation blocks, unapplied, so no program can act on anything after
+  that instant (a `250` sent after it can only rest on syncs before it).
+  The durable state changes only at syncs, so "before the N-th sync"
+  reaches every distinct state a power cut can leave.
+- `frozen`: `yes` once the freeze has struck, else `no`.
+- `release`: the blocked operations (and any later one) fail with EIO,
+  still unapplied, so that killed programs can exit and the mount be
+  taken down.
 - `stats`: counters as JSON (writes, fsyncs, fsyncdirs, ...), so a test can
   see that its calls reached the filesystem.
 
@@ -110,14 +120,40 @@ class State:
         return image
 
 
+SYNC_OPS = ("fsync", "fsyncdir")
+# Mount and unmount must work whatever the freeze says.
+UNGATED_OPS = ("init", "destroy")
+
+
 class PowerCutFS(Operations):
     use_ns = True
 
     def __init__(self, state):
         self.s = state
-        self.lock = threading.Lock()
+        self.mu = threading.Lock()
         self.fhs = {}
         self.next_fh = 1
+        # The freeze: syncs left before it strikes (None: no freeze set).
+        self.syncs_left = None
+        self.frozen = False
+        self.released = threading.Event()
+
+    def __call__(self, op, *args):
+        if op not in UNGATED_OPS:
+            self._gate(op)
+        return super().__call__(op, *args)
+
+    def _gate(self, op):
+        with self.mu:
+            if not self.frozen and self.syncs_left is not None and op in SYNC_OPS:
+                self.syncs_left -= 1
+                if self.syncs_left <= 0:
+                    self.frozen = True
+            frozen = self.frozen
+        if frozen:
+            # The power is off: this operation never happens.
+            self.released.wait()
+            raise FuseOSError(errno.EIO)
 
     # -- helpers ---------------------------------------------------------
     def _lookup(self, path):
@@ -171,7 +207,7 @@ class PowerCutFS(Operations):
 
     # -- attributes ------------------------------------------------------
     def getattr(self, path, fh=None):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             if n.is_dir:
                 nlink = 2 + sum(1 for i in n.entries.values() if self.s.nodes[i].is_dir)
@@ -187,13 +223,13 @@ class PowerCutFS(Operations):
             }
 
     def chmod(self, path, mode):
-        with self.lock:
+        with self.mu:
             n = self._lookup(path)
             n.mode = (n.mode & ~0o7777) | (mode & 0o7777)
             return 0
 
     def chown(self, path, uid, gid):
-        with self.lock:
+        with self.mu:
             n = self._lookup(path)
             if uid != -1:
                 n.uid = uid
@@ -202,7 +238,7 @@ class PowerCutFS(Operations):
             return 0
 
     def utimens(self, path, times=None):
-        with self.lock:
+        with self.mu:
             n = self._lookup(path)
             if times:
                 n.times[0], n.times[1] = times[0] / 1e9, times[1] / 1e9
@@ -216,20 +252,20 @@ class PowerCutFS(Operations):
                 "f_favail": 1 << 19, "f_namemax": 255}
 
     def access(self, path, amode):
-        with self.lock:
+        with self.mu:
             self._lookup(path)
             return 0
 
     # -- folders ---------------------------------------------------------
     def mkdir(self, path, mode):
-        with self.lock:
+        with self.mu:
             parent, name = self._parent(path)
             self._new(parent, name, True, stat.S_IFDIR | (mode & 0o7777))
             self.s.stats["mkdirs"] += 1
             return 0
 
     def rmdir(self, path):
-        with self.lock:
+        with self.mu:
             parent, name = self._parent(path)
             n = self._lookup(path)
             if not n.is_dir:
@@ -242,24 +278,24 @@ class PowerCutFS(Operations):
             return 0
 
     def opendir(self, path):
-        with self.lock:
+        with self.mu:
             n = self._lookup(path)
             if not n.is_dir:
                 raise FuseOSError(errno.ENOTDIR)
             return self._fh(n)
 
     def readdir(self, path, fh):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             return [".", ".."] + list(n.entries)
 
     def releasedir(self, path, fh):
-        with self.lock:
+        with self.mu:
             self.fhs.pop(fh, None)
             return 0
 
     def fsyncdir(self, path, datasync, fh):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             self.s.durable_entries[n.ino] = dict(n.entries)
             self.s.stats["fsyncdirs"] += 1
@@ -267,7 +303,7 @@ class PowerCutFS(Operations):
 
     # -- names -----------------------------------------------------------
     def unlink(self, path):
-        with self.lock:
+        with self.mu:
             parent, name = self._parent(path)
             n = self._lookup(path)
             if n.is_dir:
@@ -278,7 +314,7 @@ class PowerCutFS(Operations):
             return 0
 
     def rename(self, old, new):
-        with self.lock:
+        with self.mu:
             op, oname = self._parent(old)
             np, nname = self._parent(new)
             n = self._lookup(old)
@@ -297,7 +333,7 @@ class PowerCutFS(Operations):
             return 0
 
     def link(self, target, source):
-        with self.lock:
+        with self.mu:
             n = self._lookup(source)
             if n.is_dir:
                 raise FuseOSError(errno.EPERM)
@@ -311,26 +347,26 @@ class PowerCutFS(Operations):
 
     # -- files -----------------------------------------------------------
     def create(self, path, mode, fi=None):
-        with self.lock:
+        with self.mu:
             parent, name = self._parent(path)
             n = self._new(parent, name, False, stat.S_IFREG | (mode & 0o7777))
             self.s.stats["creates"] += 1
             return self._fh(n)
 
     def open(self, path, flags):
-        with self.lock:
+        with self.mu:
             n = self._lookup(path)
             if n.is_dir:
                 raise FuseOSError(errno.EISDIR)
             return self._fh(n)
 
     def read(self, path, size, offset, fh):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             return bytes(n.data[offset:offset + size])
 
     def write(self, path, data, offset, fh):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             if offset > len(n.data):
                 n.data.extend(b"\0" * (offset - len(n.data)))
@@ -341,7 +377,7 @@ class PowerCutFS(Operations):
             return len(data)
 
     def truncate(self, path, length, fh=None):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             if length < len(n.data):
                 del n.data[length:]
@@ -352,7 +388,7 @@ class PowerCutFS(Operations):
             return 0
 
     def fsync(self, path, datasync, fh):
-        with self.lock:
+        with self.mu:
             n = self._node(path, fh)
             self.s.durable_data[n.ino] = bytes(n.data)
             self.s.stats["fsyncs"] += 1
@@ -362,7 +398,7 @@ class PowerCutFS(Operations):
         return 0  # close(2): makes nothing durable
 
     def release(self, path, fh):
-        with self.lock:
+        with self.mu:
             self.fhs.pop(fh, None)
             return 0
 
@@ -376,15 +412,29 @@ class PowerCutFS(Operations):
             with conn:
                 cmd = conn.makefile("r").readline().strip()
                 if cmd == "cut":
-                    with self.lock:
+                    with self.mu:
                         image = self.s.durable_image()
                         tmp = state_path + ".tmp"
                         with open(tmp, "wb") as f:
                             pickle.dump(image, f)
                         os.replace(tmp, state_path)
                     conn.sendall(b"ok\n")
+                elif cmd.startswith("freeze "):
+                    n = int(cmd.split()[1])
+                    with self.mu:
+                        if n <= 0:
+                            self.frozen = True
+                        else:
+                            self.syncs_left = n
+                    conn.sendall(b"ok\n")
+                elif cmd == "frozen":
+                    with self.mu:
+                        conn.sendall(b"yes\n" if self.frozen else b"no\n")
+                elif cmd == "release":
+                    self.released.set()
+                    conn.sendall(b"ok\n")
                 elif cmd == "stats":
-                    with self.lock:
+                    with self.mu:
                         conn.sendall(json.dumps(self.s.stats).encode() + b"\n")
                 else:
                     conn.sendall(b"error: unknown command\n")
@@ -408,7 +458,9 @@ def main():
     threading.Thread(target=fs.serve_control, args=(sock_path, state_path), daemon=True).start()
     FUSE(fs, mountpoint, foreground=True, nothreads=True, fsname="powercut",
          direct_io=True, hard_remove=True, big_writes=True, max_write=131072,
-         entry_timeout=0, attr_timeout=0, negative_timeout=0, use_ino=True)
+         entry_timeout=0, attr_timeout=0, negative_timeout=0, use_ino=True,
+         # The folder underneath may hold a trap (see tests/powercut.py).
+         nonempty=True)
 
 
 if __name__ == "__main__":
