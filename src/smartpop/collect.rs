@@ -86,6 +86,9 @@ impl Fetched {
             &request,
             &mut |staged| match (&self.uidl, records.as_mut()) {
                 (Some(uidl), Some(r)) => {
+                    // The record names the copies in tmp/: their names
+                    // must be durable before it is.
+                    Records::sync_staged(&self.config.server.data_dir, staged)?;
                     r.record_staged(uidl, now_secs, staged)?;
                     recorded = true;
                     Ok(())

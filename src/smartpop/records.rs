@@ -285,6 +285,23 @@ impl Records {
         Ok(finished)
     }
 
+    /// Makes the names of `copies` in their `tmp/` folders durable. Call
+    /// it before [`Records::record_staged`]: staging fsyncs each file but
+    /// not its folder, and a record naming a copy that a power cut then
+    /// takes away would count the UIDL as delivered (and DELE it) with no
+    /// copy anywhere (found by tests/test_powercut.py).
+    pub fn sync_staged(data_dir: &Path, copies: &[StagedCopy]) -> io::Result<()> {
+        let mut synced: Vec<PathBuf> = Vec::new();
+        for (mailbox, _) in copies {
+            let tmp = Maildir::for_mailbox(data_dir, mailbox)?.tmp_dir();
+            if !synced.contains(&tmp) {
+                crate::store::durable::fsync_dir(&tmp)?;
+                synced.push(tmp);
+            }
+        }
+        Ok(())
+    }
+
     /// Records that the oversize report for `uidl` was made, durably.
     pub fn record_oversized(&mut self, uidl: &str, now: u64) -> io::Result<()> {
         let before = self.entries.get(uidl).copied();
