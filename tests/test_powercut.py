@@ -714,3 +714,41 @@ def test_smartpop_every_crash_point_of_one_message(cut_server, isp):
         assert all(c == 1 for c in got.values()), f"cut before sync {n}: {got}"
     srv.stop()
     records_lines(srv, "drop")
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_smartpop_records_folder_survives_a_cut(cut_server, isp):
+    """The runner makes data_dir/smartpop/ with a plain mkdir; when nothing
+    else syncs data_dir afterwards (the mailbox already exists), the
+    records went with the folder in a cut, and keep = yes fetched every
+    message again."""
+    account = smartpop_account("keeper", isp.pop3, "alice77", "rabbit", "alice@example.test", "yes")
+    cs = cut_server(account.replace("interval = 1s", "interval = 1h"))
+    srv = cs.server
+    # alice's Maildir exists, durably, before the first start.
+    md = srv.maildir_path("alice@example.test")
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True, mode=0o700)
+    for d in (md, md.parent, md.parent.parent, srv.data_dir):
+        fsync_path(d)
+    for i in range(3):
+        isp.add("alice77", isp_message(f"kept.{i}"))
+    cs.start()
+    deadline = time.time() + 10
+    while time.time() < deadline and len(mailbox_files(srv, "alice@example.test")) < 3:
+        time.sleep(0.05)
+    assert len(mailbox_files(srv, "alice@example.test")) == 3
+    time.sleep(0.3)  # the poll's QUIT and its records compaction
+    cs.power_cut(None, mode="now")
+    srv.start()
+    time.sleep(1.0)  # the poll at start
+    srv.stop()
+    got = mailbox_ids(srv, "alice@example.test")
+    assert got == {f"kept.{i}": 1 for i in range(3)}, f"fetched again after a cut: {got}"

@@ -375,7 +375,7 @@ impl Records {
         let existed = self.path.exists();
         if !existed {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir)?;
+                crate::store::durable::create_dir_all_durable(dir)?;
             }
         }
         let mut file = fs::OpenOptions::new()
@@ -386,8 +386,13 @@ impl Records {
         file.write_all(line.as_bytes())?;
         file.sync_all()?;
         if !existed {
-            // The new name must survive a power cut too.
+            // The new name must survive a power cut too, and so must the
+            // folder's own name in data_dir: whoever made it (the runner
+            // does, with a plain mkdir) did not sync data_dir.
             crate::store::durable::fsync_parent(&self.path)?;
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::store::durable::fsync_parent(dir)?;
+            }
         }
         Ok(())
     }
@@ -480,7 +485,7 @@ fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(".tmp");
     let tmp = match dir {
         Some(d) => {
-            fs::create_dir_all(d)?;
+            crate::store::durable::create_dir_all_durable(d)?;
             d.join(tmp_name)
         }
         None => PathBuf::from(tmp_name),
