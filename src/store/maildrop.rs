@@ -85,6 +85,26 @@ pub fn scan(dir: &Path) -> io::Result<Vec<MessageInfo>> {
             found.push((OrderKey::of(base), info));
         }
     }
+    // A power cut between the two folder syncs of a move to `cur/` (see
+    // `commit`) can leave the message as `new/NAME` and `cur/NAME:2,...`,
+    // two names of one file: shown once, as the `cur/` one. Two different
+    // files with one unique name (a copy) stay two messages.
+    let in_cur: HashMap<Vec<u8>, PathBuf> = found
+        .iter()
+        .filter_map(|(_, info)| {
+            let (sub, name) = checked_parts(&info.path).ok()?;
+            (sub == CUR).then(|| (base_name(name).as_bytes().to_vec(), info.path.clone()))
+        })
+        .collect();
+    if !in_cur.is_empty() {
+        found.retain(|(_, info)| match checked_parts(&info.path) {
+            Ok((NEW, name)) => match in_cur.get(base_name(name).as_bytes()) {
+                Some(cur) => !same_file(&dir.join(&info.path), &dir.join(cur)),
+                None => true,
+            },
+            _ => true,
+        });
+    }
     found.sort_by(|a, b| a.0.cmp(&b.0));
     let mut listing: Vec<MessageInfo> = found.into_iter().map(|(_, info)| info).collect();
     make_uidls_unique(&mut listing);
@@ -105,6 +125,12 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
 
     for message in deleted {
         let result = checked_parts(&message.path).and_then(|(sub, name)| {
+            // The `new/` twin of an interrupted move (see `scan`) goes too.
+            let twin = dir.join(NEW).join(base_name(name));
+            if sub == CUR && same_file(&twin, &dir.join(sub).join(name)) {
+                ignore_not_found(fs::remove_file(&twin))?;
+                touched_new = true;
+            }
             match fs::remove_file(dir.join(sub).join(name)) {
                 Ok(()) => {
                     mark(sub, &mut touched_new, &mut touched_cur);
@@ -145,8 +171,12 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
         keep_first(&mut first_error, result);
     }
 
-    // The removals and renames are durable only once the folders are synced.
-    for (sub, touched) in [(NEW, touched_new), (CUR, touched_cur)] {
+    // The removals and renames are durable only once the folders are
+    // synced, each folder on its own (POSIX makes no rename atomic across
+    // a power cut): `cur/` first, so a cut between the two syncs leaves a
+    // moved message under both names (which `scan` shows once), never
+    // under neither (found by tests/test_powercut.py).
+    for (sub, touched) in [(CUR, touched_cur), (NEW, touched_new)] {
         if touched {
             keep_first(
                 &mut first_error,
@@ -345,6 +375,16 @@ fn mark(sub: &str, touched_new: &mut bool, touched_cur: &mut bool) {
 }
 
 /// Ok(true) if done, Ok(false) if the file was already gone.
+/// Are `a` and `b` two names of one file (same device and inode)? False
+/// when either is missing.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 fn ignore_not_found(result: io::Result<()>) -> io::Result<bool> {
     match result {
         Ok(()) => Ok(true),
@@ -551,6 +591,33 @@ mod tests {
         // Committing the same again finds nothing to do and is fine.
         commit(&md.0, &deleted, &retrieved).unwrap();
         commit(&md.0, &[], &[]).unwrap();
+    }
+
+    #[test]
+    fn a_move_cut_between_its_two_folder_syncs_is_one_message() {
+        // A power cut after `cur/` was synced and before `new/` was leaves
+        // both names of the same file: listed once, deleted as a whole.
+        // (Two different files with one name are two messages: see
+        // duplicate_unique_names_get_distinct_uidls.)
+        let md = TempMaildir::new();
+        let a = name(1_700_000_000, 1, 1, 3, 4);
+        let b = name(1_700_000_001, 1, 2, 3, 4);
+        md.put(&format!("new/{a}"), b"hi\n");
+        fs::hard_link(
+            md.0.join(format!("new/{a}")),
+            md.0.join(format!("cur/{a}:2,S")),
+        )
+        .unwrap();
+        md.put(&format!("new/{b}"), b"ho\n");
+        let listing = scan(&md.0).unwrap();
+        assert_eq!(
+            paths(&listing),
+            vec![format!("cur/{a}:2,S"), format!("new/{b}")]
+        );
+        commit(&md.0, &[&listing[0]], &[]).unwrap();
+        assert!(!md.exists(&format!("cur/{a}:2,S")));
+        assert!(!md.exists(&format!("new/{a}")));
+        assert_eq!(paths(&scan(&md.0).unwrap()), vec![format!("new/{b}")]);
     }
 
     #[test]
