@@ -9,7 +9,6 @@ kernel cached of the old mount can leak into the new one.
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -109,22 +108,31 @@ class PowerCutMount:
         assert self._ask("release") == "ok"
 
     def cut(self):
-        """Power cut: everything not durable is gone. Every writer must be dead."""
+        """Power cut: everything not durable is gone. Every writer must be
+        dead. The daemon mounts what survived once we have unmounted."""
         assert self._ask("cut") == "ok"
-        self.unmount()
+        self._umount()
+        deadline = time.time() + 10
+        while not is_mounted(self.mountpoint):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"powercut_fs did not mount again: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.005)
         self.cuts += 1
-        self.mount()
+
+    def _umount(self):
+        for attempt in range(100):
+            r = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, text=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.02)  # a dying process still holds a file open
+        subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
 
     def unmount(self):
         if self.proc is None:
             return
-        for attempt in range(50):
-            r = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, text=True)
-            if r.returncode == 0 or not is_mounted(self.mountpoint):
-                break
-            time.sleep(0.05)  # a dying process still holds a file open
-        else:
-            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+        if is_mounted(self.mountpoint):
+            self._umount()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -135,5 +143,6 @@ class PowerCutMount:
             os.unlink(self.sock)
 
     def close(self):
+        """Unmounts; the last durable image stays in the workdir (a pickle
+        of powercut_fs.State) for a post-mortem."""
         self.unmount()
-        shutil.rmtree(self.workdir, ignore_errors=True)

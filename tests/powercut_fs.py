@@ -18,11 +18,12 @@ The durable state is thus a second tree: for each folder the entries it
 had at its last fsync, for each file the bytes it had at its last fsync
 (empty if never). The control socket takes one line:
 
-- `cut`: write the durable state to STATE_FILE (pickle) and answer `ok`.
-  The caller then unmounts; the next daemon started with the same
-  STATE_FILE serves exactly what a machine would find after losing power
-  at that instant. A fresh mount, so no kernel cache can keep what was
-  thrown away.
+- `cut`: keep the durable state (also written to STATE_FILE, a pickle, for
+  a post-mortem or a later daemon) and answer `ok`. The caller then
+  unmounts, and this process mounts the durable state again: exactly what
+  a machine would find after losing power at that instant. A fresh mount,
+  so no kernel cache can keep what was thrown away. An unmount without a
+  cut ends the daemon.
 - `freeze N`: the instant of the power cut. With N = 0, now; with N > 0,
   just before the N-th fsync or fsyncdir from now. From then on every
   operation blocks, unapplied, so no program can act on anything after
@@ -402,48 +403,61 @@ class PowerCutFS(Operations):
             self.fhs.pop(fh, None)
             return 0
 
-    # -- control ---------------------------------------------------------
-    def serve_control(self, sock_path, state_path):
+def fuse_get_context():
+    from fuse import fuse_get_context as ctx
+
+    return ctx()
+
+
+class Daemon:
+    """The control socket, across mounts: a cut keeps the durable image,
+    and once the caller has unmounted, the same process mounts it again
+    (no new interpreter to start: a cut costs one umount and one mount)."""
+
+    def __init__(self, sock_path, state_path):
+        self.sock_path = sock_path
+        self.state_path = state_path
+        self.fs = None
+        self.next_state = None
+
+    def serve(self):
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(sock_path)
+        srv.bind(self.sock_path)
         srv.listen(4)
         while True:
             conn, _ = srv.accept()
             with conn:
                 cmd = conn.makefile("r").readline().strip()
-                if cmd == "cut":
-                    with self.mu:
-                        image = self.s.durable_image()
-                        tmp = state_path + ".tmp"
-                        with open(tmp, "wb") as f:
-                            pickle.dump(image, f)
-                        os.replace(tmp, state_path)
-                    conn.sendall(b"ok\n")
-                elif cmd.startswith("freeze "):
-                    n = int(cmd.split()[1])
-                    with self.mu:
-                        if n <= 0:
-                            self.frozen = True
-                        else:
-                            self.syncs_left = n
-                    conn.sendall(b"ok\n")
-                elif cmd == "frozen":
-                    with self.mu:
-                        conn.sendall(b"yes\n" if self.frozen else b"no\n")
-                elif cmd == "release":
-                    self.released.set()
-                    conn.sendall(b"ok\n")
-                elif cmd == "stats":
-                    with self.mu:
-                        conn.sendall(json.dumps(self.s.stats).encode() + b"\n")
+                conn.sendall(self.answer(cmd).encode() + b"\n")
+
+    def answer(self, cmd):
+        fs = self.fs
+        if cmd == "cut":
+            with fs.mu:
+                self.next_state = fs.s.durable_image()
+                if self.state_path:
+                    with open(self.state_path + ".tmp", "wb") as f:
+                        pickle.dump(self.next_state, f)
+                    os.replace(self.state_path + ".tmp", self.state_path)
+            return "ok"
+        if cmd.startswith("freeze "):
+            n = int(cmd.split()[1])
+            with fs.mu:
+                if n <= 0:
+                    fs.frozen = True
                 else:
-                    conn.sendall(b"error: unknown command\n")
-
-
-def fuse_get_context():
-    from fuse import fuse_get_context as ctx
-
-    return ctx()
+                    fs.syncs_left = n
+            return "ok"
+        if cmd == "frozen":
+            with fs.mu:
+                return "yes" if fs.frozen else "no"
+        if cmd == "release":
+            fs.released.set()
+            return "ok"
+        if cmd == "stats":
+            with fs.mu:
+                return json.dumps(fs.s.stats)
+        return "error: unknown command"
 
 
 def main():
@@ -452,15 +466,22 @@ def main():
     if os.path.exists(state_path):
         with open(state_path, "rb") as f:
             state = pickle.load(f)
-    fs = PowerCutFS(state)
+    daemon = Daemon(sock_path, state_path)
+    daemon.fs = PowerCutFS(state)
     if os.path.exists(sock_path):
         os.unlink(sock_path)
-    threading.Thread(target=fs.serve_control, args=(sock_path, state_path), daemon=True).start()
-    FUSE(fs, mountpoint, foreground=True, nothreads=True, fsname="powercut",
-         direct_io=True, hard_remove=True, big_writes=True, max_write=131072,
-         entry_timeout=0, attr_timeout=0, negative_timeout=0, use_ino=True,
-         # The folder underneath may hold a trap (see tests/powercut.py).
-         nonempty=True)
+    threading.Thread(target=daemon.serve, daemon=True).start()
+    while True:
+        FUSE(daemon.fs, mountpoint, foreground=True, nothreads=True, fsname="powercut",
+             direct_io=True, hard_remove=True, big_writes=True, max_write=131072,
+             entry_timeout=0, attr_timeout=0, negative_timeout=0, use_ino=True,
+             # The folder underneath may hold a trap (see tests/powercut.py).
+             nonempty=True)
+        # Unmounted: after a cut, serve what survived; else we are done.
+        if daemon.next_state is None:
+            break
+        state, daemon.next_state = daemon.next_state, None
+        daemon.fs = PowerCutFS(state)
 
 
 if __name__ == "__main__":

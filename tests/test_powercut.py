@@ -75,14 +75,16 @@ class CutServer:
         self.cut_log = []
 
     def start(self):
-        self.server.start()
-
-    def power_cut(self, rng, others=(), mode=None):
         t0 = time.time()
-        self._power_cut(rng, others, mode)
+        self.server.start()
+        self.cut_log.append(f"start {time.time() - t0:.2f}s")
+
+    def power_cut(self, rng, others=(), mode=None, max_syncs=25):
+        t0 = time.time()
+        self._power_cut(rng, others, mode, max_syncs)
         self.cut_log[-1] += f" [{time.time() - t0:.2f}s]"
 
-    def _power_cut(self, rng, others=(), mode=None):
+    def _power_cut(self, rng, others, mode, max_syncs):
         """Freeze at a random instant (or `mode` "now"), SIGKILL the server
         (and `others`, procs writing to the mount), cut, remount. The
         caller starts the server again."""
@@ -96,10 +98,10 @@ class CutServer:
             self.fs.freeze(0)
             self.cut_log.append("now")
         else:
-            n = rng.randint(1, 25)
+            n = rng.randint(1, max_syncs)
             self.fs.freeze(n)
             how = f"sync {n}"
-            if not self.fs.wait_frozen(1.5):
+            if not self.fs.wait_frozen(1.0):
                 self.fs.freeze(0)
                 how += " (idle: now)"
             self.cut_log.append(how)
@@ -107,10 +109,13 @@ class CutServer:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
+        t0 = time.time()
         self.fs.release()
         for p in procs:
             p.wait(20)
+        t1 = time.time()
         self.fs.cut()
+        self.cut_log[-1] += f" [wait {t1 - t0:.2f}s cut {time.time() - t1:.2f}s]"
 
     def close(self):
         try:
@@ -335,7 +340,7 @@ def test_power_cuts_during_intake(cut_server, tmp_path):
         for _ in range(CUTS):
             wait_growth(load.total, load.total())
             cs.power_cut(rng)
-            srv.start()
+            cs.start()
     finally:
         load.stop()
     cs.power_cut(rng)
@@ -367,7 +372,7 @@ def test_power_cuts_during_intake(cut_server, tmp_path):
         acked = load.acked(i)
         lost = [m for m in acked if any(m not in place for place in where[i])]
         dup = [m for m in acked if any(place.get(m, 0) > 1 for place in where[i])]
-        lines.append(table_line(f"intake {name}", len(cs.cut_log), len(acked), len(lost), len(dup)))
+        lines.append(table_line(f"intake {name}", cs.fs.cuts, len(acked), len(lost), len(dup)))
         if not acked:
             failures.append(f"{name}: nothing acknowledged")
         if lost or dup:
@@ -451,7 +456,7 @@ def test_power_cuts_during_outbound_delivery_and_bounces(cut_server, tmp_path):
                 # Cut while the outbox sends or bounces.
                 wait_growth(lambda: sink.total() + load.total(), sink.total() + load.total(), 3)
                 cs.power_cut(rng)
-                srv.start()
+                cs.start()
         finally:
             load.stop()
         cs.power_cut(rng)
@@ -478,9 +483,9 @@ def test_power_cuts_during_outbound_delivery_and_bounces(cut_server, tmp_path):
     twice = [m for m in acked_ok if sink.received.get(m, 0) > 1]
     twice_b = [m for m in acked_refused if bounces.get(m, 0) > 1]
     lines = [
-        table_line("outbound delivery", len(cs.cut_log), len(acked_ok), len(lost), len(twice),
+        table_line("outbound delivery", cs.fs.cuts, len(acked_ok), len(lost), len(twice),
                    f"; still queued {len(still)}"),
-        table_line("bounce generation", len(cs.cut_log), len(acked_refused), len(lost_b),
+        table_line("bounce generation", cs.fs.cuts, len(acked_refused), len(lost_b),
                    len(twice_b)),
     ]
     print("cuts:", ", ".join(cs.cut_log))
@@ -494,7 +499,7 @@ def test_power_cuts_during_outbound_delivery_and_bounces(cut_server, tmp_path):
     # flight per cut. A bounce is made before its recipient is marked
     # done: the same window.
     extra = sum(c - 1 for c in sink.received.values()) + sum(c - 1 for c in bounces.values())
-    assert extra <= 4 * len(cs.cut_log), (twice, twice_b)
+    assert extra <= 4 * cs.fs.cuts, (twice, twice_b)
 
 
 # -- regression cases: one cut at a chosen instant ---------------------------
@@ -574,17 +579,17 @@ def test_power_cuts_during_smartpop_collection(cut_server, isp):
                 isp.add(user, isp_message(mid))
                 added[user].append(mid)
 
-    def collected():
-        return sum(len(mailbox_files(srv, a)) for a in ("bob@example.test", "alice@example.test"))
+    def pending():
+        return isp.count("bob123") + len(added["alice77"]) - len(
+            mailbox_files(srv, "alice@example.test"))
 
+    # Each start polls at once: cut anywhere in that collection (about
+    # four syncs per message: the copy, tmp/, the record, new/).
     refill(10)
-    cs.start()
     for _ in range(CUTS):
-        wait_growth(collected, collected(), 2, timeout=10)
-        cs.power_cut(rng)
+        cs.start()
+        cs.power_cut(rng, max_syncs=4 * pending() + 4)
         refill(rng.randint(3, 8))
-        srv.start()
-    cs.power_cut(rng)
     srv.start()
     total_keep = len(added["alice77"])
     deadline = time.time() + 40
@@ -604,9 +609,9 @@ def test_power_cuts_during_smartpop_collection(cut_server, isp):
     records_lines(srv, "drop")
     records_lines(srv, "keeper")
     lines = [
-        table_line("smartpop keep=no", len(cs.cut_log), len(deleted_at_isp), len(lost), len(dup),
+        table_line("smartpop keep=no", cs.fs.cuts, len(deleted_at_isp), len(lost), len(dup),
                    f"; left at the ISP {len(left_at_isp)}"),
-        table_line("smartpop keep=yes (records)", len(cs.cut_log), len(added["alice77"]),
+        table_line("smartpop keep=yes (records)", cs.fs.cuts, len(added["alice77"]),
                    len(lost_k), len(dup_k)),
     ]
     print("cuts:", ", ".join(cs.cut_log))
@@ -626,6 +631,7 @@ rng = random.Random(prefix)
 out = open(out_path, "a", buffering=1)
 # DELEs sent whose QUIT may not have been answered: either outcome is right.
 maybe = open(out_path + ".maybe", "a", buffering=1)
+retr = open(out_path + ".retr", "a", buffering=1)
 mid_re = re.compile(rb"^Message-ID:\s*<([^>@]+)@", re.I | re.M)
 while not os.path.exists(stop):
     try:
@@ -638,6 +644,8 @@ while not os.path.exists(stop):
         for n in rng.sample(nums, min(len(nums), rng.randint(0, 4))):
             _, lines, _ = p.retr(n)
             m = mid_re.search(b"\n".join(lines))
+            if m:
+                retr.write(f"{m.group(1).decode()} {n} {len(nums)}\n")
             if rng.random() < 0.7 and m:
                 maybe.write(m.group(1).decode() + "\n")
                 p.dele(n)
@@ -675,7 +683,7 @@ def test_power_cuts_during_pop3_deletions(cut_server, tmp_path):
         for _ in range(CUTS):
             wait_growth(deletions, deletions(), 2, timeout=10)
             cs.power_cut(rng)
-            srv.start()
+            cs.start()
     finally:
         stop.touch()
         load.stop()
@@ -697,7 +705,7 @@ def test_power_cuts_during_pop3_deletions(cut_server, tmp_path):
         lost = [m for m in kept if m not in present]
         dup = [m for m in kept if present.get(m, 0) > 1]
         back = [m for m in deleted if m in present]
-        lines.append(table_line(f"pop3 {address}", len(cs.cut_log), len(acked), len(lost),
+        lines.append(table_line(f"pop3 {address}", cs.fs.cuts, len(acked), len(lost),
                                 len(dup), f"; deleted at QUIT {len(deleted)}, back after a cut {len(back)}"))
         if lost or dup or back:
             failures.append(f"{address}: lost {lost[:5]} duplicated {dup[:5]} deleted but back {back[:5]}")
