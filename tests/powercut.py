@@ -103,6 +103,18 @@ class PowerCutMount:
             time.sleep(0.005)
         return True
 
+    def hold(self, syncs=1):
+        """The SYNCS-th sync from now waits alone until the freeze."""
+        assert self._ask(f"hold {syncs}") == "ok"
+
+    def wait_holding(self, timeout):
+        deadline = time.time() + timeout
+        while self._ask("holding") != "yes":
+            if time.time() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     def release(self):
         """Blocked calls fail (EIO) so that killed writers can exit."""
         assert self._ask("release") == "ok"

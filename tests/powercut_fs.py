@@ -31,6 +31,10 @@ had at its last fsync, for each file the bytes it had at its last fsync
   The durable state changes only at syncs, so "before the N-th sync"
   reaches every distinct state a power cut can leave.
 - `frozen`: `yes` once the freeze has struck, else `no`.
+- `hold N`: the N-th fsync or fsyncdir from now waits, unapplied, while
+  every other call goes on; a later freeze and cut find it never done. So
+  a test can let another writer act between two syncs of one transaction
+  (`holding` answers `yes` once it waits).
 - `release`: the blocked operations (and any later one) fail with EIO,
   still unapplied, so that killed programs can exit and the mount be
   taken down.
@@ -138,6 +142,10 @@ class PowerCutFS(Operations):
         self.syncs_left = None
         self.frozen = False
         self.released = threading.Event()
+        # A hold: the N-th sync from now waits alone (the others go on)
+        # until the freeze; then it fails unapplied like every call.
+        self.hold_left = None
+        self.holding = False
 
     def __call__(self, op, *args):
         if op not in UNGATED_OPS:
@@ -150,7 +158,13 @@ class PowerCutFS(Operations):
                 self.syncs_left -= 1
                 if self.syncs_left <= 0:
                     self.frozen = True
-            frozen = self.frozen
+            held = False
+            if not self.frozen and self.hold_left is not None and op in SYNC_OPS:
+                self.hold_left -= 1
+                if self.hold_left <= 0:
+                    self.hold_left = None
+                    self.holding = held = True
+            frozen = self.frozen or held
         if frozen:
             # The power is off: this operation never happens.
             self.released.wait()
@@ -448,6 +462,13 @@ class Daemon:
                 else:
                     fs.syncs_left = n
             return "ok"
+        if cmd.startswith("hold "):
+            with fs.mu:
+                fs.hold_left = max(1, int(cmd.split()[1]))
+            return "ok"
+        if cmd == "holding":
+            with fs.mu:
+                return "yes" if fs.holding else "no"
         if cmd == "frozen":
             with fs.mu:
                 return "yes" if fs.frozen else "no"
@@ -472,7 +493,9 @@ def main():
         os.unlink(sock_path)
     threading.Thread(target=daemon.serve, daemon=True).start()
     while True:
-        FUSE(daemon.fs, mountpoint, foreground=True, nothreads=True, fsname="powercut",
+        # Multithreaded, so that a held call waits alone; every call takes
+        # the one lock, so the model still sees one call at a time.
+        FUSE(daemon.fs, mountpoint, foreground=True, nothreads=False, fsname="powercut",
              direct_io=True, hard_remove=True, big_writes=True, max_write=131072,
              entry_timeout=0, attr_timeout=0, negative_timeout=0, use_ino=True,
              # The folder underneath may hold a trap (see tests/powercut.py).

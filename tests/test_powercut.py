@@ -870,3 +870,36 @@ def test_data_dir_made_by_serve_survives_a_cut(cut_server):
     cs.start()
     srv.stop()
     assert mailbox_ids(srv, "bob@example.test") == {"d.1": 1}
+
+
+def test_pop3_move_survives_a_delivery_between_its_syncs(cut_server):
+    """QUIT moves a retrieved message new/ -> cur/. A delivery that syncs
+    new/ while the move waits for its cur/ sync made the message's
+    removal from new/ durable before its name in cur/ was: a cut then
+    lost it (found by test_power_cuts_during_pop3_deletions)."""
+    cs = cut_server()
+    cs.start()
+    srv = cs.server
+
+    def deliver(mid):
+        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"]) as s:
+            s.sendmail("a@remote.test", ["bob@example.test"],
+                       f"Subject: {mid}\r\nMessage-ID: <{mid}@cut.test>\r\n\r\n"
+                       f"last-line {mid}\r\n".encode())
+
+    deliver("moved")
+    p = poplib.POP3("127.0.0.1", srv.ports["pop3"], timeout=5)
+    p.user("bob@example.test")
+    p.pass_("secret")
+    p.retr(1)
+    cs.fs.hold(1)  # QUIT's first sync waits
+    p.sock.sendall(b"QUIT\r\n")
+    assert cs.fs.wait_holding(5), "QUIT made no sync"
+    deliver("meanwhile")  # syncs new/ while the move waits
+    cs.fs.freeze(0)
+    cs.power_cut(None, mode="frozen")
+    p.close()
+    cs.start()
+    srv.stop()
+    got = mailbox_ids(srv, "bob@example.test")
+    assert got == {"moved": 1, "meanwhile": 1}, got

@@ -154,6 +154,13 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
         keep_first(&mut first_error, result);
     }
 
+    // A move to cur/ is a link, then (once cur/ is synced) the unlink of
+    // the new/ name: with rename(2), any other sync of new/ meanwhile (a
+    // delivery's) made the removal durable before the cur/ name was, and
+    // a power cut between lost the message (found by tests/test_powercut.py,
+    // test_pop3_move_survives_a_delivery_between_its_syncs). Where links
+    // are refused (FAT and exFAT sticks), rename it is.
+    let mut linked: Vec<PathBuf> = Vec::new();
     for message in retrieved {
         let result = checked_parts(&message.path).and_then(|(sub, name)| {
             if sub != NEW {
@@ -161,28 +168,58 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
             }
             let mut seen = OsString::from_vec(base_name(name).as_bytes().to_vec());
             seen.push(SEEN_INFO);
-            let moved = fs::rename(dir.join(NEW).join(name), dir.join(CUR).join(seen));
-            if ignore_not_found(moved)? {
-                touched_new = true;
-                touched_cur = true;
+            let (from, to) = (dir.join(NEW).join(name), dir.join(CUR).join(seen));
+            match fs::hard_link(&from, &to) {
+                Ok(()) => {
+                    touched_cur = true;
+                    linked.push(from);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                // Already there as the same file: an interrupted move.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&from, &to) => {
+                    linked.push(from);
+                    Ok(())
+                }
+                // No links here, or another file by that name (replaced,
+                // as rename always did).
+                Err(_) => {
+                    if ignore_not_found(fs::rename(&from, &to))? {
+                        touched_new = true;
+                        touched_cur = true;
+                    }
+                    Ok(())
+                }
             }
-            Ok(())
         });
         keep_first(&mut first_error, result);
     }
 
-    // The removals and renames are durable only once the folders are
-    // synced, each folder on its own (POSIX makes no rename atomic across
-    // a power cut): `cur/` first, so a cut between the two syncs leaves a
-    // moved message under both names (which `scan` shows once), never
-    // under neither (found by tests/test_powercut.py).
-    for (sub, touched) in [(CUR, touched_cur), (NEW, touched_new)] {
-        if touched {
-            keep_first(
-                &mut first_error,
-                File::open(dir.join(sub)).and_then(|d| d.sync_all()),
-            );
+    // The removals and links are durable only once the folders are
+    // synced, each folder on its own: `cur/` first, and the new/ names of
+    // linked messages go only once it is (a cut between leaves both names
+    // of one file, which `scan` shows once), never under neither.
+    let cur_synced = if touched_cur {
+        let result = File::open(dir.join(CUR)).and_then(|d| d.sync_all());
+        let ok = result.is_ok();
+        keep_first(&mut first_error, result);
+        ok
+    } else {
+        true
+    };
+    // If cur/ could not be synced, both names stay: shown once, no loss.
+    if cur_synced {
+        for from in &linked {
+            let result = ignore_not_found(fs::remove_file(from)).map(|_| ());
+            touched_new = true;
+            keep_first(&mut first_error, result);
         }
+    }
+    if touched_new {
+        keep_first(
+            &mut first_error,
+            File::open(dir.join(NEW)).and_then(|d| d.sync_all()),
+        );
     }
     match first_error {
         Some(e) => Err(e),
