@@ -903,3 +903,53 @@ def test_pop3_move_survives_a_delivery_between_its_syncs(cut_server):
     srv.stop()
     got = mailbox_ids(srv, "bob@example.test")
     assert got == {"moved": 1, "meanwhile": 1}, got
+
+
+def test_two_accounts_into_one_mailbox_lose_nothing(cut_server, isp):
+    """Account a's copy is renamed tmp/ -> new/ and waits for its new/
+    sync; account b (same mailbox) syncs tmp/ for its own staged copy,
+    which makes a's copy's removal from tmp/ durable: a cut then left a's
+    record saying "delivered, staged in tmp/" with no copy anywhere, and
+    the next poll DELEd it at the ISP."""
+    extra = (smartpop_account("a", isp.pop3, "bob123", "secret", "bob@example.test", "no")
+             + smartpop_account("b", isp.pop3, "alice77", "rabbit", "bob@example.test", "no"))
+    cs = cut_server(extra.replace("interval = 1s", "interval = 1h"))
+    srv = cs.server
+
+    def polls(name):
+        return srv.log_text().count(f"smartpop {name}: fetched=")
+
+    def wait_polls(name, n):
+        deadline = time.time() + 10
+        while time.time() < deadline and polls(name) < n:
+            time.sleep(0.02)
+        assert polls(name) >= n, srv.log_text()[-3000:]
+
+    # A first collection each, so the records files exist (their first
+    # append syncs more).
+    isp.add("bob123", isp_message("warm.a"))
+    isp.add("alice77", isp_message("warm.b"))
+    cs.start()
+    wait_polls("a", 1)
+    wait_polls("b", 1)
+    isp.add("bob123", isp_message("race.a"))
+    isp.add("alice77", isp_message("race.b"))
+    # a: copy fsync, tmp/ fsync, record fsync, then new/ fsync: held.
+    cs.fs.hold(4)
+    srv.run("fetch", "a", timeout=10)
+    assert cs.fs.wait_holding(5), "account a never reached its new/ sync"
+    # b: copy fsync, tmp/ fsync, then the cut at its record.
+    cs.fs.freeze(3)
+    srv.run("fetch", "b", timeout=10)
+    if not cs.fs.wait_frozen(2):
+        cs.fs.freeze(0)
+    cs.power_cut(None, mode="frozen")
+    cs.start()
+    deadline = time.time() + 15
+    while time.time() < deadline and (isp.count("bob123") or isp.count("alice77")):
+        srv.run("fetch", timeout=10)
+        time.sleep(0.3)
+    srv.stop()
+    got = mailbox_ids(srv, "bob@example.test")
+    assert set(got) == {"warm.a", "warm.b", "race.a", "race.b"}, got
+    assert all(c == 1 for c in got.values()), got
