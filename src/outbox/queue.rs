@@ -588,8 +588,11 @@ impl Queue {
                 .iter()
                 .map(|n| format!("unexpected file {n:?} left alone")),
         );
-        sync_dir(&self.dir)?;
+        // corrupt/ first: a file moved aside must have its new name
+        // durable before its old one goes (POSIX makes no rename atomic
+        // across folders), or a power cut between the syncs loses it.
         sync_dir(&self.dir.join(CORRUPT_DIR))?;
+        sync_dir(&self.dir)?;
         Ok(loaded)
     }
 
