@@ -17,7 +17,15 @@ whole, in its mailbox or the queue; nothing half-written in any `new/` or
 `+OK` stays done. Each test prints a line for the per-path table: cuts,
 acknowledged, lost, duplicated.
 
-The seed is printed; `POWERCUT_SEED=N` replays a run.
+Regression cases, each a cut at a chosen instant, keep what the random
+cuts found: the first queued message (queue folders not synced), every
+crash point of one SmartPop collection (a record naming a tmp/ copy whose
+name was not durable), the records folder, two accounts into one mailbox,
+every crash point of a POP3 QUIT and a delivery between its syncs (moves
+to cur/), and, as a strict xfail, data_dir made by `serve` (src/server.rs).
+
+The seed is printed; `POWERCUT_SEED=N` replays the random choices (the
+load's timing is not replayed). `POWERCUT_CUTS` sets the cuts per path.
 """
 
 import email
