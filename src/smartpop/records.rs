@@ -295,6 +295,9 @@ impl Records {
         for (mailbox, _) in copies {
             let tmp = Maildir::for_mailbox(data_dir, mailbox)?.tmp_dir();
             if !synced.contains(&tmp) {
+                // Waits for a worker still making this Maildir (its tmp/
+                // can be in use before its own name is synced).
+                crate::store::durable::create_dir_all_durable(&tmp)?;
                 crate::store::durable::fsync_dir(&tmp)?;
                 synced.push(tmp);
             }
