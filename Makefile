@@ -4,13 +4,15 @@ PYTHON ?= python3
 # Parallel integration tests: each test picks its own free loopback ports.
 PYTEST_JOBS ?= 2
 
-.PHONY: all build release run test test-deps unit integration bench lint fmt clippy clean \
+.PHONY: all build release run test test-deps unit integration bench bench-deps bench-profile lint fmt clippy clean \
 	cross cross-deps cross-test install fuzz
 
 all: build
 
+# Examples too: tests/test_imap_store.py drives the mailbox store through
+# examples/mailbox_tool until the IMAP server exists.
 build:
-	$(CARGO) build
+	$(CARGO) build --bins --examples
 
 release:
 	$(CARGO) build --release
@@ -33,8 +35,27 @@ unit:
 integration: build
 	MAILGATE_BIN=$(CURDIR)/target/debug/mailgate $(PYTHON) -m pytest -q -n $(PYTEST_JOBS) tests/
 
-bench: release test-deps
-	MAILGATE_BIN=$(CURDIR)/target/release/mailgate $(PYTHON) bench/bench.py
+# Side by side with Postfix (SMTP intake) and Dovecot (POP3) in one run,
+# then mailgate alone (relay, SmartPop, memory). Installs its peers first
+# (bench/setup.sh: never leaves a system Postfix or Dovecot running).
+# 4 to 6 minutes; BENCH_ROUNDS, BENCH_SMTP_MESSAGES, BENCH_SMTP_SESSIONS and
+# BENCH_POP3_MESSAGES change its size; `make bench BENCH=smtp` runs one part.
+BENCH ?=
+bench: release test-deps bench-deps
+	MAILGATE_BIN=$(CURDIR)/target/release/mailgate $(PYTHON) bench/bench.py $(BENCH)
+
+bench-deps:
+	./bench/setup.sh
+
+# strace -c and perf record -g on mailgate during the 50-session SMTP load
+# (bench/profile.py). Same optimisation as release, plus symbols and frame
+# pointers, in a target dir of its own. Not part of make test.
+PROFILE_TARGET = $(TARGET_DIR)/profile
+bench-profile: test-deps bench-deps
+	@command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+	CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+	  RUSTFLAGS="-C force-frame-pointers=yes" $(CARGO) build --release --target-dir $(PROFILE_TARGET)
+	MAILGATE_BIN=$(abspath $(PROFILE_TARGET))/release/mailgate $(PYTHON) bench/profile.py
 
 lint: fmt clippy
 

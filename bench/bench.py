@@ -1,28 +1,60 @@
 #!/usr/bin/env python3
-"""mailgate benchmark: prints a table, never fails on timing.
+"""mailgate benchmark, side by side with its peers: prints tables, never
+fails on timing (it does fail when a server loses or garbles mail).
 
-  make bench            (builds the release binary first)
+  make bench                 (builds the release binary, installs the peers)
+  python3 bench/bench.py smtp pop3      (only these sections)
 
-Each section starts a fresh server on free loopback ports with its data in a
-temporary directory, drives it with real clients (smtplib, poplib) from
-several processes, and reads CPU time and peak RSS from /proc.
+Side by side (one table, the peer measured in the same run):
+- durable SMTP intake: mailgate vs Postfix (private instance, virtual
+  Maildir), both loaded by Postfix's own smtp-source, SMTP_MESSAGES
+  messages of 4 KiB at 10 and at 50 sessions, one connection per message;
+- POP3: mailgate vs Dovecot serving the same Maildir files (POP3_MESSAGES
+  x 4 KiB), one command at a time and 16 RETR in flight.
+Rounds alternate mailgate / peer, ROUNDS each; each figure is the median.
+A round counts only when every message arrived (SMTP: every file is in the
+Maildir; POP3: every RETR had LIST's size).
+
+Then mailgate alone: relay to a smarthost sink, SmartPop collection, memory.
 """
 
 import multiprocessing as mp
 import os
-import poplib
 import shutil
 import smtplib
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 from conftest import Server  # noqa: E402
+import dovecot_helpers as dh  # noqa: E402
+import postfix_peer  # noqa: E402
+import pop3load  # noqa: E402
+from meter import Meter  # noqa: E402
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SMTP_MESSAGES = int(os.environ.get("BENCH_SMTP_MESSAGES", "3000"))
+SMTP_SESSIONS = [int(x) for x in os.environ.get("BENCH_SMTP_SESSIONS", "10,50").split(",")]
+POP3_MESSAGES = int(os.environ.get("BENCH_POP3_MESSAGES", "5000"))
+POP3_DEPTH = 16
+# smtp-source -l: body bytes per message (plus its few header lines).
+MESSAGE_BYTES = 4096
+# Untimed messages before the timed rounds, so that neither server is
+# measured while it forks its first processes or faults its first pages.
+WARMUP_MESSAGES = 200
+# How long all messages may take to reach the Maildir after smtp-source
+# is done (Postfix delivers after it answers 250).
+DELIVERY_TIMEOUT = 120
+DOMAIN = "example.test"
+SENDER = "from@remote.test"
 
 MESSAGE = (b"From: bench@remote.test\r\nTo: bob@example.test\r\nSubject: bench\r\n\r\n"
            + (b"x" * 76 + b"\r\n") * 52)  # ~4 KiB
@@ -42,24 +74,6 @@ def proc_stats(pid):
     return cpu, int(status["VmHWM"].split()[0]), int(status["VmRSS"].split()[0]), int(status["Threads"])
 
 
-def smtp_worker(port, count, rcpt):
-    s = smtplib.SMTP("127.0.0.1", port, timeout=60)
-    for _ in range(count):
-        s.sendmail("bench@remote.test", [rcpt], MESSAGE)
-    s.quit()
-
-
-def run_parallel(port, sessions, total, rcpt="bob@example.test"):
-    per = total // sessions
-    procs = [mp.Process(target=smtp_worker, args=(port, per, rcpt)) for _ in range(sessions)]
-    start = time.time()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return time.time() - start, per * sessions
-
-
 def new_server(tmp, extra=""):
     limits = {"max_recipients = 20": "max_recipients = 20\nmax_connections = 1000\nmax_connections_per_ip = 1000"}
     s = Server(Path(tempfile.mkdtemp(dir=tmp)), extra, limits)
@@ -68,57 +82,6 @@ def new_server(tmp, extra=""):
 
 def row(name, n, secs, cpu, hwm, note=""):
     print(f"| {name:<42} | {n:>6} | {n / secs:>9.0f} | {cpu:>7.2f} | {hwm / 1024:>8.1f} | {note}")
-
-
-def bench_smtp(tmp):
-    for sessions in (10, 50):
-        s = new_server(tmp)
-        secs, n = run_parallel(s.ports["smtp"], sessions, 5000)
-        cpu, hwm, _, _ = proc_stats(s.proc.pid)
-        got = len(list((s.maildir_path("bob@example.test") / "new").iterdir()))
-        s.stop()
-        row(f"SMTP in, durable Maildir, {sessions} sessions", n, secs, cpu, hwm, f"{got} stored")
-
-
-def bench_pop3(tmp):
-    s = new_server(tmp)
-    run_parallel(s.ports["smtp"], 10, 5000)
-    s.restart()
-    count, secs, session = pop3_retr_all(s.ports["pop3"], "bob@example.test", "secret")
-    session.quit()
-    cpu, hwm, _, _ = proc_stats(s.proc.pid)
-    s.stop()
-    row("POP3 login, UIDL, RETR all of 5000", count, secs, cpu, hwm)
-
-
-def pop3_retr_all(port, user, password):
-    """Log in, UIDL, RETR every message; (messages, seconds, session).
-    The caller QUITs, after reading /proc if it wants the open session."""
-    start = time.time()
-    p = poplib.POP3("127.0.0.1", port, timeout=60)
-    p.user(user)
-    p.pass_(password)
-    count, _ = p.stat()
-    p.uidl()
-    for i in range(1, count + 1):
-        p.retr(i)
-    return count, time.time() - start, p
-
-
-def tree_stats(pid):
-    """CPU seconds and summed peak RSS of a process and its children."""
-    pids = [pid]
-    out = subprocess.run(["pgrep", "-s", str(os.getsid(pid))], capture_output=True, text=True)
-    pids += [int(x) for x in out.stdout.split() if int(x) != pid]
-    cpu = hwm = 0
-    for p in pids:
-        try:
-            c, h, _, _ = proc_stats(p)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        cpu += c
-        hwm += h
-    return cpu, hwm
 
 
 def start_dovecot(tmp, count):
@@ -135,20 +98,19 @@ def start_dovecot(tmp, count):
     return dove.start()
 
 
-def bench_pop3_dovecot(tmp):
-    dove = start_dovecot(tmp, 5000)
-    if dove is None:
-        return
-    try:
-        count, secs, session = pop3_retr_all(dove.pop3, "bob", "secret")
-        _, hwm = tree_stats(dove.proc.pid)
-        session.quit()
-        # Its pop3 process is gone after QUIT, so its CPU time cannot be
-        # read from /proc: the column shows 0; peak RSS is summed while
-        # the session is still open.
-        row("reference: Dovecot POP3, same 5000", count, secs, 0.0, hwm, "RSS of all its processes; CPU n/a")
-    finally:
-        dove.cleanup()
+def remove_dovecot(dove, meter=None):
+    """Stops Dovecot and removes its directory once its last process is
+    gone: a pop3 process still ending after QUIT may write its
+    dovecot-uidlist after the master has exited, behind rmtree's back."""
+    dove.stop()
+    deadline = time.time() + 10
+    while meter and meter.pids() and time.time() < deadline:
+        time.sleep(0.05)
+    for _ in range(5):
+        shutil.rmtree(dove.dir, ignore_errors=True)
+        if not dove.dir.exists():
+            break
+        time.sleep(0.2)
 
 
 def bench_smartpop(tmp):
@@ -171,7 +133,7 @@ def bench_smartpop(tmp):
         s.stop()
         row("SmartPop: collect 2000 from local Dovecot", got, secs, cpu, hwm, "durable + UIDL record each")
     finally:
-        dove.cleanup()
+        remove_dovecot(dove)
 
 
 def bench_outbound(tmp):
@@ -254,20 +216,366 @@ def bench_memory(tmp):
     print(f"| threads (idle / busy)               | {threads} / {threads_busy} |")
 
 
+
+# -- side by side --------------------------------------------------------------
+
+def machine_busy():
+    """CPU seconds this machine has been busy (all CPUs, from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu():
+    """CPU seconds of this bench process and the load generators it ran."""
+    import resource
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+class Others:
+    """CPU that neither the server under test nor the bench used during a
+    round: other people's builds and tests on a shared machine (and kernel
+    threads, some of them writing back this round's mail). Reported so
+    that a noisy figure can be told from a slow server."""
+
+    def __init__(self, meter):
+        self.meter = meter
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.b0, self.o0, self.m0 = machine_busy(), own_cpu(), self.meter.cpu()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.t0
+        busy = machine_busy() - self.b0
+        ours = own_cpu() - self.o0 + self.meter.cpu() - self.m0
+        self.share = max(0.0, busy - ours) / wall  # CPUs' worth
+        return False
+
+
+class Figure:
+    """One line of the side-by-side table: per-round results of both."""
+
+    def __init__(self, name):
+        self.name = name
+        self.rounds = {"mailgate": [], "peer": []}
+        self.peak = {"mailgate": (0, 0), "peer": (0, 0)}
+        self.failed = []
+        self.lag = []
+        self.others = []
+
+    def add(self, who, messages, seconds, cpu, peak):
+        self.rounds[who].append((messages / seconds, cpu / messages))
+        r, p = self.peak[who]
+        self.peak[who] = (max(r, peak[0]), max(p, peak[1]))
+
+    def median(self, who, i):
+        vals = [r[i] for r in self.rounds[who]]
+        return statistics.median(vals) if vals else float("nan")
+
+    def ratio(self, i):
+        """Median of the ratios of each mailgate round to the peer round
+        run right after it: under a load that drifts, neighbours see the
+        same machine."""
+        pairs = list(zip(self.rounds["mailgate"], self.rounds["peer"]))
+        if not pairs:
+            return float("nan")
+        return statistics.median(m[i] / p[i] for m, p in pairs)
+
+    def spread(self, who):
+        """(max - min) / median of the rates, in percent."""
+        vals = [r[0] for r in self.rounds[who]]
+        if len(vals) < 2:
+            return 0.0
+        return 100 * (max(vals) - min(vals)) / statistics.median(vals)
+
+
+def smtp_source(port, sessions, count, rcpt):
+    """Postfix's load generator: `count` messages over `sessions` parallel
+    sessions, one connection per message (no -d), MESSAGE_BYTES of body."""
+    cmd = [postfix_peer.SMTP_SOURCE, "-s", str(sessions), "-m", str(count),
+           "-l", str(MESSAGE_BYTES), "-f", SENDER, "-t", rcpt, f"127.0.0.1:{port}"]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    secs = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {out.returncode}: {out.stdout}{out.stderr}")
+    return secs
+
+
+def count_maildir(path):
+    n = 0
+    for sub in ("new", "cur"):
+        try:
+            n += len(os.listdir(path / sub))
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def wait_count(path, want, timeout):
+    deadline = time.time() + timeout
+    while True:
+        got = count_maildir(path)
+        if got >= want or time.time() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+def smtp_round(meter, port, sessions, count, maildir, rcpt):
+    """One timed round: (messages/s, CPU s, peak) or raises when mail is
+    missing. The rate is smtp-source's wall time (intake: every message
+    answered 250); CPU is read after every file is in the Maildir, so a
+    server that delivers after answering pays for the delivery too."""
+    meter.start_sampling()
+    cpu0 = meter.cpu()
+    secs = smtp_source(port, sessions, count, rcpt)
+    t = time.perf_counter()
+    got = wait_count(maildir, count, DELIVERY_TIMEOUT)
+    lag = time.perf_counter() - t
+    # Let the last queue-file removals and log lines finish.
+    time.sleep(0.3)
+    cpu = meter.cpu() - cpu0
+    peak = meter.stop_sampling()
+    if got != count:
+        raise RuntimeError(f"{maildir}: {got} of {count} messages")
+    return secs, cpu, peak, lag
+
+
+def mailgate_server(tmp, recipients, meter):
+    extra = "".join(f"\n[mailbox {r}@{DOMAIN}]\npassword = {{PLAIN}}secret\n" for r in recipients)
+    limits = {"max_recipients = 20": "max_recipients = 20\nmax_connections = 1000\nmax_connections_per_ip = 1000"}
+    s = Server(Path(tempfile.mkdtemp(dir=tmp)), extra, limits)
+    s.start(env={"RUST_LOG": "warn"})
+    meter.adopt(s.proc.pid)
+    return s
+
+
+def bench_smtp(tmp, table):
+    why = postfix_peer.available()
+    if why:
+        print(f"Postfix: {why}: SMTP figures skipped")
+        return
+    for sessions in SMTP_SESSIONS:
+        fig = Figure(f"SMTP in, {sessions} sessions, vs Postfix")
+        table.append(fig)
+        rcpts = ["warmup"] + [f"r{i}" for i in range(ROUNDS)]
+        mg_meter, pf_meter = Meter("mailgate"), Meter("postfix")
+        mg = mailgate_server(tmp, rcpts, mg_meter)
+        # Under tmp: removed with it at the very end. A file system without
+        # a journal (ext4 here) will not reuse a freed inode for a minute or
+        # more and scans past each one when it creates a file, so deleting
+        # thousands of files between rounds would slow the next rounds down.
+        pf = postfix_peer.Postfix(DOMAIN, rcpts, free_port(), parent=tmp).start(pf_meter)
+        try:
+            servers = {
+                "mailgate": (mg_meter, mg.ports["smtp"], lambda r: mg.maildir_path(f"{r}@{DOMAIN}")),
+                "peer": (pf_meter, pf.port, lambda r: pf.maildir(r)),
+            }
+            for who, (meter, port, md) in servers.items():
+                smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
+                wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
+            for i in range(ROUNDS):
+                for who, (meter, port, md) in servers.items():
+                    rcpt = f"r{i}"
+                    try:
+                        with Others(meter) as others:
+                            secs, cpu, peak, lag = smtp_round(meter, port, sessions, SMTP_MESSAGES,
+                                                              md(rcpt), f"{rcpt}@{DOMAIN}")
+                        fig.others.append(others.share)
+                    except RuntimeError as e:
+                        fig.failed.append(f"{who} round {i + 1}: {e}")
+                        continue
+                    fig.add(who, SMTP_MESSAGES, secs, cpu, peak)
+                    if who == "peer":
+                        fig.lag.append(lag)
+        finally:
+            mg.stop()
+            pf.stop()
+            mg_meter.close()
+            pf_meter.close()
+
+
+def bench_pop3(tmp, table):
+    why = dh.available()
+    if why:
+        print(f"Dovecot: {why}: POP3 figures skipped")
+        return
+    if postfix_peer.available():
+        print("POP3 figures need smtp-source to fill the mailbox: skipped")
+        return
+    figs = {1: Figure("POP3 RETR, 1 at a time, vs Dovecot"),
+            POP3_DEPTH: Figure(f"POP3 RETR, {POP3_DEPTH} in flight, vs Dovecot")}
+    table.extend(figs.values())
+    mg_meter, dv_meter = Meter("mailgate-pop3"), Meter("dovecot")
+    # mailgate stores the mail it is sent; Dovecot gets copies of the very
+    # same files, so both serve identical bytes from identical Maildirs.
+    mg = mailgate_server(tmp, [], mg_meter)
+    dove = None
+    try:
+        smtp_source(mg.ports["smtp"], 10, POP3_MESSAGES, f"bob@{DOMAIN}")
+        md = mg.maildir_path(f"bob@{DOMAIN}")
+        if wait_count(md, POP3_MESSAGES, DELIVERY_TIMEOUT) != POP3_MESSAGES:
+            raise RuntimeError("mailgate did not store every message to serve")
+        ca = dh.TestCA(Path(tempfile.mkdtemp(dir=tmp)))
+        dove = dh.Dovecot({"bob": "secret"}, ca)
+        dst = dove._ensure_maildir("bob")
+        for sub in ("new", "cur"):
+            for name in os.listdir(md / sub):
+                shutil.copyfile(md / sub / name, dst / sub / name)
+                os.chown(dst / sub / name, dove.uid, dove.gid)
+        dove.start()
+        dv_meter.adopt(dove.proc.pid)
+        servers = {"mailgate": (mg_meter, mg.ports["pop3"], f"bob@{DOMAIN}"),
+                   "peer": (dv_meter, dove.pop3, "bob")}
+        # Untimed: each server's first session builds its index and moves
+        # new/ to cur/; the rounds measure the mailbox as a client sees it
+        # every day after that.
+        for meter, port, user in servers.values():
+            pop3load.retrieve_all(port, user, "secret", POP3_DEPTH)
+        for depth, fig in figs.items():
+            for i in range(ROUNDS):
+                for who, (meter, port, user) in servers.items():
+                    meter.start_sampling()
+                    cpu0 = meter.cpu()
+                    try:
+                        with Others(meter) as others:
+                            n, _, secs = pop3load.retrieve_all(port, user, "secret", depth)
+                        fig.others.append(others.share)
+                    except (pop3load.Pop3Error, OSError) as e:
+                        meter.stop_sampling()
+                        fig.failed.append(f"{who} round {i + 1}: {e}")
+                        continue
+                    # Dovecot's pop3 process ends after QUIT: give it a
+                    # moment to be accounted for.
+                    time.sleep(0.1)
+                    cpu = meter.cpu() - cpu0
+                    peak = meter.stop_sampling()
+                    if n != POP3_MESSAGES:
+                        fig.failed.append(f"{who} round {i + 1}: {n} of {POP3_MESSAGES}")
+                        continue
+                    fig.add(who, n, secs, cpu, peak)
+    finally:
+        mg.stop()
+        if dove:
+            remove_dovecot(dove, dv_meter)
+        mg_meter.close()
+        dv_meter.close()
+
+
+def print_side_by_side(table, peers):
+    print(f"SMTP: {SMTP_MESSAGES} x 4 KiB by smtp-source, one connection per message, "
+          f"vs {peers['SMTP']} (virtual Maildir)")
+    print(f"POP3: login, LIST, UIDL, RETR all {POP3_MESSAGES} x 4 KiB, QUIT, vs {peers['POP3']} "
+          "(same Maildir files)")
+    print()
+    print(f"| {'figure':<36} | {'mailgate':>9} | {'peer':>9} | {'ratio':>6} "
+          f"| {'mg CPU':>7} | {'peer CPU':>8} | {'CPU':>5} "
+          f"| {'mg RSS':>6} | {'peer RSS':>8} | {'peer PSS':>8} | spread mg/peer |")
+    print(f"| {'':<36} | {'msg/s':>9} | {'msg/s':>9} | {'mg/pr':>6} "
+          f"| {'ms/msg':>7} | {'ms/msg':>8} | {'ratio':>5} "
+          f"| {'MiB':>6} | {'MiB':>8} | {'MiB':>8} | {'':<14} |")
+    print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 9}|{'-' * 10}|{'-' * 7}"
+          f"|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
+    for fig in table:
+        name = fig.name
+        mr, pr = fig.median("mailgate", 0), fig.median("peer", 0)
+        mc, pc = fig.median("mailgate", 1), fig.median("peer", 1)
+        spread = f"±{fig.spread('mailgate') / 2:.0f}% / ±{fig.spread('peer') / 2:.0f}%"
+        print(f"| {name:<36} | {mr:>9.0f} | {pr:>9.0f} | {fig.ratio(0):>5.2f}x "
+              f"| {mc * 1e3:>7.3f} | {pc * 1e3:>8.3f} | {fig.ratio(1):>5.2f} "
+              f"| {fig.peak['mailgate'][0] / 2**20:>6.1f} | {fig.peak['peer'][0] / 2**20:>8.1f} "
+              f"| {fig.peak['peer'][1] / 2**20:>8.1f} | {spread:<14} |")
+    print()
+    print("rounds, in the order run (mailgate and peer alternate):")
+    for fig in table:
+        rates = {w: "/".join(f"{r[0]:.0f}" for r in fig.rounds[w]) for w in fig.rounds}
+        cpus = {w: "/".join(f"{r[1] * 1e3:.2f}" for r in fig.rounds[w]) for w in fig.rounds}
+        print(f"  {fig.name}: mailgate {rates['mailgate']} ({cpus['mailgate']} ms/msg), "
+              f"peer {rates['peer']} ({cpus['peer']} ms/msg)")
+        if fig.others:
+            print("    CPUs used meanwhile by all but server and bench (others' work, kernel threads): "
+                  + "/".join(f"{o:.2f}" for o in fig.others))
+        if fig.lag:
+            print(f"    Postfix's last Maildir file came {statistics.median(fig.lag):.2f} s "
+                  "after smtp-source ended (median)")
+    for fig in table:
+        for f in fig.failed:
+            print(f"FAILED ({fig.name}): {f}")
+
+
+def fs_of(path):
+    """The file system a path is on, with the options that decide what an
+    fsync costs (ext4 without a journal, for one)."""
+    best = ("", "?", "?", "")
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, fstype, opts = line.split()[:4]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                best = (mnt, dev, fstype, opts)
+    mnt, dev, fstype, opts = best
+    journal = ""
+    if fstype == "ext4":
+        # A journaled ext4 has /proc/fs/jbd2/DEV-INODE.
+        name = os.path.basename(os.path.realpath(dev))
+        jbd2 = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
+        journal = ", journal" if any(j.startswith(name + "-") for j in jbd2) else ", NO journal"
+    return f"{fstype} {dev} on {mnt}{journal}"
+
+
+def peer_versions():
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.split("\n")[0].strip()
+        except OSError:
+            return "missing"
+    pf = first_line(["/usr/sbin/postconf", "-d", "-h", "mail_version"])
+    dv = first_line([dh.DOVECOT, "--version"])
+    return {"SMTP": f"Postfix {pf}", "POP3": f"Dovecot {dv.split()[0] if dv else '?'}"}
+
+
 def main():
     binary = os.environ.get("MAILGATE_BIN", "")
     size = os.path.getsize(binary) if binary else 0
-    print(f"mailgate benchmark: {binary} ({size / 1048576:.2f} MiB), {os.cpu_count()} CPUs")
-    print()
-    print(f"| {'test':<42} | {'msgs':>6} | {'msgs/s':>9} | {'CPU s':>7} | {'peak MiB':>8} | note")
-    print(f"|{'-' * 44}|{'-' * 8}|{'-' * 11}|{'-' * 9}|{'-' * 10}|------")
+    peers = peer_versions()
+    print(f"mailgate benchmark: {binary} ({size / 1048576:.2f} MiB), {os.cpu_count()} CPUs, "
+          f"{peers['SMTP']}, {peers['POP3']}")
+    print(f"server CPU: {Meter('probe').method}; {ROUNDS} rounds each, alternating, medians")
+    print(f"files under {os.environ.get('BENCH_DIR') or tempfile.gettempdir()}: {fs_of(os.environ.get('BENCH_DIR') or tempfile.gettempdir())}")
+    Meter("probe").close()
+    started = time.time()
+    # Every server's files (mailgate's data_dir, Postfix's queue and
+    # Maildirs, Dovecot's Maildir) go under one directory: /tmp, or
+    # BENCH_DIR, e.g. a file system of their own (see README).
+    if os.environ.get("BENCH_DIR"):
+        tempfile.tempdir = os.environ["BENCH_DIR"]
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")
+    os.chmod(tmp, 0o755)
+    only = sys.argv[1:] or ["smtp", "pop3", "outbound", "smartpop", "memory"]
     try:
-        only = sys.argv[1:] or ["smtp", "pop3", "pop3_dovecot", "outbound", "smartpop", "memory"]
-        for name in only:
-            globals()[f"bench_{name}"](tmp)
+        table = []
+        for name in ("smtp", "pop3"):
+            if name in only:
+                globals()[f"bench_{name}"](tmp, table)
+        if table:
+            print()
+            print_side_by_side(table, peers)
+        rest = [n for n in only if n not in ("smtp", "pop3")]
+        if rest:
+            print()
+            print(f"| {'mailgate alone':<42} | {'msgs':>6} | {'msgs/s':>9} | {'CPU s':>7} | {'peak MiB':>8} | note")
+            print(f"|{'-' * 44}|{'-' * 8}|{'-' * 11}|{'-' * 9}|{'-' * 10}|------")
+            for name in rest:
+                globals()[f"bench_{name}"](tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nbench took {time.time() - started:.0f} s")
+    failed = any(fig.failed for fig in table)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

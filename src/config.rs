@@ -12,6 +12,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::proto::envelope::Resolution;
+
+/// Where the system names its DNS resolvers (used when `[outbox]
+/// nameserver` is not set).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+pub use crate::proto::pop3_client::Keep;
+pub use crate::proto::TlsMode;
+
 mod build;
 mod scan;
 #[cfg(test)]
@@ -54,6 +62,10 @@ pub const DEFAULT_RELAY_NETWORKS: [IpNet; 2] = [
 pub const DEFAULT_ALLOW_PLAINTEXT_AUTH: bool = false;
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for a command.
 pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Submission, smtps and POP3 sessions must log in this soon after
+/// connecting: a real client needs a second or two (TLS and a slow
+/// board's hash included); one that only keeps its slot is closed.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// RFC 1939 3: the POP3 port.
 pub const DEFAULT_POP3_LISTEN: SocketAddr = any_v4(DEFAULT_POP3_PORT);
 /// RFC 8314 7.3: POP3 over implicit TLS.
@@ -152,6 +164,10 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// In file order.
     pub smartpop: Vec<SmartPopConfig>,
+    /// The DNS server outbound sessions ask: `[outbox] nameserver`, else
+    /// the first of /etc/resolv.conf, read once by `load` (so no session
+    /// reads a file on the loop thread).
+    pub resolver: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +191,9 @@ pub struct SmtpConfig {
     pub relay_networks: Vec<IpNet>,
     pub allow_plaintext_auth: bool,
     pub timeout: Duration,
+    /// Time from connect to a successful login on the ports that need one
+    /// (submission, smtps, POP3).
+    pub login_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -229,16 +248,6 @@ pub enum OutboxMode {
     Direct,
 }
 
-/// How a client connection to a remote server is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// TLS from the first byte.
-    Tls,
-    /// Upgrade with STARTTLS / STLS.
-    StartTls,
-    None,
-}
-
 /// `host:port`, host being a name or an IP literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
@@ -261,14 +270,6 @@ pub struct OutboxConfig {
     pub nameserver: Option<SocketAddr>,
 }
 
-/// `keep = no | yes | 7d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    No,
-    Yes,
-    For(Duration),
-}
-
 #[derive(Debug, Clone)]
 pub struct SmartPopConfig {
     pub name: String,
@@ -285,15 +286,6 @@ pub struct SmartPopConfig {
     pub line: usize,
 }
 
-/// Where mail for one recipient address goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Resolution {
-    /// Local mailbox addresses (keys of `Config::mailboxes`), deduplicated, in order.
-    pub local: Vec<String>,
-    /// Non-local addresses (via `[alias]` members or `forward`), deduplicated.
-    pub remote: Vec<String>,
-}
-
 impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
@@ -307,6 +299,7 @@ impl Default for SmtpConfig {
             relay_networks: DEFAULT_RELAY_NETWORKS.to_vec(),
             allow_plaintext_auth: DEFAULT_ALLOW_PLAINTEXT_AUTH,
             timeout: DEFAULT_SMTP_TIMEOUT,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }
@@ -421,7 +414,13 @@ impl Config {
             let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
             fail(line, "not valid UTF-8 text".into())
         })?;
-        Config::parse(path, &text)
+        let (mut config, warnings) = Config::parse(path, &text)?;
+        if config.resolver.is_none() {
+            config.resolver = std::fs::read_to_string(RESOLV_CONF)
+                .ok()
+                .and_then(|t| crate::proto::dns::resolv_conf_nameserver(&t));
+        }
+        Ok((config, warnings))
     }
 
     /// Parses config text; `path` is only used in diagnostics. Every

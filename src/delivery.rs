@@ -10,10 +10,11 @@ use std::time::SystemTime;
 use log::info;
 
 use crate::config::Config;
-use crate::outbox::queue::QueueEntry;
-use crate::proto::smtp_server::{DeliveryOutcome, Transaction};
+use crate::proto::envelope::{DeliveryOutcome, Transaction};
 use crate::store::deliver::{self, DeliveryError, LocalDelivery, LocalRecipient};
+use crate::store::queue::{Queue, QueueEntry};
 use crate::store::trace::{self, TraceInfo};
+use crate::store::unix_secs;
 
 /// Where one accepted message goes, after recipient resolution.
 pub struct Routed {
@@ -125,7 +126,7 @@ fn store(
     let queued = if routed.remote.is_empty() {
         None
     } else {
-        Some(crate::outbox::enqueue_relayed(
+        Some(crate::delivery::enqueue_relayed(
             config,
             tx,
             &routed.remote,
@@ -148,9 +149,64 @@ fn store(
         Ok(_) => Ok(queued),
         Err(e) => {
             if let Some(entry) = queued {
-                crate::outbox::cancel(config, &entry.id);
+                crate::delivery::cancel(config, &entry.id);
             }
             Err(e)
         }
+    }
+}
+
+/// Queues the remote recipients of an accepted transaction, with our
+/// `Received:` line on top. Returns the queue id once it is durable.
+pub fn enqueue_relayed(
+    config: &Config,
+    tx: &Transaction,
+    remote: &[String],
+    trace_info: &TraceInfo,
+    now: SystemTime,
+) -> Result<QueueEntry, DeliveryError> {
+    let for_rcpt = match remote {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
+    let received = trace::received_line(trace_info, for_rcpt, now);
+    let mut message = Vec::with_capacity(received.len() + tx.data.len());
+    message.extend_from_slice(received.as_bytes());
+    message.extend_from_slice(&tx.data);
+    enqueue(config, &tx.reverse_path, remote, &message, tx.smtputf8, now)
+}
+
+/// Queues `message` (headers complete) for `recipients`.
+pub fn enqueue(
+    config: &Config,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+    smtputf8: bool,
+    now: SystemTime,
+) -> Result<QueueEntry, DeliveryError> {
+    let queue = Queue::at(&config.server.data_dir);
+    queue
+        .ensure_dirs()
+        .and_then(|_| queue.enqueue(sender, recipients, message, smtputf8, unix_secs(now)))
+        .inspect(|entry| {
+            log::info!(
+                "queued id={} from=<{sender}> to={} size={}",
+                entry.id,
+                recipients
+                    .iter()
+                    .map(|r| format!("<{r}>"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                message.len()
+            );
+        })
+        .map_err(|e| DeliveryError::from_io(&e))
+}
+
+/// Takes back an entry that was queued for a transaction that then failed.
+pub fn cancel(config: &Config, id: &str) {
+    if let Err(e) = Queue::at(&config.server.data_dir).remove(id) {
+        log::error!("cannot remove queue entry {id} of a failed transaction: {e}");
     }
 }

@@ -2,8 +2,10 @@
 //! signals, and the Waker that worker threads use to hand back results.
 //!
 //! Owns: accepting (with the connection limits), dispatching readiness,
-//! completions and deadlines to drivers, SIGHUP reloads, graceful stop.
-//! Must not: know any protocol, or block (no disk sync, no hashing here).
+//! completions and deadlines to drivers, handing drivers' effects and the
+//! signals to the `Host` (the server), graceful stop.
+//! Must not: know any protocol, or block (no disk sync, no hashing, no
+//! file reads here).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,7 +21,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::server::{Completion, Shared};
+use crate::conn::{self, Completion, Ctx, Driver, Effect, ListenerKind, Outcome, Services, HOST};
+use crate::net::canonical_ip;
+use crate::penalty::client_group;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -36,50 +40,37 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long transactions in flight get to finish after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// What a listening socket serves; decides which driver an accepted
-/// connection gets.
+/// The share of `max_connections` kept for the household's clients
+/// (submission, smtps, POP3): anonymous port-25 sessions may take at most
+/// the rest, so a crowd of MX connections never starves a mail client.
+const CLIENT_RESERVE_DIVISOR: usize = 4;
+
+/// How often expired login-failure records are dropped.
+const PENALTY_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Signals the loop hands to the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    SmtpMx,
-    Submission,
-    Smtps,
-    Pop3,
-    Pop3s,
+pub enum Signal {
+    /// SIGHUP: read the config again.
+    Reload,
+    /// SIGUSR1: `mailgate flush`, or `sendmail` queued something.
+    Flush,
+    /// SIGUSR2: `mailgate fetch`.
+    Fetch,
 }
 
-impl ListenerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ListenerKind::SmtpMx => "smtp",
-            ListenerKind::Submission => "submission",
-            ListenerKind::Smtps => "smtps",
-            ListenerKind::Pop3 => "pop3",
-            ListenerKind::Pop3s => "pop3s",
-        }
-    }
-}
-
-/// One connection's state machine as the loop sees it.
-pub trait Driver {
-    /// The socket is ready, or the driver may have work to resume: pump IO.
-    fn ready(&mut self, sh: &mut Shared);
-    /// A worker finished a job this driver submitted.
-    fn complete(&mut self, done: Completion, sh: &mut Shared);
-    /// The deadline returned by `deadline()` has passed.
-    fn timer(&mut self, sh: &mut Shared);
-    fn deadline(&self) -> Option<Instant>;
-    /// The server is stopping: finish or abort politely.
-    fn stop(&mut self, sh: &mut Shared);
-    /// True once the driver can be dropped (socket closed).
-    fn is_done(&self) -> bool;
-    /// False while a worker job for it is in flight; such a driver is not
-    /// dropped by a stop until the job comes back.
-    fn is_idle(&self) -> bool;
-    fn interest(&self) -> Interest;
-    /// The socket the loop registers for this driver; None for drivers
-    /// that change sockets over their life (outbound: DNS, then TCP) and
-    /// register them themselves through `Shared::registry` and `current`.
-    fn source(&mut self) -> Option<&mut TcpStream>;
+/// What the loop needs of the server around it: somewhere to hand the
+/// drivers' effects, the server's own worker results and the signals,
+/// and the outbound connections it wants started.
+pub trait Host {
+    fn effect(&mut self, effect: Effect, sv: &mut Services, now: Instant);
+    /// One of the host's own worker jobs (token `HOST`) finished.
+    fn complete(&mut self, outcome: Outcome, sv: &mut Services, now: Instant);
+    fn signal(&mut self, signal: Signal, sv: &mut Services, now: Instant);
+    /// Runs every loop turn: drivers for the connections to start now.
+    fn tick(&mut self, sv: &mut Services, now: Instant) -> Vec<Box<dyn Driver>>;
+    /// The next moment the host needs a `tick` without any event.
+    fn next_wakeup(&self) -> Option<Instant>;
 }
 
 struct Entry {
@@ -87,8 +78,10 @@ struct Entry {
     interest: Interest,
     /// The earliest deadline this entry has in the timer heap.
     armed: Option<Instant>,
-    /// Counted against max_connections_per_ip while it lives.
+    /// Counted against max_connections_per_ip (by client group) while it lives.
     ip: Option<IpAddr>,
+    /// Counted against the MX share of max_connections.
+    mx: bool,
 }
 
 pub struct EventLoop {
@@ -97,16 +90,17 @@ pub struct EventLoop {
     conns: HashMap<Token, Entry>,
     next_token: usize,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
+    /// Open inbound connections per client group (IPv6 per /64).
     per_ip: HashMap<IpAddr, usize>,
     inbound: usize,
+    /// Of `inbound`, those on the MX port.
+    mx_inbound: usize,
     signals: Signals,
     stopping: Option<Instant>,
     /// When to retry accepting after a failed accept.
     accept_retry: Option<Instant>,
+    next_prune: Instant,
 }
-
-/// Makes a connection's driver; supplied by `server.rs`.
-pub type Acceptor = fn(ListenerKind, TcpStream, SocketAddr, &mut Shared) -> Box<dyn Driver>;
 
 impl EventLoop {
     /// Binds every listener. Fails with a message naming the address.
@@ -139,9 +133,11 @@ impl EventLoop {
                 timers: BinaryHeap::new(),
                 per_ip: HashMap::new(),
                 inbound: 0,
+                mx_inbound: 0,
                 signals,
                 stopping: None,
                 accept_retry: None,
+                next_prune: Instant::now(),
             },
             waker,
         ))
@@ -155,56 +151,68 @@ impl EventLoop {
     /// Runs until SIGTERM/SIGINT and the grace period are over.
     pub fn run(
         &mut self,
-        sh: &mut Shared,
-        accept: Acceptor,
+        sv: &mut Services,
+        host: &mut dyn Host,
         done_rx: Receiver<Completion>,
     ) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
+        let mut now = Instant::now();
         loop {
-            sh.now = Instant::now();
             if let Some(until) = self.stopping {
                 let busy = self.conns.values().any(|e| !e.driver.is_idle());
-                if self.conns.is_empty() || (sh.now >= until && !busy) {
+                if self.conns.is_empty() || (now >= until && !busy) {
                     info!("stopped");
                     return Ok(());
                 }
             }
-            let timeout = self.poll_timeout(sh);
+            let timeout = self.poll_timeout(host, now);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
-            sh.now = Instant::now();
+            now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    SIGNALS => self.signals(sh),
-                    Token(t) if t < FIRST_CONNECTION => self.accept(t - FIRST_LISTENER, sh, accept),
-                    token => self.dispatch(token, sh, |d, sh| d.ready(sh)),
+                    SIGNALS => self.signals(sv, host, now),
+                    Token(t) if t < FIRST_CONNECTION => {
+                        self.accept(t - FIRST_LISTENER, sv, host, now)
+                    }
+                    token => self.dispatch(token, sv, host, now, |d, cx| d.ready(cx)),
                 }
             }
             // Worker results arrive whether or not the waker fired this round.
             while let Ok(done) = done_rx.try_recv() {
-                let token = done.token;
-                if token == crate::server::MANAGER {
-                    sh.manager_complete(done);
+                if done.token == HOST {
+                    host.complete(done.outcome, sv, now);
+                    self.hand_on_effects(sv, host, now);
                 } else {
-                    self.dispatch(token, sh, move |d, sh| d.complete(done, sh));
+                    let outcome = done.outcome;
+                    self.dispatch(done.token, sv, host, now, move |d, cx| {
+                        d.complete(outcome, cx)
+                    });
                 }
             }
-            self.fire_timers(sh);
-            if self.accept_retry.is_some_and(|at| at <= sh.now) {
+            self.fire_timers(sv, host, now);
+            if self.accept_retry.is_some_and(|at| at <= now) {
                 self.accept_retry = None;
                 for i in 0..self.listeners.len() {
-                    self.accept(i, sh, accept);
+                    self.accept(i, sv, host, now);
                 }
             }
-            sh.tick();
-            for (driver, token) in sh.take_new_drivers() {
-                let token = token.unwrap_or_else(|| self.take_token());
-                self.insert(token, driver, None, sh);
+            if now >= self.next_prune {
+                sv.penalty.prune(now);
+                self.next_prune = now + PENALTY_PRUNE_EVERY;
+            }
+            for driver in host.tick(sv, now) {
+                let token = self.take_token();
+                self.insert(token, driver, None, false, sv, host, now);
+            }
+            // Sessions watching a mailbox that changed (IMAP IDLE).
+            for watcher in sv.mailboxes.take_woken() {
+                self.dispatch(Token(watcher), sv, host, now, |d, cx| d.ready(cx));
             }
         }
     }
@@ -215,23 +223,23 @@ impl EventLoop {
         t
     }
 
-    fn poll_timeout(&mut self, sh: &Shared) -> Option<Duration> {
+    fn poll_timeout(&mut self, host: &dyn Host, now: Instant) -> Option<Duration> {
         let mut next = self.timers.peek().map(|Reverse((t, _))| *t);
         if let Some(retry) = self.accept_retry {
             next = Some(next.map_or(retry, |n| n.min(retry)));
         }
-        if let Some(wake) = sh.next_wakeup() {
+        if let Some(wake) = host.next_wakeup() {
             next = Some(next.map_or(wake, |n| n.min(wake)));
         }
         if let Some(stop) = self.stopping {
             // While stopping, look around often to notice the end.
-            let soon = sh.now + Duration::from_millis(100);
-            next = Some(next.map_or(soon, |n| n.min(soon)).min(stop.max(sh.now)));
+            let soon = now + Duration::from_millis(100);
+            next = Some(next.map_or(soon, |n| n.min(soon)).min(stop.max(now)));
         }
-        next.map(|t| t.saturating_duration_since(sh.now))
+        next.map(|t| t.saturating_duration_since(now))
     }
 
-    fn accept(&mut self, index: usize, sh: &mut Shared, accept: Acceptor) {
+    fn accept(&mut self, index: usize, sv: &mut Services, host: &mut dyn Host, now: Instant) {
         let Some((_, kind)) = self.listeners.get(index) else {
             return;
         };
@@ -247,53 +255,74 @@ impl EventLoop {
                 Err(e) => {
                     // EMFILE and friends: try again shortly.
                     warn!("accept on {} failed: {e}", kind.name());
-                    self.accept_retry = Some(sh.now + ACCEPT_RETRY);
+                    self.accept_retry = Some(now + ACCEPT_RETRY);
                     return;
                 }
             };
             let ip = canonical_ip(peer.ip());
-            if let Some(reason) = self.refuse_reason(ip, sh) {
+            if let Some(reason) = self.refuse_reason(kind, ip, sv, now) {
                 info!("refused {} connection from {ip}: {reason}", kind.name());
                 refuse(&mut sock, kind, reason);
                 continue;
             }
-            let driver = accept(kind, sock, peer, sh);
             let token = self.take_token();
-            *self.per_ip.entry(ip).or_insert(0) += 1;
+            let driver = {
+                let mut cx = Ctx { token, now, sv };
+                conn::accept(kind, sock, peer, &mut cx)
+            };
+            let group = client_group(ip);
+            *self.per_ip.entry(group).or_insert(0) += 1;
             self.inbound += 1;
-            self.insert(token, driver, Some(ip), sh);
+            let mx = kind == ListenerKind::SmtpMx;
+            if mx {
+                self.mx_inbound += 1;
+            }
+            self.insert(token, driver, Some(group), mx, sv, host, now);
         }
     }
 
-    fn refuse_reason(&self, ip: IpAddr, sh: &Shared) -> Option<&'static str> {
+    fn refuse_reason(
+        &self,
+        kind: ListenerKind,
+        ip: IpAddr,
+        sv: &Services,
+        now: Instant,
+    ) -> Option<&'static str> {
         let (max_total, max_per_ip) = (
-            sh.config.smtp.max_connections,
-            sh.config.smtp.max_connections_per_ip,
+            sv.config.smtp.max_connections,
+            sv.config.smtp.max_connections_per_ip,
         );
         if self.inbound >= max_total {
             return Some("too many connections");
         }
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= max_per_ip {
+        if kind == ListenerKind::SmtpMx && self.mx_inbound >= mx_share(max_total) {
+            return Some("too many connections");
+        }
+        if self.per_ip.get(&client_group(ip)).copied().unwrap_or(0) >= max_per_ip {
             return Some("too many connections from your address");
         }
-        if sh.penalty.is_blocked(ip, sh.now) {
+        if sv.penalty.is_blocked(ip, now) {
             return Some("too many failed logins");
         }
         None
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         token: Token,
         mut driver: Box<dyn Driver>,
         ip: Option<IpAddr>,
-        sh: &mut Shared,
+        mx: bool,
+        sv: &mut Services,
+        host: &mut dyn Host,
+        now: Instant,
     ) {
         let interest = driver.interest();
         if let Some(sock) = driver.source() {
             if let Err(e) = self.poll.registry().register(sock, token, interest) {
                 error!("cannot register connection: {e}");
-                self.release(ip);
+                self.release(ip, mx);
                 return;
             }
         }
@@ -304,13 +333,17 @@ impl EventLoop {
                 interest,
                 armed: None,
                 ip,
+                mx,
             },
         );
         // Let it write its greeting (or start connecting) at once.
-        self.dispatch(token, sh, |d, sh| d.ready(sh));
+        self.dispatch(token, sv, host, now, |d, cx| d.ready(cx));
     }
 
-    fn release(&mut self, ip: Option<IpAddr>) {
+    fn release(&mut self, ip: Option<IpAddr>, mx: bool) {
+        if mx {
+            self.mx_inbound = self.mx_inbound.saturating_sub(1);
+        }
         if let Some(ip) = ip {
             self.inbound = self.inbound.saturating_sub(1);
             if let Some(n) = self.per_ip.get_mut(&ip) {
@@ -322,27 +355,32 @@ impl EventLoop {
         }
     }
 
-    /// Runs `f` on a connection's driver, then re-arms its interest and timer
-    /// or drops it.
+    /// Runs `f` on a connection's driver, hands its effects to the host,
+    /// then re-arms its interest and timer or drops it.
     fn dispatch(
         &mut self,
         token: Token,
-        sh: &mut Shared,
-        f: impl FnOnce(&mut dyn Driver, &mut Shared),
+        sv: &mut Services,
+        host: &mut dyn Host,
+        now: Instant,
+        f: impl FnOnce(&mut dyn Driver, &mut Ctx),
     ) {
         let Some(entry) = self.conns.get_mut(&token) else {
             return;
         };
-        sh.current = token;
-        f(entry.driver.as_mut(), sh);
+        {
+            let mut cx = Ctx { token, now, sv };
+            f(entry.driver.as_mut(), &mut cx);
+        }
         if entry.driver.is_done() && entry.driver.is_idle() {
-            if let Some(entry) = self.conns.remove(&token) {
-                let mut entry = entry;
+            if let Some(mut entry) = self.conns.remove(&token) {
                 if let Some(sock) = entry.driver.source() {
                     let _ = self.poll.registry().deregister(sock);
                 }
-                self.release(entry.ip);
+                self.release(entry.ip, entry.mx);
             }
+            sv.mailboxes.unwatch(token.0);
+            self.hand_on_effects(sv, host, now);
             return;
         }
         let interest = entry.driver.interest();
@@ -360,11 +398,18 @@ impl EventLoop {
                 self.timers.push(Reverse((deadline, token)));
             }
         }
+        self.hand_on_effects(sv, host, now);
     }
 
-    fn fire_timers(&mut self, sh: &mut Shared) {
+    fn hand_on_effects(&mut self, sv: &mut Services, host: &mut dyn Host, now: Instant) {
+        for effect in sv.take_effects() {
+            host.effect(effect, sv, now);
+        }
+    }
+
+    fn fire_timers(&mut self, sv: &mut Services, host: &mut dyn Host, now: Instant) {
         while let Some(Reverse((at, token))) = self.timers.peek().copied() {
-            if at > sh.now {
+            if at > now {
                 break;
             }
             self.timers.pop();
@@ -375,27 +420,27 @@ impl EventLoop {
                 entry.armed = None;
             }
             match entry.driver.deadline() {
-                Some(d) if d <= sh.now => self.dispatch(token, sh, |d, sh| d.timer(sh)),
+                Some(d) if d <= now => self.dispatch(token, sv, host, now, |d, cx| d.timer(cx)),
                 // Activity moved the deadline; the dispatch re-arms it.
-                _ => self.dispatch(token, sh, |_, _| {}),
+                _ => self.dispatch(token, sv, host, now, |_, _| {}),
             }
         }
     }
 
-    fn signals(&mut self, sh: &mut Shared) {
+    fn signals(&mut self, sv: &mut Services, host: &mut dyn Host, now: Instant) {
         let pending: Vec<i32> = self.signals.pending().collect();
         for sig in pending {
             match sig {
-                SIGHUP => sh.reload(),
-                SIGTERM | SIGINT => self.begin_stop(sh),
-                SIGUSR1 => sh.flush_requested(),
-                SIGUSR2 => sh.fetch_requested(),
+                SIGHUP => host.signal(Signal::Reload, sv, now),
+                SIGTERM | SIGINT => self.begin_stop(sv, host, now),
+                SIGUSR1 => host.signal(Signal::Flush, sv, now),
+                SIGUSR2 => host.signal(Signal::Fetch, sv, now),
                 _ => {}
             }
         }
     }
 
-    fn begin_stop(&mut self, sh: &mut Shared) {
+    fn begin_stop(&mut self, sv: &mut Services, host: &mut dyn Host, now: Instant) {
         if self.stopping.is_some() {
             return;
         }
@@ -404,25 +449,24 @@ impl EventLoop {
             self.conns.len(),
             STOP_GRACE.as_secs()
         );
-        self.stopping = Some(sh.now + STOP_GRACE);
+        self.stopping = Some(now + STOP_GRACE);
         for (l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
         }
         self.listeners.clear();
+        sv.stopping = true;
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
         for token in tokens {
-            self.dispatch(token, sh, |d, sh| d.stop(sh));
+            self.dispatch(token, sv, host, now, |d, cx| d.stop(cx));
         }
-        sh.stopping = true;
     }
 }
 
-/// `::ffff:1.2.3.4` counts as `1.2.3.4` for limits and relay checks.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+/// How many of `max_total` connections the MX port may hold: all but a
+/// quarter, kept for clients (at least one slot each way when possible).
+fn mx_share(max_total: usize) -> usize {
+    let reserve = (max_total / CLIENT_RESERVE_DIVISOR).max(1);
+    max_total.saturating_sub(reserve).max(1)
 }
 
 /// Best-effort one-line refusal on a fresh socket, then close.
@@ -440,4 +484,18 @@ fn refuse(sock: &mut TcpStream, kind: ListenerKind, reason: &str) {
         let _ = sock.write(line.as_bytes());
     }
     let _ = sock.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mx_share;
+
+    #[test]
+    fn clients_keep_a_quarter_of_the_slots() {
+        assert_eq!(mx_share(200), 150);
+        assert_eq!(mx_share(10), 8);
+        assert_eq!(mx_share(4), 3);
+        assert_eq!(mx_share(2), 1);
+        assert_eq!(mx_share(1), 1);
+    }
 }

@@ -1,12 +1,20 @@
 //! Brute-force tracker: client addresses that fail to authenticate too
-//! often are refused at connect for a while.
+//! often are refused, at connect and at every further try, for a while.
 //!
-//! Owns: counting authentication failures per client address in a sliding
-//! window, deciding when an address is blocked, and bounding its own memory.
+//! Owns: counting authentication tries and failures per client address
+//! (IPv6 per /64) across all its sessions, in a sliding window; deciding
+//! when an address is blocked; bounding its own memory.
 //! Must not: read a clock (time is an input, `now: Instant`), log, or touch
-//! sockets: the connection drivers ask `is_blocked` on accept, call
-//! `record_failure` after a failed AUTH / USER-PASS / SASL exchange, and log
-//! when it returns "newly blocked".
+//! sockets. The loop asks `is_blocked` on accept; a driver asks
+//! `begin_attempt` before it checks a password (a try is refused when the
+//! address is blocked, or when its failures plus the tries still being
+//! checked already reach the limit, so parallel connections cannot guess
+//! more than `MAX_FAILURES` times between them), then reports the result
+//! with `end_attempt` and logs when it returns "newly blocked".
+//!
+//! A successful login neither clears the failures nor lifts a block: an
+//! attacker who knows one password (a household member's own) must not
+//! reset the count for guessing another's. Failures age out of the window.
 //!
 //! Prior art: Postfix's anvil(8) counts per client address and time unit
 //! (`smtpd_client_auth_rate_limit`, `anvil_rate_time_unit = 60s`); Dovecot's
@@ -38,6 +46,8 @@ const IPV6_TRACK_PREFIX: u32 = 64;
 struct Entry {
     /// Times of recent failures, oldest first, at most `MAX_FAILURES`.
     failures: VecDeque<Instant>,
+    /// Tries begun and not yet ended (passwords being checked).
+    in_flight: usize,
     /// While `Some(t)` and `now < t`, the address is refused.
     blocked_until: Option<Instant>,
     /// Last failure; eviction order when the table is full.
@@ -49,9 +59,22 @@ impl Entry {
         self.blocked_until.is_some_and(|t| now < t)
     }
 
-    /// Nothing left to remember: no block in force and no failure in the window.
+    /// Drops failures that left the window.
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .failures
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= FAILURE_WINDOW)
+        {
+            self.failures.pop_front();
+        }
+    }
+
+    /// Nothing left to remember: no block in force, no try in flight and
+    /// no failure in the window.
     fn expired(&self, now: Instant) -> bool {
         !self.blocked(now)
+            && self.in_flight == 0
             && self
                 .failures
                 .back()
@@ -71,9 +94,31 @@ impl Penalty {
         Penalty::default()
     }
 
-    /// Counts one failed authentication from `ip`. Returns true when this
+    /// May `ip` try a password now? True counts the try as in flight until
+    /// `end_attempt`; false: blocked, or too many failures and tries already.
+    pub fn begin_attempt(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let entry = self.entry(ip, now);
+        if entry.blocked(now) {
+            return false;
+        }
+        entry.forget_old(now);
+        if entry.failures.len() + entry.in_flight >= MAX_FAILURES {
+            return false;
+        }
+        entry.in_flight += 1;
+        true
+    }
+
+    /// The try begun with `begin_attempt` is over. Returns true when its
     /// failure got the address blocked (the caller logs it once).
-    pub fn record_failure(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub fn end_attempt(&mut self, ip: IpAddr, ok: bool, now: Instant) -> bool {
+        if let Some(entry) = self.table.get_mut(&track_key(ip)) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+        !ok && self.record_failure(ip, now)
+    }
+
+    fn entry(&mut self, ip: IpAddr, now: Instant) -> &mut Entry {
         let key = track_key(ip);
         if !self.table.contains_key(&key) && self.table.len() >= MAX_ENTRIES {
             self.prune(now);
@@ -83,22 +128,24 @@ impl Penalty {
         }
         let entry = self.table.entry(key).or_insert_with(|| Entry {
             failures: VecDeque::with_capacity(MAX_FAILURES),
+            in_flight: 0,
             blocked_until: None,
             last_seen: now,
         });
         entry.last_seen = now;
+        entry
+    }
+
+    /// Counts one failed authentication from `ip`. Returns true when this
+    /// failure got the address blocked (the caller logs it once).
+    pub fn record_failure(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let entry = self.entry(ip, now);
         if entry.blocked(now) {
             // Already refused; failures on a connection opened before the
             // block neither extend it nor log again.
             return false;
         }
-        while entry
-            .failures
-            .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) >= FAILURE_WINDOW)
-        {
-            entry.failures.pop_front();
-        }
+        entry.forget_old(now);
         if entry.failures.len() >= MAX_FAILURES {
             entry.failures.pop_front();
         }
@@ -110,18 +157,6 @@ impl Penalty {
             return entry.blocked_until.is_some();
         }
         false
-    }
-
-    /// A successful login forgets earlier failures of that address, so a
-    /// user who mistyped a few times starts afresh. An active block stays.
-    pub fn record_success(&mut self, ip: IpAddr, now: Instant) {
-        let key = track_key(ip);
-        if let Some(entry) = self.table.get_mut(&key) {
-            entry.failures.clear();
-            if entry.expired(now) {
-                self.table.remove(&key);
-            }
-        }
     }
 
     /// Should a new connection from `ip` be refused now?
@@ -162,8 +197,14 @@ impl Penalty {
     }
 }
 
-/// The table key: IPv4 as is (also when written IPv4-mapped, `::ffff:a.b.c.d`,
-/// as a dual-stack listener reports it), IPv6 cut to its /64.
+/// The client an address belongs to, for every per-client limit (failed
+/// logins here, connections per client in the loop): IPv4 as is (also
+/// when written IPv4-mapped, `::ffff:a.b.c.d`, as a dual-stack listener
+/// reports it), IPv6 cut to its /64.
+pub fn client_group(ip: IpAddr) -> IpAddr {
+    track_key(ip)
+}
+
 fn track_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
@@ -190,6 +231,7 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     enum Op {
         Fail,
+        /// A whole try that succeeded (begin, then end with ok).
         Success,
         Check,
         Prune,
@@ -204,8 +246,8 @@ mod tests {
             let got = match op {
                 Fail => p.record_failure(ip(addr), now),
                 Success => {
-                    p.record_success(ip(addr), now);
-                    false
+                    assert!(p.begin_attempt(ip(addr), now), "step {i}: a try refused");
+                    p.end_attempt(ip(addr), true, now)
                 }
                 Check => p.is_blocked(ip(addr), now),
                 Prune => {
@@ -261,16 +303,56 @@ mod tests {
     }
 
     #[test]
-    fn success_forgets_failures_but_not_a_block() {
+    fn success_neither_forgets_failures_nor_lifts_a_block() {
         let a = "192.0.2.1";
         let mut steps = fails(0, 1, 9, a);
         steps.push((10, Success, a, false));
-        steps.extend(fails(11, 1, 9, a));
-        steps.push((20, Check, a, false));
-        steps.push((21, Fail, a, true));
-        steps.push((22, Success, a, false));
-        steps.push((23, Check, a, true));
+        steps.push((11, Check, a, false));
+        // The 10th failure blocks: the success in between did not reset.
+        steps.push((12, Fail, a, true));
+        steps.push((13, Check, a, true));
         run(&steps);
+        let mut p = Penalty::new();
+        let now = Instant::now();
+        for _ in 0..MAX_FAILURES {
+            p.record_failure(ip(a), now);
+        }
+        assert!(
+            !p.begin_attempt(ip(a), now),
+            "a blocked address may not try, even rightly"
+        );
+    }
+
+    #[test]
+    fn parallel_tries_cannot_exceed_the_limit() {
+        // Twenty connections from one address each start a try at once:
+        // only MAX_FAILURES are checked; the rest are refused.
+        let a = ip("203.0.113.77");
+        let now = Instant::now();
+        let mut p = Penalty::new();
+        let begun = (0..20).filter(|_| p.begin_attempt(a, now)).count();
+        assert_eq!(begun, MAX_FAILURES);
+        let mut newly = 0;
+        for _ in 0..begun {
+            if p.end_attempt(a, false, now) {
+                newly += 1;
+            }
+        }
+        assert_eq!(newly, 1, "blocked once");
+        assert!(p.is_blocked(a, now));
+        assert!(!p.begin_attempt(a, now));
+        // Tries that succeed free their place.
+        let b = ip("203.0.113.78");
+        for _ in 0..3 * MAX_FAILURES {
+            assert!(p.begin_attempt(b, now));
+            assert!(!p.end_attempt(b, true, now));
+        }
+        // IPv6: one /64 is one client.
+        let mut p = Penalty::new();
+        let begun = (0..200u32)
+            .filter(|i| p.begin_attempt(ip(&format!("2001:db8:7:7::{:x}", i + 1)), now))
+            .count();
+        assert_eq!(begun, MAX_FAILURES);
     }
 
     #[test]

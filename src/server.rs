@@ -1,246 +1,204 @@
 //! `mailgate serve`: puts the pieces together and runs the loop.
 //!
-//! Owns: what every driver shares (`Shared`: config, TLS, workers, login
-//! penalties, maildrop locks), the completion type workers send back,
-//! config reloads, and start-up order (config, bind, privilege drop,
-//! data_dir, TLS, pid file, workers, loop; see `serve`).
+//! The composition root: the only module that knows every subsystem, and
+//! the one nothing imports (but `main`). Owns: start-up order (config,
+//! bind, privilege drop, data_dir, TLS, pid file, workers, loop; see
+//! `serve`), and the `Host` the loop calls: the outbox's and SmartPop's
+//! schedules, what drivers report (`Effect`), the server's own worker jobs
+//! (recording attempts, reading the queue, control requests, reloads) and
+//! the signals.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use log::{error, info, warn};
-use mio::net::TcpStream;
-use mio::Token;
 
 use crate::config::Config;
-use crate::event_loop::{Driver, EventLoop, ListenerKind};
-use crate::outbox::queue::QueueEntry;
-use crate::outbox::runner::{Outbox, Recorded};
-use crate::penalty::Penalty;
+use crate::conn::{self, Effect, HostOutcome, Job, ListenerKind, Outcome, Reload, Services, HOST};
+use crate::event_loop::{EventLoop, Host, Signal};
+use crate::outbox::runner::Outbox;
 use crate::privileges;
-use crate::proto::smtp_server::DeliveryOutcome;
 use crate::smartpop::runner::SmartPop;
 use crate::workers::Workers;
 
-/// Threads doing fsyncs and password hashes. An fsync mostly waits on the
-/// disk, and the filesystem journal commits concurrent fsyncs together, so
-/// four in flight give 1.5-2x the throughput of two (measured with
-/// `make bench`, 10 and 50 sessions) for 2 MiB of stacks at most.
-const WORKER_THREADS: usize = 4;
+/// Threads doing durable writes. An fsync mostly waits on the disk, and
+/// the filesystem journal commits concurrent fsyncs together, so four in
+/// flight give 1.5-2x the throughput of two (measured with `make bench`,
+/// 10 and 50 sessions) for 2 MiB of stacks at most.
+const WRITE_THREADS: usize = 4;
 
-/// How often expired login-failure records are dropped.
-const PENALTY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Threads for quick work (message reads, folder listings, password
+/// hashes), so a slow disk's fsyncs never hold up a session that reads.
+const QUICK_THREADS: usize = 2;
 
-/// Jobs of the outbox and SmartPop answer to this token, not a connection.
-pub const MANAGER: Token = Token(3);
-
-/// A worker's answer to the connection (token) that asked.
-pub struct Completion {
-    pub token: Token,
-    pub outcome: Outcome,
+/// The outbox and SmartPop schedules, and what is in flight for them.
+struct Server {
+    outbox: Outbox,
+    smartpop: SmartPop,
+    /// A SIGHUP's re-read is on a worker; a second SIGHUP meanwhile waits.
+    reloading: bool,
+    reload_again: bool,
 }
 
-pub enum Outcome {
-    /// The reply for the client, and the outbox entry it made, if any.
-    Delivered(DeliveryOutcome, Option<QueueEntry>),
-    /// An outbox attempt's results are written.
-    OutboxRecorded(Recorded),
-    /// `mailgate flush` made every entry due: read the queue again.
-    OutboxFlushed,
-    /// SmartPop: a fetched message is (true) or is not durable, with the
-    /// account's records handed back.
-    SmartPopDelivered(bool, Option<Box<crate::smartpop::records::Records>>),
-    /// SmartPop bookkeeping done; nothing to report.
-    SmartPopNoted,
-    Password(bool),
-    /// The maildrop's listing after a good POP3 login.
-    Pop3Listing(std::io::Result<Vec<crate::store::maildrop::MessageInfo>>),
-    Pop3Commit(bool),
-}
-
-/// What the loop lends to every driver.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub tls: Arc<rustls::ServerConfig>,
-    pub workers: Workers<Completion>,
-    pub penalty: Penalty,
-    /// Mailboxes with a POP3 session in TRANSACTION state (RFC 1939's
-    /// exclusive-access lock; one process, so a set is enough).
-    pub maildrop_locks: HashSet<String>,
-    pub now: Instant,
-    pub stopping: bool,
-    next_prune: Instant,
-    /// For drivers that register their own sockets (outbound).
-    pub registry: mio::Registry,
-    pub outbox: Option<Outbox>,
-    pub smartpop: SmartPop,
-    /// The connection being dispatched; jobs it submits answer to it.
-    pub current: Token,
-    new_drivers: Vec<(Box<dyn Driver>, Option<Token>)>,
-}
-
-impl Shared {
-    /// Runs `job` on a worker; its outcome comes back to the current connection.
-    pub fn submit(&self, job: impl FnOnce() -> Outcome + Send + 'static) {
-        let token = self.current;
-        self.workers.submit(move || Completion {
-            token,
-            outcome: job(),
-        });
+impl Host for Server {
+    fn effect(&mut self, effect: Effect, sv: &mut Services, now: Instant) {
+        match effect {
+            Effect::Queued(entry) => self.outbox.add(entry, now),
+            Effect::OutboundDone(report) => self.outbox.report(report),
+            Effect::FetchDone { account, broken } => {
+                self.smartpop.finished(&account);
+                if broken {
+                    self.smartpop.broken(&account, now);
+                }
+            }
+            Effect::MailboxesChanged(mailboxes) => {
+                for m in &mailboxes {
+                    sv.mailboxes.changed(m, None);
+                }
+            }
+        }
     }
 
-    /// Connections created outside the loop's accept (outbox, SmartPop).
-    pub fn spawn(&mut self, driver: Box<dyn Driver>) {
-        self.new_drivers.push((driver, None));
+    fn complete(&mut self, outcome: Outcome, sv: &mut Services, now: Instant) {
+        let Outcome::Host(outcome) = outcome else {
+            return;
+        };
+        match outcome {
+            HostOutcome::OutboxRecorded(recorded) => self.outbox.recorded(recorded, now),
+            HostOutcome::OutboxScanned(loaded) => self.outbox.scanned(loaded, now),
+            HostOutcome::OutboxFlushed => self.outbox.flushed(now),
+            HostOutcome::FlushAsked(true) => {
+                info!("flush requested: retrying the whole outbox");
+                self.outbox.request_flush();
+            }
+            // `sendmail` queued something: look at the queue again.
+            HostOutcome::FlushAsked(false) => self.outbox.rescan(now),
+            HostOutcome::FetchAsked(account) => {
+                info!(
+                    "fetch requested: {}",
+                    account.as_deref().unwrap_or("all accounts")
+                );
+                self.smartpop.request(account.as_deref(), now);
+            }
+            HostOutcome::Reloaded(reload) => {
+                self.reloading = false;
+                self.apply_reload(*reload, sv, now);
+                if std::mem::take(&mut self.reload_again) {
+                    self.signal(Signal::Reload, sv, now);
+                }
+            }
+        }
     }
 
-    pub fn take_new_drivers(&mut self) -> Vec<(Box<dyn Driver>, Option<Token>)> {
-        std::mem::take(&mut self.new_drivers)
+    fn signal(&mut self, signal: Signal, sv: &mut Services, _now: Instant) {
+        let data_dir = sv.config.server.data_dir.clone();
+        match signal {
+            Signal::Reload => {
+                if self.reloading {
+                    self.reload_again = true;
+                    return;
+                }
+                self.reloading = true;
+                let path = sv.config.path.clone();
+                sv.submit_for(HOST, move || {
+                    Outcome::Host(HostOutcome::Reloaded(Box::new(read_config_again(
+                        &path, &data_dir,
+                    ))))
+                });
+            }
+            Signal::Flush => sv.submit_for(HOST, move || {
+                Outcome::Host(HostOutcome::FlushAsked(crate::control::take_flush_request(
+                    &data_dir,
+                )))
+            }),
+            Signal::Fetch => sv.submit_for(HOST, move || {
+                Outcome::Host(HostOutcome::FetchAsked(
+                    crate::control::take_fetch_request(&data_dir).flatten(),
+                ))
+            }),
+        }
     }
 
-    /// The next moment something other than a connection needs the loop.
-    pub fn next_wakeup(&self) -> Option<Instant> {
-        let outbox = self.outbox.as_ref().and_then(|o| o.next_wakeup());
+    fn tick(&mut self, sv: &mut Services, now: Instant) -> Vec<Box<dyn conn::Driver>> {
+        let data_dir = sv.config.server.data_dir.clone();
+        if self.outbox.wants_full_scan(now) {
+            let data_dir = data_dir.clone();
+            sv.submit_for(HOST, move || {
+                let loaded = crate::store::queue::Queue::at(&data_dir).load_all();
+                Outcome::Host(HostOutcome::OutboxScanned(loaded))
+            });
+        }
+        if self.outbox.take_flush() {
+            let data_dir = data_dir.clone();
+            let unix_now = crate::store::unix_secs(SystemTime::now());
+            sv.submit_for(HOST, move || {
+                crate::store::queue::make_all_due(&data_dir, unix_now);
+                Outcome::Host(HostOutcome::OutboxFlushed)
+            });
+        }
+        for (entry, reports) in self.outbox.take_ready() {
+            let config = Arc::clone(&sv.config);
+            sv.submit_for(HOST, move || {
+                Outcome::Host(HostOutcome::OutboxRecorded(crate::outbox::runner::record(
+                    &config, entry, reports,
+                )))
+            });
+        }
+        let stopping = sv.stopping;
+        let outbound = self.outbox.tick(&sv.config, now, stopping);
+        let fetches = self.smartpop.tick(&sv.config, now, stopping);
+        outbound
+            .into_iter()
+            .map(Job::Outbound)
+            .chain(fetches.into_iter().map(Job::Fetch))
+            .map(conn::start)
+            .collect()
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let outbox = self.outbox.next_wakeup();
         let smartpop = self.smartpop.next_wakeup();
         match (outbox, smartpop) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
+}
 
-    /// Starts what the outbox and SmartPop have due; runs every loop turn.
-    pub fn tick(&mut self) {
-        if self.now >= self.next_prune {
-            self.penalty.prune(self.now);
-            self.next_prune = self.now + PENALTY_PRUNE_EVERY;
-        }
-        for driver in self.smartpop.tick(&self.config, self.now, self.stopping) {
-            self.new_drivers.push((driver, None));
-        }
-        let Some(outbox) = self.outbox.as_mut() else {
-            return;
-        };
-        for driver in outbox.tick(&self.config, self.now, self.stopping) {
-            self.new_drivers.push((driver, None));
-        }
-        for (entry, reports) in outbox.take_ready() {
-            let config = Arc::clone(&self.config);
-            self.workers.submit(move || Completion {
-                token: MANAGER,
-                outcome: Outcome::OutboxRecorded(crate::outbox::runner::record(
-                    &config, entry, reports,
-                )),
-            });
-        }
-    }
-
-    /// A worker finished a job of the outbox or SmartPop (not a connection's).
-    pub fn manager_complete(&mut self, done: Completion) {
-        let Some(outbox) = self.outbox.as_mut() else {
-            return;
-        };
-        match done.outcome {
-            Outcome::OutboxRecorded(recorded) => outbox.recorded(recorded, self.now),
-            Outcome::OutboxFlushed => outbox.rescan(self.now),
-            _ => {}
-        }
-    }
-
-    /// An outbound session's results.
-    pub fn outbox_report(&mut self, report: crate::conn::smtp_out::GroupReport) {
-        if let Some(outbox) = self.outbox.as_mut() {
-            outbox.report(report);
-        }
-    }
-
-    /// A message was queued by this process (SMTP in).
-    pub fn outbox_add(&mut self, entry: QueueEntry) {
-        let now = self.now;
-        if let Some(outbox) = self.outbox.as_mut() {
-            outbox.add(entry, now);
-        }
-    }
-
-    /// SIGUSR1: `mailgate flush` (every queued message is due now), or
-    /// `sendmail` saying it queued something (look at the queue again).
-    pub fn flush_requested(&mut self) {
-        if !crate::control::take_flush_request(&self.config.server.data_dir) {
-            let now = self.now;
-            if let Some(outbox) = self.outbox.as_mut() {
-                outbox.rescan(now);
-            }
-            return;
-        }
-        info!("flush requested: retrying the whole outbox");
-        let data_dir = self.config.server.data_dir.clone();
-        let now = crate::outbox::unix_secs(std::time::SystemTime::now());
-        // Make every pending recipient due, then scan. The envelopes are
-        // rewritten on a worker so the loop never fsyncs.
-        self.workers.submit(move || {
-            crate::outbox::queue::make_all_due(&data_dir, now);
-            Completion {
-                token: MANAGER,
-                outcome: Outcome::OutboxFlushed,
-            }
-        });
-    }
-
-    /// SIGUSR2 (`mailgate fetch`): run SmartPop now.
-    pub fn fetch_requested(&mut self) {
-        let account = crate::control::take_fetch_request(&self.config.server.data_dir).flatten();
-        info!(
-            "fetch requested: {}",
-            account.as_deref().unwrap_or("all accounts")
-        );
-        self.smartpop.request(account.as_deref(), self.now);
-    }
-
-    /// A failed SMTP AUTH or POP3 login from `ip`: counts towards the
-    /// address's block (10 in 10 minutes, refused for 15), logged once.
-    pub fn login_failed(&mut self, ip: std::net::IpAddr) {
-        if self.penalty.record_failure(ip, self.now) {
-            warn!("{ip}: 10 failed logins in 10 minutes, refusing it for 15 minutes");
-        }
-    }
-
-    /// A SmartPop run ended.
-    pub fn smartpop_finished(&mut self, account: &str) {
-        self.smartpop.finished(account);
-    }
-
-    /// SIGHUP: re-read the config; keep the old one if the new one is bad.
-    pub fn reload(&mut self) {
-        let path = self.config.path.clone();
-        match Config::load(&path) {
-            Ok((config, warnings)) => {
+impl Server {
+    /// SIGHUP's result: the new config, or the old one kept.
+    fn apply_reload(&mut self, reload: Reload, sv: &mut Services, now: Instant) {
+        let path = sv.config.path.clone();
+        match reload {
+            Reload::Ok {
+                config,
+                warnings,
+                tls,
+                outbox_tls,
+            } => {
                 for w in &warnings {
                     warn!("{w}");
                 }
-                if listeners(&config) != listeners(&self.config) {
+                if listeners(&config) != listeners(&sv.config) {
                     warn!("reload: listen addresses changed; they take effect at the next restart");
+                }
+                if config.server.user != sv.config.server.user {
+                    warn!("reload: [server] user changed; it takes effect at the next restart");
                 }
                 // New connections get the new certificate (a renewed one, or
                 // other [tls] files); ones already open keep theirs.
-                match crate::tls::server_config(
-                    config.tls.cert.as_deref(),
-                    config.tls.key.as_deref(),
-                    &config.server.data_dir,
-                    &config.server.hostname,
-                ) {
-                    Ok(tls) => self.tls = tls,
+                match tls {
+                    Ok(tls) => sv.tls = tls,
                     Err(e) => error!("reload: {e}; keeping the running certificate"),
                 }
-                self.config = Arc::new(config);
-                if let Some(outbox) = self.outbox.as_mut() {
-                    outbox.reload(&self.config);
-                }
-                self.smartpop.reload(&self.config, self.now);
+                sv.config = Arc::from(config);
+                self.outbox.reload(outbox_tls);
+                self.smartpop.reload(&sv.config, now);
                 info!("reloaded {}", path.display());
             }
-            Err(diags) => {
+            Reload::Failed(diags) => {
                 for d in &diags {
                     error!("{d}");
                 }
@@ -253,16 +211,37 @@ impl Shared {
     }
 }
 
-/// Checks a login (full address, or a bare local part naming one mailbox).
-/// An unknown user costs the same hash work as a known one, so the answer
-/// time does not reveal which users exist.
-pub fn check_login(config: &Config, user: &str, password: &str) -> bool {
-    match config.find_login(user).and_then(|m| m.password.as_deref()) {
-        Some(stored) => crate::auth::verify(stored, password),
-        None => {
-            crate::auth::verify(crate::auth::DUMMY_HASH, password);
-            false
+/// On a worker: the config file and the files it names (certificate,
+/// outbox CA bundle), read again for SIGHUP. The running `data_dir` stays:
+/// the pid file, the queue this process knows and the mailboxes open now
+/// all live there.
+fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
+    match Config::load(path) {
+        Ok((mut config, warnings)) => {
+            let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            if config.server.data_dir != running_data_dir {
+                warnings.push(
+                    "reload: [server] data_dir changed; it takes effect at the next restart".into(),
+                );
+                config.server.data_dir = running_data_dir.to_path_buf();
+            }
+            let tls = crate::tls::server_config(
+                config.tls.cert.as_deref(),
+                config.tls.key.as_deref(),
+                &config.server.data_dir,
+                &config.server.hostname,
+            )
+            .map_err(|e| e.to_string());
+            let outbox_tls = crate::tls::client_config(config.outbox.ca_file.as_deref())
+                .map_err(|e| e.to_string());
+            Reload::Ok {
+                warnings,
+                config: Box::new(config),
+                tls,
+                outbox_tls,
+            }
         }
+        Err(diags) => Reload::Failed(diags.iter().map(|d| d.to_string()).collect()),
     }
 }
 
@@ -280,22 +259,6 @@ fn listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
         .iter()
         .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, *kind)))
         .collect()
-}
-
-fn accept(
-    kind: ListenerKind,
-    sock: TcpStream,
-    peer: SocketAddr,
-    sh: &mut Shared,
-) -> Box<dyn Driver> {
-    match kind {
-        ListenerKind::SmtpMx | ListenerKind::Submission | ListenerKind::Smtps => {
-            Box::new(crate::conn::smtp_in::SmtpIn::new(kind, sock, peer, sh))
-        }
-        ListenerKind::Pop3 | ListenerKind::Pop3s => {
-            Box::new(crate::conn::pop3_in::Pop3In::new(kind, sock, peer, sh))
-        }
-    }
 }
 
 /// Every connection is a descriptor, and a queue scan or delivery opens
@@ -416,30 +379,22 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             (tls, pid_file, outbox, ev, waker)
         }
     };
-    let (workers, done_rx) = Workers::new(WORKER_THREADS, waker);
+    let (workers, done_rx) = Workers::with_lanes(WRITE_THREADS, QUICK_THREADS, waker);
     let registry = ev
         .registry()
         .map_err(|e| format!("cannot clone the poll registry: {e}"))?;
-    let mut sh = Shared {
-        registry,
-        outbox: Some(outbox),
+    let mut server = Server {
+        outbox,
         smartpop: SmartPop::new(&config, Instant::now()),
-        config: Arc::new(config),
-        tls,
-        workers,
-        penalty: Penalty::new(),
-        maildrop_locks: HashSet::new(),
-        now: Instant::now(),
-        stopping: false,
-        next_prune: Instant::now(),
-        current: Token(0),
-        new_drivers: Vec::new(),
+        reloading: false,
+        reload_again: false,
     };
+    let mut sv = Services::new(Arc::new(config), tls, workers, registry);
     info!(
         "mailgate {} serving {}",
         env!("CARGO_PKG_VERSION"),
         config_path.display()
     );
-    ev.run(&mut sh, accept, done_rx)
+    ev.run(&mut sv, &mut server, done_rx)
         .map_err(|e| format!("event loop failed: {e}"))
 }

@@ -1,5 +1,8 @@
 //! A small pool of worker threads for the slow things the event loop must
-//! not wait on: fsyncs (Maildir, queue, UIDL records) and password hashes.
+//! not wait on, in two lanes: durable writes (fsyncs of Maildirs, the
+//! queue, UIDL records), and quick work (reading a message for RETR or the
+//! outbox, listing a folder, a password hash). A disk that takes 200 ms
+//! per fsync fills the write lane; sessions that only read keep theirs.
 //!
 //! Jobs go in over a `crossbeam-channel`; each result comes back on another
 //! channel and the loop is woken with `mio::Waker::wake()`, so it drains the
@@ -22,6 +25,8 @@ pub const WORKER_STACK: usize = 512 * 1024;
 /// A fixed pool of threads running jobs that produce a `T`.
 pub struct Workers<T> {
     jobs: Option<Sender<Job<T>>>,
+    /// The quick lane (reads, hashes); None: everything goes to `jobs`.
+    quick: Option<Sender<Job<T>>>,
     threads: Vec<JoinHandle<()>>,
     /// For running jobs inline if no thread could be started.
     results: Sender<T>,
@@ -33,12 +38,24 @@ impl<T: Send + 'static> Workers<T> {
     /// returned receiver, each followed by a `waker.wake()`; the loop reads
     /// them with `try_recv` until empty when the waker's token fires.
     pub fn new(threads: usize, waker: Arc<mio::Waker>) -> (Self, Receiver<T>) {
+        Self::with_lanes(threads, 0, waker)
+    }
+
+    /// `writers` threads for `submit`, `quick` more for `submit_quick`
+    /// (with `quick == 0`, quick jobs share the writers' lane).
+    pub fn with_lanes(writers: usize, quick: usize, waker: Arc<mio::Waker>) -> (Self, Receiver<T>) {
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job<T>>();
+        let (quick_tx, quick_rx) = crossbeam_channel::unbounded::<Job<T>>();
         // Unbounded: a worker never blocks on a slow loop.
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<T>();
         let mut handles = Vec::new();
-        for i in 0..threads.max(1) {
-            let job_rx = job_rx.clone();
+        let writers = writers.max(1);
+        for i in 0..writers + quick {
+            let job_rx = if i < writers {
+                job_rx.clone()
+            } else {
+                quick_rx.clone()
+            };
             let res_tx = res_tx.clone();
             let waker = Arc::clone(&waker);
             let spawned = std::thread::Builder::new()
@@ -69,6 +86,7 @@ impl<T: Send + 'static> Workers<T> {
         (
             Workers {
                 jobs: Some(job_tx),
+                quick: (quick > 0).then_some(quick_tx),
                 threads: handles,
                 results: res_tx,
                 waker,
@@ -90,6 +108,16 @@ impl<T: Send + 'static> Workers<T> {
         }
     }
 
+    /// Queue a quick job (a read, a hash): it never waits behind fsyncs.
+    pub fn submit_quick(&self, job: impl FnOnce() -> T + Send + 'static) {
+        match &self.quick {
+            Some(tx) if !self.threads.is_empty() => {
+                let _ = tx.send(Box::new(job));
+            }
+            _ => self.submit(job),
+        }
+    }
+
     /// Number of running worker threads.
     pub fn threads(&self) -> usize {
         self.threads.len()
@@ -98,8 +126,9 @@ impl<T: Send + 'static> Workers<T> {
 
 impl<T> Drop for Workers<T> {
     fn drop(&mut self) {
-        // Closing the job channel ends each worker after the queued jobs.
+        // Closing the job channels ends each worker after the queued jobs.
         self.jobs = None;
+        self.quick = None;
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
@@ -144,6 +173,29 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, vec![(1, true), (2, true)]);
+    }
+
+    #[test]
+    fn quick_jobs_do_not_wait_behind_slow_ones() {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE).unwrap());
+        let (pool, results) = Workers::<&'static str>::with_lanes(1, 1, waker);
+        assert_eq!(pool.threads(), 2);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+        // The write lane's only thread is stuck (a slow fsync) ...
+        pool.submit(move || {
+            let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            "slow"
+        });
+        pool.submit(|| "queued behind it");
+        // ... and a quick job still runs.
+        pool.submit_quick(|| "quick");
+        let first = results.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(first, "quick");
+        release_tx.send(()).unwrap();
+        drop(pool);
+        let rest: Vec<_> = results.try_iter().collect();
+        assert_eq!(rest, vec!["slow", "queued behind it"]);
     }
 
     #[test]

@@ -10,6 +10,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v mkpasswd >/dev/null || need_apt+=(whois)
 command -v strace >/dev/null || need_apt+=(strace)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
+# The IMAP store's interop tests have Dovecot serve (and write) Maildirs.
+[ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 # The power-cut filesystem (tests/powercut_fs.py): fusepy loads libfuse 2.
 ldconfig -p | grep "libfuse\.so\.2" >/dev/null || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then

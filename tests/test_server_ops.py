@@ -87,8 +87,41 @@ def test_idle_connections_closed_on_stop(server):
     r.reply()
     r.cmd(b"EHLO x")
     server.proc.send_signal(signal.SIGTERM)
-    assert r.reply().startswith(b"421")
+    assert r.reply().startswith(b"421 4.3.2"), "told why: shutting down"
     assert server.proc.wait(10) == 0
+
+
+def test_stalled_transaction_at_stop_is_told_shutting_down(server):
+    # A client that began a transaction and then says nothing gets the
+    # grace period, then the reason: shutting down, not a timeout.
+    r = Raw(server.ports["smtp"])
+    r.reply()
+    r.cmd(b"EHLO x")
+    assert r.cmd(b"MAIL FROM:<a@remote.test>").startswith(b"250")
+    server.proc.send_signal(signal.SIGTERM)
+    reply = r.reply()
+    assert reply.startswith(b"421 4.3.2"), reply
+    assert b"shutting down" in reply, reply
+    assert server.proc.wait(15) == 0
+
+
+def test_sighup_warns_about_what_needs_a_restart(server):
+    server.config.write_text(server.config_text.replace(
+        "hostname = mx.example.test", "hostname = mx.example.test\nuser = nobody\n"
+        f"data_dir = {server.dir / 'elsewhere'}").replace(f"data_dir = {server.data_dir}\n", ""))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while "reloaded" not in server.log_text() and time.time() < deadline:
+        time.sleep(0.1)
+    log = server.log_text()
+    assert "[server] user changed; it takes effect at the next restart" in log, log[-2000:]
+    assert "[server] data_dir changed; it takes effect at the next restart" in log, log[-2000:]
+    # Mail still goes to the running data_dir.
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+        s.sendmail("a@remote.test", ["bob@example.test"], b"Subject: after reload\r\n\r\nx\r\n")
+    assert server.wait_messages("bob@example.test", 1)
+    assert not (server.dir / "elsewhere").exists()
 
 
 def test_sighup_reload_good_and_bad(server):

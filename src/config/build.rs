@@ -272,6 +272,7 @@ impl Builder {
                     set(&mut c.allow_plaintext_auth, self.value(e, values::boolean))
                 }
                 "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
+                "login_timeout" => set(&mut c.login_timeout, self.value(e, values::duration)),
                 _ => self.unknown_key(sec, e),
             }
         }
@@ -625,6 +626,7 @@ impl Builder {
             domains: std::mem::take(&mut self.domains),
             mailboxes: std::mem::take(&mut self.mailboxes),
             aliases: std::mem::take(&mut self.aliases),
+            resolver: self.outbox.nameserver,
             outbox: self.outbox.clone(),
             smartpop: std::mem::take(&mut self.smartpop),
         };

@@ -1,11 +1,77 @@
 //! One driver per connection role; each owns a socket and a sans-IO core.
+//!
+//! Owns: the drivers, what the loop and a driver say to each other
+//! (`driver`), and the two places connections are made: `accept` (an
+//! inbound connection on a listener) and `start` (a job of the outbox or
+//! SmartPop). Must not: import the server or the event loop.
 
+pub mod driver;
 pub mod pop3_fetch;
 pub mod pop3_in;
+pub mod pump;
 pub mod smtp_in;
 pub mod smtp_out;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+pub use driver::{Completion, Ctx, Driver, Effect, HostOutcome, Outcome, Reload, Services, HOST};
+
+/// What a listening socket serves; decides which driver an accepted
+/// connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    SmtpMx,
+    Submission,
+    Smtps,
+    Pop3,
+    Pop3s,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::SmtpMx => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+            ListenerKind::Pop3 => "pop3",
+            ListenerKind::Pop3s => "pop3s",
+        }
+    }
+}
+
+/// The driver for a connection accepted on a listener of `kind`.
+pub fn accept(
+    kind: ListenerKind,
+    sock: TcpStream,
+    peer: SocketAddr,
+    cx: &mut Ctx,
+) -> Box<dyn Driver> {
+    match kind {
+        ListenerKind::SmtpMx | ListenerKind::Submission | ListenerKind::Smtps => {
+            Box::new(smtp_in::SmtpIn::new(kind, sock, peer, cx))
+        }
+        ListenerKind::Pop3 | ListenerKind::Pop3s => {
+            Box::new(pop3_in::Pop3In::new(kind, sock, peer, cx))
+        }
+    }
+}
+
+/// Work the outbox or SmartPop decided on, to be carried out by a driver.
+pub enum Job {
+    Outbound(crate::outbox::OutboundJob),
+    Fetch(crate::smartpop::runner::FetchJob),
+}
+
+/// The one place jobs become drivers.
+pub fn start(job: Job) -> Box<dyn Driver> {
+    match job {
+        Job::Outbound(job) => Box::new(smtp_out::SmtpOut::new(job)),
+        Job::Fetch(job) => Box::new(pop3_fetch::Pop3FetchDriver::new(job)),
+    }
+}
 
 /// An idle timeout is for awaiting the next command (RFC 5321 4.5.3.2.7,
 /// RFC 1939 3), so only progress moves it: a complete command (the session
@@ -57,6 +123,19 @@ impl IdleClock {
 
     pub fn expired(&self, now: Instant) -> bool {
         self.deadline <= now
+    }
+}
+
+/// Checks a login (full address, or a bare local part naming one mailbox);
+/// runs on a worker. An unknown user costs the same hash work as a known
+/// one, so the answer time does not reveal which users exist.
+pub fn check_login(config: &crate::config::Config, user: &str, password: &str) -> bool {
+    match config.find_login(user).and_then(|m| m.password.as_deref()) {
+        Some(stored) => crate::auth::verify(stored, password),
+        None => {
+            crate::auth::verify(crate::auth::DUMMY_HASH, password);
+            false
+        }
     }
 }
 

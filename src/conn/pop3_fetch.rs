@@ -1,30 +1,26 @@
-//! Driver for one SmartPop collection run: resolve, connect, fetch.
+//! Driver for one SmartPop collection run: prepare, connect, fetch.
 //!
-//! Owns: the connection to the ISP's POP3 server (plain, STLS or implicit
-//! TLS), the sans-IO `Pop3Fetch` core, and handing each fetched message to
-//! a worker that delivers it and records its UIDL durably before the core
-//! may send DELE. Must not: write files on the loop thread.
+//! Owns: the run's steps: a worker reads the account's records and TLS
+//! setup first; the one outbound connector reaches the ISP's POP3 server
+//! (plain, STLS or implicit TLS); the sans-IO `Pop3Fetch` core speaks
+//! POP3; each fetched message goes to a worker that delivers it and
+//! records its UIDL durably before the core may send DELE. Must not:
+//! touch a file on the loop thread.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::Interest;
 
+use super::{Ctx, Driver, Effect, Outcome};
 use crate::config::{Config, SmartPopConfig, TlsMode};
-use crate::event_loop::Driver;
-use crate::net::resolver::Resolver;
+use crate::net::connector::{Connect, Connector, Destination};
 use crate::net::transport::{ReadStatus, Transport};
-use crate::proto::dns::MxLookup;
 use crate::proto::pop3_client::{FetchError, FetchEvent, FetchParams, FetchSummary, Pop3Fetch};
-use crate::server::{Completion, Outcome, Shared};
 use crate::smartpop::records::Records;
-
-/// Postfix's connect timeout; fetchmail's default is 300s, too patient
-/// for an account that must not delay the next one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::smartpop::runner::FetchJob;
 
 /// A POP3 server that says nothing for this long is given up on
 /// (fetchmail's default timeout).
@@ -32,11 +28,10 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
 enum Phase {
     Start,
-    Resolving(Resolver),
-    Connecting {
-        t: Transport,
-        deadline: Instant,
-    },
+    /// A worker reads the records and the TLS setup.
+    Preparing,
+    /// The connector is resolving or connecting.
+    Connecting,
     Session {
         t: Transport,
         core: Box<Pop3Fetch>,
@@ -53,13 +48,10 @@ enum Phase {
 pub struct Pop3FetchDriver {
     account: SmartPopConfig,
     config: Arc<Config>,
-    tls_config: Arc<rustls::ClientConfig>,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
     records: Option<Records>,
-    token: Option<Token>,
+    connector: Connector,
     phase: Phase,
-    targets: Vec<SocketAddr>,
-    next_target: usize,
-    last_error: Option<String>,
     out: Vec<u8>,
     events: Vec<FetchEvent>,
     /// `records` holds oversize marks not yet written (saved at the end).
@@ -72,31 +64,27 @@ pub struct Pop3FetchDriver {
     /// is also 0, and only then is the account free for its next run, so
     /// a next run never reads the records before this one's last write.
     finished: bool,
+    /// The run could not start (records or TLS setup unreadable).
+    broken: bool,
 }
 
 impl Pop3FetchDriver {
-    pub fn new(
-        account: SmartPopConfig,
-        config: Arc<Config>,
-        tls_config: Arc<rustls::ClientConfig>,
-        records: Records,
-    ) -> Pop3FetchDriver {
+    pub fn new(job: FetchJob) -> Pop3FetchDriver {
+        let destination = Destination::Hosts(vec![job.account.host.clone()]);
         Pop3FetchDriver {
-            account,
-            config,
-            tls_config,
-            records: Some(records),
-            token: None,
+            connector: Connector::new(destination, job.config.resolver),
+            account: job.account,
+            config: job.config,
+            tls_config: None,
+            records: None,
             phase: Phase::Start,
-            targets: Vec::new(),
-            next_target: 0,
-            last_error: None,
             out: Vec::new(),
             events: Vec::new(),
             records_dirty: false,
             in_flight: None,
             jobs: 0,
             finished: false,
+            broken: false,
         }
     }
 
@@ -104,133 +92,57 @@ impl Pop3FetchDriver {
         &self.account.name
     }
 
-    fn begin(&mut self, sh: &mut Shared) {
-        self.token = Some(sh.current);
-        let host = self
-            .account
-            .host
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            self.targets
-                .push(SocketAddr::new(ip, self.account.host.port));
-            self.connect_next(sh);
-            return;
-        }
-        if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
-            // RFC 6761 section 6.3: localhost is the loopback, not asked of DNS.
-            let port = self.account.host.port;
-            self.targets.push(SocketAddr::new(
-                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                port,
-            ));
-            self.targets.push(SocketAddr::new(
-                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-                port,
-            ));
-            self.connect_next(sh);
-            return;
-        }
-        let Some(ns) = crate::outbox::runner::nameserver(&sh.config) else {
-            self.finish(
-                sh,
-                summary_error(FetchError::Connection("no DNS resolver configured".into())),
-            );
-            return;
-        };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        let lookup = MxLookup::addresses_of(host, true, seed);
-        match Resolver::start(lookup, ns, &sh.registry, sh.current, sh.now) {
-            Ok(r) => self.phase = Phase::Resolving(r),
-            Err(result) => self.resolved(result, sh),
-        }
-    }
-
-    fn resolved(&mut self, result: crate::net::resolver::LookupResult, sh: &mut Shared) {
-        match result {
-            Ok(hosts) => {
-                let port = self.account.host.port;
-                self.targets = hosts
-                    .into_iter()
-                    .flat_map(|h| h.addrs)
-                    .map(|a| SocketAddr::new(a, port))
-                    .collect();
-                self.connect_next(sh);
-            }
-            Err(f) => {
-                let e = FetchError::Connection(format!(
-                    "cannot resolve {}: {}",
-                    self.account.host.host, f.reason
-                ));
-                self.finish(sh, summary_error(e));
-            }
-        }
-    }
-
-    fn connect_next(&mut self, sh: &mut Shared) {
-        while let Some(addr) = self.targets.get(self.next_target).copied() {
-            self.next_target += 1;
-            let Some(token) = self.token else { break };
-            match TcpStream::connect(addr) {
-                Ok(sock) => {
-                    let mut t = Transport::new(sock, addr);
-                    if let Err(e) = sh.registry.register(
-                        t.socket(),
-                        token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        self.last_error = Some(e.to_string());
-                        continue;
-                    }
-                    self.phase = Phase::Connecting {
-                        t,
-                        deadline: sh.now + CONNECT_TIMEOUT,
-                    };
-                    return;
-                }
-                Err(e) => self.last_error = Some(format!("connect to {addr}: {e}")),
-            }
-        }
-        let why = self
-            .last_error
-            .take()
-            .unwrap_or_else(|| "no address".into());
-        self.finish(sh, summary_error(FetchError::Connection(why)));
-    }
-
-    fn connected(&mut self, sh: &mut Shared) {
-        let Phase::Connecting { mut t, deadline } = std::mem::replace(&mut self.phase, Phase::Done)
-        else {
-            return;
-        };
-        match t.socket().take_error() {
-            Ok(None) => {}
-            Ok(Some(e)) | Err(e) => {
-                self.last_error = Some(format!("connect to {}: {e}", t.peer()));
-                self.connect_next(sh);
-                return;
-            }
-        }
-        match t.socket().peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
-                self.phase = Phase::Connecting { t, deadline };
-                return;
+    /// The records and TLS setup are read: connect.
+    fn prepared(
+        &mut self,
+        prepared: Result<(Records, Arc<rustls::ClientConfig>), String>,
+        cx: &mut Ctx,
+    ) {
+        match prepared {
+            Ok((records, tls)) => {
+                self.records = Some(records);
+                self.tls_config = Some(tls);
+                self.phase = Phase::Connecting;
+                let step = self.connector.advance(cx.registry(), cx.token, cx.now);
+                self.connect_step(step, cx);
             }
             Err(e) => {
-                self.last_error = Some(format!("connect to {}: {e}", t.peer()));
-                self.connect_next(sh);
-                return;
+                log::error!("smartpop {}: {e}", self.name());
+                self.broken = true;
+                self.finish(cx, summary_error(FetchError::Connection(e)));
             }
         }
+    }
+
+    fn connect_step(&mut self, step: Connect, cx: &mut Ctx) {
+        match step {
+            Connect::Pending => self.phase = Phase::Connecting,
+            Connect::Connected(t) => self.connected(t, cx),
+            Connect::Exhausted => {
+                let why = if let Some(e) = self.connector.connect_error() {
+                    e.to_string()
+                } else if let Some((what, f)) = self.connector.lookup_failure() {
+                    format!("cannot resolve {what}: {}", f.reason)
+                } else {
+                    "no address".to_string()
+                };
+                self.finish(cx, summary_error(FetchError::Connection(why)));
+            }
+        }
+    }
+
+    fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls_config
+            .clone()
+            .unwrap_or_else(crate::tls::opportunistic_client_config)
+    }
+
+    fn connected(&mut self, t: Box<Transport>, cx: &mut Ctx) {
+        let mut t = *t;
         let implicit = self.account.tls == TlsMode::Tls;
         if implicit {
-            if let Err(e) = t.start_tls_client(&self.tls_config, &self.account.host.host) {
-                self.finish(sh, summary_error(FetchError::Tls(e.to_string())));
+            if let Err(e) = t.start_tls_client(&self.tls(), &self.account.host.host) {
+                self.finish(cx, summary_error(FetchError::Tls(e.to_string())));
                 return;
             }
         }
@@ -244,17 +156,16 @@ impl Pop3FetchDriver {
             max_message_size: self.config.smtp.max_message_size,
             now: crate::outbox::unix_secs(std::time::SystemTime::now()),
         };
-        let empty = Records::empty(std::path::PathBuf::new());
-        let core = Pop3Fetch::new(params, self.records.as_ref().unwrap_or(&empty));
+        let core = Pop3Fetch::new(params, self.records.iter().flat_map(|r| r.iter()));
         self.phase = Phase::Session {
             t,
             core: Box::new(core),
-            deadline: sh.now + REPLY_TIMEOUT,
+            deadline: cx.now + REPLY_TIMEOUT,
         };
-        self.pump(sh);
+        self.pump(cx);
     }
 
-    fn pump(&mut self, sh: &mut Shared) {
+    fn pump(&mut self, cx: &mut Ctx) {
         let Phase::Session { t, core, deadline } = &mut self.phase else {
             return;
         };
@@ -274,7 +185,7 @@ impl Pop3FetchDriver {
             match t.read(&mut input, usize::MAX) {
                 Ok(ReadStatus::Data(0)) => continue,
                 Ok(ReadStatus::Data(_)) => {
-                    *deadline = sh.now + REPLY_TIMEOUT;
+                    *deadline = cx.now + REPLY_TIMEOUT;
                     core.receive(&input, &mut self.out, &mut self.events);
                 }
                 Ok(ReadStatus::WouldBlock) => break,
@@ -293,17 +204,15 @@ impl Pop3FetchDriver {
             }
         }
         if let Some(summary) = lost {
-            self.finish(sh, summary);
+            self.finish(cx, summary);
             return;
         }
-        if let Some(tok) = self.token {
-            let interest = t.interest();
-            let _ = sh.registry.reregister(t.socket(), tok, interest);
-        }
-        self.handle_events(sh);
+        let interest = t.interest();
+        let _ = cx.registry().reregister(t.socket(), cx.token, interest);
+        self.handle_events(cx);
     }
 
-    fn handle_events(&mut self, sh: &mut Shared) {
+    fn handle_events(&mut self, cx: &mut Ctx) {
         for event in std::mem::take(&mut self.events) {
             match event {
                 FetchEvent::StartTls => {
@@ -313,11 +222,15 @@ impl Pop3FetchDriver {
                     t.queue(&self.out);
                     self.out.clear();
                     let _ = t.flush();
-                    match t.start_tls_client(&self.tls_config, &self.account.host.host) {
+                    let tls = self
+                        .tls_config
+                        .clone()
+                        .unwrap_or_else(crate::tls::opportunistic_client_config);
+                    match t.start_tls_client(&tls, &self.account.host.host) {
                         Ok(()) => core.tls_started(&mut self.out),
                         Err(e) => {
                             let summary = core.abort(FetchError::Tls(e.to_string()));
-                            self.finish(sh, summary);
+                            self.finish(cx, summary);
                             return;
                         }
                     }
@@ -343,7 +256,7 @@ impl Pop3FetchDriver {
                     };
                     let records = self.records.take();
                     self.jobs += 1;
-                    sh.submit(move || {
+                    cx.submit(move || {
                         let (ok, records) = job.deliver(records);
                         Outcome::SmartPopDelivered(ok, records.map(Box::new))
                     });
@@ -367,32 +280,31 @@ impl Pop3FetchDriver {
                         self.records_dirty = true;
                     }
                     self.jobs += 1;
-                    sh.submit(move || {
+                    cx.submit(move || {
                         notice();
                         Outcome::SmartPopNoted
                     });
                 }
                 FetchEvent::Done(summary) => {
-                    self.finish(sh, summary);
+                    self.finish(cx, summary);
                     return;
                 }
             }
         }
         if let Phase::Session { .. } = self.phase {
             if !self.out.is_empty() {
-                self.pump(sh);
+                self.pump(cx);
             }
         }
     }
 
-    fn finish(&mut self, sh: &mut Shared, summary: FetchSummary) {
+    fn finish(&mut self, cx: &mut Ctx, summary: FetchSummary) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Session { mut t, .. } | Phase::Delivering { mut t, .. } => {
                 t.queue(&self.out);
                 self.out.clear();
                 t.close();
             }
-            Phase::Connecting { mut t, .. } => t.close(),
             _ => {}
         }
         // One line per poll. `deleted` counts only what the server really
@@ -422,7 +334,7 @@ impl Pop3FetchDriver {
             if summary.remaining.is_some() || dirty {
                 let remaining = summary.remaining;
                 self.jobs += 1;
-                sh.submit(move || {
+                cx.submit(move || {
                     let result = match remaining {
                         Some(list) => records.prune(&list) > 0 || dirty,
                         None => dirty,
@@ -437,13 +349,16 @@ impl Pop3FetchDriver {
             }
         }
         self.finished = true;
-        self.release_account(sh);
+        self.release_account(cx);
     }
 
     /// Frees the account for its next run once nothing of this one is left.
-    fn release_account(&mut self, sh: &mut Shared) {
+    fn release_account(&mut self, cx: &mut Ctx) {
         if self.finished && self.jobs == 0 {
-            sh.smartpop_finished(&self.account.name);
+            cx.effect(Effect::FetchDone {
+                account: self.account.name.clone(),
+                broken: self.broken,
+            });
         }
     }
 }
@@ -456,73 +371,87 @@ fn summary_error(e: FetchError) -> FetchSummary {
 }
 
 impl Driver for Pop3FetchDriver {
-    fn ready(&mut self, sh: &mut Shared) {
+    fn ready(&mut self, cx: &mut Ctx) {
         match &mut self.phase {
-            Phase::Start => self.begin(sh),
-            Phase::Resolving(r) => {
-                if let Some(result) = r.ready(&sh.registry, sh.now) {
-                    self.resolved(result, sh);
-                }
+            Phase::Start => {
+                self.phase = Phase::Preparing;
+                self.jobs += 1;
+                let config = Arc::clone(&self.config);
+                let account = self.account.clone();
+                cx.submit(move || {
+                    Outcome::SmartPopReady(crate::smartpop::collect::prepare(&config, &account))
+                });
             }
-            Phase::Connecting { .. } => self.connected(sh),
-            Phase::Session { .. } => self.pump(sh),
-            Phase::Delivering { .. } | Phase::Done => {}
+            Phase::Connecting => {
+                let step = self.connector.ready(cx.registry(), cx.token, cx.now);
+                self.connect_step(step, cx);
+            }
+            Phase::Session { .. } => self.pump(cx),
+            Phase::Preparing | Phase::Delivering { .. } | Phase::Done => {}
         }
     }
 
-    fn complete(&mut self, done: Completion, sh: &mut Shared) {
+    fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
         self.jobs = self.jobs.saturating_sub(1);
-        if let Outcome::SmartPopDelivered(ok, records) = done.outcome {
-            self.records = records.map(|r| *r);
-            if let Phase::Delivering { t, mut core } =
-                std::mem::replace(&mut self.phase, Phase::Done)
-            {
-                if sh.stopping {
-                    // `stop` came while the worker stored the message: end
-                    // here (no QUIT, so no DELE is committed; the record
-                    // makes the next run DELE it without fetching it again).
-                    // `delivered` counts the message; what it would send is dropped.
-                    core.delivered(ok, &mut Vec::new(), &mut Vec::new());
-                    let summary = core.abort(FetchError::Connection("mailgate is stopping".into()));
-                    self.phase = Phase::Delivering { t, core };
-                    self.finish(sh, summary);
-                    return;
-                }
-                let uidl = self.in_flight.take();
-                let entry =
-                    uidl.and_then(|u| self.records.as_ref().and_then(|r| r.get(&u).copied()));
-                if !ok && entry.is_some_and(|e| e.rejected && !e.delivered) {
-                    core.rejected(&mut self.out, &mut self.events);
+        match done {
+            Outcome::SmartPopReady(prepared) => {
+                if cx.stopping() {
+                    self.finish(
+                        cx,
+                        summary_error(FetchError::Connection("mailgate is stopping".into())),
+                    );
                 } else {
-                    core.delivered(ok, &mut self.out, &mut self.events);
+                    self.prepared(prepared, cx);
                 }
-                self.phase = Phase::Session {
-                    t,
-                    core,
-                    deadline: sh.now + REPLY_TIMEOUT,
-                };
-                self.handle_events(sh);
-                self.pump(sh);
             }
+            Outcome::SmartPopDelivered(ok, records) => {
+                self.records = records.map(|r| *r);
+                if let Phase::Delivering { t, mut core } =
+                    std::mem::replace(&mut self.phase, Phase::Done)
+                {
+                    if cx.stopping() {
+                        // `stop` came while the worker stored the message: end
+                        // here (no QUIT, so no DELE is committed; the record
+                        // makes the next run DELE it without fetching it again).
+                        // `delivered` counts the message; what it would send is dropped.
+                        core.delivered(ok, &mut Vec::new(), &mut Vec::new());
+                        let summary =
+                            core.abort(FetchError::Connection("mailgate is stopping".into()));
+                        self.phase = Phase::Delivering { t, core };
+                        self.finish(cx, summary);
+                        return;
+                    }
+                    let uidl = self.in_flight.take();
+                    let entry =
+                        uidl.and_then(|u| self.records.as_ref().and_then(|r| r.get(&u).copied()));
+                    if !ok && entry.is_some_and(|e| e.rejected && !e.delivered) {
+                        core.rejected(&mut self.out, &mut self.events);
+                    } else {
+                        core.delivered(ok, &mut self.out, &mut self.events);
+                    }
+                    self.phase = Phase::Session {
+                        t,
+                        core,
+                        deadline: cx.now + REPLY_TIMEOUT,
+                    };
+                    self.handle_events(cx);
+                    self.pump(cx);
+                }
+            }
+            _ => {}
         }
-        self.release_account(sh);
+        self.release_account(cx);
     }
 
-    fn timer(&mut self, sh: &mut Shared) {
+    fn timer(&mut self, cx: &mut Ctx) {
         match &mut self.phase {
-            Phase::Resolving(r) => {
-                if let Some(result) = r.timeout(&sh.registry, sh.now) {
-                    self.resolved(result, sh);
-                }
+            Phase::Connecting => {
+                let step = self.connector.timer(cx.registry(), cx.token, cx.now);
+                self.connect_step(step, cx);
             }
-            Phase::Connecting { t, deadline } if *deadline <= sh.now => {
-                self.last_error = Some(format!("connect to {}: timed out", t.peer()));
-                self.phase = Phase::Done;
-                self.connect_next(sh);
-            }
-            Phase::Session { core, deadline, .. } if *deadline <= sh.now => {
+            Phase::Session { core, deadline, .. } if *deadline <= cx.now => {
                 let summary = core.abort(FetchError::Connection("server timed out".into()));
-                self.finish(sh, summary);
+                self.finish(cx, summary);
             }
             _ => {}
         }
@@ -530,23 +459,23 @@ impl Driver for Pop3FetchDriver {
 
     fn deadline(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Resolving(r) => Some(r.deadline()),
-            Phase::Connecting { deadline, .. } | Phase::Session { deadline, .. } => Some(*deadline),
+            Phase::Connecting => self.connector.deadline(),
+            Phase::Session { deadline, .. } => Some(*deadline),
             _ => None,
         }
     }
 
-    fn stop(&mut self, sh: &mut Shared) {
+    fn stop(&mut self, cx: &mut Ctx) {
         // Nothing is lost by stopping: what was delivered is recorded, the
         // rest stays on the server (no QUIT, so no DELE is committed).
         match &mut self.phase {
-            Phase::Delivering { .. } | Phase::Done => {}
+            Phase::Preparing | Phase::Delivering { .. } | Phase::Done => {}
             Phase::Session { core, .. } => {
                 let summary = core.abort(FetchError::Connection("mailgate is stopping".into()));
-                self.finish(sh, summary);
+                self.finish(cx, summary);
             }
             _ => self.finish(
-                sh,
+                cx,
                 summary_error(FetchError::Connection("mailgate is stopping".into())),
             ),
         }

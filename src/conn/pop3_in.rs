@@ -1,14 +1,16 @@
 //! Driver for one inbound POP3 connection (plain with STLS, or pop3s).
 //!
-//! Owns: the socket, the sans-IO `Pop3Session`, the maildrop lock while
-//! the session holds it, streaming RETR/TOP from the message file with
-//! bounded memory, and handing password checks, scans and the QUIT commit
-//! to the workers. Must not: parse POP3 itself.
+//! Owns: the socket (through the shared inbound pump), the sans-IO
+//! `Pop3Session`, the maildrop lock while the session holds it, streaming
+//! RETR/TOP with bounded memory (a worker reads the message file a chunk
+//! ahead of the socket), and handing password checks, scans and the QUIT
+//! commit to the workers. Must not: parse POP3 itself, or touch a file on
+//! the loop thread.
 
 use std::fs::File;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,25 +18,36 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::IdleClock;
-use crate::event_loop::{canonical_ip, Driver, ListenerKind};
-use crate::net::transport::{ReadStatus, Transport};
+use super::pump::{Inbound, Pumped, ServerCore};
+use super::{Ctx, Driver, IdleClock, ListenerKind, Outcome};
+use crate::net::canonical_ip;
 use crate::proto::dotstuff::DotStuffer;
 use crate::proto::pop3_server::{LoginFailure, Pop3Event, Pop3Params, Pop3Session};
-use crate::server::{Completion, Outcome, Shared};
 use crate::store::maildir::Maildir;
 use crate::store::maildrop;
 
-/// RETR reads the message file in chunks of this size and refills only
-/// when the socket has taken what was queued: a 50 MB message costs this
-/// much memory, not 50 MB.
+/// RETR reads the message file in chunks of this size, one chunk ahead
+/// of the socket: a 50 MB message costs a few chunks of memory, not 50 MB.
 const STREAM_CHUNK: usize = 64 * 1024;
-
-/// Stop reading pipelined commands while this much output waits.
-const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// A failed login is answered after this pause.
 const LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(1);
+
+impl ServerCore for Pop3Session {
+    type Event = Pop3Event;
+    fn receive(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<Pop3Event>) {
+        Pop3Session::receive(self, input, out, events);
+    }
+    fn wants_input(&self) -> bool {
+        Pop3Session::wants_input(self)
+    }
+    fn is_closed(&self) -> bool {
+        Pop3Session::is_closed(self)
+    }
+    fn tls_started(&mut self, out: &mut Vec<u8>, events: &mut Vec<Pop3Event>) {
+        Pop3Session::tls_started(self, out, events);
+    }
+}
 
 enum Waiting {
     Nothing,
@@ -42,236 +55,265 @@ enum Waiting {
     Scan,
     Commit,
     FailureDelay(Instant),
-    TlsAfterFlush,
     /// Streaming a message to the client.
     Sending(Box<Stream>),
 }
 
+/// A message on its way out: the file travels to a worker for each read.
 struct Stream {
-    file: File,
     stuffer: DotStuffer,
+    /// The file, while no read has it.
+    file: Option<File>,
+    /// A chunk read ahead, not yet queued for the socket.
+    ahead: Option<Vec<u8>>,
+    /// A worker is reading the next chunk.
+    reading: bool,
+    eof: bool,
 }
 
 pub struct Pop3In {
-    t: Transport,
-    session: Pop3Session,
-    out: Vec<u8>,
-    events: Vec<Pop3Event>,
+    io: Inbound<Pop3Session>,
     waiting: Waiting,
-    idle: IdleClock,
-    closing: bool,
-    done: bool,
     /// The mailbox address being logged in, then locked.
     mailbox: Option<String>,
+    /// The user name of the login in flight, for the log.
+    login_user: Option<String>,
     locked: bool,
     maildir: Option<PathBuf>,
+    /// The session must log in by then.
+    login_by: Option<Instant>,
 }
 
 impl Pop3In {
-    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, sh: &mut Shared) -> Pop3In {
+    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, cx: &mut Ctx) -> Pop3In {
         let ip = canonical_ip(peer.ip());
-        let mut t = Transport::new(sock, peer);
+        let config = Arc::clone(cx.config());
         let implicit_tls = kind == ListenerKind::Pop3s;
-        let mut done = false;
-        if implicit_tls {
-            if let Err(e) = t.start_tls_server(&sh.tls) {
-                warn!("pop3s {ip}: cannot start TLS: {e}");
-                done = true;
-            }
-        }
         let params = Pop3Params {
-            hostname: sh.config.server.hostname.clone(),
+            hostname: config.server.hostname.clone(),
             stls_available: !implicit_tls,
             tls_active: implicit_tls,
-            plaintext_login_allowed: sh.config.smtp.allow_plaintext_auth || ip.is_loopback(),
+            plaintext_login_allowed: config.smtp.allow_plaintext_auth || ip.is_loopback(),
         };
-        let mut session = Pop3Session::new(params);
-        let mut out = Vec::new();
-        session.greeting(&mut out);
+        let idle = IdleClock::new(cx.now, config.pop3.timeout);
+        let tls = implicit_tls.then_some(&cx.sv.tls);
+        let core = Pop3Session::new(params);
+        let mut io = Inbound::accept(sock, peer, core, idle, kind.name(), tls);
+        io.core.greeting(&mut io.out);
         info!("{} connect from {peer}", kind.name());
         Pop3In {
-            t,
-            session,
-            out,
-            events: Vec::new(),
+            io,
             waiting: Waiting::Nothing,
-            idle: IdleClock::new(sh.now, sh.config.pop3.timeout),
-            closing: false,
-            done,
             mailbox: None,
+            login_user: None,
             locked: false,
             maildir: None,
+            login_by: Some(cx.now + config.smtp.login_timeout),
         }
     }
 
-    fn pump(&mut self, sh: &mut Shared) {
-        let mut input = Vec::new();
-        while !self.done {
-            self.t.queue(&self.out);
-            self.out.clear();
-            if let Err(e) = self.t.flush() {
-                info!("pop3 {}: write failed: {e}", self.t.peer());
-                self.finish(sh);
-                return;
-            }
-            match &mut self.waiting {
-                Waiting::TlsAfterFlush => {
-                    if !self.t.is_flushed() {
+    fn pump(&mut self, cx: &mut Ctx) {
+        loop {
+            self.feed_stream(cx);
+            let may_read = matches!(self.waiting, Waiting::Nothing);
+            match self.io.pump(&cx.sv.tls, may_read, cx.now) {
+                Pumped::Events => self.handle_events(cx),
+                Pumped::Waiting => {
+                    // The socket took the last chunk and the next is here.
+                    let more = matches!(&self.waiting, Waiting::Sending(st)
+                        if st.ahead.is_some() && self.io.t.pending_output() <= STREAM_CHUNK);
+                    if !more {
                         return;
                     }
-                    if let Err(e) = self.t.start_tls_server(&sh.tls) {
-                        warn!("pop3 {}: cannot start TLS: {e}", self.t.peer());
-                        self.finish(sh);
-                        return;
-                    }
-                    self.waiting = Waiting::Nothing;
-                    self.session.tls_started(&mut self.out, &mut self.events);
-                    self.handle_events(sh);
-                    continue;
                 }
-                Waiting::Sending(stream) => {
-                    if self.t.pending_output() > STREAM_CHUNK {
-                        return;
-                    }
-                    match refill(stream, &mut self.out) {
-                        Ok(true) => continue,
-                        Ok(false) => {
-                            self.waiting = Waiting::Nothing;
-                            self.session.send_done(&mut self.out, &mut self.events);
-                            self.handle_events(sh);
-                            continue;
-                        }
-                        Err(e) => {
-                            // Part of the message already went out: the only
-                            // honest thing left is to drop the connection
-                            // (RFC 1939 cannot abort a multi-line response).
-                            warn!("pop3 {}: reading message failed: {e}", self.t.peer());
-                            self.waiting = Waiting::Nothing;
-                            self.session.send_failed(&mut self.events);
-                            self.handle_events(sh);
-                            continue;
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if self.closing || self.session.is_closed() {
-                if self.t.is_flushed() {
-                    self.finish(sh);
-                }
-                return;
-            }
-            if !matches!(self.waiting, Waiting::Nothing)
-                || !self.session.wants_input()
-                || self.t.pending_output() > MAX_PENDING_OUTPUT
-            {
-                return;
-            }
-            input.clear();
-            match self.t.read(&mut input, usize::MAX) {
-                Ok(ReadStatus::Data(0)) => continue,
-                Ok(ReadStatus::Data(n)) => {
-                    self.session
-                        .receive(&input, &mut self.out, &mut self.events);
-                    let answered = !self.out.is_empty() || !self.events.is_empty();
-                    self.idle.read(n, answered, sh.now);
-                    self.handle_events(sh);
-                }
-                Ok(ReadStatus::WouldBlock) => return,
-                Ok(ReadStatus::Closed) | Err(_) => {
-                    self.finish(sh);
+                Pumped::Closed => {
+                    self.release(cx);
                     return;
                 }
             }
         }
     }
 
-    fn handle_events(&mut self, sh: &mut Shared) {
-        for event in std::mem::take(&mut self.events) {
+    /// Queues the chunk read ahead once the socket has room, asks a worker
+    /// for the next, and ends the response at the end of the file.
+    fn feed_stream(&mut self, cx: &mut Ctx) {
+        let Waiting::Sending(st) = &mut self.waiting else {
+            return;
+        };
+        if self.io.t.pending_output() + self.io.out.len() <= STREAM_CHUNK {
+            if let Some(chunk) = st.ahead.take() {
+                st.stuffer.encode(&chunk, &mut self.io.out);
+                if st.stuffer.is_saturated() {
+                    // TOP's line limit reached: the rest is not needed. The
+                    // file is closed on a worker, like every file.
+                    st.eof = true;
+                    if let Some(file) = st.file.take() {
+                        cx.submit_quick(move || {
+                            drop(file);
+                            Outcome::Nothing
+                        });
+                    }
+                }
+            }
+        }
+        if !st.reading && st.ahead.is_none() && !st.eof {
+            if let Some(file) = st.file.take() {
+                st.reading = true;
+                cx.submit_quick(move || Outcome::Pop3Read(read_chunk(file)));
+            }
+        }
+        if st.eof && st.ahead.is_none() && !st.reading {
+            st.stuffer.finish(&mut self.io.out);
+            self.waiting = Waiting::Nothing;
+            self.io
+                .core
+                .send_done(&mut self.io.out, &mut self.io.events);
+            self.handle_events(cx);
+        }
+    }
+
+    fn handle_events(&mut self, cx: &mut Ctx) {
+        for event in std::mem::take(&mut self.io.events) {
             match event {
                 Pop3Event::Authenticate { user, password } => {
+                    let ip = canonical_ip(self.io.t.peer().ip());
+                    if !cx.begin_login(ip) {
+                        // Blocked, or enough guesses from this address in
+                        // flight already: refused unchecked, and the end.
+                        info!(
+                            "pop3 {}: login refused for {user:?}: too many failed logins",
+                            self.io.t.peer()
+                        );
+                        self.login_failed(LoginFailure::BadCredentials);
+                        self.io.events.clear();
+                        self.io.closing = true;
+                        continue;
+                    }
                     self.waiting = Waiting::Password;
-                    let config = Arc::clone(&sh.config);
+                    let config = Arc::clone(cx.config());
                     self.mailbox = config.find_login(&user).map(|m| m.address.clone());
-                    sh.submit(move || {
-                        Outcome::Password(crate::server::check_login(&config, &user, &password))
+                    self.login_user = Some(user.clone());
+                    cx.submit_quick(move || {
+                        Outcome::Password(super::check_login(&config, &user, &password))
                     });
                 }
-                Pop3Event::StartTls => self.waiting = Waiting::TlsAfterFlush,
+                Pop3Event::StartTls => self.io.start_tls_after_flush(),
                 Pop3Event::Send {
                     path, body_lines, ..
-                } => self.start_send(path, body_lines, sh),
+                } => self.start_send(path, body_lines, cx),
                 Pop3Event::Commit { deleted, retrieved } => {
                     let Some(dir) = self.maildir.clone() else {
                         continue;
                     };
                     self.waiting = Waiting::Commit;
-                    sh.submit(move || {
+                    cx.submit(move || {
                         let deleted: Vec<_> = deleted.iter().collect();
                         let retrieved: Vec<_> = retrieved.iter().collect();
                         Outcome::Pop3Commit(maildrop::commit(&dir, &deleted, &retrieved).is_ok())
                     });
                 }
-                Pop3Event::Close => self.closing = true,
+                Pop3Event::Close => self.io.closing = true,
             }
         }
     }
 
-    fn start_send(&mut self, path: PathBuf, body_lines: Option<usize>, sh: &mut Shared) {
+    /// The "+OK" is queued; a worker opens the file and reads the first chunk.
+    fn start_send(&mut self, path: PathBuf, body_lines: Option<usize>, cx: &mut Ctx) {
         let Some(dir) = self.maildir.as_ref() else {
             return;
         };
-        match File::open(dir.join(&path)) {
-            Ok(file) => {
-                let stuffer = DotStuffer::with_body_line_limit(body_lines);
-                self.waiting = Waiting::Sending(Box::new(Stream { file, stuffer }));
+        let full = dir.join(&path);
+        self.waiting = Waiting::Sending(Box::new(Stream {
+            stuffer: DotStuffer::with_body_line_limit(body_lines),
+            file: None,
+            ahead: None,
+            reading: true,
+            eof: false,
+        }));
+        cx.submit_quick(move || Outcome::Pop3Read(open_and_read(&full)));
+    }
+
+    /// A worker's read of the message being sent.
+    fn chunk_read(&mut self, read: std::io::Result<(Option<File>, Vec<u8>)>, cx: &mut Ctx) {
+        let Waiting::Sending(st) = &mut self.waiting else {
+            return;
+        };
+        st.reading = false;
+        match read {
+            Ok((None, _)) => st.eof = true,
+            Ok((file, chunk)) => {
+                st.file = file;
+                st.ahead = Some(chunk);
             }
             Err(e) => {
-                // The "+OK" is already queued; a vanished file (deleted by an
-                // admin or another program) can only end the connection.
-                warn!(
-                    "pop3 {}: cannot open {}: {e}",
-                    self.t.peer(),
-                    path.display()
-                );
-                self.session.send_failed(&mut self.events);
-                self.handle_events(sh);
+                // The "+OK" already went out (and maybe part of the message):
+                // the only honest thing left is to drop the connection
+                // (RFC 1939 cannot abort a multi-line response).
+                warn!("pop3 {}: reading message failed: {e}", self.io.t.peer());
+                self.waiting = Waiting::Nothing;
+                self.io.core.send_failed(&mut self.io.events);
+                self.handle_events(cx);
             }
         }
     }
 
-    fn finish(&mut self, sh: &mut Shared) {
-        if self.done {
-            return;
-        }
+    /// Gives the maildrop lock back (the session is over).
+    fn release(&mut self, cx: &mut Ctx) {
         if self.locked {
             if let Some(mailbox) = &self.mailbox {
-                sh.maildrop_locks.remove(mailbox);
+                cx.sv.mailboxes.unlock_exclusive(mailbox);
             }
             self.locked = false;
         }
-        self.t.close();
-        self.done = true;
+    }
+
+    fn finish(&mut self, cx: &mut Ctx) {
+        self.io.finish();
+        self.release(cx);
+    }
+
+    fn login_failed(&mut self, why: LoginFailure) {
+        self.io
+            .core
+            .login_failed(why, &mut self.io.out, &mut self.io.events);
+    }
+
+    /// The password was right: lock the maildrop and have a worker list it.
+    fn logged_in(&mut self, mailbox: String, cx: &mut Ctx) {
+        if !cx.sv.mailboxes.lock_exclusive(&mailbox) {
+            self.login_failed(LoginFailure::InUse);
+            return;
+        }
+        self.locked = true;
+        let dir = match Maildir::for_mailbox(&cx.config().server.data_dir, &mailbox) {
+            Ok(m) => m.root().to_path_buf(),
+            Err(e) => {
+                warn!("pop3 {}: bad mailbox {mailbox}: {e}", self.io.t.peer());
+                self.login_failed(LoginFailure::Temporary);
+                return;
+            }
+        };
+        self.maildir = Some(dir.clone());
+        self.waiting = Waiting::Scan;
+        cx.submit_quick(move || Outcome::Pop3Listing(maildrop::scan(&dir)));
     }
 }
 
-/// Queues the next chunk of the message; false once it has all gone.
-fn refill(stream: &mut Stream, out: &mut Vec<u8>) -> std::io::Result<bool> {
+/// Worker side: opens a message file and reads its first chunk.
+fn open_and_read(path: &Path) -> std::io::Result<(Option<File>, Vec<u8>)> {
+    read_chunk(File::open(path)?)
+}
+
+/// Worker side: the next chunk of `file`; at its end, no chunk and no
+/// file (it is closed here, not on the loop thread).
+fn read_chunk(mut file: File) -> std::io::Result<(Option<File>, Vec<u8>)> {
     let mut buf = vec![0u8; STREAM_CHUNK];
     loop {
-        match stream.file.read(&mut buf) {
-            Ok(0) => {
-                stream.stuffer.finish(out);
-                return Ok(false);
-            }
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((None, Vec::new())),
             Ok(n) => {
-                stream.stuffer.encode(&buf[..n], out);
-                if stream.stuffer.is_saturated() {
-                    // TOP's line limit reached: the rest of the file is not needed.
-                    stream.stuffer.finish(out);
-                    return Ok(false);
-                }
-                return Ok(true);
+                buf.truncate(n);
+                return Ok((Some(file), buf));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -280,54 +322,39 @@ fn refill(stream: &mut Stream, out: &mut Vec<u8>) -> std::io::Result<bool> {
 }
 
 impl Driver for Pop3In {
-    fn ready(&mut self, sh: &mut Shared) {
-        self.pump(sh);
+    fn ready(&mut self, cx: &mut Ctx) {
+        self.pump(cx);
     }
 
-    fn complete(&mut self, done: Completion, sh: &mut Shared) {
-        self.waiting = Waiting::Nothing;
-        if self.done {
+    fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
+        if let Outcome::Nothing = done {
+            // A file closed on a worker: nothing waited for it.
             return;
         }
-        match done.outcome {
+        if let Outcome::Pop3Read(read) = done {
+            if !self.io.is_done() {
+                self.chunk_read(read, cx);
+                self.pump(cx);
+            } else {
+                self.waiting = Waiting::Nothing;
+            }
+            return;
+        }
+        self.waiting = Waiting::Nothing;
+        if self.io.is_done() {
+            self.release(cx);
+            return;
+        }
+        match done {
             Outcome::Password(ok) => {
-                let mailbox = self.mailbox.clone();
-                match (ok, mailbox) {
-                    (true, Some(mailbox)) => {
-                        if sh.maildrop_locks.contains(&mailbox) {
-                            self.session.login_failed(
-                                LoginFailure::InUse,
-                                &mut self.out,
-                                &mut self.events,
-                            );
-                        } else {
-                            sh.maildrop_locks.insert(mailbox.clone());
-                            self.locked = true;
-                            let data_dir = &sh.config.server.data_dir;
-                            let dir = match Maildir::for_mailbox(data_dir, &mailbox) {
-                                Ok(m) => m.root().to_path_buf(),
-                                Err(e) => {
-                                    warn!("pop3 {}: bad mailbox {mailbox}: {e}", self.t.peer());
-                                    self.session.login_failed(
-                                        LoginFailure::Temporary,
-                                        &mut self.out,
-                                        &mut self.events,
-                                    );
-                                    self.handle_events(sh);
-                                    self.pump(sh);
-                                    return;
-                                }
-                            };
-                            self.maildir = Some(dir.clone());
-                            self.waiting = Waiting::Scan;
-                            sh.submit(move || Outcome::Pop3Listing(maildrop::scan(&dir)));
-                            return;
-                        }
-                    }
+                let user = self.login_user.take().unwrap_or_default();
+                let ip = canonical_ip(self.io.t.peer().ip());
+                cx.end_login(ip, ok && self.mailbox.is_some());
+                match (ok, self.mailbox.clone()) {
+                    (true, Some(mailbox)) => self.logged_in(mailbox, cx),
                     _ => {
-                        info!("pop3 {}: login failed", self.t.peer());
-                        sh.login_failed(canonical_ip(self.t.peer().ip()));
-                        self.waiting = Waiting::FailureDelay(sh.now + LOGIN_FAILURE_DELAY);
+                        info!("pop3 {}: login failed for {user:?}", self.io.t.peer());
+                        self.waiting = Waiting::FailureDelay(cx.now + LOGIN_FAILURE_DELAY);
                         return;
                     }
                 }
@@ -336,105 +363,118 @@ impl Driver for Pop3In {
                 let mailbox = self.mailbox.clone().unwrap_or_default();
                 match listing {
                     Ok(listing) => {
+                        self.login_by = None;
                         info!(
                             "pop3 {}: {mailbox} logged in, {} messages",
-                            self.t.peer(),
+                            self.io.t.peer(),
                             listing.len()
                         );
-                        self.session
-                            .login_ok(mailbox, listing, &mut self.out, &mut self.events);
+                        self.io.core.login_ok(
+                            mailbox,
+                            listing,
+                            &mut self.io.out,
+                            &mut self.io.events,
+                        );
                     }
                     Err(e) => {
                         warn!(
                             "pop3 {}: cannot read maildrop of {mailbox}: {e}",
-                            self.t.peer()
+                            self.io.t.peer()
                         );
-                        self.session.login_failed(
-                            LoginFailure::Temporary,
-                            &mut self.out,
-                            &mut self.events,
-                        );
+                        self.login_failed(LoginFailure::Temporary);
                     }
                 }
             }
             Outcome::Pop3Commit(ok) => {
                 if !ok {
-                    warn!("pop3 {}: commit of the maildrop failed", self.t.peer());
+                    warn!("pop3 {}: commit of the maildrop failed", self.io.t.peer());
+                } else if let Some(mailbox) = self.mailbox.clone() {
+                    cx.sv.mailboxes.changed(&mailbox, Some(cx.token.0));
                 }
-                self.session
-                    .commit_done(ok, &mut self.out, &mut self.events);
+                self.io
+                    .core
+                    .commit_done(ok, &mut self.io.out, &mut self.io.events);
             }
             _ => return,
         }
-        self.handle_events(sh);
-        self.pump(sh);
+        self.handle_events(cx);
+        self.pump(cx);
     }
 
-    fn timer(&mut self, sh: &mut Shared) {
+    fn timer(&mut self, cx: &mut Ctx) {
         if let Waiting::FailureDelay(at) = self.waiting {
-            if at <= sh.now {
+            if at <= cx.now {
                 self.waiting = Waiting::Nothing;
-                self.session.login_failed(
-                    LoginFailure::BadCredentials,
-                    &mut self.out,
-                    &mut self.events,
-                );
-                self.handle_events(sh);
-                self.pump(sh);
+                self.login_failed(LoginFailure::BadCredentials);
+                if cx.login_blocked(canonical_ip(self.io.t.peer().ip())) {
+                    // This address is now blocked: its sessions end too.
+                    self.io.closing = true;
+                }
+                self.handle_events(cx);
+                self.pump(cx);
                 return;
             }
         }
-        if self.idle.expired(sh.now)
+        let login_late = self.login_by.is_some_and(|t| t <= cx.now);
+        if (self.io.idle.expired(cx.now) || login_late)
             && matches!(self.waiting, Waiting::Nothing | Waiting::Sending(_))
         {
-            info!("pop3 {}: timeout, closing", self.t.peer());
-            self.session.timed_out(&mut self.out);
-            self.closing = true;
-            self.pump(sh);
-            if !self.done {
-                self.finish(sh);
+            if login_late {
+                info!(
+                    "pop3 {}: no login within login_timeout, closing",
+                    self.io.t.peer()
+                );
+            } else {
+                info!("pop3 {}: timeout, closing", self.io.t.peer());
             }
+            self.io.core.timed_out(&mut self.io.out);
+            self.io.closing = true;
+            self.pump(cx);
+            self.finish(cx);
         }
     }
 
     fn deadline(&self) -> Option<Instant> {
-        if self.done {
+        if self.io.is_done() {
             return None;
         }
+        let idle = self.io.idle.deadline();
+        let idle = self.login_by.map_or(idle, |t| t.min(idle));
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.idle.deadline())),
+            Waiting::FailureDelay(at) => Some(at.min(idle)),
             Waiting::Password | Waiting::Scan | Waiting::Commit => None,
-            _ => Some(self.idle.deadline()),
+            _ => Some(idle),
         }
     }
 
-    fn stop(&mut self, sh: &mut Shared) {
+    fn stop(&mut self, cx: &mut Ctx) {
         // Nothing is committed without QUIT (RFC 1939 6), so a stop loses
         // nothing: the client sees the connection end and retries.
         if !matches!(
             self.waiting,
             Waiting::Commit | Waiting::Password | Waiting::Scan
         ) {
-            self.finish(sh);
+            self.finish(cx);
         }
     }
 
     fn is_done(&self) -> bool {
-        self.done
+        self.io.is_done()
     }
 
     fn is_idle(&self) -> bool {
-        !matches!(
-            self.waiting,
-            Waiting::Password | Waiting::Scan | Waiting::Commit
-        )
+        match &self.waiting {
+            Waiting::Password | Waiting::Scan | Waiting::Commit => false,
+            Waiting::Sending(st) => !st.reading,
+            _ => true,
+        }
     }
 
     fn interest(&self) -> Interest {
-        self.t.interest()
+        self.io.t.interest()
     }
 
     fn source(&mut self) -> Option<&mut TcpStream> {
-        Some(self.t.socket())
+        Some(self.io.t.socket())
     }
 }

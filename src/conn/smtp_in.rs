@@ -9,22 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::info;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::IdleClock;
+use super::pump::{Inbound, Pumped, ServerCore};
+use super::{Ctx, Driver, Effect, IdleClock, ListenerKind, Outcome};
 use crate::config::{Config, Resolution};
-use crate::event_loop::{canonical_ip, Driver, ListenerKind};
-use crate::net::transport::{ReadStatus, Transport};
+use crate::net::canonical_ip;
 use crate::proto::smtp_server::{
     DeliveryOutcome, Event, Recipients, Role, SessionParams, SmtpSession, Transaction,
 };
-use crate::server::{Completion, Outcome, Shared};
-
-/// Stop reading while this much output waits for a client that does not
-/// read its replies (a pipelining flood), so memory stays bounded.
-const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// A failed AUTH is answered after this pause (slows password guessing
 /// without a sleep in the loop).
@@ -39,6 +34,30 @@ impl Recipients for Config {
     }
 }
 
+/// The SMTP core with the config it resolves recipients against (the
+/// one in force when the session began).
+pub struct SmtpCore {
+    session: SmtpSession,
+    config: Arc<Config>,
+}
+
+impl ServerCore for SmtpCore {
+    type Event = Event;
+    fn receive(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<Event>) {
+        self.session
+            .receive(input, self.config.as_ref(), out, events);
+    }
+    fn wants_input(&self) -> bool {
+        self.session.wants_input()
+    }
+    fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+    fn tls_started(&mut self, out: &mut Vec<u8>, events: &mut Vec<Event>) {
+        self.session.tls_started(out, events);
+    }
+}
+
 enum Waiting {
     Nothing,
     /// A worker is storing the message.
@@ -47,38 +66,23 @@ enum Waiting {
     Password,
     /// The password was wrong; answer at this instant.
     FailureDelay(Instant),
-    /// "220 Ready to start TLS" must reach the client before the handshake.
-    TlsAfterFlush,
 }
 
 pub struct SmtpIn {
-    t: Transport,
-    session: SmtpSession,
+    io: Inbound<SmtpCore>,
     role: ListenerKind,
-    out: Vec<u8>,
-    events: Vec<Event>,
     waiting: Waiting,
-    idle: IdleClock,
-    closing: bool,
-    done: bool,
-    auth_user: Option<String>,
     /// The username of the AUTH in flight.
     auth_attempt: Option<String>,
+    /// Submission and smtps: the session must log in by then.
+    login_by: Option<Instant>,
 }
 
 impl SmtpIn {
-    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, sh: &mut Shared) -> SmtpIn {
+    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, cx: &mut Ctx) -> SmtpIn {
         let ip = canonical_ip(peer.ip());
-        let cfg = &sh.config;
-        let mut t = Transport::new(sock, peer);
+        let cfg = Arc::clone(cx.config());
         let implicit_tls = kind == ListenerKind::Smtps;
-        let mut done = false;
-        if implicit_tls {
-            if let Err(e) = t.start_tls_server(&sh.tls) {
-                warn!("smtps {ip}: cannot start TLS: {e}");
-                done = true;
-            }
-        }
         let role = match kind {
             ListenerKind::Submission => Role::Submission,
             ListenerKind::Smtps => Role::Smtps,
@@ -95,243 +99,228 @@ impl SmtpIn {
             starttls_available: !implicit_tls,
             plaintext_auth_allowed: cfg.smtp.allow_plaintext_auth || ip.is_loopback(),
         };
-        let mut session = SmtpSession::new(params);
-        let mut out = Vec::new();
-        session.greeting(&mut out);
-        info!("{} connect from {peer}", kind.name());
-        SmtpIn {
-            t,
+        let session = SmtpSession::new(params);
+        let idle = IdleClock::new(cx.now, cfg.smtp.timeout);
+        let login_timeout = cfg.smtp.login_timeout;
+        let core = SmtpCore {
             session,
+            config: cfg,
+        };
+        let tls = implicit_tls.then_some(&cx.sv.tls);
+        let mut io = Inbound::accept(sock, peer, core, idle, kind.name(), tls);
+        io.core.session.greeting(&mut io.out);
+        info!("{} connect from {peer}", kind.name());
+        let login_by = (kind != ListenerKind::SmtpMx).then(|| cx.now + login_timeout);
+        SmtpIn {
+            io,
             role: kind,
-            out,
-            events: Vec::new(),
             waiting: Waiting::Nothing,
-            idle: IdleClock::new(sh.now, cfg.smtp.timeout),
-            closing: false,
-            done,
-            auth_user: None,
             auth_attempt: None,
+            login_by,
         }
     }
 
     fn ip(&self) -> std::net::IpAddr {
-        canonical_ip(self.t.peer().ip())
+        canonical_ip(self.io.t.peer().ip())
     }
 
-    /// Reads, feeds the core, carries out its events, writes; until the
-    /// socket would block or the core waits for something.
-    fn pump(&mut self, sh: &mut Shared) {
-        let mut input = Vec::new();
-        while !self.done {
-            self.t.queue(&self.out);
-            self.out.clear();
-            if let Err(e) = self.t.flush() {
-                info!("smtp {}: write failed: {e}", self.t.peer());
-                self.finish();
-                return;
-            }
-            if matches!(self.waiting, Waiting::TlsAfterFlush) {
-                if !self.t.is_flushed() {
-                    return;
-                }
-                if let Err(e) = self.t.start_tls_server(&sh.tls) {
-                    warn!("smtp {}: cannot start TLS: {e}", self.t.peer());
-                    self.finish();
-                    return;
-                }
-                self.waiting = Waiting::Nothing;
-                self.session.tls_started(&mut self.out, &mut self.events);
-                self.handle_events(sh);
-                continue;
-            }
-            if self.closing || self.session.is_closed() {
-                if self.t.is_flushed() {
-                    self.finish();
-                }
-                return;
-            }
-            if !matches!(self.waiting, Waiting::Nothing)
-                || !self.session.wants_input()
-                || self.t.pending_output() > MAX_PENDING_OUTPUT
-            {
-                return;
-            }
-            input.clear();
-            match self.t.read(&mut input, usize::MAX) {
-                Ok(ReadStatus::Data(0)) => continue,
-                Ok(ReadStatus::Data(n)) => {
-                    let config = Arc::clone(&sh.config);
-                    self.session
-                        .receive(&input, config.as_ref(), &mut self.out, &mut self.events);
-                    let answered = !self.out.is_empty() || !self.events.is_empty();
-                    self.idle.read(n, answered, sh.now);
-                    self.handle_events(sh);
-                }
-                Ok(ReadStatus::WouldBlock) => return,
-                Ok(ReadStatus::Closed) => {
-                    if self.session.in_transaction() {
+    /// Pumps IO and carries out the core's events until it waits.
+    fn pump(&mut self, cx: &mut Ctx) {
+        loop {
+            let may_read = matches!(self.waiting, Waiting::Nothing);
+            match self.io.pump(&cx.sv.tls, may_read, cx.now) {
+                Pumped::Events => self.handle_events(cx),
+                Pumped::Waiting => return,
+                Pumped::Closed => {
+                    if self.io.core.session.in_transaction() {
                         info!(
                             "smtp {}: connection lost during a transaction",
-                            self.t.peer()
+                            self.io.t.peer()
                         );
                     }
-                    self.finish();
-                    return;
-                }
-                Err(e) => {
-                    info!("smtp {}: read failed: {e}", self.t.peer());
-                    self.finish();
                     return;
                 }
             }
         }
     }
 
-    fn handle_events(&mut self, sh: &mut Shared) {
-        for event in std::mem::take(&mut self.events) {
+    fn handle_events(&mut self, cx: &mut Ctx) {
+        for event in std::mem::take(&mut self.io.events) {
             match event {
-                Event::Deliver(tx) => self.submit_delivery(tx, sh),
+                Event::Deliver(tx) => self.submit_delivery(tx, cx),
                 Event::Authenticate { username, password } => {
+                    if !cx.begin_login(self.ip()) {
+                        // Blocked, or enough guesses from this address in
+                        // flight already: refused unchecked, and the end.
+                        info!(
+                            "smtp {}: authentication refused for {username:?}: too many failed logins",
+                            self.io.t.peer()
+                        );
+                        let config = Arc::clone(&self.io.core.config);
+                        let io = &mut self.io;
+                        io.core.session.auth_result(
+                            false,
+                            config.as_ref(),
+                            &mut io.out,
+                            &mut Vec::new(),
+                        );
+                        io.closing = true;
+                        continue;
+                    }
                     self.waiting = Waiting::Password;
                     self.auth_attempt = Some(username.clone());
-                    let config = Arc::clone(&sh.config);
-                    sh.submit(move || {
-                        Outcome::Password(crate::server::check_login(&config, &username, &password))
+                    let config = Arc::clone(cx.config());
+                    cx.submit_quick(move || {
+                        Outcome::Password(super::check_login(&config, &username, &password))
                     });
                 }
-                Event::StartTls => self.waiting = Waiting::TlsAfterFlush,
-                Event::Close => self.closing = true,
+                Event::StartTls => self.io.start_tls_after_flush(),
+                Event::Close => self.io.closing = true,
             }
         }
     }
 
-    fn submit_delivery(&mut self, tx: Transaction, sh: &mut Shared) {
+    fn submit_delivery(&mut self, tx: Transaction, cx: &mut Ctx) {
         self.waiting = Waiting::Delivery;
-        let config = Arc::clone(&sh.config);
-        let tls = self.t.tls_description();
-        sh.submit(move || {
+        let config = Arc::clone(cx.config());
+        let tls = self.io.t.tls_description();
+        cx.submit(move || {
             let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
             Outcome::Delivered(outcome, queued)
         });
     }
-
-    fn finish(&mut self) {
-        if !self.done {
-            self.t.close();
-            self.done = true;
-        }
-    }
 }
 
 impl Driver for SmtpIn {
-    fn ready(&mut self, sh: &mut Shared) {
-        self.pump(sh);
+    fn ready(&mut self, cx: &mut Ctx) {
+        self.pump(cx);
     }
 
-    fn complete(&mut self, done: Completion, sh: &mut Shared) {
-        let config = Arc::clone(&sh.config);
-        match done.outcome {
+    fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
+        let config = Arc::clone(&self.io.core.config);
+        match done {
             Outcome::Delivered(outcome, queued) => {
                 self.waiting = Waiting::Nothing;
                 if let Some(entry) = queued {
-                    sh.outbox_add(entry);
+                    cx.effect(Effect::Queued(entry));
                 }
-                if self.done {
+                if self.io.is_done() {
                     return;
                 }
                 if let DeliveryOutcome::Accepted { .. } = &outcome {
-                    self.idle.touch(sh.now);
+                    self.io.idle.touch(cx.now);
                 }
-                self.session
-                    .delivered(outcome, config.as_ref(), &mut self.out, &mut self.events);
-                if sh.stopping && !self.session.in_transaction() {
+                let io = &mut self.io;
+                io.core
+                    .session
+                    .delivered(outcome, config.as_ref(), &mut io.out, &mut io.events);
+                if cx.stopping() && !io.core.session.in_transaction() {
                     // The transaction we waited for is done; no new one.
-                    self.session.shutting_down(&mut self.out);
-                    self.closing = true;
+                    io.core.session.shutting_down(&mut io.out);
+                    io.closing = true;
                 }
             }
             Outcome::Password(ok) => {
                 self.waiting = Waiting::Nothing;
-                if self.done {
+                if self.io.is_done() {
                     return;
                 }
                 let user = self.auth_attempt.take().unwrap_or_default();
+                cx.end_login(self.ip(), ok);
                 if ok {
-                    info!("smtp {}: authenticated as {user}", self.t.peer());
-                    self.auth_user = Some(user);
-                    self.waiting = Waiting::Nothing;
-                    self.session.auth_result(
-                        true,
-                        config.as_ref(),
-                        &mut self.out,
-                        &mut self.events,
-                    );
+                    info!("smtp {}: authenticated as {user}", self.io.t.peer());
+                    self.login_by = None;
+                    let io = &mut self.io;
+                    io.core
+                        .session
+                        .auth_result(true, config.as_ref(), &mut io.out, &mut io.events);
                 } else {
-                    info!("smtp {}: authentication failed for {user:?}", self.t.peer());
-                    sh.login_failed(self.ip());
-                    self.waiting = Waiting::FailureDelay(sh.now + AUTH_FAILURE_DELAY);
+                    info!(
+                        "smtp {}: authentication failed for {user:?}",
+                        self.io.t.peer()
+                    );
+                    self.waiting = Waiting::FailureDelay(cx.now + AUTH_FAILURE_DELAY);
                     return;
                 }
             }
             _ => return,
         }
-        self.handle_events(sh);
-        self.pump(sh);
+        self.handle_events(cx);
+        self.pump(cx);
     }
 
-    fn timer(&mut self, sh: &mut Shared) {
+    fn timer(&mut self, cx: &mut Ctx) {
         if let Waiting::FailureDelay(at) = self.waiting {
-            if at <= sh.now {
+            if at <= cx.now {
                 self.waiting = Waiting::Nothing;
-                let config = Arc::clone(&sh.config);
-                self.session
-                    .auth_result(false, config.as_ref(), &mut self.out, &mut self.events);
-                self.handle_events(sh);
-                self.pump(sh);
+                let config = Arc::clone(&self.io.core.config);
+                let io = &mut self.io;
+                io.core
+                    .session
+                    .auth_result(false, config.as_ref(), &mut io.out, &mut io.events);
+                if cx.login_blocked(self.ip()) {
+                    // This address is now blocked: its sessions end too.
+                    self.io.closing = true;
+                }
+                self.handle_events(cx);
+                self.pump(cx);
                 return;
             }
         }
-        if self.idle.expired(sh.now)
+        let login_late = self.login_by.is_some_and(|t| t <= cx.now);
+        if (self.io.idle.expired(cx.now) || login_late)
             && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
         {
-            info!("smtp {}: timeout, closing", self.t.peer());
-            self.session.timed_out(&mut self.out);
-            self.closing = true;
-            self.pump(sh);
-            // A client that does not even read gets no more patience.
-            if !self.done {
-                self.finish();
+            if login_late {
+                info!(
+                    "smtp {}: no login within login_timeout, closing",
+                    self.io.t.peer()
+                );
+            } else {
+                info!("smtp {}: timeout, closing", self.io.t.peer());
             }
+            if cx.stopping() {
+                // The grace period after SIGTERM ran out: say why.
+                self.io.core.session.shutting_down(&mut self.io.out);
+            } else {
+                self.io.core.session.timed_out(&mut self.io.out);
+            }
+            self.io.closing = true;
+            self.pump(cx);
+            // A client that does not even read gets no more patience.
+            self.io.finish();
         }
     }
 
     fn deadline(&self) -> Option<Instant> {
-        if self.done {
+        if self.io.is_done() {
             return None;
         }
+        let idle = self.io.idle.deadline();
+        let idle = self.login_by.map_or(idle, |t| t.min(idle));
         match self.waiting {
-            Waiting::FailureDelay(at) => Some(at.min(self.idle.deadline())),
+            Waiting::FailureDelay(at) => Some(at.min(idle)),
             Waiting::Delivery | Waiting::Password => None,
-            _ => Some(self.idle.deadline()),
+            Waiting::Nothing => Some(idle),
         }
     }
 
-    fn stop(&mut self, sh: &mut Shared) {
-        if self.done {
+    fn stop(&mut self, cx: &mut Ctx) {
+        if self.io.is_done() {
             return;
         }
-        if matches!(self.waiting, Waiting::Delivery) || self.session.in_transaction() {
+        if matches!(self.waiting, Waiting::Delivery) || self.io.core.session.in_transaction() {
             // Let the transaction finish; the loop's grace period bounds it.
-            self.idle.cut_to(sh.now + Duration::from_secs(5));
+            self.io.idle.cut_to(cx.now + Duration::from_secs(5));
             return;
         }
-        self.session.shutting_down(&mut self.out);
-        self.closing = true;
-        self.pump(sh);
+        self.io.core.session.shutting_down(&mut self.io.out);
+        self.io.closing = true;
+        self.pump(cx);
     }
 
     fn is_done(&self) -> bool {
-        self.done
+        self.io.is_done()
     }
 
     fn is_idle(&self) -> bool {
@@ -339,16 +328,110 @@ impl Driver for SmtpIn {
     }
 
     fn interest(&self) -> Interest {
-        self.t.interest()
+        self.io.t.interest()
     }
 
     fn source(&mut self) -> Option<&mut TcpStream> {
-        Some(self.t.socket())
+        Some(self.io.t.socket())
     }
 }
 
 impl SmtpIn {
     pub fn role(&self) -> ListenerKind {
         self.role
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::fake;
+    use crate::net::transport::tests::{peer, server_tls};
+    use crate::net::transport::Transport;
+    use std::io::Write;
+    use std::path::Path;
+
+    /// The real SMTP core behind the one pump, fed a byte at a time over a
+    /// congested fake pipe: the transaction comes out as one Deliver event,
+    /// and the driver's answer reaches the client.
+    #[test]
+    fn a_transaction_byte_by_byte_through_the_pump() {
+        let text = "[server]\nhostname = mx.example.test\ndata_dir = /nonexistent\n\
+                    [domain example.test]\n[mailbox bob@example.test]\npassword = {PLAIN}x\n";
+        let (config, _) = Config::parse(Path::new("t.ini"), text).expect("config");
+        let config = Arc::new(config);
+        let params = SessionParams {
+            hostname: "mx.example.test".into(),
+            peer: peer().ip(),
+            role: Role::Mx,
+            max_message_size: 1 << 20,
+            max_recipients: 10,
+            relay_allowed: false,
+            tls_active: false,
+            starttls_available: true,
+            plaintext_auth_allowed: false,
+        };
+        let (server_end, client) = fake::pair(1, 64);
+        let mut client = client.stutter();
+        let core = SmtpCore {
+            session: SmtpSession::new(params),
+            config,
+        };
+        let now = Instant::now();
+        let mut io = Inbound::new(
+            Transport::new(server_end, peer()),
+            core,
+            IdleClock::new(now, Duration::from_secs(60)),
+            "smtp",
+        );
+        io.core.session.greeting(&mut io.out);
+        let tls = server_tls();
+        let script = b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                       DATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+        let mut replies = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut to_send: &[u8] = script;
+        for _ in 0..20_000 {
+            if let Some((&b, rest)) = to_send.split_first() {
+                if client.write(&[b]).is_ok() {
+                    to_send = rest;
+                }
+            }
+            match io.pump(&tls, true, Instant::now()) {
+                Pumped::Events => {
+                    for ev in std::mem::take(&mut io.events) {
+                        if let Event::Deliver(tx) = ev {
+                            deliveries.push(tx);
+                            let cfg = Arc::clone(&io.core.config);
+                            io.core.session.delivered(
+                                DeliveryOutcome::Accepted {
+                                    queue_id: "Q1".into(),
+                                },
+                                cfg.as_ref(),
+                                &mut io.out,
+                                &mut io.events,
+                            );
+                        }
+                    }
+                }
+                Pumped::Waiting => {}
+                Pumped::Closed => break,
+            }
+            replies.extend(client.drain_all());
+        }
+        replies.extend(client.drain_all());
+        let text = String::from_utf8_lossy(&replies);
+        assert_eq!(deliveries.len(), 1, "{text}");
+        assert_eq!(deliveries[0].recipients[0].address, "bob@example.test");
+        assert!(text.starts_with("220 mx.example.test"), "{text}");
+        assert!(text.contains("354 "), "{text}");
+        assert!(text.contains("250 2.0.0 Ok: queued as Q1"), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with("221 2.0.0 mx.example.test closing connection"),
+            "{text}"
+        );
+        assert_eq!(deliveries[0].reverse_path, "a@remote.test");
+        assert!(io.is_done());
     }
 }

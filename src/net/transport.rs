@@ -31,16 +31,32 @@ pub enum ReadStatus {
     Closed,
 }
 
-pub struct Transport {
-    sock: TcpStream,
+/// The byte pipe under a transport: a non-blocking TCP socket, or in
+/// tests a scripted fake (partial reads and writes, WouldBlock, EOF).
+pub trait Wire: Read + Write {
+    fn set_nodelay(&self, on: bool) -> io::Result<()>;
+    fn shutdown(&self) -> io::Result<()>;
+}
+
+impl Wire for TcpStream {
+    fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        TcpStream::set_nodelay(self, on)
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        TcpStream::shutdown(self, std::net::Shutdown::Both)
+    }
+}
+
+pub struct Transport<W: Wire = TcpStream> {
+    sock: W,
     tls: Option<rustls::Connection>,
     /// Plaintext waiting to be written (into rustls or onto the socket).
     out: Vec<u8>,
     peer: SocketAddr,
 }
 
-impl Transport {
-    pub fn new(sock: TcpStream, peer: SocketAddr) -> Transport {
+impl<W: Wire> Transport<W> {
+    pub fn new(sock: W, peer: SocketAddr) -> Transport<W> {
         // Replies are written whole, when ready; Nagle's algorithm would hold
         // the tail of one (a POP3 "+OK" line, the final ".") until the
         // peer's delayed ACK, 40 ms per command.
@@ -57,7 +73,7 @@ impl Transport {
         self.peer
     }
 
-    pub fn socket(&mut self) -> &mut TcpStream {
+    pub fn socket(&mut self) -> &mut W {
         &mut self.sock
     }
 
@@ -182,11 +198,11 @@ impl Transport {
             tls.send_close_notify();
         }
         let _ = self.flush();
-        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let _ = self.sock.shutdown();
     }
 }
 
-fn read_plain(sock: &mut TcpStream, input: &mut Vec<u8>, limit: usize) -> io::Result<ReadStatus> {
+fn read_plain(sock: &mut impl Read, input: &mut Vec<u8>, limit: usize) -> io::Result<ReadStatus> {
     let mut buf = [0u8; READ_CHUNK];
     let want = limit.clamp(1, READ_CHUNK);
     loop {
@@ -205,7 +221,7 @@ fn read_plain(sock: &mut TcpStream, input: &mut Vec<u8>, limit: usize) -> io::Re
 
 fn read_tls(
     tls: &mut rustls::Connection,
-    sock: &mut TcpStream,
+    sock: &mut (impl Read + Write),
     input: &mut Vec<u8>,
     limit: usize,
 ) -> io::Result<ReadStatus> {
@@ -257,5 +273,127 @@ fn take_plaintext(
         // The peer closed the TCP connection without close_notify.
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(ReadStatus::Closed)),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::net::fake::{self, End};
+
+    pub fn peer() -> SocketAddr {
+        "192.0.2.7:4000".parse().unwrap()
+    }
+
+    /// A server config with a self-signed certificate made in a temp dir.
+    pub fn server_tls() -> Arc<rustls::ServerConfig> {
+        let dir = std::env::temp_dir().join(format!(
+            "mailgate-transport-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = crate::tls::server_config(None, None, &dir, "mx.example.test").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        config
+    }
+
+    /// Moves bytes both ways until neither side makes progress.
+    fn shuttle(
+        a: &mut Transport<End>,
+        b: &mut Transport<End>,
+        got_a: &mut Vec<u8>,
+        got_b: &mut Vec<u8>,
+    ) {
+        for _ in 0..10_000 {
+            a.flush().unwrap();
+            b.flush().unwrap();
+            let ra = a.read(got_a, usize::MAX).unwrap();
+            let rb = b.read(got_b, usize::MAX).unwrap();
+            let idle = |r: &ReadStatus| matches!(r, ReadStatus::WouldBlock | ReadStatus::Closed);
+            if idle(&ra) && idle(&rb) && a.is_flushed() && b.is_flushed() {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    #[test]
+    fn plain_partial_writes_and_reads_lose_nothing() {
+        let (a, b) = fake::pair(7, 100);
+        let mut a = Transport::new(a.stutter(), peer());
+        let mut b = Transport::new(b, peer());
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        a.queue(&data);
+        a.flush().unwrap();
+        assert!(!a.is_flushed(), "the pipe holds only 100 bytes");
+        assert!(
+            a.interest().is_writable(),
+            "wants to write while output waits"
+        );
+        let mut got = Vec::new();
+        let mut none = Vec::new();
+        shuttle(&mut a, &mut b, &mut none, &mut got);
+        assert_eq!(got, data);
+        assert_eq!(a.interest(), Interest::READABLE);
+        a.close();
+        assert_eq!(b.read(&mut got, usize::MAX).unwrap(), ReadStatus::Closed);
+    }
+
+    #[test]
+    fn tls_over_a_congested_pipe() {
+        // 5 bytes per call and every other write refused: every TLS record
+        // is cut, and rustls's wants_read/wants_write decide each step.
+        let (a, b) = fake::pair(5, 300);
+        let mut server = Transport::new(a.stutter(), peer());
+        let mut client = Transport::new(b.stutter(), peer());
+        server.start_tls_server(&server_tls()).unwrap();
+        client
+            .start_tls_client(
+                &crate::tls::opportunistic_client_config(),
+                "mx.example.test",
+            )
+            .unwrap();
+        client.queue(b"EHLO client.test\r\n");
+        let message: Vec<u8> = (0..40_000u32)
+            .map(|i| b"abcdefgh\r\n"[(i % 10) as usize])
+            .collect();
+        server.queue(&message);
+        let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+        shuttle(&mut server, &mut client, &mut at_server, &mut at_client);
+        assert!(server.tls_established() && client.tls_established());
+        assert_eq!(at_server, b"EHLO client.test\r\n");
+        assert_eq!(at_client, message);
+        assert!(server
+            .tls_description()
+            .is_some_and(|d| d.starts_with("TLSv1.")));
+        client.close();
+        let mut rest = Vec::new();
+        let mut status = ReadStatus::WouldBlock;
+        for _ in 0..100 {
+            status = server.read(&mut rest, usize::MAX).unwrap();
+            if status != ReadStatus::WouldBlock && status != ReadStatus::Data(0) {
+                break;
+            }
+        }
+        assert_eq!(status, ReadStatus::Closed, "close_notify ends the session");
+    }
+
+    #[test]
+    fn tls_garbage_is_an_error_not_a_panic() {
+        let (a, b) = fake::pair(64, 4096);
+        let mut server = Transport::new(a, peer());
+        server.start_tls_server(&server_tls()).unwrap();
+        let mut raw = b;
+        raw.write_all(b"EHLO this is not TLS\r\n").unwrap();
+        let mut input = Vec::new();
+        let err = server.read(&mut input, usize::MAX);
+        assert!(err.is_err(), "{err:?}");
+        assert!(input.is_empty());
+        let _ = server.flush();
+        // The alert rustls queued went out.
+        assert!(raw.unread() > 0, "an alert for the peer");
+        assert_eq!(raw.drain_all()[0], 0x15, "a TLS alert record");
     }
 }

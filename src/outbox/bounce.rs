@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::one_line;
+use crate::store::queue::one_line;
 
 /// Line length limit of the message format, without CRLF (RFC 5322 2.1.1).
 pub const MAX_LINE: usize = 998;

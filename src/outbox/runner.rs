@@ -1,28 +1,29 @@
-//! The outbox at work: decides which queued messages are due, starts one
-//! outbound session per message and destination, collects the results,
-//! and has a worker record them (retry times, bounces, removal).
+//! The outbox at work: decides which queued messages are due, returns one
+//! outbound job per message and destination, collects the sessions'
+//! reports, and hands back the finished attempts for a worker to record
+//! (retry times, bounces, removal; `record` below).
 //!
-//! Lives on the loop thread inside `Shared`. Reads the small envelope files
-//! when a scan is due (cheap: a household's queue holds a handful); every
-//! write to the queue happens on a worker, one job per message at a time,
-//! so two writers never race on an envelope.
+//! Lives on the loop thread and touches no file there: the server reads
+//! the queue folder on a worker when `wants_full_scan` says so, and every
+//! write to the queue happens on a worker, one job per message at a time.
+//! A flush (which rewrites every envelope) runs only while no attempt is
+//! being recorded, and no attempt is recorded while it runs, so two
+//! writers never race on an envelope.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info, warn};
 
 use crate::config::{Config, OutboxMode};
-use crate::conn::smtp_out::{GroupReport, OutboundJob, RouteSpec, SmtpOut};
-use crate::event_loop::Driver;
 use crate::outbox::bounce::{self, BounceParams, FailedRecipient};
-use crate::outbox::queue::{self, QueueEntry, RcptState};
 use crate::outbox::schedule::{self, Next};
-use crate::outbox::{queue::Queue, unix_secs};
-use crate::proto::smtp_client::{Credentials, Envelope, Outcome};
+use crate::outbox::unix_secs;
+use crate::outbox::{GroupReport, OutboundJob, RouteSpec};
+use crate::proto::smtp_client::{Credentials, Outcome};
 use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
+use crate::store::queue::{Loaded, Queue, QueueEntry, RcptState};
 use crate::store::trace::{self, TraceInfo};
 
 /// Outbound sessions at once: a home uplink gains nothing from more, and
@@ -62,6 +63,12 @@ pub struct Outbox {
     known: BTreeMap<String, QueueEntry>,
     /// When the queue folder is next read whole.
     next_full_scan: Instant,
+    /// A worker is reading the queue folder.
+    scanning: bool,
+    /// `mailgate flush` asked; starts once nothing is being recorded.
+    flush_wanted: bool,
+    /// A worker is making every entry due.
+    flushing: bool,
     attempts: HashMap<String, Attempt>,
     /// Entries whose results a worker is writing.
     recording: HashSet<String>,
@@ -73,15 +80,6 @@ pub struct Outbox {
     plaintext_hosts: HashSet<String>,
     verified_tls: Option<Arc<rustls::ClientConfig>>,
     opportunistic_tls: Arc<rustls::ClientConfig>,
-}
-
-/// The resolver to ask: `[outbox] nameserver`, else /etc/resolv.conf's first.
-pub fn nameserver(config: &Config) -> Option<SocketAddr> {
-    config.outbox.nameserver.or_else(|| {
-        std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .and_then(|t| crate::proto::dns::resolv_conf_nameserver(&t))
-    })
 }
 
 impl Outbox {
@@ -102,6 +100,9 @@ impl Outbox {
                 .map(|e| (e.id.clone(), e))
                 .collect(),
             next_full_scan: now + SAFETY_SCAN,
+            scanning: false,
+            flush_wanted: false,
+            flushing: false,
             attempts: HashMap::new(),
             recording: HashSet::new(),
             next_scan: Some(now),
@@ -131,39 +132,83 @@ impl Outbox {
     }
 
     pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.scanning {
+            return self.next_scan;
+        }
         self.next_scan.map(|n| n.min(self.next_full_scan))
     }
 
-    /// Rebuilds the TLS client config after a reload (ca_file may change).
-    pub fn reload(&mut self, config: &Config) {
-        match crate::tls::client_config(config.outbox.ca_file.as_deref()) {
+    /// The TLS client config rebuilt after a reload (ca_file may change).
+    pub fn reload(&mut self, verified_tls: Result<Arc<rustls::ClientConfig>, String>) {
+        match verified_tls {
             Ok(c) => self.verified_tls = Some(c),
             Err(e) => error!("outbox: {e}; keeping the previous CA setup"),
         }
     }
 
-    /// Starts sessions for what is due; returns their drivers.
-    pub fn tick(&mut self, config: &Config, now: Instant, stopping: bool) -> Vec<Box<dyn Driver>> {
-        if stopping {
-            return Vec::new();
+    /// True when the queue folder should be read whole now; the caller
+    /// reads it on a worker and hands the result to `scanned`.
+    pub fn wants_full_scan(&mut self, now: Instant) -> bool {
+        if self.scanning || self.next_full_scan > now {
+            return false;
         }
-        let queue = Queue::at(&config.server.data_dir);
-        if self.next_full_scan <= now {
-            let loaded = queue.load_all();
-            self.known = loaded
-                .entries
-                .into_iter()
-                .map(|e| (e.id.clone(), e))
-                .collect();
-            self.next_full_scan = now + SAFETY_SCAN;
-            self.next_scan = Some(now);
+        self.scanning = true;
+        self.next_full_scan = now + SAFETY_SCAN;
+        true
+    }
+
+    /// The queue folder as a worker read it. Entries with an attempt or a
+    /// record in flight keep the state this process knows (it is newer).
+    pub fn scanned(&mut self, loaded: Loaded, now: Instant) {
+        self.scanning = false;
+        let mut known: BTreeMap<String, QueueEntry> = loaded
+            .entries
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        for (id, entry) in &self.known {
+            if self.attempts.contains_key(id) || self.recording.contains(id) {
+                known.insert(id.clone(), entry.clone());
+            }
+        }
+        self.known = known;
+        self.kick(now);
+    }
+
+    /// `mailgate flush`: every entry due now, once no result is being
+    /// written (see `take_flush`).
+    pub fn request_flush(&mut self) {
+        self.flush_wanted = true;
+    }
+
+    /// True when the flush may run now; the caller runs
+    /// `queue::make_all_due` on a worker and then calls `flushed`.
+    pub fn take_flush(&mut self) -> bool {
+        if !self.flush_wanted || self.flushing || !self.recording.is_empty() {
+            return false;
+        }
+        self.flush_wanted = false;
+        self.flushing = true;
+        true
+    }
+
+    /// The flush is written: read the queue again.
+    pub fn flushed(&mut self, now: Instant) {
+        self.flushing = false;
+        self.rescan(now);
+    }
+
+    /// Jobs for the sessions that are due now.
+    pub fn tick(&mut self, config: &Config, now: Instant, stopping: bool) -> Vec<OutboundJob> {
+        if stopping || self.scanning {
+            return Vec::new();
         }
         match self.next_scan {
             Some(at) if at <= now => {}
             _ => return Vec::new(),
         }
         let now_secs = unix_secs(SystemTime::now());
-        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+        let mut jobs: Vec<OutboundJob> = Vec::new();
         let mut next_due: Option<u64> = None;
         let mut waiting_for_slot = false;
         let mut due = Vec::new();
@@ -185,8 +230,8 @@ impl Outbox {
             let Some(entry) = self.known.get(&id).cloned() else {
                 continue;
             };
-            match self.start(config, &queue, entry, now_secs) {
-                Ok(started) => drivers.extend(started),
+            match self.start(config, entry, now_secs) {
+                Ok(started) => jobs.extend(started),
                 Err(e) => warn!("outbox: {e}"),
             }
         }
@@ -200,7 +245,7 @@ impl Outbox {
                 (now + Duration::from_secs(wait)).min(safety)
             }))
         };
-        drivers
+        jobs
     }
 
     /// One session per destination: all due recipients together through
@@ -208,13 +253,9 @@ impl Outbox {
     fn start(
         &mut self,
         config: &Config,
-        queue: &Queue,
         entry: QueueEntry,
         now: u64,
-    ) -> Result<Vec<Box<dyn Driver>>, String> {
-        let message: Arc<[u8]> = std::fs::read(queue.message_path(&entry.id))
-            .map_err(|e| format!("cannot read queued message {}: {e}", entry.id))?
-            .into();
+    ) -> Result<Vec<OutboundJob>, String> {
         let due: Vec<String> = entry
             .recipients
             .iter()
@@ -232,39 +273,12 @@ impl Outbox {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        // RFC 5321 6.3: a message that went round too often is a loop.
-        if deliver::count_received(&message) > deliver::MAX_RECEIVED {
-            let reports = groups
-                .values()
-                .map(|rcpts| GroupReport {
-                    entry_id: entry.id.clone(),
-                    results: rcpts
-                        .iter()
-                        .map(|r| crate::proto::smtp_client::RcptResult {
-                            recipient: r.clone(),
-                            outcome: Outcome::Permanent {
-                                reply: "too many hops (Received: lines), mail loop".into(),
-                                enhanced: "5.4.6".into(),
-                            },
-                            remote: false,
-                        })
-                        .collect(),
-                    relay: None,
-                    tls_failed_host: None,
-                })
-                .collect();
-            self.attempts.insert(
-                entry.id.clone(),
-                Attempt {
-                    entry,
-                    sessions_left: 0,
-                    reports,
-                },
-            );
-            return Ok(Vec::new());
+        if config.outbox.mode == OutboxMode::Direct && config.resolver.is_none() {
+            return Err("no DNS resolver: set [outbox] nameserver".into());
         }
-        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-        for (domain, recipients) in &groups {
+        let message_path = Queue::at(&config.server.data_dir).message_path(&entry.id);
+        let mut jobs = Vec::new();
+        for (domain, recipients) in groups {
             let route = match config.outbox.mode {
                 OutboxMode::Smarthost => RouteSpec::Smarthost {
                     hosts: config.outbox.hosts.clone(),
@@ -281,44 +295,41 @@ impl Outbox {
                         .clone()
                         .unwrap_or_else(|| Arc::clone(&self.opportunistic_tls)),
                 },
-                OutboxMode::Direct => {
-                    let Some(ns) = nameserver(config) else {
-                        return Err("no DNS resolver: set [outbox] nameserver".into());
-                    };
-                    RouteSpec::Direct {
-                        domain: domain.clone(),
-                        nameserver: ns,
-                        plaintext_hosts: self.plaintext_hosts.iter().cloned().collect(),
-                        tls_config: Arc::clone(&self.opportunistic_tls),
-                    }
-                }
-            };
-            drivers.push(Box::new(SmtpOut::new(OutboundJob {
-                entry_id: entry.id.clone(),
-                envelope: Envelope {
-                    reverse_path: entry.sender.clone(),
-                    recipients: recipients.clone(),
-                    message: Arc::clone(&message),
-                    smtputf8: entry.smtputf8,
+                OutboxMode::Direct => RouteSpec::Direct {
+                    domain,
+                    plaintext_hosts: self.plaintext_hosts.iter().cloned().collect(),
+                    tls_config: Arc::clone(&self.opportunistic_tls),
                 },
+            };
+            jobs.push(OutboundJob {
+                entry_id: entry.id.clone(),
+                reverse_path: entry.sender.clone(),
+                recipients,
+                smtputf8: entry.smtputf8,
+                message_path: message_path.clone(),
                 helo_name: config.server.hostname.clone(),
                 route,
-            })));
+                nameserver: config.resolver,
+            });
         }
-        self.sessions += drivers.len();
+        self.sessions += jobs.len();
         self.attempts.insert(
             entry.id.clone(),
             Attempt {
                 entry,
-                sessions_left: drivers.len(),
+                sessions_left: jobs.len(),
                 reports: Vec::new(),
             },
         );
-        Ok(drivers)
+        Ok(jobs)
     }
 
-    /// Attempts whose results are all in (or that needed no session).
+    /// Attempts whose results are all in, to be recorded on a worker
+    /// (none while a flush is being written).
     pub fn take_ready(&mut self) -> Vec<(QueueEntry, Vec<GroupReport>)> {
+        if self.flushing {
+            return Vec::new();
+        }
         let ready: Vec<String> = self
             .attempts
             .iter()
@@ -370,7 +381,6 @@ impl Outbox {
 pub fn record(config: &Config, entry: QueueEntry, reports: Vec<GroupReport>) -> Recorded {
     let now = unix_secs(SystemTime::now());
     let queue = Queue::at(&config.server.data_dir);
-    let _guard = queue::envelope_lock();
     // The envelope as it is now (a flush may have moved retry times since
     // the scan); the results below only touch the recipients tried.
     let mut entry = queue.load(&entry.id).unwrap_or(entry);

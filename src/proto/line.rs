@@ -290,6 +290,71 @@ impl Framer {
     }
 }
 
+/// A line from [`Lines`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// The line, without its LF or CRLF.
+    Text(Vec<u8>),
+    /// The line went over the limit; it was skipped without being kept.
+    TooLong,
+}
+
+/// The bounded line buffer for the protocols whose lines may end in a
+/// bare LF (POP3 in both directions, RFC 1939 3 being read as clients
+/// write it, and the replies SMTP and POP3 servers send back): bytes go
+/// in, whole lines come out, and a line over its limit costs no more
+/// memory than the limit, however long it runs.
+#[derive(Debug, Default)]
+pub struct Lines {
+    buf: Vec<u8>,
+    /// Inside a line already reported as too long: skip to its LF.
+    discarding: bool,
+}
+
+impl Lines {
+    pub fn push(&mut self, input: &[u8]) {
+        self.buf.extend_from_slice(input);
+    }
+
+    /// Octets buffered and not yet taken as lines.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Forgets everything buffered (after STARTTLS/STLS: what came in
+    /// plaintext must not be read as if it came inside TLS).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.discarding = false;
+    }
+
+    /// The next whole line whose length (line end included) is at most
+    /// `limit`; None until one is complete.
+    pub fn next(&mut self, limit: usize) -> Option<Line> {
+        match self.buf.iter().position(|&b| b == LF) {
+            Some(lf) => {
+                let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
+                if std::mem::take(&mut self.discarding) || line.len() > limit {
+                    return Some(Line::TooLong);
+                }
+                line.pop();
+                if line.last() == Some(&CR) {
+                    line.pop();
+                }
+                Some(Line::Text(line))
+            }
+            None => {
+                if self.buf.len() >= limit {
+                    // Cannot become a valid line: keep no more of it.
+                    self.discarding = true;
+                    self.buf.clear();
+                }
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +536,36 @@ mod tests {
         assert!(f.in_command_mode());
         assert_eq!(body.take(), b"a\n.\r\n");
         assert_eq!(f.feed(b"QUIT\r\n", &mut body), (6, Some(line("QUIT"))));
+    }
+
+    #[test]
+    fn lines_end_at_lf_and_overlong_ones_cost_nothing() {
+        let mut l = Lines::default();
+        l.push(b"one\r\ntwo\nthr");
+        assert_eq!(l.next(10), Some(Line::Text(b"one".to_vec())));
+        assert_eq!(l.next(10), Some(Line::Text(b"two".to_vec())));
+        assert_eq!(l.next(10), None);
+        l.push(b"ee\r\n");
+        assert_eq!(l.next(10), Some(Line::Text(b"three".to_vec())));
+        for _ in 0..1000 {
+            l.push(&[b'x'; 100]);
+            assert_eq!(l.next(10), None);
+            assert!(l.buffered() <= 110, "an overlong line is not kept");
+        }
+        l.push(b"tail\r\nnext\r\n");
+        assert_eq!(l.next(10), Some(Line::TooLong), "reported once, at its end");
+        assert_eq!(l.next(10), Some(Line::Text(b"next".to_vec())));
+        l.push(b"12345678\r\n");
+        assert_eq!(
+            l.next(10),
+            Some(Line::Text(b"12345678".to_vec())),
+            "exactly the limit"
+        );
+        l.push(b"123456789\r\n");
+        assert_eq!(l.next(10), Some(Line::TooLong));
+        l.push(b"junk");
+        l.clear();
+        l.push(b"\r\n");
+        assert_eq!(l.next(10), Some(Line::Text(Vec::new())));
     }
 }

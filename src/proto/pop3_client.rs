@@ -46,11 +46,42 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::config::{Keep, TlsMode};
-use crate::smartpop::records::{valid_uidl, Entry, Records};
+use super::TlsMode;
+
+/// `keep = no | yes | 7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    No,
+    Yes,
+    For(Duration),
+}
+
+/// RFC 1939 section 7 limits a unique-id to 70 octets. Some servers send
+/// longer ones; we accept up to this many rather than refuse to collect.
+pub const MAX_UIDL_LEN: usize = 255;
+
+/// Is `s` a unique-id as RFC 1939 section 7 defines it (printable ASCII
+/// 0x21..0x7E), within our length bound?
+pub fn valid_uidl(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_UIDL_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// What is known about one UIDL (SmartPop keeps these in its records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// Unix seconds when this UIDL was first recorded; `keep = 7d` counts from here.
+    pub first_seen: u64,
+    /// The message is durably in the local Maildir: never fetch it again.
+    pub delivered: bool,
+    /// The "message too big" report was made: do not repeat it every interval.
+    pub oversized: bool,
+    /// Local delivery refused it permanently: leave it, do not RETR again.
+    pub rejected: bool,
+}
 
 /// Longest reply line we accept, CRLF excluded. RFC 2449 section 4 limits
 /// responses to 512 octets; real servers stretch that, so we allow four times.
@@ -347,13 +378,20 @@ fn parse_size(s: &str) -> Option<u64> {
 }
 
 impl Pop3Fetch {
-    /// Starts a session; `known` is the account's records (copied: the core
-    /// never writes them). Nothing is sent until the greeting arrives.
-    pub fn new(params: FetchParams, known: &Records) -> Pop3Fetch {
+    /// Starts a session; `known` is what the account's records say of each
+    /// UIDL (a copy: the core never writes them). Nothing is sent until the
+    /// greeting arrives.
+    pub fn new<'a>(
+        params: FetchParams,
+        known: impl IntoIterator<Item = (&'a str, &'a Entry)>,
+    ) -> Pop3Fetch {
         Pop3Fetch {
             secure: params.tls_active,
             params,
-            known: known.iter().map(|(u, e)| (u.to_string(), *e)).collect(),
+            known: known
+                .into_iter()
+                .map(|(u, e)| (u.to_string(), *e))
+                .collect(),
             state: State::Greeting,
             inbuf: Vec::new(),
             apop_timestamp: None,
@@ -1233,8 +1271,49 @@ mod md5 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::collections::BTreeMap;
     use std::time::Duration;
+
+    /// What SmartPop's records keep, as the driver updates them (the real
+    /// ones, with their file, are `smartpop::records`).
+    #[derive(Default)]
+    struct Records(BTreeMap<String, Entry>);
+
+    impl Records {
+        fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+            self.0.iter().map(|(u, e)| (u.as_str(), e))
+        }
+        fn get(&self, uidl: &str) -> Option<&Entry> {
+            self.0.get(uidl)
+        }
+        fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn mark(&mut self, uidl: &str, now: u64, set: impl FnOnce(&mut Entry)) {
+            if valid_uidl(uidl) {
+                set(self.0.entry(uidl.to_string()).or_insert(Entry {
+                    first_seen: now,
+                    ..Entry::default()
+                }));
+            }
+        }
+        fn mark_delivered(&mut self, uidl: &str, now: u64) {
+            self.mark(uidl, now, |e| e.delivered = true);
+        }
+        fn mark_oversized(&mut self, uidl: &str, now: u64) {
+            self.mark(uidl, now, |e| e.oversized = true);
+        }
+        fn mark_rejected(&mut self, uidl: &str, now: u64) {
+            self.mark(uidl, now, |e| e.rejected = true);
+        }
+        fn prune<S: AsRef<str>>(&mut self, on_server: &[S]) {
+            let keep: HashSet<&str> = on_server.iter().map(|s| s.as_ref()).collect();
+            self.0.retain(|uidl, _| keep.contains(uidl.as_str()));
+        }
+    }
 
     const NOW: u64 = 1_700_000_000;
     const RFC_TS: &str = "<1896.697170952@dbc.mtview.ca.us>";
@@ -1439,7 +1518,7 @@ mod tests {
         cut_at: Option<usize>,
         store_ok: &dyn Fn(u32) -> bool,
     ) -> Outcome {
-        let mut core = Pop3Fetch::new(p, records);
+        let mut core = Pop3Fetch::new(p, records.iter());
         let mut o = Outcome::default();
         let mut to_client = format!("{}\r\n", server.greeting).into_bytes();
         let mut fed = 0usize;
@@ -1553,7 +1632,7 @@ mod tests {
     }
 
     fn empty_records() -> Records {
-        Records::empty(PathBuf::from("unused"))
+        Records::default()
     }
 
     fn three() -> Vec<(&'static str, &'static str)> {
@@ -1580,7 +1659,7 @@ mod tests {
         for keep in [Keep::No, Keep::Yes] {
             let mut server = Server::new(&three());
             let mut records = empty_records();
-            let mut core = Pop3Fetch::new(params(keep), &records);
+            let mut core = Pop3Fetch::new(params(keep), records.iter());
             let mut to_client = format!("{}\r\n", server.greeting).into_bytes();
             let summary = loop {
                 let (mut out, mut events) = (Vec::new(), Vec::new());
@@ -1781,7 +1860,7 @@ mod tests {
     fn dele_only_after_delivered_true() {
         // The harness asserts nothing is written while a delivery runs; here
         // we check the order by hand.
-        let mut core = Pop3Fetch::new(params(Keep::No), &empty_records());
+        let mut core = Pop3Fetch::new(params(Keep::No), empty_records().iter());
         let (mut out, mut ev) = (Vec::new(), Vec::new());
         for (input, want) in [
             ("+OK hi\r\n", "CAPA\r\n"),
@@ -1806,7 +1885,7 @@ mod tests {
         );
         ev.clear();
         // Unsolicited bytes while waiting for the delivery are refused.
-        let mut c2 = Pop3Fetch::new(params(Keep::No), &empty_records());
+        let mut c2 = Pop3Fetch::new(params(Keep::No), empty_records().iter());
         for input in [
             "+OK\r\n",
             "-ERR\r\n",
@@ -2500,7 +2579,7 @@ mod tests {
     #[test]
     fn every_state_summary_on_loss() {
         // Abort in each waiting state returns a summary once, then stays done.
-        let mut core = Pop3Fetch::new(params(Keep::No), &empty_records());
+        let mut core = Pop3Fetch::new(params(Keep::No), empty_records().iter());
         let s = core.abort(FetchError::Tls("handshake failed".into()));
         assert_eq!(s.error, Some(FetchError::Tls("handshake failed".into())));
         assert_eq!(core.connection_lost(), s);

@@ -19,10 +19,20 @@ use std::path::PathBuf;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 
+use super::line::{Line, Lines};
 use super::sasl::{self, PlainError};
 use base64::Engine as _;
 
-use crate::store::maildrop::MessageInfo;
+/// One message of the maildrop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Relative to the maildir: `new/NAME` or `cur/NAME:2,FLAGS`.
+    pub path: PathBuf,
+    /// Size with CRLF line ends, before dot-stuffing (the `W=` of the name).
+    pub size: u64,
+    /// Unique-id for UIDL: stable across `new/` -> `cur/` moves and restarts.
+    pub uidl: String,
+}
 
 /// Longest command line, CRLF included (RFC 2449 4, raising RFC 1939's 47).
 /// RFC 1939 3 also caps arguments at 40 characters; that cap is not
@@ -38,6 +48,11 @@ const MAX_SASL_LINE: usize = 1024;
 const MAX_ERRORS: u32 = 10;
 /// Failed logins before the session is dropped (the driver adds a delay).
 const MAX_FAILED_LOGINS: u32 = 3;
+/// Commands a session may give before it has logged in. A real client
+/// needs about five (CAPA, STLS, CAPA, USER, PASS); one that only sends
+/// NOOP or CAPA to keep a connection slot is cut off (Postfix bounds the
+/// same with `smtpd_junk_command_limit`).
+pub const MAX_COMMANDS_BEFORE_LOGIN: u32 = 30;
 /// Pipelined input held while an event is carried out (RFC 2449 6.6 lets
 /// clients send many commands at once). Past this, `wants_input()` is
 /// false and the driver stops reading the socket.
@@ -230,11 +245,6 @@ enum Command<'a> {
 }
 
 /// One line out of the framer.
-enum Framed {
-    Line(Vec<u8>),
-    TooLong,
-}
-
 /// One POP3 server session.
 #[derive(Debug)]
 pub struct Pop3Session {
@@ -242,11 +252,11 @@ pub struct Pop3Session {
     state: State,
     pending: Option<Pending>,
     /// Unprocessed input: the start of a line, or pipelined commands.
-    input: Vec<u8>,
-    /// Inside an overlong line: bytes are dropped up to the next LF.
-    discarding: bool,
+    input: Lines,
     errors: u32,
     failed_logins: u32,
+    /// Commands given in AUTHORIZATION state.
+    commands_before_login: u32,
 }
 
 impl Pop3Session {
@@ -255,10 +265,10 @@ impl Pop3Session {
             params,
             state: State::Authorization { user: None },
             pending: None,
-            input: Vec::new(),
-            discarding: false,
+            input: Lines::default(),
             errors: 0,
             failed_logins: 0,
+            commands_before_login: 0,
         }
     }
 
@@ -275,13 +285,13 @@ impl Pop3Session {
         if matches!(self.state, State::Closed) {
             return;
         }
-        if self.pending.is_some() && self.input.len() + input.len() > MAX_BUFFERED_INPUT_HARD {
+        if self.pending.is_some() && self.input.buffered() + input.len() > MAX_BUFFERED_INPUT_HARD {
             // The driver ignored wants_input(); nothing sane can be said
             // mid-response, so drop the connection.
             self.close(events);
             return;
         }
-        self.input.extend_from_slice(input);
+        self.input.push(input);
         self.process(out, events);
     }
 
@@ -349,7 +359,6 @@ impl Pop3Session {
         self.params.tls_active = true;
         self.state = State::Authorization { user: None };
         self.input.clear();
-        self.discarding = false;
         self.process(out, events);
     }
 
@@ -404,7 +413,7 @@ impl Pop3Session {
     pub fn wants_input(&self) -> bool {
         !matches!(self.state, State::Closed)
             && self.pending.is_none()
-            && self.input.len() < MAX_BUFFERED_INPUT
+            && self.input.buffered() < MAX_BUFFERED_INPUT
     }
 
     pub fn is_closed(&self) -> bool {
@@ -445,50 +454,40 @@ impl Pop3Session {
                 break;
             };
             let reply = match framed {
-                Framed::TooLong => {
+                Line::TooLong => {
                     self.abandon_sasl();
                     Reply::err("line too long")
                 }
-                Framed::Line(bytes) => match checked_text(&bytes) {
+                Line::Text(bytes) => match checked_text(&bytes) {
                     None => {
                         self.abandon_sasl();
                         Reply::err("invalid characters in command")
                     }
-                    Some(line) => self.dispatch(line, events),
+                    Some(line) => {
+                        if matches!(self.state, State::Authorization { .. }) {
+                            self.commands_before_login += 1;
+                            if self.commands_before_login > MAX_COMMANDS_BEFORE_LOGIN {
+                                write_line(out, "-ERR too many commands without logging in");
+                                self.close(events);
+                                return;
+                            }
+                        }
+                        self.dispatch(line, events)
+                    }
                 },
             };
             self.write_reply(reply, out, events);
         }
     }
 
-    /// The bounded line framer: a line ends at LF (CRLF, or a bare LF as
-    /// many clients send); an overlong line is dropped as it streams in.
-    fn next_line(&mut self) -> Option<Framed> {
+    /// The next command line (one framer for POP3: `line::Lines`; a line
+    /// ends at LF, CRLF or a bare LF as many clients send).
+    fn next_line(&mut self) -> Option<Line> {
         let limit = match self.state {
             State::SaslResponse => MAX_SASL_LINE,
             _ => MAX_COMMAND_LINE,
         };
-        match self.input.iter().position(|&b| b == b'\n') {
-            Some(lf) => {
-                let mut line: Vec<u8> = self.input.drain(..=lf).collect();
-                if std::mem::take(&mut self.discarding) || line.len() > limit {
-                    return Some(Framed::TooLong);
-                }
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                Some(Framed::Line(line))
-            }
-            None => {
-                if self.input.len() >= limit {
-                    // Cannot become a valid line: keep no more of it.
-                    self.discarding = true;
-                    self.input.clear();
-                }
-                None
-            }
-        }
+        self.input.next(limit)
     }
 
     /// A bad line in the SASL exchange ends it (RFC 5034 4: -ERR).
@@ -597,7 +596,6 @@ impl Pop3Session {
                 } else {
                     // RFC 2595 4: nothing sent after STLS in plaintext counts.
                     self.input.clear();
-                    self.discarding = false;
                     self.state = State::Authorization { user: None };
                     self.pending = Some(Pending::Tls);
                     events.push(Pop3Event::StartTls);
@@ -959,6 +957,26 @@ mod tests {
     }
 
     const OUT_OF_STATE: &str = "-ERR command not valid in this state\r\n";
+
+    #[test]
+    fn a_slot_kept_by_noops_before_login_is_closed() {
+        // USER is answered +OK (NOOP is not valid before login and would
+        // end the session sooner, by the error cap).
+        let mut h = H::auth();
+        let n = MAX_COMMANDS_BEFORE_LOGIN as usize;
+        let (out, ev) = h.send(&"USER bob\r\n".repeat(n + 5));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), n + 1, "{out}");
+        assert!(lines[..n].iter().all(|l| l.starts_with("+OK")), "{out}");
+        assert_eq!(lines[n], "-ERR too many commands without logging in");
+        assert_eq!(ev, vec![Pop3Event::Close]);
+        assert!(h.s.is_closed());
+        // A logged-in session is not counted.
+        let mut h = H::logged_in();
+        let (out, ev) = h.send(&"NOOP\r\n".repeat(n + 5));
+        assert_eq!(out.lines().filter(|l| l.starts_with("+OK")).count(), n + 5);
+        assert!(ev.is_empty());
+    }
 
     /// Each row on a fresh session: (command line, exact reply).
     fn run_table(make: fn() -> H, rows: &[(&str, &str)]) {
@@ -1476,7 +1494,7 @@ mod tests {
         for _ in 0..100 {
             let (out, _) = h.send(&"A".repeat(1000));
             assert_eq!(out, "");
-            assert!(h.s.input.len() < MAX_COMMAND_LINE);
+            assert!(h.s.input.buffered() < MAX_COMMAND_LINE);
             assert!(h.s.wants_input());
         }
         let (out, _) = h.send("AAAA\r\nCAPA\r\n");
@@ -1704,7 +1722,7 @@ mod tests {
                     assert_eq!(out.len(), before, "no output once closed");
                 }
                 assert!(out.is_empty() || out.ends_with(b"\r\n"));
-                assert!(s.input.len() <= MAX_BUFFERED_INPUT_HARD);
+                assert!(s.input.buffered() <= MAX_BUFFERED_INPUT_HARD);
                 for e in &events {
                     sends += usize::from(matches!(e, Pop3Event::Send { .. }));
                     commits += usize::from(matches!(e, Pop3Event::Commit { .. }));

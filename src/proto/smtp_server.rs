@@ -34,9 +34,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 
 use super::address::{self, AddrError, Mailbox, Path};
+pub use super::envelope::{DeliveryOutcome, Recipient, Resolution, Transaction};
 use super::line::{Body, Frame, Framer, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use super::sasl::{self, PlainError};
-use crate::config::Resolution;
 
 /// Replies of 5xx to commands before the session is closed with 421
 /// 4.7.0 (a brake on dictionary attacks and confused clients; Postfix
@@ -45,6 +45,11 @@ pub const MAX_ERRORS: u32 = 10;
 /// Failed AUTH attempts before 421 4.7.0 (RFC 4954 4 lets the server
 /// close after repeated failures).
 pub const MAX_AUTH_FAILURES: u32 = 3;
+/// NOOP, RSET, VRFY, EXPN and HELP an unauthenticated session may give
+/// before it is closed with 421 4.7.0: answered commands that move no
+/// mail must not keep a connection slot forever (Postfix's
+/// `smtpd_junk_command_limit`, default 100).
+pub const MAX_JUNK_COMMANDS: u32 = 100;
 
 /// Base64 for SASL (RFC 4954 4): standard alphabet; padding accepted with
 /// or without, as clients differ.
@@ -109,52 +114,6 @@ pub enum Event {
     Authenticate { username: String, password: String },
     /// Flush `out`, then close the connection.
     Close,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    /// The forward-path as given, domain lower-cased.
-    pub address: String,
-    pub resolution: Resolution,
-}
-
-/// One accepted mail transaction (RFC 5321 3.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transaction {
-    /// `""` for the null reverse-path `<>`.
-    pub reverse_path: String,
-    pub recipients: Vec<Recipient>,
-    /// The message: lines end in CRLF, dot-unstuffed (DATA) or raw
-    /// (BDAT), without the terminator.
-    pub data: Vec<u8>,
-    pub helo: String,
-    pub peer: IpAddr,
-    /// For the `Received:` `with` clause (RFC 3848): "SMTP", "ESMTP",
-    /// "ESMTPS", "ESMTPA" or "ESMTPSA".
-    pub protocol: &'static str,
-    pub auth_user: Option<String>,
-    pub smtputf8: bool,
-    /// `BODY=8BITMIME` or `BODY=BINARYMIME` was given.
-    pub body_8bitmime: bool,
-}
-
-/// The driver's answer to `Event::Deliver`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// Durably stored (maildir or queue): 250.
-    Accepted { queue_id: String },
-    /// 4xx, e.g. 452 4.3.1 disk full.
-    TempFail {
-        code: u16,
-        enhanced: &'static str,
-        text: String,
-    },
-    /// 5xx, e.g. 552 5.2.2 mailbox full.
-    PermFail {
-        code: u16,
-        enhanced: &'static str,
-        text: String,
-    },
 }
 
 /// `BODY=` on MAIL (RFC 6152, RFC 3030).
@@ -370,6 +329,8 @@ pub struct SmtpSession {
     esmtp: bool,
     tls_active: bool,
     auth_user: Option<String>,
+    /// NOOP/RSET/VRFY/EXPN/HELP so far, counted before AUTH.
+    junk_commands: u32,
     envelope: Option<Envelope>,
     errors: u32,
     auth_failures: u32,
@@ -389,6 +350,7 @@ impl SmtpSession {
             helo: None,
             esmtp: false,
             auth_user: None,
+            junk_commands: 0,
             envelope: None,
             errors: 0,
             auth_failures: 0,
@@ -749,6 +711,21 @@ impl SmtpSession {
                 "Error: invalid characters in arguments",
             ));
         };
+        if matches!(
+            verb.as_slice(),
+            b"RSET" | b"NOOP" | b"VRFY" | b"EXPN" | b"HELP"
+        ) && self.auth_user.is_none()
+        {
+            self.junk_commands += 1;
+            if self.junk_commands > MAX_JUNK_COMMANDS {
+                self.close(events);
+                return Ok(Some(Reply::new(
+                    421,
+                    "4.7.0",
+                    format!("{} Error: too many junk commands", self.params.hostname),
+                )));
+            }
+        }
         match verb.as_slice() {
             b"EHLO" => self.hello(args, true),
             b"HELO" => self.hello(args, false),
@@ -1707,6 +1684,24 @@ mod tests {
             ("too many errors", true, "FOO\r\n".repeat(12), {
                 let mut v = vec!["500 5.5.2 Error: command not recognized"; 10];
                 v.push("421 4.7.0 mx.example.test Error: too many errors");
+                v
+            }),
+            ("a slot kept by NOOPs", true, "NOOP\r\n".repeat(105), {
+                let mut v = vec!["250 2.0.0 Ok"; MAX_JUNK_COMMANDS as usize];
+                v.push("421 4.7.0 mx.example.test Error: too many junk commands");
+                v
+            }),
+            ("junk of every kind counts", true, "RSET\r\nVRFY x\r\nHELP\r\n".repeat(40), {
+                let mut v = Vec::new();
+                for _ in 0..33 {
+                    v.extend([
+                        "250 2.0.0 Ok",
+                        "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+                        "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT STARTTLS AUTH",
+                    ]);
+                }
+                v.push("250 2.0.0 Ok");
+                v.push("421 4.7.0 mx.example.test Error: too many junk commands");
                 v
             }),
         ];

@@ -13,10 +13,39 @@ use log::{error, info, warn};
 
 use crate::config::{Config, SmartPopConfig};
 use crate::outbox::unix_secs;
-use crate::smartpop::records::Records;
+use crate::smartpop::records::{records_path, Records};
 use crate::smartpop::route::{self, Route};
 use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
 use crate::store::trace::{self, TraceInfo};
+
+/// Before a run, on a worker: the account's records (finishing the
+/// renames a crash cut short), their folder, and the TLS client config
+/// (which reads `ca_file`). Err says why the run cannot start.
+pub fn prepare(
+    config: &Config,
+    account: &SmartPopConfig,
+) -> Result<(Records, Arc<rustls::ClientConfig>), String> {
+    let tls = crate::tls::client_config(account.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let path = records_path(&config.server.data_dir, &account.name)
+        .map_err(|e| format!("bad account name: {e}"))?;
+    let records = match Records::load(path.clone()) {
+        Ok(mut r) => {
+            // Renames cut by a crash (only then is there work).
+            r.finish_staged(&config.server.data_dir)
+                .map_err(|e| format!("cannot finish staged deliveries: {e}"))?;
+            r
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::empty(path),
+        // Without the records we could fetch twice: wait.
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    if let Some(dir) = records.path().parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            warn!("smartpop: cannot create {}: {e}", dir.display());
+        }
+    }
+    Ok((records, tls))
+}
 
 /// One message the POP3 core fetched.
 pub struct Fetched {

@@ -9,9 +9,10 @@
 //!
 //! One collection run for account NAME, as the driver performs it:
 //!
-//! 1. `records::Records::load(records::records_path(data_dir, NAME)?)`.
+//! 1. On a worker, `collect::prepare`: the records (`Records::load`, with
+//!    `finish_staged`) and the TLS client config.
 //! 2. Connect (TLS first when `tls = tls`), build
-//!    `proto::pop3_client::Pop3Fetch::new(params, &records)`, feed it bytes.
+//!    `proto::pop3_client::Pop3Fetch::new(params, records.iter())`, feed it bytes.
 //! 3. On `Deliver { uidl, data, .. }`: on a worker, pick the mailboxes
 //!    (`route::route` when `multidrop = yes`, else `deliver_to`; `Unrouted`
 //!    also means `deliver_to`), write the message durably into each Maildir,

@@ -29,12 +29,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use crate::proto::pop3_client::{valid_uidl, Entry, MAX_UIDL_LEN};
 use crate::store::deliver::StagedCopy;
 use crate::store::maildir::Maildir;
-
-/// RFC 1939 section 7 limits a unique-id to 70 octets. Some servers send
-/// longer ones; we accept up to this many rather than refuse to collect.
-pub const MAX_UIDL_LEN: usize = 255;
 
 /// Longest account name used as a file name (config section names are short;
 /// the bound keeps us well under NAME_MAX = 255 with the `.tmp` suffix).
@@ -42,25 +39,6 @@ pub const MAX_ACCOUNT_NAME_LEN: usize = 128;
 
 /// Subdirectory of `data_dir` that holds one records file per account.
 pub const RECORDS_DIR: &str = "smartpop";
-
-/// Is `s` a unique-id as RFC 1939 section 7 defines it (printable ASCII
-/// 0x21..0x7E), within our length bound?
-pub fn valid_uidl(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_UIDL_LEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
-/// What we know about one UIDL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Entry {
-    /// Unix seconds when this UIDL was first recorded; `keep = 7d` counts from here.
-    pub first_seen: u64,
-    /// The message is durably in the local Maildir: never fetch it again.
-    pub delivered: bool,
-    /// The "message too big" report was made: do not repeat it every interval.
-    pub oversized: bool,
-    /// Local delivery refused it permanently: leave it, do not RETR again.
-    pub rejected: bool,
-}
 
 /// Why an account name cannot be a file name.
 #[derive(Debug, Clone, PartialEq, Eq)]

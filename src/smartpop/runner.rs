@@ -2,22 +2,26 @@
 //! once on `mailgate fetch`; one run per account at a time, accounts
 //! independent of each other.
 //!
-//! Lives on the loop thread inside `Shared`; spawns one
-//! `conn::pop3_fetch` driver per run.
+//! Lives on the loop thread and touches no file: it returns one
+//! `FetchJob` per run due, which the server turns into a collection
+//! driver.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, warn};
+use log::debug;
 
-use crate::config::Config;
-use crate::conn::pop3_fetch::Pop3FetchDriver;
-use crate::event_loop::Driver;
-use crate::smartpop::records::{records_path, Records};
+use crate::config::{Config, SmartPopConfig};
 
 /// A run that fails to start (bad CA file) is tried again after this.
 const RETRY_BROKEN: Duration = Duration::from_secs(300);
+
+/// One collection run to make.
+pub struct FetchJob {
+    pub account: SmartPopConfig,
+    pub config: Arc<Config>,
+}
 
 struct Account {
     next_poll: Instant,
@@ -66,16 +70,12 @@ impl SmartPop {
             .min()
     }
 
-    /// Starts the runs that are due.
-    pub fn tick(
-        &mut self,
-        config: &Arc<Config>,
-        now: Instant,
-        stopping: bool,
-    ) -> Vec<Box<dyn Driver>> {
-        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+    /// Jobs for the runs that are due. Each run reads its account's records
+    /// (and finishes deliveries a crash cut short) on a worker first.
+    pub fn tick(&mut self, config: &Arc<Config>, now: Instant, stopping: bool) -> Vec<FetchJob> {
+        let mut jobs = Vec::new();
         if stopping {
-            return drivers;
+            return jobs;
         }
         for account in &config.smartpop {
             let Some(state) = self.accounts.get_mut(&account.name) else {
@@ -85,63 +85,25 @@ impl SmartPop {
                 continue;
             }
             state.next_poll = now + account.interval;
-            let tls = match crate::tls::client_config(account.ca_file.as_deref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    error!("smartpop {}: {e}", account.name);
-                    state.next_poll = now + RETRY_BROKEN;
-                    continue;
-                }
-            };
-            let records = match records_path(&config.server.data_dir, &account.name) {
-                Ok(path) => match Records::load(path.clone()) {
-                    Ok(mut r) => {
-                        // Renames cut by a crash (only then is there work).
-                        if let Err(e) = r.finish_staged(&config.server.data_dir) {
-                            error!(
-                                "smartpop {}: cannot finish staged deliveries: {e}",
-                                account.name
-                            );
-                            state.next_poll = now + RETRY_BROKEN;
-                            continue;
-                        }
-                        r
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::empty(path),
-                    Err(e) => {
-                        // Without the records we could fetch twice: wait.
-                        error!(
-                            "smartpop {}: cannot read {}: {e}",
-                            account.name,
-                            path.display()
-                        );
-                        state.next_poll = now + RETRY_BROKEN;
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    error!("smartpop {}: bad account name: {e:?}", account.name);
-                    continue;
-                }
-            };
-            if let Some(dir) = records.path().parent() {
-                if let Err(e) = std::fs::create_dir_all(dir) {
-                    warn!("smartpop: cannot create {}: {e}", dir.display());
-                }
-            }
             debug!(
                 "smartpop {}: polling {}:{}",
                 account.name, account.host.host, account.host.port
             );
             state.running = true;
-            drivers.push(Box::new(Pop3FetchDriver::new(
-                account.clone(),
-                Arc::clone(config),
-                tls,
-                records,
-            )));
+            jobs.push(FetchJob {
+                account: account.clone(),
+                config: Arc::clone(config),
+            });
         }
-        drivers
+        jobs
+    }
+
+    /// A run could not start (records unreadable, bad CA file): try again
+    /// after a pause rather than at every interval's end.
+    pub fn broken(&mut self, name: &str, now: Instant) {
+        if let Some(a) = self.accounts.get_mut(name) {
+            a.next_poll = a.next_poll.max(now + RETRY_BROKEN);
+        }
     }
 
     /// A run ended; the next one is at its interval (set when it started).

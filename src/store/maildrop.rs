@@ -17,7 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 /// Longest unique-id (RFC 1939 7: "1 to 70 characters").
 const MAX_UIDL_LEN: usize = 70;
@@ -33,16 +33,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const NEW: &str = "new";
 const CUR: &str = "cur";
 
-/// One message of the maildrop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageInfo {
-    /// Relative to the maildir: `new/NAME` or `cur/NAME:2,FLAGS`.
-    pub path: PathBuf,
-    /// Size with CRLF line ends, before dot-stuffing (the `W=` of the name).
-    pub size: u64,
-    /// Unique-id for UIDL: stable across `new/` -> `cur/` moves and restarts.
-    pub uidl: String,
-}
+pub use crate::proto::pop3_server::MessageInfo;
 
 /// Lists the messages of the Maildir `dir` in delivery order. A missing
 /// `new/` or `cur/` counts as empty (no mail delivered yet).
@@ -439,6 +430,7 @@ fn keep_first(first: &mut Option<io::Error>, result: io::Result<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A maildir in the system temp folder, removed on drop.

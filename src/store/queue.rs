@@ -28,9 +28,6 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-
-use super::one_line;
 
 /// The queue's folder under `data_dir` (spec: "Data on disk").
 pub const QUEUE_DIR: &str = "queue";
@@ -56,22 +53,6 @@ const MAX_ID_LEN: usize = 64;
 /// How many fresh IDs `enqueue` tries before it gives up (they only collide
 /// with files left by an earlier process that had the same pid).
 const MAX_ID_TRIES: u32 = 1000;
-
-/// Serializes read-modify-write of envelopes between the server's worker
-/// threads: recording an attempt's results and `flush` both rewrite
-/// envelopes, and without this a flush that read an envelope before a
-/// result was recorded could write back a delivered or failed recipient as
-/// pending (a duplicate delivery or bounce).
-static ENVELOPE_LOCK: Mutex<()> = Mutex::new(());
-
-/// Holds [`ENVELOPE_LOCK`] while alive. A panic elsewhere cannot leave
-/// the queue half-updated in memory (every write is a whole file), so a
-/// poisoned lock is simply taken over.
-pub fn envelope_lock() -> MutexGuard<'static, ()> {
-    ENVELOPE_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Per-process sequence number for IDs and tmp names.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -314,15 +295,11 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {
 
 /// `mailgate flush`: makes every pending recipient of every entry due at
 /// `now`. Errors are logged; an entry that cannot be rewritten keeps its
-/// old time.
+/// old time. The caller makes sure no other writer rewrites envelopes
+/// meanwhile (the outbox runner records no attempt while a flush runs).
 pub fn make_all_due(data_dir: &Path, now: u64) {
     let queue = Queue::at(data_dir);
-    for entry in queue.load_all().entries {
-        let _guard = envelope_lock();
-        // Read again under the lock: a result may have been recorded since.
-        let Ok(mut entry) = queue.load(&entry.id) else {
-            continue;
-        };
+    for mut entry in queue.load_all().entries {
         let mut changed = false;
         for r in entry.recipients.iter_mut() {
             if r.state == RcptState::Pending && r.next_try > now {
@@ -814,6 +791,36 @@ pub fn human_duration(secs: u64) -> String {
         3600..=86_399 => format!("{}h", secs / 3600),
         _ => format!("{}d", secs / 86_400),
     }
+}
+
+/// Makes untrusted text (a remote server's reply, an address) safe for one
+/// `key: value` line of an envelope file, a header field body or a terminal:
+/// every control character (CR, LF, NUL, ESC, ...) and Unicode line or
+/// paragraph separator becomes a space, runs of whitespace collapse to one
+/// space, and the result is cut to at most `max_chars` characters.
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars));
+    let mut count = 0;
+    let mut pending_space = false;
+    for c in text.chars() {
+        let blank = c.is_whitespace() || c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+        if blank {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        let needed = if pending_space { 2 } else { 1 };
+        if count + needed > max_chars {
+            break;
+        }
+        if pending_space {
+            out.push(' ');
+            count += 1;
+            pending_space = false;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1315,5 +1322,35 @@ mod tests {
 ";
         assert_eq!(format_listing(&entries, T0 + 600), want);
         assert!(format_listing(&entries[..1], T0).ends_with("\n1 message in queue\n"));
+    }
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_table() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("plain", 100, "plain"),
+            ("  lead and trail  ", 100, "lead and trail"),
+            (
+                "550-5.1.1 no\r\n550 5.1.1 such user",
+                100,
+                "550-5.1.1 no 550 5.1.1 such user",
+            ),
+            ("a\0b\x1b[31mc", 100, "a b [31mc"),
+            ("x\r\nSubject: injected", 100, "x Subject: injected"),
+            ("tab\there", 100, "tab here"),
+            ("abcdef", 3, "abc"),
+            ("ab cd", 3, "ab"),
+            ("", 10, ""),
+            ("\r\n\r\n", 10, ""),
+            ("ünïcödé line\u{2028}sep", 100, "ünïcödé line sep"),
+            ("ünï", 2, "ün"),
+        ];
+        for (input, max, want) in cases {
+            assert_eq!(one_line(input, *max), *want, "input {input:?}");
+        }
     }
 }
