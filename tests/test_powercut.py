@@ -35,6 +35,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -60,11 +61,44 @@ def rng_for(name):
 # -- the server on a power-cut filesystem ------------------------------------
 
 
+def ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def stable_port(taken=set()):
+    """A free loopback port below the ephemeral range (see CutServer)."""
+    low = ephemeral_low()
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    return free_port()
+
+
 class CutServer:
     """A mailgate whose data_dir is a power-cut mount."""
 
     def __init__(self, tmp_path, extra="", replace=None, premade_data_dir=True):
         self.server = s = Server(tmp_path / "s", extra, replace)
+        # The server restarts on the same ports some 20 times; between a
+        # kill and the restart, any process on the machine may be given a
+        # freed port in the ephemeral range as its source port and hold it.
+        # Ports below that range are never handed out so.
+        for name, port in list(s.ports.items()):
+            new_port = stable_port()
+            s.config_text = s.config_text.replace(f"127.0.0.1:{port}\n", f"127.0.0.1:{new_port}\n")
+            s.ports[name] = new_port
         # data_dir one level inside the mount, over a trap file (see
         # PowerCutMount): mailgate makes data_dir itself, durably.
         mnt = tmp_path / "mnt"
