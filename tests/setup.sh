@@ -12,6 +12,8 @@ command -v strace >/dev/null || need_apt+=(strace)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
 # The IMAP store's interop tests have Dovecot serve (and write) Maildirs.
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
+# The power-cut filesystem (tests/powercut_fs.py): fusepy loads libfuse 2.
+ldconfig -p | grep "libfuse\.so\.2" >/dev/null || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -23,7 +25,7 @@ fi
 
 PY=${PYTHON:-python3}
 need_pip=()
-for mod in pytest xdist aiosmtpd dnslib dkim nacl; do
+for mod in pytest xdist aiosmtpd dnslib dkim nacl fuse; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
 if [ ${#need_pip[@]} -gt 0 ]; then
@@ -33,6 +35,7 @@ if [ ${#need_pip[@]} -gt 0 ]; then
       xdist) pkgs+=(pytest-xdist) ;;
       dkim) pkgs+=(dkimpy) ;;
       nacl) pkgs+=(pynacl) ;;
+      fuse) pkgs+=(fusepy) ;;
       *) pkgs+=("$m") ;;
     esac
   done

@@ -263,6 +263,26 @@ impl Records {
         Ok(finished)
     }
 
+    /// Makes the names of `copies` in their `tmp/` folders durable. Call
+    /// it before [`Records::record_staged`]: staging fsyncs each file but
+    /// not its folder, and a record naming a copy that a power cut then
+    /// takes away would count the UIDL as delivered (and DELE it) with no
+    /// copy anywhere (found by tests/test_powercut.py).
+    pub fn sync_staged(data_dir: &Path, copies: &[StagedCopy]) -> io::Result<()> {
+        let mut synced: Vec<PathBuf> = Vec::new();
+        for (mailbox, _) in copies {
+            let tmp = Maildir::for_mailbox(data_dir, mailbox)?.tmp_dir();
+            if !synced.contains(&tmp) {
+                // Waits for a worker still making this Maildir (its tmp/
+                // can be in use before its own name is synced).
+                crate::store::durable::create_dir_all_durable(&tmp)?;
+                crate::store::durable::fsync_dir(&tmp)?;
+                synced.push(tmp);
+            }
+        }
+        Ok(())
+    }
+
     /// Records that the oversize report for `uidl` was made, durably.
     pub fn record_oversized(&mut self, uidl: &str, now: u64) -> io::Result<()> {
         let before = self.entries.get(uidl).copied();
@@ -336,7 +356,7 @@ impl Records {
         let existed = self.path.exists();
         if !existed {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir)?;
+                crate::store::durable::create_dir_all_durable(dir)?;
             }
         }
         let mut file = fs::OpenOptions::new()
@@ -347,8 +367,13 @@ impl Records {
         file.write_all(line.as_bytes())?;
         file.sync_all()?;
         if !existed {
-            // The new name must survive a power cut too.
+            // The new name must survive a power cut too, and so must the
+            // folder's own name in data_dir: whoever made it (the runner
+            // does, with a plain mkdir) did not sync data_dir.
             crate::store::durable::fsync_parent(&self.path)?;
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::store::durable::fsync_parent(dir)?;
+            }
         }
         Ok(())
     }
@@ -441,7 +466,7 @@ fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(".tmp");
     let tmp = match dir {
         Some(d) => {
-            fs::create_dir_all(d)?;
+            crate::store::durable::create_dir_all_durable(d)?;
             d.join(tmp_name)
         }
         None => PathBuf::from(tmp_name),

@@ -11,6 +11,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Files hold other people's mail: owner only.
 pub const FILE_MODE: u32 = 0o600;
@@ -41,6 +42,15 @@ fn parent_of(path: &Path) -> &Path {
 /// it creates so the new folders survive a crash. Existing folders are left
 /// as they are; a non-folder in the way is an error (`ENOTDIR`).
 pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    // One creator at a time in this process: a folder another worker has
+    // just made may not have its name synced yet, and a walk that stopped
+    // at it would build on a name a power cut can take away (the first
+    // mail to bob and to alice at once, both under mail/example.test/).
+    // Only the slow path (something missing) comes here.
+    static CREATING: Mutex<()> = Mutex::new(());
+    let _one = CREATING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Walk up to the first ancestor that exists, remembering what is missing.
     let mut missing = Vec::new();
     let mut cur = dir;
@@ -61,7 +71,7 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
     for d in missing.iter().rev() {
         match DirBuilder::new().mode(DIR_MODE).create(d) {
             Ok(()) => {}
-            // Another worker made it first; it is still ours to sync below.
+            // Another process made it first; it is still ours to sync below.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
             Err(e) => return Err(e),
         }

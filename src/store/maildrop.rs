@@ -17,7 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 /// Longest unique-id (RFC 1939 7: "1 to 70 characters").
 const MAX_UIDL_LEN: usize = 70;
@@ -76,6 +76,26 @@ pub fn scan(dir: &Path) -> io::Result<Vec<MessageInfo>> {
             found.push((OrderKey::of(base), info));
         }
     }
+    // A power cut between the two folder syncs of a move to `cur/` (see
+    // `commit`) can leave the message as `new/NAME` and `cur/NAME:2,...`,
+    // two names of one file: shown once, as the `cur/` one. Two different
+    // files with one unique name (a copy) stay two messages.
+    let in_cur: HashMap<Vec<u8>, PathBuf> = found
+        .iter()
+        .filter_map(|(_, info)| {
+            let (sub, name) = checked_parts(&info.path).ok()?;
+            (sub == CUR).then(|| (base_name(name).as_bytes().to_vec(), info.path.clone()))
+        })
+        .collect();
+    if !in_cur.is_empty() {
+        found.retain(|(_, info)| match checked_parts(&info.path) {
+            Ok((NEW, name)) => match in_cur.get(base_name(name).as_bytes()) {
+                Some(cur) => !same_file(&dir.join(&info.path), &dir.join(cur)),
+                None => true,
+            },
+            _ => true,
+        });
+    }
     found.sort_by(|a, b| a.0.cmp(&b.0));
     let mut listing: Vec<MessageInfo> = found.into_iter().map(|(_, info)| info).collect();
     make_uidls_unique(&mut listing);
@@ -96,6 +116,12 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
 
     for message in deleted {
         let result = checked_parts(&message.path).and_then(|(sub, name)| {
+            // The `new/` twin of an interrupted move (see `scan`) goes too.
+            let twin = dir.join(NEW).join(base_name(name));
+            if sub == CUR && same_file(&twin, &dir.join(sub).join(name)) {
+                ignore_not_found(fs::remove_file(&twin))?;
+                touched_new = true;
+            }
             match fs::remove_file(dir.join(sub).join(name)) {
                 Ok(()) => {
                     mark(sub, &mut touched_new, &mut touched_cur);
@@ -119,6 +145,13 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
         keep_first(&mut first_error, result);
     }
 
+    // A move to cur/ is a link, then (once cur/ is synced) the unlink of
+    // the new/ name: with rename(2), any other sync of new/ meanwhile (a
+    // delivery's) made the removal durable before the cur/ name was, and
+    // a power cut between lost the message (found by tests/test_powercut.py,
+    // test_pop3_move_survives_a_delivery_between_its_syncs). Where links
+    // are refused (FAT and exFAT sticks), rename it is.
+    let mut linked: Vec<PathBuf> = Vec::new();
     for message in retrieved {
         let result = checked_parts(&message.path).and_then(|(sub, name)| {
             if sub != NEW {
@@ -126,24 +159,58 @@ pub fn commit(dir: &Path, deleted: &[&MessageInfo], retrieved: &[&MessageInfo]) 
             }
             let mut seen = OsString::from_vec(base_name(name).as_bytes().to_vec());
             seen.push(SEEN_INFO);
-            let moved = fs::rename(dir.join(NEW).join(name), dir.join(CUR).join(seen));
-            if ignore_not_found(moved)? {
-                touched_new = true;
-                touched_cur = true;
+            let (from, to) = (dir.join(NEW).join(name), dir.join(CUR).join(seen));
+            match fs::hard_link(&from, &to) {
+                Ok(()) => {
+                    touched_cur = true;
+                    linked.push(from);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                // Already there as the same file: an interrupted move.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&from, &to) => {
+                    linked.push(from);
+                    Ok(())
+                }
+                // No links here, or another file by that name (replaced,
+                // as rename always did).
+                Err(_) => {
+                    if ignore_not_found(fs::rename(&from, &to))? {
+                        touched_new = true;
+                        touched_cur = true;
+                    }
+                    Ok(())
+                }
             }
-            Ok(())
         });
         keep_first(&mut first_error, result);
     }
 
-    // The removals and renames are durable only once the folders are synced.
-    for (sub, touched) in [(NEW, touched_new), (CUR, touched_cur)] {
-        if touched {
-            keep_first(
-                &mut first_error,
-                File::open(dir.join(sub)).and_then(|d| d.sync_all()),
-            );
+    // The removals and links are durable only once the folders are
+    // synced, each folder on its own: `cur/` first, and the new/ names of
+    // linked messages go only once it is (a cut between leaves both names
+    // of one file, which `scan` shows once), never under neither.
+    let cur_synced = if touched_cur {
+        let result = File::open(dir.join(CUR)).and_then(|d| d.sync_all());
+        let ok = result.is_ok();
+        keep_first(&mut first_error, result);
+        ok
+    } else {
+        true
+    };
+    // If cur/ could not be synced, both names stay: shown once, no loss.
+    if cur_synced {
+        for from in &linked {
+            let result = ignore_not_found(fs::remove_file(from)).map(|_| ());
+            touched_new = true;
+            keep_first(&mut first_error, result);
         }
+    }
+    if touched_new {
+        keep_first(
+            &mut first_error,
+            File::open(dir.join(NEW)).and_then(|d| d.sync_all()),
+        );
     }
     match first_error {
         Some(e) => Err(e),
@@ -336,6 +403,16 @@ fn mark(sub: &str, touched_new: &mut bool, touched_cur: &mut bool) {
 }
 
 /// Ok(true) if done, Ok(false) if the file was already gone.
+/// Are `a` and `b` two names of one file (same device and inode)? False
+/// when either is missing.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 fn ignore_not_found(result: io::Result<()>) -> io::Result<bool> {
     match result {
         Ok(()) => Ok(true),
@@ -543,6 +620,33 @@ mod tests {
         // Committing the same again finds nothing to do and is fine.
         commit(&md.0, &deleted, &retrieved).unwrap();
         commit(&md.0, &[], &[]).unwrap();
+    }
+
+    #[test]
+    fn a_move_cut_between_its_two_folder_syncs_is_one_message() {
+        // A power cut after `cur/` was synced and before `new/` was leaves
+        // both names of the same file: listed once, deleted as a whole.
+        // (Two different files with one name are two messages: see
+        // duplicate_unique_names_get_distinct_uidls.)
+        let md = TempMaildir::new();
+        let a = name(1_700_000_000, 1, 1, 3, 4);
+        let b = name(1_700_000_001, 1, 2, 3, 4);
+        md.put(&format!("new/{a}"), b"hi\n");
+        fs::hard_link(
+            md.0.join(format!("new/{a}")),
+            md.0.join(format!("cur/{a}:2,S")),
+        )
+        .unwrap();
+        md.put(&format!("new/{b}"), b"ho\n");
+        let listing = scan(&md.0).unwrap();
+        assert_eq!(
+            paths(&listing),
+            vec![format!("cur/{a}:2,S"), format!("new/{b}")]
+        );
+        commit(&md.0, &[&listing[0]], &[]).unwrap();
+        assert!(!md.exists(&format!("cur/{a}:2,S")));
+        assert!(!md.exists(&format!("new/{a}")));
+        assert_eq!(paths(&scan(&md.0).unwrap()), vec![format!("new/{b}")]);
     }
 
     #[test]

@@ -25,7 +25,6 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,10 +36,6 @@ const MSG_EXT: &str = "msg";
 const ENV_EXT: &str = "env";
 /// Last line of every envelope: a file without it was cut short.
 const END_MARKER: &str = "end";
-
-/// Queue folders hold other people's mail: owner only (files are made
-/// 0600 by `store::durable`).
-const DIR_MODE: u32 = 0o700;
 
 /// Largest envelope file read. With at most a few hundred recipients of at
 /// most 256 octets each (RFC 5321 4.5.3.1.3, path) plus their last errors, a
@@ -357,12 +352,13 @@ impl Queue {
         Ok((queue, loaded))
     }
 
-    /// Creates the queue folders if they are missing (no recovery).
+    /// Creates the queue folders if they are missing (no recovery), each
+    /// folder's name synced in its parent: a message committed in a
+    /// `queue/` whose own name was never synced would vanish with it in a
+    /// power cut (found by tests/test_powercut.py).
     pub fn ensure_dirs(&self) -> io::Result<()> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true).mode(DIR_MODE);
-        builder.create(self.dir.join(TMP_DIR))?;
-        builder.create(self.dir.join(CORRUPT_DIR))
+        crate::store::durable::create_dir_all_durable(&self.dir.join(TMP_DIR))?;
+        crate::store::durable::create_dir_all_durable(&self.dir.join(CORRUPT_DIR))
     }
 
     /// The queue of `data_dir`, without creating or recovering anything:
@@ -580,8 +576,11 @@ impl Queue {
                 .iter()
                 .map(|n| format!("unexpected file {n:?} left alone")),
         );
-        sync_dir(&self.dir)?;
+        // corrupt/ first: a file moved aside must have its new name
+        // durable before its old one goes (POSIX makes no rename atomic
+        // across folders), or a power cut between the syncs loses it.
         sync_dir(&self.dir.join(CORRUPT_DIR))?;
+        sync_dir(&self.dir)?;
         Ok(loaded)
     }
 
