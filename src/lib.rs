@@ -12,6 +12,7 @@ pub mod event_loop;
 pub mod net;
 pub mod outbox;
 pub mod penalty;
+pub mod pickup;
 pub mod privileges;
 pub mod proto;
 pub mod sendmail;

@@ -209,6 +209,7 @@ impl Builder {
         let mut s = ServerConfig {
             hostname: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            maildrop: PathBuf::from(DEFAULT_MAILDROP),
             user: None,
             recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
         };
@@ -218,6 +219,11 @@ impl Builder {
                 "data_dir" => {
                     if let Some(p) = self.value(e, required_path) {
                         s.data_dir = p;
+                    }
+                }
+                "maildrop" => {
+                    if let Some(p) = self.value(e, required_path) {
+                        s.maildrop = p;
                     }
                 }
                 "user" => s.user = self.value(e, user_name).flatten(),
@@ -617,6 +623,7 @@ impl Builder {
             server: server.unwrap_or(ServerConfig {
                 hostname: String::new(),
                 data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                maildrop: PathBuf::from(DEFAULT_MAILDROP),
                 user: None,
                 recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
             }),
