@@ -439,19 +439,22 @@ fn read_file(
     path: &Path,
     name: &str,
 ) -> Result<(u32, Submission), (Option<u32>, String)> {
-    if !is_final_name(name) {
-        return Err((None, "not a name sendmail makes".into()));
-    }
     // O_NOFOLLOW: never a symlink; O_NONBLOCK: a FIFO cannot hang us.
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| (None, format!("cannot open: {e}")))?;
+        .map_err(|e| {
+            let owner = fs::symlink_metadata(path).ok().map(|m| m.uid());
+            (owner, format!("cannot open: {e}"))
+        })?;
     let meta = file
         .metadata()
         .map_err(|e| (None, format!("cannot stat: {e}")))?;
     let uid = meta.uid();
+    if !is_final_name(name) {
+        return Err((Some(uid), "not a name sendmail makes".into()));
+    }
     if !meta.is_file() {
         return Err((Some(uid), "not a regular file".into()));
     }
