@@ -315,6 +315,22 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
     // `mailgate -c FILE sendmail`, or sendmail's own `-C FILE` (`-c FILE`).
     let explicit = config.or_else(|| mailgate::sendmail::config_arg(&args).map(PathBuf::from));
     let path = config_path(explicit);
+    let unreadable =
+        std::fs::File::open(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if unreadable && mailgate::privileges::euid() != 0 {
+        let mut stdin = std::io::stdin().lock();
+        return match mailgate::sendmail::run_without_config(&args, &mut stdin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "sendmail: {} ({} is not readable)",
+                    e.message,
+                    path.display()
+                );
+                ExitCode::from(e.exit_code)
+            }
+        };
+    }
     let config = match load_quietly(&path) {
         Ok(c) => c,
         Err(e) => {

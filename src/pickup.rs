@@ -300,15 +300,30 @@ pub fn start_bell(dir: &Path) -> Result<(), String> {
 fn bell_loop(sock: UnixDatagram) {
     let mut buf = [0u8; 16];
     while sock.recv(&mut buf).is_ok() {
-        // SAFETY: kill(2) on our own pid with a constant signal number.
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
-        std::thread::sleep(BELL_QUIET);
-        // Rings meanwhile are answered by the scan that signal starts.
-        if sock.set_nonblocking(true).is_ok() {
-            while sock.recv(&mut buf).is_ok() {}
-            let _ = sock.set_nonblocking(false);
+        loop {
+            // SAFETY: kill(2) on our own pid with a constant signal number.
+            unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+            std::thread::sleep(BELL_QUIET);
+            // A ring in the quiet time may have come after the scan that
+            // signal started had looked: it gets one more signal, so no
+            // ring is lost, but never more than one per quiet time.
+            if !drain(&sock, &mut buf) {
+                break;
+            }
         }
     }
+}
+
+/// Reads every waiting datagram; true when there was one.
+fn drain(sock: &UnixDatagram, buf: &mut [u8]) -> bool {
+    let mut any = false;
+    if sock.set_nonblocking(true).is_ok() {
+        while sock.recv(buf).is_ok() {
+            any = true;
+        }
+        let _ = sock.set_nonblocking(false);
+    }
+    any
 }
 
 /// What one pickup scan injected, for the loop to hand on.

@@ -348,6 +348,32 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
     }
 }
 
+/// A user who may not read the config (0640 root when it holds passwords,
+/// as `make install` leaves it) still reaches the default maildrop with
+/// the default size limit; the server checks everything else when it
+/// picks the message up (a bad recipient is then set aside and logged,
+/// since the caller has gone).
+pub fn run_without_config(args: &[OsString], input: &mut dyn Read) -> Result<(), SendmailError> {
+    let opts = parse_args(args)?;
+    let message = read_message(
+        input,
+        opts.ignore_dots,
+        crate::config::DEFAULT_MAX_MESSAGE_SIZE,
+    )?;
+    if opts.recipients.is_empty() && !opts.recipients_from_headers {
+        return Err(fail(EX_USAGE, "no recipients (give addresses, or -t)"));
+    }
+    let sub = Submission {
+        from: opts.from,
+        from_name: opts.from_name,
+        from_headers: opts.recipients_from_headers,
+        recipients: opts.recipients,
+        message,
+    };
+    crate::pickup::drop_message(std::path::Path::new(crate::config::DEFAULT_MAILDROP), &sub)
+        .map_err(|e| fail(EX_TEMPFAIL, e))
+}
+
 /// Scripts often send bare bodies: add From, Date and Message-ID like
 /// Postfix's cleanup does for local submissions.
 fn add_missing_headers(message: &mut Vec<u8>, sender: &str, name: Option<&str>, config: &Config) {

@@ -186,3 +186,25 @@ def test_links_and_other_kinds_are_set_aside(open_dir, test_user):
     assert "has other hard links" in log and "not a regular file" in log and "cannot open" in log
     assert server.messages("bob@example.test") == []
     server.stop()
+
+
+def test_config_unreadable_uses_the_default_maildrop(open_dir, test_user):
+    """make install leaves the config 0640 root: users still send."""
+    server = make(open_dir)
+    text = server.config.read_text().replace(f"maildrop = {server.maildrop}\n", "")
+    server.config.write_text(text)
+    server.config.chmod(0o600)
+    server.maildrop = Path("/var/spool/mailgate/maildrop")
+    server.start()
+    wait_serving(server)
+    try:
+        out = sendmail_as_nobody(server, ["bob@example.test"], b"Subject: no config\n\nx\n")
+        assert out.returncode == 0, out.stderr
+        (msg,) = server.wait_messages("bob@example.test", 1, timeout=10)
+        assert msg["X-Authenticated-Uid"] == str(NOBODY)
+        # A bad recipient can only be found by the server: set aside, logged.
+        out = sendmail_as_nobody(server, ["nosuch@example.test"], b"x\n")
+        assert out.returncode == 0, out.stderr
+        assert wait_for(lambda: "nosuch@example.test: no such user here" in server.log_text(), timeout=10), server.log_text()[-2500:]
+    finally:
+        server.stop()
