@@ -206,6 +206,7 @@ impl Builder {
 
     fn server(&mut self, sec: &RawSection) {
         let mut hostname = None;
+        let mut maildrop_line = 0;
         let mut s = ServerConfig {
             hostname: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
@@ -224,6 +225,7 @@ impl Builder {
                 "maildrop" => {
                     if let Some(p) = self.value(e, required_path) {
                         s.maildrop = p;
+                        maildrop_line = e.line;
                     }
                 }
                 "user" => s.user = self.value(e, user_name).flatten(),
@@ -234,6 +236,18 @@ impl Builder {
                 }
                 _ => self.unknown_key(sec, e),
             }
+        }
+        // Other users must reach it; data_dir is 0700 (and theirs to
+        // write would be the queue's).
+        if s.maildrop.starts_with(&s.data_dir) {
+            self.err(
+                maildrop_line,
+                format!(
+                    "maildrop {} is inside data_dir {}: other users could not reach it; put it beside",
+                    s.maildrop.display(),
+                    s.data_dir.display()
+                ),
+            );
         }
         match hostname {
             Some(h) => s.hostname = h,

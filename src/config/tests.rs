@@ -61,9 +61,9 @@ fn full_example() -> String {
         "[server]
 hostname = Mail.Example.TEST
 data_dir = /srv/mail
+maildrop = /srv/maildrop
 user = mail
 recipient_delimiter = -
-
 [smtp]
 listen = 0.0.0.0:25, [::]:25
 submission = 0.0.0.0:587
@@ -143,6 +143,7 @@ fn every_key_happy_path() {
     assert_eq!(c.path, PathBuf::from("t.ini"));
     assert_eq!(c.server.hostname, "mail.example.test");
     assert_eq!(c.server.data_dir, PathBuf::from("/srv/mail"));
+    assert_eq!(c.server.maildrop, PathBuf::from("/srv/maildrop"));
     assert_eq!(c.server.user.as_deref(), Some("mail"));
     assert_eq!(c.server.recipient_delimiter, Some('-'));
 
@@ -255,6 +256,10 @@ fn defaults() {
     let (c, warnings) = ok(BASE);
     assert_eq!(warnings, vec![]);
     assert_eq!(c.server.data_dir, PathBuf::from("/var/lib/mailgate"));
+    assert_eq!(
+        c.server.maildrop,
+        PathBuf::from("/var/spool/mailgate/maildrop")
+    );
     assert_eq!(c.server.user, None);
     assert_eq!(c.server.recipient_delimiter, Some('+'));
     assert_eq!(c.smtp.listen, vec![sa("0.0.0.0:25")]);
@@ -443,6 +448,14 @@ fn server_and_hostname_required() {
         vec![(
             1,
             "missing required key \"hostname\" in [server]".to_string()
+        )]
+    );
+    assert_eq!(
+        errors("[server]\nhostname = h\ndata_dir = /x\nmaildrop = /x/drop\n"),
+        vec![(
+            4,
+            "maildrop /x/drop is inside data_dir /x: other users could not reach it; put it beside"
+                .to_string()
         )]
     );
     let errs = errors("[server]\nhostname =\n");
