@@ -351,7 +351,20 @@ pub fn pick_up(config: &Config) -> Picked {
     };
     let mut removed = false;
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            // Not a name sendmail makes; moved by its real (non-UTF-8) name.
+            let shown = entry.file_name().to_string_lossy().into_owned();
+            let owner = entry.metadata().ok().map(|m| m.uid());
+            set_aside_path(
+                dir,
+                &entry.path(),
+                &shown,
+                owner,
+                "not a name sendmail makes",
+            );
+            removed = true;
+            continue;
+        };
         if name == BELL || name == REJECTED {
             continue;
         }
@@ -498,19 +511,23 @@ fn read_file(
 /// Moves a bad file out of the scan's way, with one log line; removes it
 /// if even that fails, so it is never tried again.
 fn set_aside(dir: &Path, name: &str, uid: Option<u32>, why: &str) {
+    set_aside_path(dir, &dir.join(name), name, uid, why)
+}
+
+fn set_aside_path(dir: &Path, from: &Path, name: &str, uid: Option<u32>, why: &str) {
     let shown = crate::store::trace::sanitize(name, 64);
     let who = uid.map(|u| format!(" from uid {u}")).unwrap_or_default();
     let to: PathBuf = dir.join(REJECTED).join(format!(
         "{}.{shown}",
         crate::store::trace::new_id(SystemTime::now())
     ));
-    match fs::rename(dir.join(name), &to) {
+    match fs::rename(from, &to) {
         Ok(()) => warn!(
             "maildrop: {shown}{who} set aside as {}: {why}",
             to.display()
         ),
         Err(e) => {
-            let _ = fs::remove_file(dir.join(name));
+            let _ = fs::remove_file(from);
             warn!("maildrop: {shown}{who} removed ({why}); could not set it aside: {e}");
         }
     }

@@ -121,9 +121,10 @@ impl Host for Server {
                 }
                 self.reloading = true;
                 let path = sv.config.path.clone();
+                let maildrop = sv.config.server.maildrop.clone();
                 sv.submit_for(HOST, move || {
                     Outcome::Host(HostOutcome::Reloaded(Box::new(read_config_again(
-                        &path, &data_dir,
+                        &path, &data_dir, &maildrop,
                     ))))
                 });
             }
@@ -245,8 +246,9 @@ impl Server {
 /// On a worker: the config file and the files it names (certificate,
 /// outbox CA bundle), read again for SIGHUP. The running `data_dir` stays:
 /// the pid file, the queue this process knows and the mailboxes open now
-/// all live there.
-fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
+/// all live there. So does the maildrop: its bell is bound, and `serve`
+/// made it as root.
+fn read_config_again(path: &Path, running_data_dir: &Path, running_maildrop: &Path) -> Reload {
     match Config::load(path) {
         Ok((mut config, warnings)) => {
             let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
@@ -255,6 +257,12 @@ fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
                     "reload: [server] data_dir changed; it takes effect at the next restart".into(),
                 );
                 config.server.data_dir = running_data_dir.to_path_buf();
+            }
+            if config.server.maildrop != running_maildrop {
+                warnings.push(
+                    "reload: [server] maildrop changed; it takes effect at the next restart".into(),
+                );
+                config.server.maildrop = running_maildrop.to_path_buf();
             }
             let tls = crate::tls::server_config(
                 config.tls.cert.as_deref(),

@@ -208,3 +208,33 @@ def test_config_unreadable_uses_the_default_maildrop(open_dir, test_user):
         assert wait_for(lambda: "nosuch@example.test: no such user here" in server.log_text(), timeout=10), server.log_text()[-2500:]
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is missing")
+def test_exit_zero_only_after_the_file_and_its_name_are_synced(open_dir, test_user):
+    server = make(open_dir)
+    server.start()
+    wait_serving(server)
+    server.stop()
+    trace = open_dir / "sendmail.strace"
+    out = subprocess.run(
+        ["strace", "-f", "-o", str(trace), "-e", "trace=openat,fsync,fdatasync,rename,renameat,renameat2,syncfs,exit_group",
+         "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         BIN, "sendmail", "-C", str(server.config), "bob@example.test"],
+        input=b"Subject: synced\n\nx\n", capture_output=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if " " in line]
+
+    def first(pred, after=-1):
+        return next(i for i, c in enumerate(calls) if i > after and pred(c))
+
+    opened = first(lambda c: c.startswith("openat(") and "/.tmp." in c and "O_CREAT" in c)
+    synced = first(lambda c: c.startswith(("fsync(", "fdatasync(")), after=opened)
+    renamed = first(lambda c: c.startswith("rename") and "/.tmp." in c, after=synced)
+    # nobody may not open the folder to fsync it: syncfs(2) instead.
+    named = first(lambda c: c.startswith("syncfs("), after=renamed)
+    exited = first(lambda c: c.startswith("exit_group("), after=named)
+    assert opened < synced < renamed < named < exited, calls
+    (dropped,) = drop_files(server)
+    assert not dropped.name.startswith(".tmp.")
