@@ -251,15 +251,24 @@ pub fn prepare(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
 }
 
 fn make_dir(dir: &Path, owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
+    let existed = match fs::create_dir(dir) {
+        Ok(()) => false,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+        Err(e) => return Err(e),
+    };
     // O_NOFOLLOW: a symlink a user planted there is refused, not followed.
     let fd = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)?;
+    let uid = owner.map_or_else(crate::privileges::euid, |(u, _)| u);
+    // A folder someone else owns and uses (`maildrop = /tmp` by mistake)
+    // is never taken over; an empty one (made by mkdir or a package) is.
+    if existed && fd.metadata()?.uid() != uid && fs::read_dir(dir)?.next().is_some() {
+        return Err(io::Error::other(
+            "it exists, is not empty and belongs to another user; refusing to take it over",
+        ));
+    }
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))?;
     }

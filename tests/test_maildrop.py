@@ -241,3 +241,16 @@ def test_exit_zero_only_after_the_file_and_its_name_are_synced(open_dir, test_us
     assert opened < synced < renamed < named < exited, calls
     (dropped,) = drop_files(server)
     assert not dropped.name.startswith(".tmp.")
+
+
+def test_a_used_folder_of_another_user_is_not_taken_over(open_dir, test_user):
+    server = make(open_dir)
+    server.maildrop.mkdir()
+    (server.maildrop / "someone's file").write_text("x")
+    server.maildrop.chmod(0o1777)
+    server.start()
+    wait_serving(server)
+    st = server.maildrop.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o1777)
+    assert "refusing to take it over; other local users cannot use sendmail" in server.log_text()
+    server.stop()
