@@ -9,8 +9,10 @@ PYTEST_JOBS ?= 2
 
 all: build
 
+# Examples too: tests/test_imap_store.py drives the mailbox store through
+# examples/mailbox_tool until the IMAP server exists.
 build:
-	$(CARGO) build
+	$(CARGO) build --bins --examples
 
 release:
 	$(CARGO) build --release
@@ -70,7 +72,7 @@ clippy:
 # Rust, and twice the executions find more. `cargo test --manifest-path
 # fuzz/Cargo.toml` replays the same files on stable.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= smtp_server pop3_server config multidrop_route dns_response smtp_client pop3_client
+FUZZ_TARGETS ?= smtp_server pop3_server config multidrop_route dns_response smtp_client pop3_client imap_parser imap_mime
 FUZZ_FLAGS ?= --debug-assertions --sanitizer none
 
 fuzz:

@@ -70,6 +70,16 @@ pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// connecting: a real client needs a second or two (TLS and a slow
 /// board's hash included); one that only keeps its slot is closed.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// No DNS blocklists unless named: each one is a third party's policy.
+pub const DEFAULT_DNSBL: Vec<DnsblList> = Vec::new();
+pub const DEFAULT_GREYLIST: bool = false;
+/// The delay most greylisting implementations use (postgrey's 300 s).
+pub const DEFAULT_GREYLIST_DELAY: Duration = Duration::from_secs(5 * 60);
+/// What a DMARC `p=reject` failure gets: Junk, not a refusal, until the
+/// admin trusts the checks (RFC 7489 6.7 lets the receiver choose).
+pub const DEFAULT_DMARC: DmarcAction = DmarcAction::Quarantine;
+/// Longest `dkim_selector`, so that `SELECTOR-ed25519` is one DNS label.
+pub const MAX_DKIM_SELECTOR: usize = 50;
 /// RFC 1939 3: the POP3 port.
 pub const DEFAULT_POP3_LISTEN: SocketAddr = any_v4(DEFAULT_POP3_PORT);
 /// RFC 8314 7.3: POP3 over implicit TLS.
@@ -200,6 +210,33 @@ pub struct SmtpConfig {
     /// Time from connect to a successful login on the ports that need one
     /// (submission, smtps, POP3).
     pub login_timeout: Duration,
+    /// `dnsbl`: lists asked about each MX-role client, in order.
+    pub dnsbl: Vec<DnsblList>,
+    pub greylist: bool,
+    pub greylist_delay: Duration,
+    pub dmarc: DmarcAction,
+}
+
+/// One `dnsbl` entry: `zone` or `zone=CODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsblList {
+    /// Lower-case, without the final dot.
+    pub zone: String,
+    /// Inclusive ranges of answers that count as a listing; empty: any
+    /// answer in 127.0.0.0/8 (RFC 5782 2.1) except Spamhaus's
+    /// 127.255.255.0/24 error codes.
+    pub codes: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// `[smtp] dmarc`: what a failure of a `p=reject` policy gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcAction {
+    /// 550 5.7.1 at end of data.
+    Reject,
+    /// Delivered to the recipient's Junk folder.
+    Quarantine,
+    /// Delivered, with the result in Authentication-Results only.
+    Tag,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +258,9 @@ pub struct DomainConfig {
     pub name: String,
     /// Lower-case local part of a mailbox of this domain.
     pub catch_all: Option<String>,
+    /// `dkim_selector`: sign mail from this domain with the keys of this
+    /// selector (`data_dir/dkim/DOMAIN/SELECTOR-{rsa,ed25519}.pem`).
+    pub dkim_selector: Option<String>,
     pub line: usize,
 }
 
@@ -306,6 +346,10 @@ impl Default for SmtpConfig {
             allow_plaintext_auth: DEFAULT_ALLOW_PLAINTEXT_AUTH,
             timeout: DEFAULT_SMTP_TIMEOUT,
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            dnsbl: DEFAULT_DNSBL,
+            greylist: DEFAULT_GREYLIST,
+            greylist_delay: DEFAULT_GREYLIST_DELAY,
+            dmarc: DEFAULT_DMARC,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod control;
 pub mod delivery;
 pub mod event_loop;
+pub mod mailauth;
 pub mod net;
 pub mod outbox;
 pub mod penalty;

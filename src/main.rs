@@ -23,6 +23,8 @@ commands:
   fetch [ACCOUNT]       make the running server run SmartPop now
   sendmail [-t] [-f FROM] [-i] [RCPT...]
                         inject a message from stdin
+  dkim keygen DOMAIN [--selector S]
+                        make DOMAIN's DKIM keys, print the DNS records
   --version             print the version";
 
 fn main() -> ExitCode {
@@ -253,8 +255,55 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
             init_logging("warn");
             Ok(run_sendmail(config, rest))
         }
+        "dkim" => run_dkim(config, rest),
         "" => Err(format!("no command given\n{USAGE}")),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+/// `mailgate dkim keygen` (and the internal `dkim sign` / `dkim verify`
+/// that the interoperability tests drive; see src/mailauth/cli.rs).
+fn run_dkim(config: Option<PathBuf>, rest: Vec<OsString>) -> Result<ExitCode, String> {
+    use mailgate::mailauth::cli;
+    let args: Vec<String> = rest
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let Some((sub, args)) = args.split_first() else {
+        return Err(format!("dkim needs a subcommand\n{USAGE}"));
+    };
+    if sub == "verify" {
+        print!("{}", cli::verify(args, &mut std::io::stdin().lock())?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = load_as_user(&config_path(config))?;
+    let domain = args.iter().find(|a| !a.starts_with('-'));
+    let default_selector = domain.and_then(|d| {
+        config
+            .domains
+            .get(&d.to_ascii_lowercase())
+            .and_then(|x| x.dkim_selector.clone())
+    });
+    let data_dir = &config.server.data_dir;
+    match sub.as_str() {
+        "keygen" => {
+            print!(
+                "{}",
+                cli::keygen(data_dir, args, default_selector.as_deref())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "sign" => {
+            cli::sign(
+                data_dir,
+                args,
+                default_selector.as_deref(),
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown dkim subcommand {other:?}\n{USAGE}")),
     }
 }
 
@@ -271,8 +320,11 @@ fn no_extra(rest: &[OsString]) -> Result<(), String> {
 /// `mailgate check`: every diagnostic as FILE:LINE: message; 1 on errors.
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
-        Ok((_, warnings)) => {
+        Ok((config, warnings)) => {
             for w in &warnings {
+                println!("{w}");
+            }
+            for w in dkim_key_warnings(&config) {
                 println!("{w}");
             }
             println!("{}: ok", path.display());
@@ -290,6 +342,36 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `[domain X] dkim_selector` without its key files: mail from X would
+/// leave unsigned (and Gmail refuses unauthenticated direct delivery).
+fn dkim_key_warnings(config: &Config) -> Vec<mailgate::config::Diagnostic> {
+    use mailgate::mailauth::{dkim::Algorithm, keys};
+    let mut out = Vec::new();
+    for d in config.domains.values() {
+        let Some(selector) = &d.dkim_selector else {
+            continue;
+        };
+        for alg in [Algorithm::RsaSha256, Algorithm::Ed25519Sha256] {
+            let path = keys::key_path(&config.server.data_dir, &d.name, selector, alg);
+            if !path.exists() {
+                out.push(mailgate::config::Diagnostic {
+                    file: config.path.clone(),
+                    line: d.line,
+                    severity: Severity::Warning,
+                    message: format!(
+                        "[domain {}] dkim_selector = {selector}, but {} is missing: mail from {} leaves unsigned (run `mailgate dkim keygen {}`)",
+                        d.name,
+                        path.display(),
+                        d.name,
+                        d.name
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// For the one-shot commands: reads the config, then (when root and

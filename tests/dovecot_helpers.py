@@ -1,4 +1,5 @@
-"""A private Dovecot POP3 server on loopback, for SmartPop's tests.
+"""A private Dovecot POP3 (and optionally IMAP) server on loopback, for
+SmartPop's tests and the IMAP store's Dovecot interop tests.
 
 Each `Dovecot` has its own config, base_dir, state_dir, log, free ports,
 passwd-file passdb, static userdb and Maildirs under one temp directory,
@@ -94,7 +95,7 @@ state_dir = {dir}/state
 instance_name = mailgate-test-{pop3}
 log_path = {dir}/dovecot.log
 info_log_path = {dir}/dovecot.log
-protocols = pop3
+protocols = {protocols}
 listen = 127.0.0.1
 shutdown_clients = yes
 default_internal_user = {internal}
@@ -133,7 +134,8 @@ service pop3-login {{
 }}
 service imap-login {{
   inet_listener imap {{
-    port = 0
+    address = 127.0.0.1
+    port = {imap}
   }}
   inet_listener imaps {{
     port = 0
@@ -149,7 +151,7 @@ class Dovecot:
     the user's Maildir `new/` (as an MTA would), owned by MAIL_USER.
     """
 
-    def __init__(self, users: dict, ca: TestCA, plaintext_auth=True):
+    def __init__(self, users: dict, ca: TestCA, plaintext_auth=True, imap=False):
         # Not under pytest's tmp_path: that is mode 0700 and Dovecot's mail
         # processes (MAIL_USER) must reach the Maildirs.
         self.dir = Path(tempfile.mkdtemp(prefix="mailgate-dovecot-"))
@@ -158,6 +160,8 @@ class Dovecot:
         self.ca = ca
         self.pop3 = free_port()
         self.pop3s = free_port()
+        # IMAP (plain + STARTTLS) only when asked: the POP3 tests stay as they were.
+        self.imap = free_port() if imap else 0
         pw = pwd.getpwnam(MAIL_USER)
         self.uid, self.gid = pw.pw_uid, pw.pw_gid
         for sub in ("run", "state", "mail", "home"):
@@ -180,6 +184,8 @@ class Dovecot:
                 disable_plaintext_auth="no" if plaintext_auth else "yes",
                 pop3=self.pop3,
                 pop3s=self.pop3s,
+                imap=self.imap,
+                protocols="pop3 imap" if imap else "pop3",
             )
         )
         self.log = self.dir / "dovecot.log"
@@ -203,7 +209,7 @@ class Dovecot:
             start_new_session=True,
         )
         deadline = time.time() + timeout
-        for port in (self.pop3, self.pop3s):
+        for port in [p for p in (self.pop3, self.pop3s, self.imap) if p]:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"dovecot exited {self.proc.returncode}:\n{self.log_text()}")
@@ -239,6 +245,14 @@ class Dovecot:
             except FileNotFoundError:
                 pass
         return text
+
+    def chown_mail(self):
+        """Hands every file under mail/ to MAIL_USER (after a tool that
+        runs as root wrote there)."""
+        for dirpath, dirnames, filenames in os.walk(self.dir / "mail"):
+            os.chown(dirpath, self.uid, self.gid)
+            for n in filenames:
+                os.chown(os.path.join(dirpath, n), self.uid, self.gid)
 
     # -- mail ------------------------------------------------------------
     def maildir(self, user) -> Path:

@@ -10,6 +10,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v mkpasswd >/dev/null || need_apt+=(whois)
 command -v strace >/dev/null || need_apt+=(strace)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
+# The IMAP store's interop tests have Dovecot serve (and write) Maildirs.
+[ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -21,13 +23,18 @@ fi
 
 PY=${PYTHON:-python3}
 need_pip=()
-for mod in pytest xdist aiosmtpd dnslib; do
+for mod in pytest xdist aiosmtpd dnslib dkim nacl; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
 if [ ${#need_pip[@]} -gt 0 ]; then
   pkgs=()
   for m in "${need_pip[@]}"; do
-    case $m in xdist) pkgs+=(pytest-xdist) ;; *) pkgs+=("$m") ;; esac
+    case $m in
+      xdist) pkgs+=(pytest-xdist) ;;
+      dkim) pkgs+=(dkimpy) ;;
+      nacl) pkgs+=(pynacl) ;;
+      *) pkgs+=("$m") ;;
+    esac
   done
   echo "installing python packages: ${pkgs[*]}"
   "$PY" -m pip install -q "${pkgs[@]}"

@@ -736,3 +736,231 @@ pub fn pop3_client(data: &[u8]) {
     check(&out, &delivered);
     let _ = c.connection_lost();
 }
+
+/// What an IMAP command reader produced, APPEND chunks joined (their
+/// split depends on the reads).
+#[derive(Debug, PartialEq, Eq)]
+enum ImapItem {
+    Continue,
+    Command(String),
+    Bad(Option<String>, String, bool),
+    Append(String),
+    Data(Vec<u8>),
+    Done(String),
+    Raw(Vec<u8>),
+}
+
+/// The IMAP command reader and parser: the same items whatever the read
+/// splits; a BAD's tag is a valid tag; nothing piles up beyond the
+/// command limit (a literal over it is refused before it is stored); the
+/// strings a LOGIN carries survive our own response encoding.
+pub fn imap_parser(data: &[u8]) {
+    let ([flags, s0], input) = header::<2>(data);
+    let whole = run_imap_parser(flags, s0, input, false);
+    let split = run_imap_parser(flags, s0, input, true);
+    assert_eq!(whole, split, "items depend on where reads split");
+}
+
+fn run_imap_parser(flags: u8, seed: u8, input: &[u8], split: bool) -> Vec<ImapItem> {
+    use mailgate::proto::imap::parser::{CommandReader, Input, RawLine, MAX_COMMAND, MAX_LINE};
+    use mailgate::proto::imap::types::CommandBody;
+    // Decisions come from the command itself, not the read pattern, so
+    // both runs make the same ones.
+    let mut reads = Rng::new(&[seed, flags, 2]);
+    let mut r = CommandReader::new();
+    let mut items = Vec::new();
+    let mut pos = 0;
+    let mut raw_lines = 0usize;
+    let mut idle = false;
+    let mut steps = 0;
+    while pos < input.len() && steps < MAX_STEPS {
+        steps += 1;
+        let n = if split {
+            reads.chunk(input.len() - pos)
+        } else {
+            input.len() - pos
+        };
+        r.feed(&input[pos..pos + n]);
+        pos += n;
+        loop {
+            if idle {
+                match r.next_line() {
+                    RawLine::NeedMore => break,
+                    RawLine::Line(l) => {
+                        idle = false;
+                        raw_lines += 1;
+                        items.push(ImapItem::Raw(l));
+                    }
+                    RawLine::TooLong => {
+                        idle = false;
+                        items.push(ImapItem::Raw(b"<too long>".to_vec()));
+                    }
+                }
+                continue;
+            }
+            match r.next_input() {
+                Input::NeedMore => break,
+                Input::Continue => items.push(ImapItem::Continue),
+                Input::Command(c) => {
+                    if let CommandBody::Login { user, password } = &c.body {
+                        round_trip_astring(user);
+                        round_trip_astring(password);
+                    }
+                    idle = matches!(c.body, CommandBody::Idle) && bit(flags, 0);
+                    items.push(ImapItem::Command(format!("{c:?}")));
+                }
+                Input::Bad { tag, reason, close } => {
+                    if let Some(t) = &tag {
+                        assert!(
+                            !t.is_empty() && !t.contains(' ') && !t.contains('+'),
+                            "bad tag {t:?}"
+                        );
+                    }
+                    items.push(ImapItem::Bad(tag, reason.into_owned(), close));
+                }
+                Input::AppendStart(h) => {
+                    // Accept small ones, or per flag bit 1.
+                    if h.size < 100_000 && (h.size % 2 == 0 || bit(flags, 1)) {
+                        r.accept_append();
+                    } else {
+                        r.reject_append();
+                    }
+                    items.push(ImapItem::Append(format!("{h:?}")));
+                }
+                Input::AppendData(d) => match items.last_mut() {
+                    Some(ImapItem::Data(prev)) => prev.extend(d),
+                    _ => items.push(ImapItem::Data(d)),
+                },
+                Input::AppendDone { tag } => items.push(ImapItem::Done(tag)),
+            }
+        }
+        // Between reads the reader holds at most one command in progress.
+        assert!(
+            r.buffered() <= MAX_COMMAND + MAX_LINE + n,
+            "reader holds {}",
+            r.buffered()
+        );
+    }
+    let _ = raw_lines;
+    items
+}
+
+/// A string written as an astring by our response writer parses back to
+/// itself.
+fn round_trip_astring(s: &str) {
+    use mailgate::proto::imap::parser::parse_command;
+    use mailgate::proto::imap::response::astring;
+    use mailgate::proto::imap::types::CommandBody;
+    let mut line = b"t LOGIN ".to_vec();
+    astring(&mut line, s.as_bytes());
+    line.extend_from_slice(b" x");
+    match parse_command(&line) {
+        Ok(c) => match c.body {
+            CommandBody::Login { user, .. } => assert_eq!(user, s, "astring round trip"),
+            other => panic!("{other:?}"),
+        },
+        Err(e) => panic!("our astring of {s:?} does not parse: {e:?}"),
+    }
+}
+
+/// MIME structure of any bytes: the same whatever the chunking; every
+/// range inside the message; announced section sizes equal the bytes a
+/// Presenter gives; BODYSTRUCTURE and ENVELOPE balanced.
+pub fn imap_mime(data: &[u8]) {
+    use mailgate::proto::imap::mime::{structure, Presenter, SectionRange, StructureBuilder};
+    use mailgate::proto::imap::types::{Section, SectionText};
+    let ([seed], msg) = header::<1>(data);
+    let whole = structure(msg);
+    let mut reads = Rng::new(&[seed, 3]);
+    let mut b = StructureBuilder::new();
+    let mut pos = 0;
+    while pos < msg.len() {
+        let n = reads.chunk(msg.len() - pos);
+        b.feed(&msg[pos..pos + n]);
+        pos += n;
+    }
+    assert_eq!(b.finish(), whole, "structure depends on chunking");
+    assert!(whole.size() >= msg.len() as u64);
+    let mut v = Vec::new();
+    whole.body_structure(&mut v, true);
+    balanced(&v);
+    v.clear();
+    whole.body_structure(&mut v, false);
+    balanced(&v);
+    v.clear();
+    whole.envelope(&mut v, 0);
+    balanced(&v);
+    let mut paths: Vec<Vec<u32>> = vec![vec![]];
+    for a in 1..4 {
+        paths.push(vec![a]);
+        for b in 1..3 {
+            paths.push(vec![a, b]);
+            paths.push(vec![a, b, 1]);
+        }
+    }
+    for path in paths {
+        for text in [
+            None,
+            Some(SectionText::Header),
+            Some(SectionText::Text),
+            Some(SectionText::Mime),
+        ] {
+            if text == Some(SectionText::Mime) && path.is_empty() {
+                continue;
+            }
+            let s = Section {
+                part: path.clone(),
+                text,
+            };
+            if let Some(SectionRange::Bytes(span)) = whole.section(&s) {
+                assert!(
+                    span.raw_start <= span.raw_end && span.raw_end <= msg.len() as u64,
+                    "{span:?}"
+                );
+                let bytes = &msg[span.raw_start as usize..span.raw_end as usize];
+                for partial in [None, Some((0, 1)), Some((3, 10))] {
+                    let mut p = Presenter::new(partial);
+                    let mut out = Vec::new();
+                    p.feed(&mut out, bytes);
+                    assert_eq!(
+                        out.len() as u64,
+                        Presenter::length(partial, span.size),
+                        "{s:?} {span:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Parentheses balance outside strings and literals.
+fn balanced(v: &[u8]) {
+    let mut depth: i64 = 0;
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'"' => {
+                i += 1;
+                while i < v.len() && v[i] != b'"' {
+                    i += 1;
+                }
+            }
+            b'{' => {
+                let close = v[i..].iter().position(|&c| c == b'}').expect("literal") + i;
+                let n: usize = std::str::from_utf8(&v[i + 1..close])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                i = close + 2 + n;
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                assert!(depth >= 0, "unbalanced: {}", String::from_utf8_lossy(v));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    assert_eq!(depth, 0, "unbalanced: {}", String::from_utf8_lossy(v));
+}

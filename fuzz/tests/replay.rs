@@ -16,6 +16,8 @@ const TARGETS: &[(&str, Harness)] = &[
     ("dns_response", mailgate_fuzz::dns_response),
     ("smtp_client", mailgate_fuzz::smtp_client),
     ("pop3_client", mailgate_fuzz::pop3_client),
+    ("imap_parser", mailgate_fuzz::imap_parser),
+    ("imap_mime", mailgate_fuzz::imap_mime),
 ];
 
 fn replay(folder: &str) -> usize {

@@ -293,6 +293,10 @@ impl Builder {
                 }
                 "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
                 "login_timeout" => set(&mut c.login_timeout, self.value(e, values::duration)),
+                "dnsbl" => set(&mut c.dnsbl, self.value(e, values::dnsbl_list)),
+                "greylist" => set(&mut c.greylist, self.value(e, values::boolean)),
+                "greylist_delay" => set(&mut c.greylist_delay, self.value(e, values::duration)),
+                "dmarc" => set(&mut c.dmarc, self.value(e, values::dmarc_action)),
                 _ => self.unknown_key(sec, e),
             }
         }
@@ -410,6 +414,7 @@ impl Builder {
         let mut d = DomainConfig {
             name: name.clone(),
             catch_all: None,
+            dkim_selector: None,
             line: sec.line,
         };
         for e in self.entries(sec) {
@@ -419,6 +424,8 @@ impl Builder {
                     d.catch_all = self.value(e, |v| local_of(v, &name));
                     self.catch_all_lines.insert(name.clone(), e.line);
                 }
+                "dkim_selector" if e.value.is_empty() => d.dkim_selector = None,
+                "dkim_selector" => d.dkim_selector = self.value(e, values::dkim_selector),
                 _ => self.unknown_key(sec, e),
             }
         }

@@ -903,3 +903,63 @@ fn ip_nets() {
         "h.example:25"
     );
 }
+
+#[test]
+fn mail_authentication_keys() {
+    let (c, _) = ok(BASE);
+    assert_eq!(c.smtp.dnsbl, DEFAULT_DNSBL);
+    assert_eq!(c.smtp.greylist, DEFAULT_GREYLIST);
+    assert_eq!(c.smtp.greylist_delay, DEFAULT_GREYLIST_DELAY);
+    assert_eq!(c.smtp.dmarc, DmarcAction::Quarantine);
+    let (c, _) = ok(&format!(
+        "{BASE}[smtp]\ndnsbl = Zen.Spamhaus.org.=127.0.0.2-127.0.0.11|127.0.0.20, bl.example.net\n\
+         greylist = yes\ngreylist_delay = 10m\ndmarc = reject\n\
+         [domain example.test]\ndkim_selector = MG2026\n"
+    ));
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert_eq!(
+        c.smtp.dnsbl,
+        vec![
+            DnsblList {
+                zone: "zen.spamhaus.org".into(),
+                codes: vec![
+                    (ip("127.0.0.2"), ip("127.0.0.11")),
+                    (ip("127.0.0.20"), ip("127.0.0.20"))
+                ],
+            },
+            DnsblList {
+                zone: "bl.example.net".into(),
+                codes: vec![],
+            },
+        ]
+    );
+    assert!(c.smtp.greylist);
+    assert_eq!(c.smtp.greylist_delay, secs(600));
+    assert_eq!(c.smtp.dmarc, DmarcAction::Reject);
+    assert_eq!(
+        c.domains["example.test"].dkim_selector.as_deref(),
+        Some("mg2026")
+    );
+    for (line, text) in [
+        ("dnsbl = zen.spamhaus.org=10.0.0.2", "not in 127.0.0.0/8"),
+        ("dnsbl = zen.spamhaus.org=127.0.0.9-127.0.0.2", "backwards"),
+        ("dnsbl = zen.spamhaus.org=x", "not an IPv4 address"),
+        ("dnsbl = localhost", "not a DNS zone name"),
+        ("dnsbl = a.example,,b.example", "empty item"),
+        ("greylist = maybe", ""),
+        ("greylist_delay = soon", ""),
+        ("dmarc = bounce", "reject, quarantine or tag"),
+    ] {
+        let errs = errors(&format!("{BASE}[smtp]\n{line}\n"));
+        assert_eq!(errs.len(), 1, "{line}: {errs:?}");
+        assert_eq!(errs[0].0, 4, "{line}: {errs:?}");
+        assert!(errs[0].1.contains(text), "{line}: {errs:?}");
+    }
+    for bad in ["-x", "a.b", "a_b", &"s".repeat(51)] {
+        let errs = errors(&format!(
+            "{BASE}[domain example.test]\ndkim_selector = {bad}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert_eq!(errs[0].0, 4, "{bad}: {errs:?}");
+    }
+}

@@ -5,10 +5,12 @@
 //! and returns the typed value or a reason (the caller adds `FILE:LINE` and
 //! the key). Must not: know sections, defaults or other keys.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::{HostPort, IpNet, Keep, OutboxMode, TlsMode};
+use super::{
+    DmarcAction, DnsblList, HostPort, IpNet, Keep, OutboxMode, TlsMode, MAX_DKIM_SELECTOR,
+};
 
 /// Longest duration accepted anywhere: ten years. Keeps `Instant + d` far
 /// from overflow (which would panic) while allowing any sane retention.
@@ -115,6 +117,74 @@ pub fn outbox_mode(v: &str) -> Parsed<OutboxMode> {
         "direct" => Ok(OutboxMode::Direct),
         _ => Err("expected smarthost or direct".into()),
     }
+}
+
+/// `[smtp] dmarc = reject | quarantine | tag`.
+pub fn dmarc_action(v: &str) -> Parsed<DmarcAction> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "reject" => Ok(DmarcAction::Reject),
+        "quarantine" => Ok(DmarcAction::Quarantine),
+        "tag" => Ok(DmarcAction::Tag),
+        _ => Err("expected reject, quarantine or tag".into()),
+    }
+}
+
+/// `[domain X] dkim_selector`: one DNS label of letters, digits and `-`
+/// (RFC 6376 3.1 selectors are sub-domains; ours get `-rsa` /
+/// `-ed25519` appended, so at most [`MAX_DKIM_SELECTOR`] characters).
+pub fn dkim_selector(v: &str) -> Parsed<String> {
+    let v = v.trim();
+    if v.is_empty() || v.len() > MAX_DKIM_SELECTOR {
+        return Err(format!("a selector is 1 to {MAX_DKIM_SELECTOR} characters"));
+    }
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || v.starts_with('-') {
+        return Err("a selector is letters, digits and '-' (one DNS label)".into());
+    }
+    Ok(v.to_ascii_lowercase())
+}
+
+/// `[smtp] dnsbl = zen.spamhaus.org, bl.example=127.0.0.2|127.0.0.10-127.0.0.11`:
+/// zones, each optionally with the answers (addresses or ranges in
+/// 127.0.0.0/8, RFC 5782 2.1) that count as a listing.
+pub fn dnsbl_list(v: &str) -> Parsed<Vec<DnsblList>> {
+    list(v, |item| {
+        let (zone, codes) = match item.split_once('=') {
+            Some((z, c)) => (z, Some(c)),
+            None => (item, None),
+        };
+        let zone = zone.trim().trim_end_matches('.').to_ascii_lowercase();
+        domain(&zone).map_err(|e| format!("dnsbl zone {zone:?}: {e}"))?;
+        if !zone.contains('.') || !zone.is_ascii() {
+            return Err(format!("dnsbl zone {zone:?}: not a DNS zone name"));
+        }
+        let mut ranges = Vec::new();
+        if let Some(codes) = codes {
+            for code in codes.split('|') {
+                let (lo, hi) = code.split_once('-').unwrap_or((code, code));
+                let parse = |s: &str| -> Parsed<Ipv4Addr> {
+                    let ip: Ipv4Addr = s
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("dnsbl code {s:?} is not an IPv4 address"))?;
+                    if ip.octets()[0] != 127 {
+                        return Err(format!(
+                            "dnsbl code {ip} is not in 127.0.0.0/8 (RFC 5782 2.1)"
+                        ));
+                    }
+                    Ok(ip)
+                };
+                let (lo, hi) = (parse(lo)?, parse(hi)?);
+                if lo > hi {
+                    return Err(format!("dnsbl code range {lo}-{hi} is backwards"));
+                }
+                ranges.push((lo, hi));
+            }
+        }
+        Ok(DnsblList {
+            zone,
+            codes: ranges,
+        })
+    })
 }
 
 /// `keep = no | yes | 7d`.

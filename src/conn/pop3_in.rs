@@ -21,7 +21,6 @@ use mio::Interest;
 use super::pump::{Inbound, Pumped, ServerCore};
 use super::{Ctx, Driver, IdleClock, ListenerKind, Outcome};
 use crate::net::canonical_ip;
-use crate::net::transport::Transport;
 use crate::proto::dotstuff::DotStuffer;
 use crate::proto::pop3_server::{LoginFailure, Pop3Event, Pop3Params, Pop3Session};
 use crate::store::maildir::Maildir;
@@ -89,15 +88,7 @@ impl Pop3In {
     pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, cx: &mut Ctx) -> Pop3In {
         let ip = canonical_ip(peer.ip());
         let config = Arc::clone(cx.config());
-        let mut t = Transport::new(sock, peer);
         let implicit_tls = kind == ListenerKind::Pop3s;
-        let mut tls_failed = false;
-        if implicit_tls {
-            if let Err(e) = t.start_tls_server(&cx.sv.tls) {
-                warn!("pop3s {ip}: cannot start TLS: {e}");
-                tls_failed = true;
-            }
-        }
         let params = Pop3Params {
             hostname: config.server.hostname.clone(),
             stls_available: !implicit_tls,
@@ -105,11 +96,10 @@ impl Pop3In {
             plaintext_login_allowed: config.smtp.allow_plaintext_auth || ip.is_loopback(),
         };
         let idle = IdleClock::new(cx.now, config.pop3.timeout);
-        let mut io = Inbound::new(t, Pop3Session::new(params), idle, "pop3");
+        let tls = implicit_tls.then_some(&cx.sv.tls);
+        let core = Pop3Session::new(params);
+        let mut io = Inbound::accept(sock, peer, core, idle, kind.name(), tls);
         io.core.greeting(&mut io.out);
-        if tls_failed {
-            io.finish();
-        }
         info!("{} connect from {peer}", kind.name());
         Pop3In {
             io,

@@ -80,6 +80,26 @@ impl<S: ServerCore, W: Wire> Inbound<S, W> {
         }
     }
 
+    /// An accepted client connection; with `implicit_tls` (smtps, pop3s)
+    /// the TLS session starts at once, and one that cannot start closes.
+    pub fn accept(
+        sock: W,
+        peer: std::net::SocketAddr,
+        core: S,
+        idle: IdleClock,
+        what: &'static str,
+        implicit_tls: Option<&Arc<rustls::ServerConfig>>,
+    ) -> Inbound<S, W> {
+        let mut io = Inbound::new(Transport::new(sock, peer), core, idle, what);
+        if let Some(tls) = implicit_tls {
+            if let Err(e) = io.t.start_tls_server(tls) {
+                warn!("{what} {peer}: cannot start TLS: {e}");
+                io.finish();
+            }
+        }
+        io
+    }
+
     pub fn is_done(&self) -> bool {
         self.done
     }

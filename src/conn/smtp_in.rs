@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::info;
 use mio::net::TcpStream;
 use mio::Interest;
 
@@ -17,7 +17,6 @@ use super::pump::{Inbound, Pumped, ServerCore};
 use super::{Ctx, Driver, Effect, IdleClock, ListenerKind, Outcome};
 use crate::config::{Config, Resolution};
 use crate::net::canonical_ip;
-use crate::net::transport::Transport;
 use crate::proto::smtp_server::{
     DeliveryOutcome, Event, Recipients, Role, SessionParams, SmtpSession, Transaction,
 };
@@ -83,15 +82,7 @@ impl SmtpIn {
     pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, cx: &mut Ctx) -> SmtpIn {
         let ip = canonical_ip(peer.ip());
         let cfg = Arc::clone(cx.config());
-        let mut t = Transport::new(sock, peer);
         let implicit_tls = kind == ListenerKind::Smtps;
-        let mut tls_failed = false;
-        if implicit_tls {
-            if let Err(e) = t.start_tls_server(&cx.sv.tls) {
-                warn!("smtps {ip}: cannot start TLS: {e}");
-                tls_failed = true;
-            }
-        }
         let role = match kind {
             ListenerKind::Submission => Role::Submission,
             ListenerKind::Smtps => Role::Smtps,
@@ -110,21 +101,15 @@ impl SmtpIn {
         };
         let session = SmtpSession::new(params);
         let idle = IdleClock::new(cx.now, cfg.smtp.timeout);
-        let mut io = Inbound::new(
-            t,
-            SmtpCore {
-                session,
-                config: cfg,
-            },
-            idle,
-            "smtp",
-        );
+        let login_timeout = cfg.smtp.login_timeout;
+        let core = SmtpCore {
+            session,
+            config: cfg,
+        };
+        let tls = implicit_tls.then_some(&cx.sv.tls);
+        let mut io = Inbound::accept(sock, peer, core, idle, kind.name(), tls);
         io.core.session.greeting(&mut io.out);
-        if tls_failed {
-            io.finish();
-        }
         info!("{} connect from {peer}", kind.name());
-        let login_timeout = io.core.config.smtp.login_timeout;
         let login_by = (kind != ListenerKind::SmtpMx).then(|| cx.now + login_timeout);
         SmtpIn {
             io,
@@ -362,6 +347,7 @@ mod tests {
     use super::*;
     use crate::net::fake;
     use crate::net::transport::tests::{peer, server_tls};
+    use crate::net::transport::Transport;
     use std::io::Write;
     use std::path::Path;
 

@@ -1,12 +1,14 @@
-//! DNS messages for direct delivery: MX, A and AAAA queries and answers,
-//! sans-IO.
+//! DNS messages for direct delivery and for mail authentication: MX, A,
+//! AAAA, TXT and PTR queries and answers, sans-IO.
 //!
 //! Owns: building queries (RFC 1035 4.1, recursion desired), checking and
 //! classifying responses (id and question match, rcode, TC bit, CNAME
-//! chains, null MX of RFC 7505), ordering MX hosts (RFC 5321 5.1), TCP
+//! chains, null MX of RFC 7505, TXT strings joined), ordering MX hosts
+//! (RFC 5321 5.1), reverse names (RFC 1035 3.5, RFC 3596 2.5), TCP
 //! framing (RFC 1035 4.2.2, RFC 7766), the first `nameserver` of
-//! `/etc/resolv.conf`, and [`MxLookup`], the resolution of one domain into
-//! the addresses to try, in order.
+//! `/etc/resolv.conf`, [`MxLookup`], the resolution of one domain into
+//! the addresses to try, in order, and [`RecordLookup`], one question with
+//! retries (for SPF, DKIM, DMARC and DNSBL).
 //!
 //! Must not: open sockets, read files, keep time or pick random numbers
 //! itself: the driver sends the packets, reads resolv.conf, runs the
@@ -48,11 +50,16 @@ const MIN_RR_LEN: usize = 11;
 /// The suggested [`DNS_TIMEOUT_SECS`] as a `Duration`.
 pub const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(DNS_TIMEOUT_SECS);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QType {
     Mx,
     A,
     Aaaa,
+    /// SPF policies (RFC 7208 3), DKIM keys (RFC 6376 3.6.2), DMARC
+    /// policies (RFC 7489 6.1).
+    Txt,
+    /// Reverse names, for SPF `ptr` and `%{p}` (RFC 7208 5.5).
+    Ptr,
 }
 
 impl QType {
@@ -61,6 +68,8 @@ impl QType {
             QType::Mx => TYPE::MX,
             QType::A => TYPE::A,
             QType::Aaaa => TYPE::AAAA,
+            QType::Txt => TYPE::TXT,
+            QType::Ptr => TYPE::PTR,
         }
     }
 }
@@ -75,6 +84,12 @@ pub enum Answer {
     NullMx,
     /// A or AAAA addresses (CNAMEs followed), deduplicated, in answer order.
     Addrs(Vec<IpAddr>),
+    /// TXT records in answer order, each one's character-strings joined
+    /// with nothing between them (RFC 7208 3.3, RFC 6376 3.6.2.2).
+    Txt(Vec<Vec<u8>>),
+    /// PTR targets, lower-case without the final dot (names that are not
+    /// host names dropped).
+    Names(Vec<String>),
     /// The name exists but has no record of this type.
     NoData,
     /// RCODE 3: the name does not exist.
@@ -152,11 +167,49 @@ fn normalize_name(name: &str) -> Result<String, DnsError> {
     Ok(trimmed.to_ascii_lowercase())
 }
 
+/// RFC 2181 11: a label may hold any octets. Names built from SPF macros
+/// (RFC 7208 7.1: any visible character) and DNSBL zones are asked as they
+/// are, so this accepts printable ASCII except the backslash (simple-dns
+/// would read it as an escape) with the RFC 1035 2.3.4 lengths, and returns
+/// it lower-case without the final dot.
+fn normalize_any_name(name: &str) -> Result<String, DnsError> {
+    let invalid = || DnsError::InvalidName(name.chars().take(80).collect());
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > MAX_NAME_TEXT {
+        return Err(invalid());
+    }
+    for label in trimmed.split('.') {
+        let ok_chars = label
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'\\');
+        if label.is_empty() || label.len() > MAX_LABEL || !ok_chars {
+            return Err(invalid());
+        }
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+/// Whether [`build_query_any`] can ask for `name`.
+pub fn is_query_name(name: &str) -> bool {
+    normalize_any_name(name).is_ok()
+}
+
+/// Like [`build_query`], for any name [`is_query_name`] accepts (not only
+/// host names): TXT and A queries of SPF, DKIM, DMARC and DNSBLs.
+pub fn build_query_any(id: u16, name: &str, qtype: QType) -> Result<Vec<u8>, DnsError> {
+    let name = normalize_any_name(name)?;
+    query_packet(id, name, qtype)
+}
+
 /// A standard query for `name`, class IN, with RD set (we ask a recursive
 /// resolver). No EDNS: answers over 512 bytes come back truncated and go
 /// over TCP.
 pub fn build_query(id: u16, name: &str, qtype: QType) -> Result<Vec<u8>, DnsError> {
     let name = normalize_name(name)?;
+    query_packet(id, name, qtype)
+}
+
+fn query_packet(id: u16, name: String, qtype: QType) -> Result<Vec<u8>, DnsError> {
     let qname = Name::new(&name).map_err(|_| DnsError::InvalidName(name.clone()))?;
     let mut packet = Packet::new_query(id);
     packet.set_flags(PacketFlag::RECURSION_DESIRED);
@@ -227,7 +280,8 @@ pub fn parse_response(
     }
 
     let parsed = Packet::parse(packet).map_err(|_| DnsError::Malformed)?;
-    let wanted = normalize_name(name)?;
+    // Compared with the question we asked, which either builder made.
+    let wanted = normalize_any_name(name)?;
     let wanted_name = Name::new(&wanted).map_err(|_| DnsError::InvalidName(wanted.clone()))?;
     let question_ok = match parsed.questions.as_slice() {
         [q] => {
@@ -313,7 +367,79 @@ pub fn parse_response(
                 Ok(Answer::Addrs(addrs))
             }
         }
+        QType::Txt => {
+            let mut txt = Vec::new();
+            for rr in records {
+                if let RData::TXT(t) = &rr.rdata {
+                    // The bytes are wanted, UTF-8 or not: the error gives them back.
+                    let bytes = match String::try_from(t.clone()) {
+                        Ok(s) => s.into_bytes(),
+                        Err(e) => e.into_bytes(),
+                    };
+                    txt.push(bytes);
+                }
+            }
+            if txt.is_empty() {
+                Ok(Answer::NoData)
+            } else {
+                Ok(Answer::Txt(txt))
+            }
+        }
+        QType::Ptr => {
+            let mut names: Vec<String> = Vec::new();
+            let mut any = false;
+            for rr in records {
+                if let RData::PTR(p) = &rr.rdata {
+                    any = true;
+                    if let Some(h) = host_of(&p.0) {
+                        if !h.is_empty() && !names.contains(&h) {
+                            names.push(h);
+                        }
+                    }
+                }
+            }
+            if any {
+                Ok(Answer::Names(names))
+            } else {
+                Ok(Answer::NoData)
+            }
+        }
     }
+}
+
+/// The reverse-lookup name of `ip` without a suffix: `4.3.2.1` for
+/// 1.2.3.4, 32 nibbles for IPv6 (RFC 1035 3.5, RFC 3596 2.5). DNSBLs
+/// (RFC 5782 2.1, 2.4) put their zone after it; PTR uses `in-addr.arpa`
+/// / `ip6.arpa` ([`reverse_name`]).
+pub fn reversed_labels(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}")
+        }
+        IpAddr::V6(v6) => {
+            let mut out = String::with_capacity(63);
+            for byte in v6.octets().iter().rev() {
+                for nibble in [byte & 0xf, byte >> 4] {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The PTR query name of `ip` (RFC 1035 3.5, RFC 3596 2.5).
+pub fn reverse_name(ip: IpAddr) -> String {
+    let zone = if ip.is_ipv4() {
+        "in-addr.arpa"
+    } else {
+        "ip6.arpa"
+    };
+    format!("{}.{zone}", reversed_labels(ip))
 }
 
 /// SplitMix64: tiny deterministic PRNG for MX shuffling and query ids; the
@@ -625,7 +751,11 @@ impl MxLookup {
                     "5.1.2",
                     format!("domain {} does not exist", self.domain),
                 ),
-                Answer::NoData | Answer::Addrs(_) | Answer::Truncated => {
+                Answer::NoData
+                | Answer::Addrs(_)
+                | Answer::Txt(_)
+                | Answer::Names(_)
+                | Answer::Truncated => {
                     // RFC 5321 5.1: no MX, so the domain is its own implicit MX.
                     self.implicit = true;
                     self.hosts = vec![self.domain.clone()];
@@ -703,6 +833,112 @@ impl MxLookup {
             // RFC 3463: X.4.4 unable to route.
             let reason = format!("no MX host of {} has an address", self.domain);
             self.fail(true, "5.4.4", reason)
+        }
+    }
+}
+
+/// What [`RecordLookup`] needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordStep {
+    /// Send this, start the [`DNS_TIMEOUT`] timer, feed the answer to
+    /// [`RecordLookup::on_response`] (or call [`RecordLookup::on_timeout`]).
+    Query(DnsQuery),
+    /// The answer (never `Truncated`: that is retried over TCP), or why
+    /// there is none after the retries (a temporary failure).
+    Done(Result<Answer, String>),
+}
+
+/// One question of any type ([`build_query_any`] names), with the same
+/// retries and TCP fallback as [`MxLookup`]: the SPF, DKIM, DMARC and
+/// DNSBL evaluators ask through this, one question at a time.
+#[derive(Debug)]
+pub struct RecordLookup {
+    name: String,
+    qtype: QType,
+    rng: SplitMix64,
+    current: Option<DnsQuery>,
+    tries: u32,
+}
+
+impl RecordLookup {
+    /// `seed`: randomness for query ids.
+    pub fn new(name: &str, qtype: QType, seed: u64) -> RecordLookup {
+        RecordLookup {
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            qtype,
+            rng: SplitMix64(seed ^ 0x7e57),
+            current: None,
+            tries: 0,
+        }
+    }
+
+    pub fn start(&mut self) -> RecordStep {
+        self.tries = 0;
+        self.query(false)
+    }
+
+    fn query(&mut self, tcp: bool) -> RecordStep {
+        let id = (self.rng.next_u64() & 0xffff) as u16;
+        match build_query_any(id, &self.name, self.qtype) {
+            Ok(packet) => {
+                let q = DnsQuery {
+                    id,
+                    name: self.name.clone(),
+                    qtype: self.qtype,
+                    packet,
+                    tcp,
+                };
+                self.current = Some(q.clone());
+                RecordStep::Query(q)
+            }
+            // No server can hold such a name.
+            Err(DnsError::InvalidName(_)) => RecordStep::Done(Ok(Answer::NxDomain)),
+            Err(e) => RecordStep::Done(Err(e.to_string())),
+        }
+    }
+
+    /// A packet from the resolver. `None`: not the answer awaited.
+    pub fn on_response(&mut self, packet: &[u8]) -> Option<RecordStep> {
+        let q = self.current.clone()?;
+        match parse_response(q.id, &q.name, q.qtype, packet) {
+            Err(DnsError::WrongId { .. } | DnsError::WrongQuestion | DnsError::NotAResponse) => {
+                None
+            }
+            Err(DnsError::Malformed) => Some(self.retry_or_fail("malformed DNS response")),
+            Ok(Answer::Truncated) if q.tcp => {
+                Some(self.retry_or_fail("truncated DNS response over TCP"))
+            }
+            Ok(Answer::Truncated) => {
+                self.tries = 0;
+                Some(self.query(true))
+            }
+            Err(e) => {
+                self.current = None;
+                Some(RecordStep::Done(Err(e.to_string())))
+            }
+            Ok(answer) => {
+                self.current = None;
+                Some(RecordStep::Done(Ok(answer)))
+            }
+        }
+    }
+
+    /// No answer within [`DNS_TIMEOUT`]: ask again, or give up.
+    pub fn on_timeout(&mut self) -> RecordStep {
+        self.retry_or_fail("DNS timeout")
+    }
+
+    fn retry_or_fail(&mut self, why: &str) -> RecordStep {
+        let Some(q) = self.current.clone() else {
+            return RecordStep::Done(Err(why.to_string()));
+        };
+        self.tries += 1;
+        if self.tries < MAX_TRIES {
+            // A fresh id for every try (RFC 5452 9.2).
+            self.query(q.tcp)
+        } else {
+            self.current = None;
+            RecordStep::Done(Err(format!("{why} for {} after {MAX_TRIES} tries", q.name)))
         }
     }
 }
@@ -1030,6 +1266,128 @@ mod tests {
     }
 
     /// A hand-written packet as a resolver sends it: compressed names.
+    #[test]
+    fn txt_and_ptr_answers() {
+        use simple_dns::rdata::{PTR, TXT};
+        use simple_dns::CharacterString;
+        // Two character-strings are one record, joined with nothing between.
+        let joined = TXT::new()
+            .with_char_string(CharacterString::new(b"v=spf1 ").unwrap())
+            .with_char_string(CharacterString::new(b"-all").unwrap());
+        let binary = TXT::new().with_char_string(CharacterString::new(&[0xff, b'x']).unwrap());
+        let packet = response(
+            7,
+            "Example.COM",
+            QType::Txt,
+            RCODE::NoError,
+            vec![
+                rr("example.com", RData::TXT(joined.into_owned())),
+                rr("example.com", RData::TXT(binary.into_owned())),
+                a("example.com", [1, 2, 3, 4]),
+            ],
+        );
+        assert_eq!(
+            parse_response(7, "example.com.", QType::Txt, &packet),
+            Ok(Answer::Txt(vec![b"v=spf1 -all".to_vec(), vec![0xff, b'x']]))
+        );
+        let none = response(8, "example.com", QType::Txt, RCODE::NoError, vec![]);
+        assert_eq!(
+            parse_response(8, "example.com", QType::Txt, &none),
+            Ok(Answer::NoData)
+        );
+
+        let rev = reverse_name("192.0.2.1".parse().unwrap());
+        assert_eq!(rev, "1.2.0.192.in-addr.arpa");
+        let ptr = |host: &str| rr(&rev, RData::PTR(PTR(name(host).into_owned())));
+        let packet = response(
+            9,
+            &rev,
+            QType::Ptr,
+            RCODE::NoError,
+            vec![
+                ptr("Mail.Example.com"),
+                ptr("mail.example.com"),
+                ptr("b.example"),
+            ],
+        );
+        assert_eq!(
+            parse_response(9, &rev, QType::Ptr, &packet),
+            Ok(Answer::Names(vec![
+                "mail.example.com".to_string(),
+                "b.example".to_string()
+            ]))
+        );
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+        assert_eq!(reversed_labels("127.0.0.2".parse().unwrap()), "2.0.0.127");
+    }
+
+    #[test]
+    fn record_lookup_retries_and_falls_back_to_tcp() {
+        use simple_dns::rdata::TXT;
+        let mut l = RecordLookup::new("_dmarc.Example.com.", QType::Txt, 42);
+        let RecordStep::Query(q1) = l.start() else {
+            panic!("no query")
+        };
+        assert!(!q1.tcp);
+        assert_eq!(q1.name, "_dmarc.example.com");
+        // Another id: not ours, keep waiting.
+        let other = response(
+            q1.id.wrapping_add(1),
+            &q1.name,
+            QType::Txt,
+            RCODE::NoError,
+            vec![],
+        );
+        assert_eq!(l.on_response(&other), None);
+        // Truncated: the same question over TCP.
+        let mut tc = Packet::new_reply(q1.id);
+        tc.set_flags(PacketFlag::TRUNCATION);
+        let tc = tc.build_bytes_vec().unwrap();
+        let Some(RecordStep::Query(q2)) = l.on_response(&tc) else {
+            panic!("no TCP retry")
+        };
+        assert!(q2.tcp);
+        // Timeouts retry, then give up.
+        let RecordStep::Query(q3) = l.on_timeout() else {
+            panic!("no retry")
+        };
+        assert!(q3.tcp);
+        let txt = TXT::new().with_string("v=DMARC1; p=reject").unwrap();
+        let answer = response(
+            q3.id,
+            &q3.name,
+            QType::Txt,
+            RCODE::NoError,
+            vec![rr("_dmarc.example.com", RData::TXT(txt.into_owned()))],
+        );
+        assert_eq!(
+            l.on_response(&answer),
+            Some(RecordStep::Done(Ok(Answer::Txt(vec![
+                b"v=DMARC1; p=reject".to_vec()
+            ]))))
+        );
+        let mut l = RecordLookup::new("slow.example", QType::A, 1);
+        l.start();
+        assert!(matches!(l.on_timeout(), RecordStep::Query(_)));
+        assert!(matches!(l.on_timeout(), RecordStep::Query(_)));
+        assert!(matches!(l.on_timeout(), RecordStep::Done(Err(_))));
+        // SERVFAIL is a failure at once; a name no server holds is NXDOMAIN.
+        let mut l = RecordLookup::new("sf.example", QType::A, 2);
+        let RecordStep::Query(q) = l.start() else {
+            panic!("no query")
+        };
+        let sf = response(q.id, &q.name, QType::A, RCODE::ServerFailure, vec![]);
+        assert!(matches!(l.on_response(&sf), Some(RecordStep::Done(Err(_)))));
+        let mut l = RecordLookup::new(&"x".repeat(70), QType::Txt, 3);
+        assert_eq!(l.start(), RecordStep::Done(Ok(Answer::NxDomain)));
+        // SPF macros may make names with any visible character.
+        let mut l = RecordLookup::new("foo:bar/baz.example.com", QType::A, 4);
+        assert!(matches!(l.start(), RecordStep::Query(_)));
+    }
+
     #[test]
     fn real_world_packet() {
         #[rustfmt::skip]

@@ -6,6 +6,7 @@ pub mod address;
 pub mod dns;
 pub mod dotstuff;
 pub mod envelope;
+pub mod imap;
 pub mod line;
 pub mod pop3_client;
 pub mod pop3_server;

@@ -1,0 +1,41 @@
+//! The IMAP mailbox store: a user's Maildir as Dovecot lays it out
+//! (Maildir++ folders, `dovecot-uidlist` v3, `dovecot-keywords`,
+//! `dovecot-uidvalidity`, `subscriptions`, flags in file names), so
+//! Dovecot can take a mailbox over or hand one back and no client
+//! downloads anything twice, plus the CONDSTORE/QRESYNC state Dovecot
+//! keeps only in its indexes (`mailgate-modseq`).
+//!
+//! - `names`: IMAP names <-> `.Folder` directories, validation.
+//! - `flags`: `:2,DFRST` + keyword letters.
+//! - `uidlist`, `keywords`, `uidvalidity`, `subscriptions`: Dovecot files.
+//! - `dotlock`: Dovecot's `dovecot-uidlist.lock`.
+//! - `modseq`: our modseq and expunge records.
+//! - `folder`: sync (snapshots), APPEND, COPY, MOVE, STORE, EXPUNGE.
+//! - `tree`: the folder tree (LIST, CREATE, DELETE, RENAME,
+//!   special-use, subscriptions).
+//! - `registry`: sessions per folder and change notices (loop-owned).
+//!
+//! Must not: speak IMAP (that is `proto::imap`) or run on the event loop
+//! (every operation may fsync; the registry alone is plain data).
+
+pub mod dotlock;
+pub mod flags;
+pub mod folder;
+pub mod keywords;
+pub mod modseq;
+pub mod names;
+pub mod registry;
+pub mod subscriptions;
+pub mod tree;
+pub mod uidlist;
+pub mod uidvalidity;
+
+pub use folder::{
+    Copied, Diff, FlagOp, Folder, Message, Moved, NewMessage, Snapshot, Stored, UidMap,
+};
+pub use names::{FolderName, NameError, Separator, SpecialUse};
+pub use registry::{FolderKey, Notice, Registry, SessionId};
+pub use tree::{Listed, Mailbox};
+
+#[cfg(test)]
+mod tests;
