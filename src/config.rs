@@ -34,6 +34,10 @@ pub use values::MAX_DURATION;
 // name the user's own world.
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/mailgate";
+/// Where `sendmail` run by any local user drops messages for the server
+/// (outside the 0700 data_dir; see `pickup`). /var/spool is where Postfix
+/// and exim keep theirs, and it survives reboots (unlike /run).
+pub const DEFAULT_MAILDROP: &str = "/var/spool/mailgate/maildrop";
 /// `bob+tag@` goes to `bob@`, as in most Postfix setups; `recipient_delimiter =`
 /// (empty) turns it off. An exact match always wins over the split.
 pub const DEFAULT_RECIPIENT_DELIMITER: Option<char> = Some('+');
@@ -196,6 +200,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub hostname: String,
     pub data_dir: PathBuf,
+    /// The folder any local user's `sendmail` drops messages into.
+    pub maildrop: PathBuf,
     pub user: Option<String>,
     /// `None` when empty (plus-addressing off).
     pub recipient_delimiter: Option<char>,

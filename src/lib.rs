@@ -13,6 +13,7 @@ pub mod mailauth;
 pub mod net;
 pub mod outbox;
 pub mod penalty;
+pub mod pickup;
 pub mod privileges;
 pub mod proto;
 pub mod sendmail;

@@ -400,14 +400,26 @@ fn load_quietly(path: &Path) -> Result<Config, String> {
 }
 
 fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
-    // `sendmail -c` is not a sendmail flag; the config comes from the
-    // environment or the default when invoked as sendmail.
-    let (explicit, args) = match config {
-        Some(c) => (Some(c), args),
-        None => (None, args),
-    };
+    // `mailgate -c FILE sendmail`, or sendmail's own `-C FILE` (`-c FILE`).
+    let explicit = config.or_else(|| mailgate::sendmail::config_arg(&args).map(PathBuf::from));
     let path = config_path(explicit);
-    let config = match load_as_user(&path) {
+    let unreadable =
+        std::fs::File::open(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if unreadable && mailgate::privileges::euid() != 0 {
+        let mut stdin = std::io::stdin().lock();
+        return match mailgate::sendmail::run_without_config(&args, &mut stdin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "sendmail: {} ({} is not readable)",
+                    e.message,
+                    path.display()
+                );
+                ExitCode::from(e.exit_code)
+            }
+        };
+    }
+    let config = match load_quietly(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");
@@ -415,6 +427,8 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    // Root becomes the server's user inside, once it knows it writes the
+    // queue itself; other users drop the message into the maildrop.
     match mailgate::sendmail::run(&config, &args, &mut std::io::stdin().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,9 +1,14 @@
 //! `mailgate sendmail`: the sendmail(8) interface for scripts and cron.
 //!
-//! Reads one message from stdin and stores it the way SMTP would (local
-//! Maildirs and the outbox, durably) without needing the server to run;
-//! exits 0 only once the message is on disk. A running server is then
-//! nudged (as by `mailgate flush`) so remote mail leaves at once.
+//! Reads one message from stdin. Root and the server's own user store it
+//! the way SMTP would (local Maildirs and the outbox, durably) without
+//! needing the server to run, and nudge a running server (as by `mailgate
+//! flush`) so remote mail leaves at once. Every other local user drops it
+//! into the maildrop (`pickup`), where the server picks it up: they may not
+//! write the queue or the mailboxes. Either way sendmail exits 0 only once
+//! the message is on disk. `prepare` turns what the caller gave into a
+//! transaction, for both ways (the server runs it again on a dropped file,
+//! which it does not trust).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -35,6 +40,8 @@ fn fail(exit_code: u8, message: impl Into<String>) -> SendmailError {
 
 #[derive(Debug, Default, PartialEq)]
 struct Options {
+    /// `-C FILE` (sendmail's) or `-c FILE`: the config to use.
+    config: Option<String>,
     from: Option<String>,
     from_name: Option<String>,
     recipients_from_headers: bool,
@@ -56,6 +63,13 @@ fn parse_args(args: &[OsString]) -> Result<Options, SendmailError> {
             "--" => only_recipients = true,
             "-t" => opts.recipients_from_headers = true,
             "-i" | "-oi" => opts.ignore_dots = true,
+            "-C" | "-c" => {
+                opts.config = Some(
+                    iter.next()
+                        .ok_or_else(|| fail(EX_USAGE, "-C needs a FILE"))?,
+                )
+            }
+            a if a.starts_with("-C") => opts.config = Some(a[2..].to_string()),
             "-f" | "-r" => {
                 opts.from = Some(
                     iter.next()
@@ -170,10 +184,8 @@ fn recipients_from_headers(message: &mut Vec<u8>) -> Result<Vec<String>, Sendmai
     Ok(rcpts)
 }
 
-/// The login name of the calling user, read from /etc/passwd (no NSS).
-fn login_name() -> String {
-    // SAFETY: getuid(2) cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+/// The login name of `uid`, read from /etc/passwd (no NSS).
+pub fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     passwd
         .lines()
@@ -182,8 +194,6 @@ fn login_name() -> String {
             (f.len() > 2 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
         })
         .next()
-        .or_else(|| std::env::var("LOGNAME").ok())
-        .unwrap_or_else(|| "root".to_string())
 }
 
 /// A bare name (`root`) means that user at our first local domain.
@@ -219,20 +229,54 @@ fn no_control(what: &str, value: &str, exit_code: u8) -> Result<(), SendmailErro
     Ok(())
 }
 
-pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(), SendmailError> {
-    let opts = parse_args(args)?;
-    if let Some(from) = &opts.from {
+/// What a caller of sendmail asked for, before it is checked: the
+/// maildrop carries this (see `pickup::encode`), not a transaction, since
+/// the server must not trust the caller's idea of the sender.
+#[derive(Debug, Default, PartialEq)]
+pub struct Submission {
+    /// -f: the envelope sender (empty or `<>`: the null sender).
+    pub from: Option<String>,
+    /// -F: the full name for a missing From:.
+    pub from_name: Option<String>,
+    /// -t: recipients from To/Cc/Bcc too (Bcc lines are removed).
+    pub from_headers: bool,
+    pub recipients: Vec<String>,
+    /// The message as read (CRLF lines, the -i dot rule applied).
+    pub message: Vec<u8>,
+}
+
+/// The config file the arguments name with `-C FILE` or `-c FILE`, if any.
+pub fn config_arg(args: &[OsString]) -> Option<String> {
+    parse_args(args).ok().and_then(|o| o.config)
+}
+
+/// The header naming the local user who submitted a message, as Postfix's
+/// "from userid N" in its Received line: the uid comes from the kernel
+/// (our own, or a maildrop file's owner), never from the message.
+const UID_HEADER: &str = "X-Authenticated-Uid";
+
+/// Turns a submission by the local user `uid` (`login`) into the
+/// transaction SMTP would have made: recipients resolved (an unknown local
+/// one is an error), the default sender `login` at our first domain, the
+/// missing From, Date and Message-ID added, the uid recorded.
+pub fn prepare(
+    config: &Config,
+    sub: &Submission,
+    uid: u32,
+    login: &str,
+) -> Result<Transaction, SendmailError> {
+    if let Some(from) = &sub.from {
         no_control("-f", from, EX_USAGE)?;
     }
-    if let Some(name) = &opts.from_name {
+    if let Some(name) = &sub.from_name {
         no_control("-F", name, EX_USAGE)?;
     }
-    for r in &opts.recipients {
+    for r in &sub.recipients {
         no_control("recipient", r, EX_USAGE)?;
     }
-    let mut message = read_message(input, opts.ignore_dots, config.smtp.max_message_size)?;
-    let mut wanted = opts.recipients.clone();
-    if opts.recipients_from_headers {
+    let mut message = sub.message.clone();
+    let mut wanted = sub.recipients.clone();
+    if sub.from_headers {
         for r in recipients_from_headers(&mut message)? {
             // mailparse passes other C0 bytes (`To: a\x01b@x`) through.
             no_control("recipient from the headers", &r, EX_DATAERR)?;
@@ -242,12 +286,21 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
     if wanted.is_empty() {
         return Err(fail(EX_USAGE, "no recipients (give addresses, or -t)"));
     }
-    let sender = match &opts.from {
+    if wanted.len() > config.smtp.max_recipients {
+        return Err(fail(
+            EX_USAGE,
+            format!("more than {} recipients", config.smtp.max_recipients),
+        ));
+    }
+    let sender = match &sub.from {
         Some(f) if f.is_empty() || f == "<>" => String::new(),
         Some(f) => qualify(f, config),
-        None => qualify(&login_name(), config),
+        None => qualify(login, config),
     };
-    add_missing_headers(&mut message, &sender, opts.from_name.as_deref(), config);
+    add_missing_headers(&mut message, &sender, sub.from_name.as_deref(), config);
+    let mut traced = format!("{UID_HEADER}: {uid}\r\n").into_bytes();
+    traced.extend_from_slice(&message);
+    let message = traced;
 
     let mut recipients = Vec::new();
     for addr in wanted {
@@ -261,17 +314,51 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
         }
     }
     let smtputf8 = !message.is_ascii() || !sender.is_ascii();
-    let tx = Transaction {
+    Ok(Transaction {
         reverse_path: sender,
         recipients,
         data: message,
         helo: "localhost".to_string(),
         peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
         protocol: "local",
-        auth_user: Some(login_name()),
+        auth_user: Some(login.to_string()),
         smtputf8,
         body_8bitmime: smtputf8,
+    })
+}
+
+/// The caller writes the queue itself when it is root (which becomes the
+/// server's user first, see `privileges`) or owns data_dir (the server's
+/// user, or anyone running their own server); everyone else uses the
+/// maildrop.
+fn writes_directly(config: &Config) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let euid = crate::privileges::euid();
+    euid == 0 || std::fs::metadata(&config.server.data_dir).is_ok_and(|m| m.uid() == euid)
+}
+
+pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(), SendmailError> {
+    let opts = parse_args(args)?;
+    let message = read_message(input, opts.ignore_dots, config.smtp.max_message_size)?;
+    let sub = Submission {
+        from: opts.from,
+        from_name: opts.from_name,
+        from_headers: opts.recipients_from_headers,
+        recipients: opts.recipients,
+        message,
     };
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let login = user_name(uid)
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| uid.to_string());
+    // Checked here too, so that the caller hears of a bad recipient at once.
+    let tx = prepare(config, &sub, uid, &login)?;
+    if !writes_directly(config) {
+        return crate::pickup::drop_message(&config.server.maildrop, &sub)
+            .map_err(|e| fail(EX_TEMPFAIL, e));
+    }
+    crate::privileges::become_configured_user(config).map_err(|e| fail(EX_TEMPFAIL, e))?;
     match crate::delivery::accept(config, tx, None).0 {
         DeliveryOutcome::Accepted { .. } => {
             // Remote mail leaves now if a server runs; if none does, it
@@ -291,6 +378,32 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
             text,
         } => Err(fail(EX_SOFTWARE, format!("{code} {enhanced} {text}"))),
     }
+}
+
+/// A user who may not read the config (0640 root when it holds passwords,
+/// as `make install` leaves it) still reaches the default maildrop with
+/// the default size limit; the server checks everything else when it
+/// picks the message up (a bad recipient is then set aside and logged,
+/// since the caller has gone).
+pub fn run_without_config(args: &[OsString], input: &mut dyn Read) -> Result<(), SendmailError> {
+    let opts = parse_args(args)?;
+    let message = read_message(
+        input,
+        opts.ignore_dots,
+        crate::config::DEFAULT_MAX_MESSAGE_SIZE,
+    )?;
+    if opts.recipients.is_empty() && !opts.recipients_from_headers {
+        return Err(fail(EX_USAGE, "no recipients (give addresses, or -t)"));
+    }
+    let sub = Submission {
+        from: opts.from,
+        from_name: opts.from_name,
+        from_headers: opts.recipients_from_headers,
+        recipients: opts.recipients,
+        message,
+    };
+    crate::pickup::drop_message(std::path::Path::new(crate::config::DEFAULT_MAILDROP), &sub)
+        .map_err(|e| fail(EX_TEMPFAIL, e))
 }
 
 /// Scripts often send bare bodies: add From, Date and Message-ID like

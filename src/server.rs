@@ -40,6 +40,16 @@ struct Server {
     /// A SIGHUP's re-read is on a worker; a second SIGHUP meanwhile waits.
     reloading: bool,
     reload_again: bool,
+    pickup: Pickup,
+}
+
+/// The maildrop scans: one at a time (two would deliver a file twice),
+/// at start, at every ring or SIGUSR1, and every `pickup::SCAN_INTERVAL`.
+struct Pickup {
+    running: bool,
+    /// Asked for while one runs (or not yet started).
+    wanted: bool,
+    next_scan: Instant,
 }
 
 impl Host for Server {
@@ -82,6 +92,15 @@ impl Host for Server {
                 );
                 self.smartpop.request(account.as_deref(), now);
             }
+            HostOutcome::PickedUp(picked) => {
+                self.pickup.running = false;
+                for entry in picked.queued {
+                    self.outbox.add(entry, now);
+                }
+                for m in &picked.mailboxes {
+                    sv.mailboxes.changed(m, None);
+                }
+            }
             HostOutcome::Reloaded(reload) => {
                 self.reloading = false;
                 self.apply_reload(*reload, sv, now);
@@ -102,17 +121,22 @@ impl Host for Server {
                 }
                 self.reloading = true;
                 let path = sv.config.path.clone();
+                let maildrop = sv.config.server.maildrop.clone();
                 sv.submit_for(HOST, move || {
                     Outcome::Host(HostOutcome::Reloaded(Box::new(read_config_again(
-                        &path, &data_dir,
+                        &path, &data_dir, &maildrop,
                     ))))
                 });
             }
-            Signal::Flush => sv.submit_for(HOST, move || {
-                Outcome::Host(HostOutcome::FlushAsked(crate::control::take_flush_request(
-                    &data_dir,
-                )))
-            }),
+            Signal::Flush => {
+                // Also the maildrop's bell (see `pickup::start_bell`).
+                self.pickup.wanted = true;
+                sv.submit_for(HOST, move || {
+                    Outcome::Host(HostOutcome::FlushAsked(crate::control::take_flush_request(
+                        &data_dir,
+                    )))
+                })
+            }
             Signal::Fetch => sv.submit_for(HOST, move || {
                 Outcome::Host(HostOutcome::FetchAsked(
                     crate::control::take_fetch_request(&data_dir).flatten(),
@@ -147,6 +171,16 @@ impl Host for Server {
             });
         }
         let stopping = sv.stopping;
+        if !self.pickup.running && !stopping && (self.pickup.wanted || now >= self.pickup.next_scan)
+        {
+            self.pickup.running = true;
+            self.pickup.wanted = false;
+            self.pickup.next_scan = now + crate::pickup::SCAN_INTERVAL;
+            let config = Arc::clone(&sv.config);
+            sv.submit_for(HOST, move || {
+                Outcome::Host(HostOutcome::PickedUp(crate::pickup::pick_up(&config)))
+            });
+        }
         let outbound = self.outbox.tick(&sv.config, now, stopping);
         let fetches = self.smartpop.tick(&sv.config, now, stopping);
         outbound
@@ -160,10 +194,8 @@ impl Host for Server {
     fn next_wakeup(&self) -> Option<Instant> {
         let outbox = self.outbox.next_wakeup();
         let smartpop = self.smartpop.next_wakeup();
-        match (outbox, smartpop) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let pickup = (!self.pickup.running).then_some(self.pickup.next_scan);
+        [outbox, smartpop, pickup].into_iter().flatten().min()
     }
 }
 
@@ -214,8 +246,9 @@ impl Server {
 /// On a worker: the config file and the files it names (certificate,
 /// outbox CA bundle), read again for SIGHUP. The running `data_dir` stays:
 /// the pid file, the queue this process knows and the mailboxes open now
-/// all live there.
-fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
+/// all live there. So does the maildrop: its bell is bound, and `serve`
+/// made it as root.
+fn read_config_again(path: &Path, running_data_dir: &Path, running_maildrop: &Path) -> Reload {
     match Config::load(path) {
         Ok((mut config, warnings)) => {
             let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
@@ -224,6 +257,12 @@ fn read_config_again(path: &Path, running_data_dir: &Path) -> Reload {
                     "reload: [server] data_dir changed; it takes effect at the next restart".into(),
                 );
                 config.server.data_dir = running_data_dir.to_path_buf();
+            }
+            if config.server.maildrop != running_maildrop {
+                warnings.push(
+                    "reload: [server] maildrop changed; it takes effect at the next restart".into(),
+                );
+                config.server.maildrop = running_maildrop.to_path_buf();
             }
             let tls = crate::tls::server_config(
                 config.tls.cert.as_deref(),
@@ -288,6 +327,16 @@ fn raise_file_limit(config: &Config) {
     }
 }
 
+/// The maildrop is made (as root, for the user) before the drop: its
+/// parent, /var/spool/mailgate by default, is root's. Without it only
+/// root and the server's user can send with `sendmail`: a warning, not a
+/// refusal to serve.
+fn prepare_maildrop(config: &Config, owner: Option<(u32, u32)>) {
+    if let Err(e) = crate::pickup::prepare(&config.server.maildrop, owner) {
+        warn!("{e}; other local users cannot use sendmail");
+    }
+}
+
 /// Runs the server until SIGTERM/SIGINT. Err carries a message for the user.
 ///
 /// Start-up order. Without `[server] user` (or when already running as
@@ -344,6 +393,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
 
     let (tls, _pid_file, outbox, mut ev, waker) = match drop_to {
         None => {
+            prepare_maildrop(&config, None);
             std::fs::create_dir_all(&data_dir)
                 .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
             for w in privileges::check_data_dir(&data_dir, user)? {
@@ -363,6 +413,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             let early_tls = if named_tls { Some(make_tls()?) } else { None };
             let (ev, waker) = EventLoop::new(&listeners(&config))?;
             privileges::prepare_data_dir(&data_dir, account)?;
+            prepare_maildrop(&config, Some((account.uid, account.gid)));
             privileges::drop_to(account)?;
             if let Some(w) = privileges::config_readable_warning(&config, account) {
                 warn!("{w}");
@@ -400,7 +451,16 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         smartpop: SmartPop::new(&config, Instant::now()),
         reloading: false,
         reload_again: false,
+        pickup: Pickup {
+            running: false,
+            wanted: true,
+            next_scan: Instant::now(),
+        },
     };
+    // After the workers: the bell is a thread of its own.
+    if let Err(e) = crate::pickup::start_bell(&config.server.maildrop) {
+        warn!("{e}; the maildrop is still scanned every minute");
+    }
     let mut sv = Services::new(Arc::new(config), tls, workers, registry);
     info!(
         "mailgate {} serving {}",

@@ -48,6 +48,7 @@ BASE_CONFIG = """\
 [server]
 hostname = mx.example.test
 data_dir = {data_dir}
+maildrop = {maildrop}
 recipient_delimiter = +
 
 [smtp]
@@ -92,7 +93,9 @@ class Server:
         self.data_dir = tmp_path / "data"
         names = ("smtp", "submission", "smtps", "pop3", "pop3s")
         self.ports = dict(zip(names, free_ports(len(names))))
-        text = BASE_CONFIG.format(data_dir=self.data_dir, **self.ports)
+        # Each server its own maildrop (the default is one for the box).
+        self.maildrop = tmp_path / "maildrop"
+        text = BASE_CONFIG.format(data_dir=self.data_dir, maildrop=self.maildrop, **self.ports)
         for old, new in (replace or {}).items():
             assert old in text, f"config has no {old!r}"
             text = text.replace(old, new)

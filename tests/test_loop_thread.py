@@ -4,7 +4,7 @@ The server runs under `strace -f -yy`; after the loop thread's first
 `epoll_wait` (start-up is over), the test drives every path that touches
 the disk: SMTP in (local and queued), POP3 login, RETR and QUIT with
 deletions, outbound delivery to a smarthost (aiosmtpd), a SmartPop poll
-from Dovecot, `mailgate flush`, `mailgate fetch` and a SIGHUP reload.
+from Dovecot, a maildrop pickup at the bell, `mailgate flush`, `mailgate fetch` and a SIGHUP reload.
 Then it reads the trace of the loop thread alone (its thread id is the
 process id) and fails on any system call that names a path, or that works
 on a descriptor of a regular file or folder (`-yy` prints `3</path>` for
@@ -18,6 +18,7 @@ import os
 import poplib
 import re
 import signal
+import socket
 import smtplib
 import subprocess
 import time
@@ -158,6 +159,15 @@ def test_loop_thread_touches_no_file_after_start(make_server, tmp_path, monkeypa
             dovecot.add("bob123", message("second"))
             assert server.run("fetch").returncode == 0
             assert len(server.wait_messages("alice@example.test", 2, timeout=20)) == 2
+
+        # The maildrop: a dropped file, the bell, the pickup on a worker.
+        dropped = server.maildrop / ("ab" * 16)
+        dropped.write_bytes(b"mailgate-maildrop 1\nR bob@example.test\n\nSubject: dropped\r\n\r\nx\r\n")
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bell.sendto(b"!", str(server.maildrop / "pickup"))
+        bell.close()
+        assert wait_for(lambda: not dropped.exists(), timeout=10)
+        assert f"maildrop: {dropped.name} from uid 0 (root) is message" in server.log_text()
 
         # The control requests and a reload.
         assert server.run("flush").returncode == 0

@@ -215,9 +215,11 @@ impl Builder {
     fn server(&mut self, sec: &RawSection) {
         self.server_line = sec.line;
         let mut hostname = None;
+        let mut maildrop_line = 0;
         let mut s = ServerConfig {
             hostname: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            maildrop: PathBuf::from(DEFAULT_MAILDROP),
             user: None,
             recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
             postmaster: None,
@@ -228,6 +230,12 @@ impl Builder {
                 "data_dir" => {
                     if let Some(p) = self.value(e, required_path) {
                         s.data_dir = p;
+                    }
+                }
+                "maildrop" => {
+                    if let Some(p) = self.value(e, required_path) {
+                        s.maildrop = p;
+                        maildrop_line = e.line;
                     }
                 }
                 "user" => s.user = self.value(e, user_name).flatten(),
@@ -246,6 +254,18 @@ impl Builder {
                 }
                 _ => self.unknown_key(sec, e),
             }
+        }
+        // Other users must reach it; data_dir is 0700 (and theirs to
+        // write would be the queue's).
+        if s.maildrop.starts_with(&s.data_dir) {
+            self.err(
+                maildrop_line,
+                format!(
+                    "maildrop {} is inside data_dir {}: other users could not reach it; put it beside",
+                    s.maildrop.display(),
+                    s.data_dir.display()
+                ),
+            );
         }
         match hostname {
             Some(h) => s.hostname = h,
@@ -683,6 +703,7 @@ impl Builder {
             server: server.unwrap_or(ServerConfig {
                 hostname: String::new(),
                 data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                maildrop: PathBuf::from(DEFAULT_MAILDROP),
                 user: None,
                 recipient_delimiter: DEFAULT_RECIPIENT_DELIMITER,
                 postmaster: None,

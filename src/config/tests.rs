@@ -61,6 +61,7 @@ fn full_example() -> String {
         "[server]
 hostname = Mail.Example.TEST
 data_dir = /srv/mail
+maildrop = /srv/maildrop
 user = mail
 recipient_delimiter = -
 postmaster = Alice@example.test
@@ -163,6 +164,7 @@ fn every_key_happy_path() {
     }
     assert_eq!(local("nobody@other.test"), None);
     assert_eq!(c.postmaster_domain().as_deref(), Some("example.test"));
+    assert_eq!(c.server.maildrop, PathBuf::from("/srv/maildrop"));
     assert_eq!(c.server.user.as_deref(), Some("mail"));
     assert_eq!(c.server.recipient_delimiter, Some('-'));
 
@@ -194,14 +196,14 @@ fn every_key_happy_path() {
     let d = &c.domains["example.test"];
     assert_eq!(
         (d.name.as_str(), d.catch_all.as_deref(), d.line),
-        ("example.test", Some("bob"), 29)
+        ("example.test", Some("bob"), 30)
     );
     assert_eq!(c.domains["other.test"].catch_all, None);
 
     let bob = &c.mailboxes["bob@example.test"];
     assert_eq!(
         (bob.local.as_str(), bob.domain.as_str(), bob.line),
-        ("bob", "example.test", 34)
+        ("bob", "example.test", 35)
     );
     assert_eq!(bob.password, Some(hash()));
     assert_eq!(bob.aliases, ["robert", "postmaster"]);
@@ -226,7 +228,7 @@ fn every_key_happy_path() {
             "gran@elsewhere.example"
         ]
     );
-    assert_eq!(fam.line, 45);
+    assert_eq!(fam.line, 46);
 
     let o = &c.outbox;
     assert_eq!(o.mode, OutboxMode::Smarthost);
@@ -249,7 +251,7 @@ fn every_key_happy_path() {
 
     assert_eq!(c.smartpop.len(), 2);
     let p = &c.smartpop[0];
-    assert_eq!((p.name.as_str(), p.line), ("isp-bob", 59));
+    assert_eq!((p.name.as_str(), p.line), ("isp-bob", 60));
     assert_eq!(p.host, hp("pop.isp.example", 110));
     assert_eq!(p.tls, TlsMode::StartTls);
     assert_eq!(
@@ -275,6 +277,10 @@ fn defaults() {
     let (c, warnings) = ok(BASE);
     assert_eq!(warnings, vec![]);
     assert_eq!(c.server.data_dir, PathBuf::from("/var/lib/mailgate"));
+    assert_eq!(
+        c.server.maildrop,
+        PathBuf::from("/var/spool/mailgate/maildrop")
+    );
     assert_eq!(c.server.user, None);
     assert_eq!(c.server.recipient_delimiter, Some('+'));
     assert_eq!(c.smtp.listen, vec![sa("0.0.0.0:25")]);
@@ -467,6 +473,14 @@ fn server_and_hostname_required() {
         vec![(
             1,
             "missing required key \"hostname\" in [server]".to_string()
+        )]
+    );
+    assert_eq!(
+        errors("[server]\nhostname = h\ndata_dir = /x\nmaildrop = /x/drop\n"),
+        vec![(
+            4,
+            "maildrop /x/drop is inside data_dir /x: other users could not reach it; put it beside"
+                .to_string()
         )]
     );
     let errs = errors("[server]\nhostname =\n");

@@ -114,6 +114,8 @@ pub enum HostOutcome {
     FetchAsked(Option<String>),
     /// SIGHUP: the config read again, with what it needs prepared.
     Reloaded(Box<Reload>),
+    /// A maildrop scan: what it delivered and queued.
+    PickedUp(crate::pickup::Picked),
 }
 
 /// A config read again on a worker (files, certificate, CA bundle), for
