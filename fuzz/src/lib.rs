@@ -16,7 +16,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use mailgate::config::{Config, Keep, Resolution, TlsMode};
 use mailgate::proto::dns::{self, LookupStep, MxLookup, QType, MAX_MX_HOSTS};
@@ -610,6 +609,8 @@ pub fn smtp_client(data: &[u8]) {
         .take(1 + usize::from(flags >> 6))
         .map(|s| s.to_string())
         .collect();
+    let mut scan = mailgate::proto::dotstuff::WireScan::new();
+    scan.feed(message);
     let env = Envelope {
         reverse_path: if bit(flags, 4) {
             String::new()
@@ -617,7 +618,8 @@ pub fn smtp_client(data: &[u8]) {
             "bob@example.test".into()
         },
         recipients: recipients.clone(),
-        message: Arc::from(message),
+        size: scan.size(),
+        eight_bit: scan.eight_bit(),
         smtputf8: bit(flags, 5),
     };
     let mut c = SmtpClient::new(params, env);
@@ -640,8 +642,15 @@ pub fn smtp_client(data: &[u8]) {
         } else {
             rng.chunk(input.len() - pos)
         };
-        let event = c.receive(&input[pos..pos + n], &mut out);
+        let mut event = c.receive(&input[pos..pos + n], &mut out);
         pos += n;
+        if let Some(ClientEvent::SendBody) = event {
+            // The driver streams the stored message in pieces.
+            for piece in message.chunks(1 + rng.chunk(message.len().max(1))) {
+                c.body_chunk(piece, &mut out);
+            }
+            event = c.body_end(&mut out);
+        }
         out.clear();
         match event {
             Some(ClientEvent::StartTls) => {
@@ -656,7 +665,8 @@ pub fn smtp_client(data: &[u8]) {
                 assert!(c.is_done());
                 return;
             }
-            None => {}
+            // A second request for the body cannot come; nothing to do.
+            Some(ClientEvent::SendBody) | None => {}
         }
     }
     let _ = c.reply_timeout();
@@ -718,6 +728,7 @@ pub fn pop3_client(data: &[u8]) {
             }
         }
     };
+    let mut body_len = 0u64;
     while steps < MAX_STEPS && !c.is_done() {
         steps += 1;
         check(&out, &delivered);
@@ -726,11 +737,13 @@ pub fn pop3_client(data: &[u8]) {
             events.remove(0);
             match event {
                 FetchEvent::StartTls => c.tls_started(&mut out),
-                FetchEvent::Deliver { number, data, .. } => {
+                FetchEvent::Body(chunk) => body_len += chunk.len() as u64,
+                FetchEvent::Deliver { number, .. } => {
                     assert!(
-                        data.len() as u64 <= 100_000 + mailgate::proto::pop3_client::RETR_SLACK,
+                        body_len <= 100_000 + mailgate::proto::pop3_client::RETR_SLACK,
                         "a message over the bound"
                     );
+                    body_len = 0;
                     let ok = !rng.one_in(5);
                     if ok {
                         delivered.push(number);
