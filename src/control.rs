@@ -42,22 +42,27 @@ impl Drop for PidFile {
 /// The signals that [`request`] sends to the pid it reads from the file.
 const REQUEST_SIGNALS: [libc::c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
 
-/// Takes the pid file lock for `serve`.
+/// Call first thing in `serve`, before any handler is installed.
 ///
-/// Writing our pid invites [`request`]'s SIGUSR1/SIGUSR2, whose default
-/// action is to terminate. The event loop installs its handlers only
-/// later (after queue recovery), so a `sendmail` or `flush` in between
-/// used to kill a server that was just starting. The two are ignored
-/// from here on; the event loop's handlers replace that. A request lost
-/// this way costs nothing: a starting server scans its queue and polls
-/// anyway.
-pub fn lock_pid_file(data_dir: &Path) -> Result<PidFile, String> {
+/// Once our pid is in the pid file, [`request`]'s SIGUSR1/SIGUSR2 may
+/// come, and their default action is to terminate. Depending on the
+/// start-up order the event loop installs its handlers after the pid file
+/// is written, so a `sendmail` or `flush` in between used to kill a
+/// server that was just starting. The two are ignored from here on; the
+/// event loop's handlers replace that (so this must never run after them:
+/// it would silence them). A request lost this way costs nothing: a
+/// starting server scans its queue and polls anyway.
+pub fn ignore_requests_until_ready() {
     for sig in REQUEST_SIGNALS {
         // SAFETY: installing SIG_IGN for a signal that has no handler yet
         // has no memory-safety preconditions; a later sigaction (the
         // event loop's) replaces it.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+}
+
+/// Takes the pid file lock for `serve`.
+pub fn lock_pid_file(data_dir: &Path) -> Result<PidFile, String> {
     let path = data_dir.join(PID_FILE);
     let mut file = OpenOptions::new()
         .read(true)

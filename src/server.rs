@@ -351,6 +351,7 @@ fn prepare_maildrop(config: &Config, owner: Option<(u32, u32)>) {
 /// the listen backlog. Worker threads start last in both cases, so the
 /// drop happens while the process has one thread.
 pub fn serve(config_path: &Path) -> Result<(), String> {
+    crate::control::ignore_requests_until_ready();
     let (config, warnings) = Config::load(config_path).map_err(|diags| {
         let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
         format!(
@@ -394,7 +395,9 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let (tls, _pid_file, outbox, mut ev, waker) = match drop_to {
         None => {
             prepare_maildrop(&config, None);
-            std::fs::create_dir_all(&data_dir)
+            // Durably: a power cut must not take the new data_dir (and the
+            // mail soon in it) away with its unsynced name.
+            crate::store::durable::create_dir_all_durable(&data_dir)
                 .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
             for w in privileges::check_data_dir(&data_dir, user)? {
                 warn!("{w}");

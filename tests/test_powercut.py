@@ -22,7 +22,7 @@ cuts found: the first queued message (queue folders not synced), every
 crash point of one SmartPop collection (a record naming a tmp/ copy whose
 name was not durable), the records folder, two accounts into one mailbox,
 every crash point of a POP3 QUIT and a delivery between its syncs (moves
-to cur/), and, as a strict xfail, data_dir made by `serve` (src/server.rs).
+to cur/), and data_dir made by `serve` (once synced in no parent).
 
 The seed is printed; `POWERCUT_SEED=N` replays the random choices (the
 load's timing is not replayed). `POWERCUT_CUTS` sets the cuts per path.
@@ -896,10 +896,6 @@ def test_pop3_every_crash_point_of_quit(cut_server):
     srv.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src/server.rs (serve without [server] user) makes data_dir with a plain "
-    "std::fs::create_dir_all and never syncs its parent; the lead's file: "
-    "durable::create_dir_all_durable there fixes it, then drop this mark"))
 def test_data_dir_made_by_serve_survives_a_cut(cut_server):
     cs = cut_server(premade_data_dir=False)
     cs.start()
