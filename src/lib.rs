@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod delivery;
+pub mod dropfile;
 pub mod event_loop;
 pub mod mailauth;
 pub mod net;

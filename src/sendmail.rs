@@ -229,21 +229,7 @@ fn no_control(what: &str, value: &str, exit_code: u8) -> Result<(), SendmailErro
     Ok(())
 }
 
-/// What a caller of sendmail asked for, before it is checked: the
-/// maildrop carries this (see `pickup::encode`), not a transaction, since
-/// the server must not trust the caller's idea of the sender.
-#[derive(Debug, Default, PartialEq)]
-pub struct Submission {
-    /// -f: the envelope sender (empty or `<>`: the null sender).
-    pub from: Option<String>,
-    /// -F: the full name for a missing From:.
-    pub from_name: Option<String>,
-    /// -t: recipients from To/Cc/Bcc too (Bcc lines are removed).
-    pub from_headers: bool,
-    pub recipients: Vec<String>,
-    /// The message as read (CRLF lines, the -i dot rule applied).
-    pub message: Vec<u8>,
-}
+pub use crate::dropfile::Submission;
 
 /// The config file the arguments name with `-C FILE` or `-c FILE`, if any.
 pub fn config_arg(args: &[OsString]) -> Option<String> {
@@ -355,7 +341,7 @@ pub fn run(config: &Config, args: &[OsString], input: &mut dyn Read) -> Result<(
     // Checked here too, so that the caller hears of a bad recipient at once.
     let tx = prepare(config, &sub, uid, &login)?;
     if !writes_directly(config) {
-        return crate::pickup::drop_message(&config.server.maildrop, &sub)
+        return crate::dropfile::drop_message(&config.server.maildrop, &sub)
             .map_err(|e| fail(EX_TEMPFAIL, e));
     }
     crate::privileges::become_configured_user(config).map_err(|e| fail(EX_TEMPFAIL, e))?;
@@ -402,7 +388,7 @@ pub fn run_without_config(args: &[OsString], input: &mut dyn Read) -> Result<(),
         recipients: opts.recipients,
         message,
     };
-    crate::pickup::drop_message(std::path::Path::new(crate::config::DEFAULT_MAILDROP), &sub)
+    crate::dropfile::drop_message(std::path::Path::new(crate::config::DEFAULT_MAILDROP), &sub)
         .map_err(|e| fail(EX_TEMPFAIL, e))
 }
 
