@@ -240,10 +240,12 @@ impl Pop3In {
         };
         st.reading = false;
         match read {
-            Ok((None, _)) => st.eof = true,
             Ok((file, chunk)) => {
+                st.eof = file.is_none();
                 st.file = file;
-                st.ahead = Some(chunk);
+                if !chunk.is_empty() {
+                    st.ahead = Some(chunk);
+                }
             }
             Err(e) => {
                 // The "+OK" already went out (and maybe part of the message):
@@ -304,16 +306,37 @@ fn open_and_read(path: &Path) -> std::io::Result<(Option<File>, Vec<u8>)> {
     read_chunk(File::open(path)?)
 }
 
-/// Worker side: the next chunk of `file`; at its end, no chunk and no
-/// file (it is closed here, not on the loop thread).
+/// Worker side: the next chunk of `file`, up to `STREAM_CHUNK` octets.
+/// When the chunk reaches the end of the file, the file comes back as
+/// None (it is closed here, not on the loop thread): a message that fits
+/// in one chunk costs one worker round trip, not two.
 fn read_chunk(mut file: File) -> std::io::Result<(Option<File>, Vec<u8>)> {
-    let mut buf = vec![0u8; STREAM_CHUNK];
+    // Sized to what is left (a 4 KiB message does not get 64 KiB), plus
+    // one octet to see the end without another read.
+    let left = file
+        .metadata()
+        .ok()
+        .and_then(|m| {
+            use std::io::Seek;
+            let pos = file.stream_position().ok()?;
+            Some(m.len().saturating_sub(pos))
+        })
+        .unwrap_or(STREAM_CHUNK as u64);
+    let want = (left as usize).min(STREAM_CHUNK);
+    let mut buf = vec![0u8; want + 1];
+    let mut filled = 0;
     loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok((None, Vec::new())),
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => {
+                buf.truncate(filled);
+                return Ok((None, buf));
+            }
             Ok(n) => {
-                buf.truncate(n);
-                return Ok((Some(file), buf));
+                filled += n;
+                if filled == buf.len() {
+                    // Not at the end yet (or the file grew).
+                    return Ok((Some(file), buf));
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
