@@ -157,8 +157,8 @@ pub fn outbox_client_config(
         return client_config(outbox.ca_file.as_deref());
     };
     let provider = provider();
-    let verifier = Arc::new(PinnedCert {
-        fingerprint: pin.clone(),
+    let verifier = Arc::new(UnchainedCert {
+        pin: Some(pin.clone()),
         algorithms: provider.signature_verification_algorithms,
     });
     let config = ClientConfig::builder_with_provider(provider)
@@ -177,7 +177,8 @@ pub fn outbox_client_config(
 /// bound to the key in that certificate.
 pub fn opportunistic_client_config() -> Arc<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(AcceptAnyCert {
+    let verifier = Arc::new(UnchainedCert {
+        pin: None,
         algorithms: provider.signature_verification_algorithms,
     });
     // Only fails when the provider lacks cipher suites for the versions: a
@@ -211,59 +212,19 @@ pub fn describe(conn: &CommonState) -> Option<String> {
     Some(format!("{version} with cipher {suite}"))
 }
 
-/// The opportunistic verifier: no chain or name check (RFC 7435 section 3:
-/// "encryption without authentication"), signatures checked with the
-/// provider's algorithms.
+/// The verifier for servers the web roots cannot vouch for: no chain or
+/// name check, signatures checked with the provider's algorithms. With no
+/// `pin`, any certificate is accepted (direct-to-MX STARTTLS, RFC 7435
+/// section 3: "encryption without authentication"); with one, exactly the
+/// certificate whose SHA-256 of its DER (as [`fingerprint`] writes it) it
+/// is (`[outbox] fingerprint`).
 #[derive(Debug)]
-struct AcceptAnyCert {
+struct UnchainedCert {
+    pin: Option<String>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts one server certificate, by the SHA-256 of its DER (as
-/// [`fingerprint`] writes it); the chain, name and dates are not looked
-/// at. Signatures are checked as by the web verifier.
-#[derive(Debug)]
-struct PinnedCert {
-    fingerprint: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCert {
+impl ServerCertVerifier for UnchainedCert {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -272,8 +233,11 @@ impl ServerCertVerifier for PinnedCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = &self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let got = fingerprint(end_entity.as_ref());
-        if got == self.fingerprint {
+        if &got == pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
@@ -738,7 +702,8 @@ aKTe6GLpuoY8tbu1FsXOQwwQxB1TBc4VFreHOAEo0fE9nXFxOxhN\n\
                 .with_protocol_versions(&[&rustls::version::TLS12])
                 .unwrap()
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert {
+                .with_custom_certificate_verifier(Arc::new(UnchainedCert {
+                    pin: None,
                     algorithms: provider().signature_verification_algorithms,
                 }))
                 .with_no_client_auth();
