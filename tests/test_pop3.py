@@ -174,6 +174,71 @@ def test_sasl_plain_and_pipelining(server):
     assert r.line().startswith(b"+OK")
 
 
+def test_pipelined_retr_read_ahead_serves_each_message_whole(make_server):
+    """A client with every RETR in flight at once: the server reads the
+    next small messages ahead of it. Each answer must still be exactly its
+    own message, across a message too big to read ahead, a TOP in the
+    middle, a jump backwards, and a DELE'd one."""
+    server = make_server(replace={"max_message_size = 1M": "max_message_size = 2M"})
+    bodies = []
+    for i in range(40):
+        size = 150_000 if i == 20 else 200 + 97 * i
+        line = f".dot line of message {i} " + "z" * 60 + "\r\n"
+        body = (line * (size // len(line) + 1))[:size].rsplit("\r\n", 1)[0] + "\r\n"
+        bodies.append(body)
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"]) as s:
+        for i, body in enumerate(bodies):
+            s.sendmail("carol@remote.test", ["bob@example.test"], f"Subject: m{i}\r\n\r\n{body}".encode())
+            # One delivery per second-tick at most would be slow; the names
+            # order them anyway (the listing is in delivery order).
+    server.wait_messages("bob@example.test", 40)
+
+    r = Raw(server.ports["pop3"])
+    r.line()
+    order = list(range(1, 41)) + [5, 3]
+    cmds = b"USER bob@example.test\r\nPASS secret\r\nDELE 30\r\n"
+    for n in order[:10]:
+        cmds += b"RETR %d\r\n" % n
+    cmds += b"TOP 12 0\r\n"
+    for n in order[10:]:
+        cmds += b"RETR %d\r\n" % n
+    cmds += b"QUIT\r\n"
+    r.send(cmds)
+    assert r.line().startswith(b"+OK")
+    assert r.line().startswith(b"+OK")
+    assert r.line().startswith(b"+OK")  # DELE 30
+
+    def multiline():
+        lines = []
+        while True:
+            line = r.line()
+            if line == b".":
+                return lines
+            lines.append(line[1:] if line.startswith(b".") else line)
+
+    def check_retr(n):
+        status = r.line()
+        if n == 30:
+            assert status.startswith(b"-ERR"), status
+            return
+        assert status.startswith(b"+OK"), (n, status)
+        lines = multiline()
+        text = b"\r\n".join(lines) + b"\r\n"
+        head, _, body = text.partition(b"\r\n\r\n")
+        assert b"Subject: m%d" % (n - 1) in head, (n, head[-200:])
+        assert body == bodies[n - 1].encode(), n
+
+    for n in order[:10]:
+        check_retr(n)
+    assert r.line().startswith(b"+OK")  # TOP 12 0
+    top = multiline()
+    assert b"Subject: m11" in top and top[-1] == b""
+    for n in order[10:]:
+        check_retr(n)
+    assert r.line().startswith(b"+OK")  # QUIT
+    assert len(server.messages("bob@example.test")) == 39
+
+
 def test_timeout_and_junk(make_server):
     server = make_server(replace={"timeout = 30s\n\n[domain": "timeout = 2s\n\n[domain"})
     r = Raw(server.ports["pop3"])

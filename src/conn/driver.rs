@@ -76,6 +76,8 @@ pub enum Outcome {
     /// POP3: the next chunk of the message being sent (empty at its end),
     /// with the file handed back for the next read.
     Pop3Read(std::io::Result<(Option<std::fs::File>, Vec<u8>)>),
+    /// POP3: messages read ahead of the client's RETRs.
+    Pop3Ahead(super::pop3_ahead::BatchRead),
     /// POP3: the QUIT commit (deletions, `cur/` moves) is durable (true).
     Pop3Commit(bool),
     /// Outbox: the queued message a session is to deliver, measured.

@@ -3,7 +3,8 @@
 //! Owns: the socket (through the shared inbound pump), the sans-IO
 //! `Pop3Session`, the maildrop lock while the session holds it, streaming
 //! RETR/TOP with bounded memory (a worker reads the message file a chunk
-//! ahead of the socket), and handing password checks, scans and the QUIT
+//! ahead of the socket, and the next small messages before the client
+//! asks for them: `pop3_ahead`), and handing password checks, scans and the QUIT
 //! commit to the workers. Must not: parse POP3 itself, or touch a file on
 //! the loop thread.
 
@@ -18,6 +19,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::pop3_ahead::ReadAhead;
 use super::pump::{Inbound, Pumped, ServerCore};
 use super::{Ctx, Driver, IdleClock, ListenerKind, Outcome};
 use crate::net::canonical_ip;
@@ -82,6 +84,8 @@ pub struct Pop3In {
     maildir: Option<PathBuf>,
     /// The session must log in by then.
     login_by: Option<Instant>,
+    /// Messages read before the client asks (after login).
+    ahead: Option<ReadAhead>,
 }
 
 impl Pop3In {
@@ -109,6 +113,7 @@ impl Pop3In {
             locked: false,
             maildir: None,
             login_by: Some(cx.now + config.smtp.login_timeout),
+            ahead: None,
         }
     }
 
@@ -119,9 +124,11 @@ impl Pop3In {
             match self.io.pump(&cx.sv.tls, may_read, cx.now) {
                 Pumped::Events => self.handle_events(cx),
                 Pumped::Waiting => {
-                    // The socket took the last chunk and the next is here.
+                    // The socket took the last chunk and the next is here,
+                    // or a message read ahead (maybe empty) is to be ended.
                     let more = matches!(&self.waiting, Waiting::Sending(st)
-                        if st.ahead.is_some() && self.io.t.pending_output() <= STREAM_CHUNK);
+                        if (st.ahead.is_some() && self.io.t.pending_output() <= STREAM_CHUNK)
+                            || (st.eof && !st.reading && st.ahead.is_none()));
                     if !more {
                         return;
                     }
@@ -199,8 +206,10 @@ impl Pop3In {
                 }
                 Pop3Event::StartTls => self.io.start_tls_after_flush(),
                 Pop3Event::Send {
-                    path, body_lines, ..
-                } => self.start_send(path, body_lines, cx),
+                    index,
+                    path,
+                    body_lines,
+                } => self.start_send(index, path, body_lines, cx),
                 Pop3Event::Commit { deleted, retrieved } => {
                     let Some(dir) = self.maildir.clone() else {
                         continue;
@@ -217,20 +226,35 @@ impl Pop3In {
         }
     }
 
-    /// The "+OK" is queued; a worker opens the file and reads the first chunk.
-    fn start_send(&mut self, path: PathBuf, body_lines: Option<usize>, cx: &mut Ctx) {
-        let Some(dir) = self.maildir.as_ref() else {
+    /// The "+OK" is queued. The message was read ahead, or a worker opens
+    /// the file and reads the first chunk; after a RETR, a worker reads the
+    /// messages that follow.
+    fn start_send(&mut self, index: usize, path: PathBuf, body_lines: Option<usize>, cx: &mut Ctx) {
+        let Some(dir) = self.maildir.clone() else {
             return;
         };
-        let full = dir.join(&path);
+        let cached = self.ahead.as_mut().and_then(|ra| ra.take(index));
+        // TOP is how clients look before they download: no read-ahead.
+        let batch = match (&mut self.ahead, body_lines) {
+            (Some(ra), None) => ra.after_retr(index),
+            _ => None,
+        };
+        if let Some(batch) = batch {
+            let dir = dir.clone();
+            cx.submit_quick(move || Outcome::Pop3Ahead(batch.read(&dir)));
+        }
+        let reading = cached.is_none();
         self.waiting = Waiting::Sending(Box::new(Stream {
             stuffer: DotStuffer::with_body_line_limit(body_lines),
             file: None,
-            ahead: None,
-            reading: true,
-            eof: false,
+            eof: !reading,
+            ahead: cached.filter(|bytes| !bytes.is_empty()),
+            reading,
         }));
-        cx.submit_quick(move || Outcome::Pop3Read(open_and_read(&full)));
+        if reading {
+            let full = dir.join(&path);
+            cx.submit_quick(move || Outcome::Pop3Read(open_and_read(&full)));
+        }
     }
 
     /// A worker's read of the message being sent.
@@ -261,6 +285,9 @@ impl Pop3In {
 
     /// Gives the maildrop lock back (the session is over).
     fn release(&mut self, cx: &mut Ctx) {
+        if let Some(ra) = &mut self.ahead {
+            ra.clear();
+        }
         if self.locked {
             if let Some(mailbox) = &self.mailbox {
                 cx.sv.mailboxes.unlock_exclusive(mailbox);
@@ -354,6 +381,13 @@ impl Driver for Pop3In {
             // A file closed on a worker: nothing waited for it.
             return;
         }
+        if let Outcome::Pop3Ahead(read) = done {
+            // Kept for the RETRs to come; nothing waits on it now.
+            if let Some(ra) = &mut self.ahead {
+                ra.arrived(read);
+            }
+            return;
+        }
         if let Outcome::Pop3Read(read) = done {
             if !self.io.is_done() {
                 self.chunk_read(read, cx);
@@ -387,6 +421,9 @@ impl Driver for Pop3In {
                 match listing {
                     Ok(listing) => {
                         self.login_by = None;
+                        self.ahead = Some(ReadAhead::new(
+                            listing.iter().map(|m| (m.path.clone(), m.size)).collect(),
+                        ));
                         info!(
                             "pop3 {}: {mailbox} logged in, {} messages",
                             self.io.t.peer(),
@@ -486,6 +523,9 @@ impl Driver for Pop3In {
     }
 
     fn is_idle(&self) -> bool {
+        if self.ahead.as_ref().is_some_and(ReadAhead::in_flight) {
+            return false;
+        }
         match &self.waiting {
             Waiting::Password | Waiting::Scan | Waiting::Commit => false,
             Waiting::Sending(st) => !st.reading,

@@ -1,0 +1,271 @@
+//! POP3 read-ahead: whole small messages read on a worker before the
+//! client asks for them, so a client that RETRs message after message
+//! (fetchmail, poplib, a pipelining client with 16 commands in flight)
+//! is answered from memory instead of waiting one worker round trip per
+//! message.
+//!
+//! Owns: which messages to read next (the ones after the last RETR, in
+//! listing order), the bytes read so far, and the memory bound. Must not:
+//! read files itself (the driver hands `Batch` to a worker) or know POP3.
+//!
+//! Why the next ones by number: every POP3 client that downloads reads
+//! the listing and RETRs in order. A client that jumps around costs one
+//! batch of wasted reads (at most `BUDGET` octets), never a wrong answer:
+//! what is served from here is the file's bytes, and Maildir files are
+//! never rewritten.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// At most this many octets of messages read ahead per session: the same
+/// as one streaming chunk, so read-ahead at most doubles what a session
+/// in RETR holds.
+pub const BUDGET: u64 = 64 * 1024;
+
+/// A batch has at most this many messages.
+const MAX_BATCH: usize = 32;
+
+/// What a worker is to read: (listing index, path) pairs.
+pub struct Batch(Vec<(usize, PathBuf)>);
+
+/// What a worker read: each message whole, or nothing for one it could not
+/// read (the normal path will then report the error on its RETR).
+pub type BatchRead = Vec<(usize, Option<Vec<u8>>)>;
+
+impl Batch {
+    /// Worker side: reads each file whole. A file that grew past what the
+    /// listing said is not kept (the streaming path sends it).
+    pub fn read(self, dir: &Path) -> BatchRead {
+        self.0
+            .into_iter()
+            .map(|(index, path)| (index, read_small(&dir.join(path))))
+            .collect()
+    }
+}
+
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    let file = File::open(path).ok()?;
+    let mut buf = Vec::new();
+    // One octet more than the budget: a bigger file is not read ahead.
+    file.take(BUDGET + 1).read_to_end(&mut buf).ok()?;
+    (buf.len() as u64 <= BUDGET).then_some(buf)
+}
+
+/// One session's read-ahead.
+pub struct ReadAhead {
+    /// (path, size) of each message in listing order.
+    listing: Vec<(PathBuf, u64)>,
+    /// Messages read, in index order.
+    ready: VecDeque<(usize, Vec<u8>)>,
+    /// Octets in `ready` plus those a worker is reading.
+    held: u64,
+    /// The first index not yet read or asked for.
+    next: usize,
+    /// A worker is reading a batch.
+    in_flight: bool,
+}
+
+impl ReadAhead {
+    /// `listing` holds (path, size) per message; sizes are the listing's
+    /// (CRLF) sizes, a close enough measure of the file for the budget.
+    pub fn new(listing: Vec<(PathBuf, u64)>) -> ReadAhead {
+        ReadAhead {
+            listing,
+            ready: VecDeque::new(),
+            held: 0,
+            next: usize::MAX,
+            in_flight: false,
+        }
+    }
+
+    /// The message at `index`, if it was read ahead. Messages before it
+    /// are dropped (the client went past them).
+    pub fn take(&mut self, index: usize) -> Option<Vec<u8>> {
+        while let Some((i, _)) = self.ready.front() {
+            if *i >= index {
+                break;
+            }
+            self.drop_front();
+        }
+        match self.ready.front() {
+            Some((i, _)) if *i == index => {
+                let (_, bytes) = self.ready.pop_front()?;
+                self.held = self.held.saturating_sub(self.size(index));
+                Some(bytes)
+            }
+            _ => None,
+        }
+    }
+
+    fn drop_front(&mut self) {
+        if let Some((i, _)) = self.ready.pop_front() {
+            self.held = self.held.saturating_sub(self.size(i));
+        }
+    }
+
+    fn size(&self, index: usize) -> u64 {
+        self.listing.get(index).map_or(0, |(_, s)| *s)
+    }
+
+    /// The client RETRs `index`: the batch to read next (the messages after
+    /// it that fit in what is left of the budget), if one should be read now.
+    pub fn after_retr(&mut self, index: usize) -> Option<Batch> {
+        if self.in_flight {
+            return None;
+        }
+        let from = index + 1;
+        if self.next == usize::MAX || from > self.next {
+            // First RETR, or a jump past what was read: start over there.
+            self.clear();
+            self.next = from;
+        }
+        // Refill only when at most half the budget is held: one batch per
+        // several messages, not one per message.
+        if self.held > BUDGET / 2 {
+            return None;
+        }
+        let mut batch = Vec::new();
+        let mut i = self.next;
+        while i < self.listing.len() && batch.len() < MAX_BATCH {
+            let size = self.size(i);
+            if self.held + size > BUDGET {
+                break;
+            }
+            self.held += size;
+            batch.push((i, self.listing[i].0.clone()));
+            i += 1;
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        self.next = i;
+        self.in_flight = true;
+        Some(Batch(batch))
+    }
+
+    /// A worker is reading a batch (its completion is still to come).
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// A worker's batch came back.
+    pub fn arrived(&mut self, read: BatchRead) {
+        self.in_flight = false;
+        for (index, bytes) in read {
+            match bytes {
+                Some(bytes) => self.ready.push_back((index, bytes)),
+                None => self.held = self.held.saturating_sub(self.size(index)),
+            }
+        }
+    }
+
+    /// Nothing is held or read for this session any more (it ends).
+    pub fn clear(&mut self) {
+        self.ready.clear();
+        self.held = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(sizes: &[u64]) -> Vec<(PathBuf, u64)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (PathBuf::from(format!("new/{i}")), *s))
+            .collect()
+    }
+
+    fn indexes(b: &Batch) -> Vec<usize> {
+        b.0.iter().map(|(i, _)| *i).collect()
+    }
+
+    fn fake_read(b: Batch) -> BatchRead {
+        b.0.into_iter()
+            .map(|(i, _)| (i, Some(vec![i as u8])))
+            .collect()
+    }
+
+    #[test]
+    fn reads_the_following_messages_within_the_budget() {
+        let mut ra = ReadAhead::new(listing(&[4096; 40]));
+        let b = ra.after_retr(0).unwrap();
+        // 64 KiB / 4 KiB = 16 messages after the first.
+        assert_eq!(indexes(&b), (1..=16).collect::<Vec<_>>());
+        // One batch at a time.
+        assert!(ra.after_retr(1).is_none());
+        ra.arrived(fake_read(b));
+        assert_eq!(ra.take(1), Some(vec![1]));
+        // Still more than half the budget held: no new batch yet.
+        assert!(ra.after_retr(1).is_none());
+        for i in 2..=8 {
+            assert_eq!(ra.take(i), Some(vec![i as u8]));
+        }
+        // Half or less held: the next batch continues where the last ended.
+        let b = ra.after_retr(8).unwrap();
+        assert_eq!(indexes(&b), (17..=24).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_big_message_is_not_read_ahead() {
+        let mut ra = ReadAhead::new(listing(&[10, 100_000, 10]));
+        assert!(ra.after_retr(0).is_none());
+        let b = ra.after_retr(1).unwrap();
+        assert_eq!(indexes(&b), vec![2]);
+    }
+
+    #[test]
+    fn a_jump_starts_over_and_skipped_messages_are_dropped() {
+        let mut ra = ReadAhead::new(listing(&[1000; 100]));
+        let b = ra.after_retr(0).unwrap();
+        ra.arrived(fake_read(b));
+        // The client jumps to 50: what was read is dropped.
+        assert_eq!(ra.take(50), None);
+        let b = ra.after_retr(50).unwrap();
+        assert_eq!(indexes(&b)[0], 51);
+        ra.arrived(fake_read(b));
+        // Skipping 51 drops it and serves 52.
+        assert_eq!(ra.take(52), Some(vec![52]));
+        assert_eq!(ra.take(51), None);
+    }
+
+    #[test]
+    fn an_unreadable_message_is_left_to_the_streaming_path() {
+        let mut ra = ReadAhead::new(listing(&[10; 4]));
+        let b = ra.after_retr(0).unwrap();
+        let mut read = fake_read(b);
+        read[0].1 = None;
+        ra.arrived(read);
+        assert_eq!(ra.take(1), None);
+        assert_eq!(ra.take(2), Some(vec![2]));
+    }
+
+    #[test]
+    fn last_message_has_nothing_after_it() {
+        let mut ra = ReadAhead::new(listing(&[10; 3]));
+        assert!(ra.after_retr(2).is_none());
+    }
+
+    #[test]
+    fn worker_reads_small_files_whole_and_refuses_big_ones() {
+        let dir = std::env::temp_dir().join(format!("mg-ahead-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("new")).unwrap();
+        std::fs::write(dir.join("new/a"), b"hello").unwrap();
+        std::fs::write(dir.join("new/b"), vec![b'x'; BUDGET as usize + 1]).unwrap();
+        let got = Batch(vec![
+            (0, "new/a".into()),
+            (1, "new/b".into()),
+            (2, "new/gone".into()),
+        ])
+        .read(&dir);
+        assert_eq!(
+            got,
+            vec![(0, Some(b"hello".to_vec())), (1, None), (2, None)]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
