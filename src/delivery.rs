@@ -211,15 +211,16 @@ pub fn enqueue_relayed(
     };
     let received = trace::received_line(trace_info, for_rcpt, now);
     let size = received.len() as u64 + message.sizes().map_or(0, |s| s.1);
-    enqueue_with(
-        config,
-        &tx.reverse_path,
-        remote,
-        tx.smtputf8,
-        now,
+    let entry = QueueLine {
+        sender: &tx.reverse_path,
+        recipients: remote,
+        smtputf8: tx.smtputf8,
+        id: Some(&trace_info.id),
         size,
-        &mut |w| message.write_stored(received.as_bytes(), w),
-    )
+    };
+    enqueue_with(config, &entry, now, &mut |w| {
+        message.write_stored(received.as_bytes(), w)
+    })
 }
 
 /// Queues `message` (headers complete) for `recipients`.
@@ -231,32 +232,49 @@ pub fn enqueue(
     smtputf8: bool,
     now: SystemTime,
 ) -> Result<QueueEntry, DeliveryError> {
-    enqueue_with(
-        config,
+    let entry = QueueLine {
         sender,
         recipients,
         smtputf8,
-        now,
-        message.len() as u64,
-        &mut |w| crate::store::maildir::write_lf(w, &[message]),
-    )
+        id: None,
+        size: message.len() as u64,
+    };
+    enqueue_with(config, &entry, now, &mut |w| {
+        crate::store::maildir::write_lf(w, &[message])
+    })
 }
 
-/// [`enqueue`] with the message (stored form) written by `fill`; `size`
-/// (on the wire) is for the log.
+/// What a new queue entry is, for [`enqueue_with`].
+#[derive(Clone, Copy)]
+struct QueueLine<'a> {
+    sender: &'a str,
+    recipients: &'a [String],
+    smtputf8: bool,
+    /// The message's id so far (its `Received:` id), kept as its queue id
+    /// when free: one id per message in the log.
+    id: Option<&'a str>,
+    /// On the wire, for the log.
+    size: u64,
+}
+
+/// [`enqueue`] with the message (stored form) written by `fill`.
 fn enqueue_with(
     config: &Config,
-    sender: &str,
-    recipients: &[String],
-    smtputf8: bool,
+    line: &QueueLine<'_>,
     now: SystemTime,
-    size: u64,
     fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<QueueEntry, DeliveryError> {
     let queue = Queue::at(&config.server.data_dir);
+    let QueueLine {
+        sender,
+        recipients,
+        smtputf8,
+        id,
+        size,
+    } = *line;
     queue
         .ensure_dirs()
-        .and_then(|_| queue.enqueue_with(sender, recipients, smtputf8, unix_secs(now), fill))
+        .and_then(|_| queue.enqueue_with(sender, recipients, smtputf8, unix_secs(now), id, fill))
         .inspect(|entry| {
             log::info!(
                 "queued id={} from=<{sender}> to={} size={}",
@@ -277,4 +295,49 @@ pub fn cancel(config: &Config, id: &str) {
     if let Err(e) = Queue::at(&config.server.data_dir).remove(id) {
         log::error!("cannot remove queue entry {id} of a failed transaction: {e}");
     }
+}
+
+/// Delivers a message mailgate wrote itself (a bounce) for `to` with the
+/// null reverse-path: a copy into each of `local`'s mailboxes (what `to`
+/// resolved to), and one queue entry for the `remote` addresses.
+pub fn deliver_notice(
+    config: &Config,
+    to: &str,
+    local: &[String],
+    remote: &[String],
+    message: &[u8],
+    now: SystemTime,
+) -> Result<(), DeliveryError> {
+    if !local.is_empty() {
+        let request = LocalDelivery {
+            extra_headers: String::new(),
+            delivered_to_check: true,
+            reverse_path: String::new(),
+            recipients: local
+                .iter()
+                .map(|m| LocalRecipient {
+                    mailbox: m.clone(),
+                    original: to.to_string(),
+                    quota: None,
+                })
+                .collect(),
+            trace: TraceInfo {
+                hostname: config.server.hostname.clone(),
+                helo: config.server.hostname.clone(),
+                peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                protocol: "local",
+                tls: None,
+                auth_user: None,
+                via: None,
+                id: trace::new_id(now),
+            },
+            message: Message::Wire(message),
+        };
+        deliver::deliver_local(&config.server.data_dir, &request)?;
+    }
+    if !remote.is_empty() {
+        let smtputf8 = remote.iter().any(|r| !r.is_ascii());
+        enqueue(config, "", remote, message, smtputf8, now)?;
+    }
+    Ok(())
 }

@@ -216,6 +216,13 @@ def test_relay_through_smarthost(make_server, sink):
     assert f"127.0.0.1]:{s.port}" in line[0]
     assert "queued as SINK1" in line[0]
     assert re.search(r"delivery id=\S+ ", line[0])
+    # One id names the message from intake to delivery (the Received: id,
+    # the queue file, every log line), as Postfix's queue id does.
+    log = server.log_text()
+    (accepted,) = re.findall(r"accepted id=(\S+)", log)
+    assert re.findall(r"queued id=(\S+)", log) == [accepted], log[-3000:]
+    assert re.search(r"delivery id=(\S+) ", line[0]).group(1) == accepted
+    assert f"id {accepted}" in " ".join(msg.get_all("Received")), msg["Received"]
 
 
 def test_queued_durably_before_250_and_listed(make_server):

@@ -22,10 +22,7 @@ use crate::outbox::schedule::{self, Next};
 use crate::outbox::unix_secs;
 use crate::outbox::{GroupReport, OutboundJob, RouteSpec};
 use crate::proto::smtp_client::{Credentials, Outcome};
-use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
-use crate::store::message::Message;
 use crate::store::queue::{Loaded, Queue, QueueEntry, RcptState};
-use crate::store::trace::{self, TraceInfo};
 
 /// Outbound sessions at once: a home uplink gains nothing from more, and
 /// each costs a socket and buffers.
@@ -494,7 +491,11 @@ fn send_bounce(
     failed: &[FailedRecipient],
     now: u64,
 ) -> Result<(), String> {
-    let original = std::fs::read(queue.message_path(&entry.id)).unwrap_or_default();
+    // Only the header section goes back (RFC 3464's text/rfc822-headers):
+    // a 25 MB original costs what its headers cost.
+    let original = queue
+        .read_header_section(&entry.id, bounce::MAX_RETURNED_HEADERS)
+        .unwrap_or_default();
     let bounce_id = format!("{}.B{now}", entry.id);
     let message = bounce::build_bounce(&BounceParams {
         hostname: &config.server.hostname,
@@ -521,41 +522,15 @@ fn send_bounce(
         );
         return Ok(());
     };
-    if !local.is_empty() {
-        let now_t = SystemTime::now();
-        let request = LocalDelivery {
-            extra_headers: String::new(),
-            delivered_to_check: true,
-            reverse_path: String::new(),
-            recipients: local
-                .iter()
-                .map(|m| LocalRecipient {
-                    mailbox: m.clone(),
-                    original: sender.clone(),
-                    quota: None,
-                })
-                .collect(),
-            trace: TraceInfo {
-                hostname: config.server.hostname.clone(),
-                helo: config.server.hostname.clone(),
-                peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                protocol: "local",
-                tls: None,
-                auth_user: None,
-                via: None,
-                id: trace::new_id(now_t),
-            },
-            message: Message::Wire(&message),
-        };
-        deliver::deliver_local(&config.server.data_dir, &request).map_err(|e| e.to_string())?;
-    }
-    if !remote.is_empty() {
-        let smtputf8 = remote.iter().any(|r| !r.is_ascii());
-        queue
-            .ensure_dirs()
-            .and_then(|_| queue.enqueue("", &remote, &message, smtputf8, now))
-            .map_err(|e| e.to_string())?;
-    }
+    crate::delivery::deliver_notice(
+        config,
+        &sender,
+        &local,
+        &remote,
+        &message,
+        SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 

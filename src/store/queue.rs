@@ -401,20 +401,23 @@ impl Queue {
         smtputf8: bool,
         now: u64,
     ) -> io::Result<QueueEntry> {
-        self.enqueue_with(sender, recipients, smtputf8, now, &mut |w| {
+        self.enqueue_with(sender, recipients, smtputf8, now, None, &mut |w| {
             crate::store::maildir::write_lf(w, &[message])
         })
     }
 
     /// [`Queue::enqueue`] with the message written by `fill`, which must
     /// write the stored form (LF line ends): a spooled body is copied,
-    /// never read into memory whole.
+    /// never read into memory whole. `id` is the id the message already
+    /// has (its `Received:` id), so that the log names it one way from
+    /// intake to delivery; it is used when it is a valid, free name.
     pub fn enqueue_with(
         &self,
         sender: &str,
         recipients: &[String],
         smtputf8: bool,
         now: u64,
+        id: Option<&str>,
         fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
     ) -> io::Result<QueueEntry> {
         check_address(sender, true)?;
@@ -435,7 +438,10 @@ impl Queue {
                 });
             }
         }
-        let id = self.new_id(now)?;
+        let id = match id {
+            Some(id) if valid_id(id) && self.is_free(id) => id.to_string(),
+            _ => self.new_id(now)?,
+        };
         let msg_path = self.message_path(&id);
         crate::store::durable::write_durable_with(&self.tmp_path(&id, MSG_EXT), &msg_path, fill)?;
         let entry = QueueEntry {
@@ -646,6 +652,31 @@ impl Queue {
         )
     }
 
+    /// The header section of a queued message (up to and including the
+    /// empty line), at most `limit` octets of it: what a bounce returns,
+    /// without reading a big message whole.
+    pub fn read_header_section(&self, id: &str, limit: usize) -> io::Result<Vec<u8>> {
+        use std::io::BufRead;
+        let file = fs::File::open(self.message_path(id))?;
+        let mut reader = io::BufReader::new(file.take(limit as u64));
+        let mut out = Vec::new();
+        loop {
+            let start = out.len();
+            if reader.read_until(b'\n', &mut out)? == 0 {
+                return Ok(out);
+            }
+            let line = &out[start..];
+            if line == b"\n" || line == b"\r\n" {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// No message or envelope has this id.
+    fn is_free(&self, id: &str) -> bool {
+        !self.message_path(id).exists() && !self.envelope_path(id).exists()
+    }
+
     /// A fresh ID: time, pid and a counter; checked against the folder
     /// because a restarted server may get the same pid (always 1 in a
     /// container) within the same second.
@@ -654,7 +685,7 @@ impl Queue {
         for _ in 0..MAX_ID_TRIES {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let id = format!("{now:010}.P{pid}.Q{n:06}");
-            if !self.message_path(&id).exists() && !self.envelope_path(&id).exists() {
+            if self.is_free(&id) {
                 return Ok(id);
             }
         }
@@ -891,6 +922,45 @@ mod tests {
         assert_eq!(reopened.entries, vec![e.clone()]);
         assert!(reopened.problems.is_empty());
         assert!(files(&q.dir().join(TMP_DIR)).is_empty());
+    }
+
+    #[test]
+    fn a_given_id_is_kept_when_free_and_valid() {
+        let tmp = TempDir::new("given-id");
+        let (q, _) = open(&tmp);
+        let put = |id: Option<&str>| {
+            q.enqueue_with("s@x", &rcpts(&["a@x"]), false, T0, id, &mut |w| {
+                w.write_all(b"m\n")
+            })
+            .unwrap()
+            .id
+        };
+        assert_eq!(put(Some("1QZ4M2K3F8A0")), "1QZ4M2K3F8A0");
+        // Taken, or not a file name: a fresh one.
+        let again = put(Some("1QZ4M2K3F8A0"));
+        assert_ne!(again, "1QZ4M2K3F8A0");
+        let bad = put(Some("../escape"));
+        assert!(!bad.contains('/'));
+    }
+
+    #[test]
+    fn header_section_read_alone() {
+        let tmp = TempDir::new("headers");
+        let (q, _) = open(&tmp);
+        let body = "x".repeat(100_000);
+        let msg = format!("Subject: hi\r\nTo: a@x\r\n\r\n{body}\r\n");
+        let e = q
+            .enqueue("s@x", &rcpts(&["a@x"]), msg.as_bytes(), false, T0)
+            .unwrap();
+        assert_eq!(
+            q.read_header_section(&e.id, 64 * 1024).unwrap(),
+            b"Subject: hi\nTo: a@x\n\n"
+        );
+        // No empty line within the limit: the limit's worth.
+        let e = q
+            .enqueue("s@x", &rcpts(&["a@x"]), body.as_bytes(), false, T0)
+            .unwrap();
+        assert_eq!(q.read_header_section(&e.id, 1000).unwrap().len(), 1000);
     }
 
     #[test]
