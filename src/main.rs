@@ -204,6 +204,7 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
         }
         "serve" => {
             no_extra(&rest)?;
+            one_malloc_arena();
             init_logging("info");
             mailgate::server::serve(&config_path(config))?;
             Ok(ExitCode::SUCCESS)
@@ -435,6 +436,21 @@ fn run_sendmail(config: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
             eprintln!("sendmail: {}", e.message);
             ExitCode::from(e.exit_code)
         }
+    }
+}
+
+/// glibc gives each thread that allocates an arena of its own, and memory
+/// freed in one (a worker's listing, dropped by the loop thread) stays
+/// there: with 6 workers the server's RSS grew by about 1 MiB per POP3
+/// download of 5000 messages, to twice what one arena holds. The threads
+/// allocate little, so sharing one arena costs no measurable contention.
+/// musl (the static router builds) has no per-thread arenas.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

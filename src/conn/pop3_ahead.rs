@@ -27,12 +27,12 @@ pub const BUDGET: u64 = 64 * 1024;
 /// A batch has at most this many messages.
 const MAX_BATCH: usize = 32;
 
-/// What a worker is to read: (listing index, path) pairs.
-pub struct Batch(Vec<(usize, PathBuf)>);
+/// What a worker is to read: (listing index, size counted, path).
+pub struct Batch(Vec<(usize, u64, PathBuf)>);
 
 /// What a worker read: each message whole, or nothing for one it could not
 /// read (the normal path will then report the error on its RETR).
-pub type BatchRead = Vec<(usize, Option<Vec<u8>>)>;
+pub type BatchRead = Vec<(usize, u64, Option<Vec<u8>>)>;
 
 impl Batch {
     /// Worker side: reads each file whole. A file that grew past what the
@@ -40,7 +40,7 @@ impl Batch {
     pub fn read(self, dir: &Path) -> BatchRead {
         self.0
             .into_iter()
-            .map(|(index, path)| (index, read_small(&dir.join(path))))
+            .map(|(index, size, path)| (index, size, read_small(&dir.join(path))))
             .collect()
     }
 }
@@ -53,12 +53,18 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
     (buf.len() as u64 <= BUDGET).then_some(buf)
 }
 
-/// One session's read-ahead.
+impl Default for ReadAhead {
+    fn default() -> Self {
+        ReadAhead::new()
+    }
+}
+
+/// One session's read-ahead. The listing itself stays with the POP3 core;
+/// calls that need it are given a lookup: index -> (path, size), with the
+/// listing's (CRLF) size, a close enough measure of the file.
 pub struct ReadAhead {
-    /// (path, size) of each message in listing order.
-    listing: Vec<(PathBuf, u64)>,
-    /// Messages read, in index order.
-    ready: VecDeque<(usize, Vec<u8>)>,
+    /// Messages read, in index order, with the size they were counted at.
+    ready: VecDeque<(usize, u64, Vec<u8>)>,
     /// Octets in `ready` plus those a worker is reading.
     held: u64,
     /// The first index not yet read or asked for.
@@ -68,11 +74,8 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// `listing` holds (path, size) per message; sizes are the listing's
-    /// (CRLF) sizes, a close enough measure of the file for the budget.
-    pub fn new(listing: Vec<(PathBuf, u64)>) -> ReadAhead {
+    pub fn new() -> ReadAhead {
         ReadAhead {
-            listing,
             ready: VecDeque::new(),
             held: 0,
             next: usize::MAX,
@@ -83,16 +86,16 @@ impl ReadAhead {
     /// The message at `index`, if it was read ahead. Messages before it
     /// are dropped (the client went past them).
     pub fn take(&mut self, index: usize) -> Option<Vec<u8>> {
-        while let Some((i, _)) = self.ready.front() {
+        while let Some((i, _, _)) = self.ready.front() {
             if *i >= index {
                 break;
             }
             self.drop_front();
         }
         match self.ready.front() {
-            Some((i, _)) if *i == index => {
-                let (_, bytes) = self.ready.pop_front()?;
-                self.held = self.held.saturating_sub(self.size(index));
+            Some((i, _, _)) if *i == index => {
+                let (_, size, bytes) = self.ready.pop_front()?;
+                self.held = self.held.saturating_sub(size);
                 Some(bytes)
             }
             _ => None,
@@ -100,18 +103,18 @@ impl ReadAhead {
     }
 
     fn drop_front(&mut self) {
-        if let Some((i, _)) = self.ready.pop_front() {
-            self.held = self.held.saturating_sub(self.size(i));
+        if let Some((_, size, _)) = self.ready.pop_front() {
+            self.held = self.held.saturating_sub(size);
         }
-    }
-
-    fn size(&self, index: usize) -> u64 {
-        self.listing.get(index).map_or(0, |(_, s)| *s)
     }
 
     /// The client RETRs `index`: the batch to read next (the messages after
     /// it that fit in what is left of the budget), if one should be read now.
-    pub fn after_retr(&mut self, index: usize) -> Option<Batch> {
+    pub fn after_retr(
+        &mut self,
+        index: usize,
+        listing: impl Fn(usize) -> Option<(PathBuf, u64)>,
+    ) -> Option<Batch> {
         if self.in_flight {
             return None;
         }
@@ -128,13 +131,15 @@ impl ReadAhead {
         }
         let mut batch = Vec::new();
         let mut i = self.next;
-        while i < self.listing.len() && batch.len() < MAX_BATCH {
-            let size = self.size(i);
+        while batch.len() < MAX_BATCH {
+            let Some((path, size)) = listing(i) else {
+                break;
+            };
             if self.held + size > BUDGET {
                 break;
             }
             self.held += size;
-            batch.push((i, self.listing[i].0.clone()));
+            batch.push((i, size, path));
             i += 1;
         }
         if batch.is_empty() {
@@ -153,10 +158,10 @@ impl ReadAhead {
     /// A worker's batch came back.
     pub fn arrived(&mut self, read: BatchRead) {
         self.in_flight = false;
-        for (index, bytes) in read {
+        for (index, size, bytes) in read {
             match bytes {
-                Some(bytes) => self.ready.push_back((index, bytes)),
-                None => self.held = self.held.saturating_sub(self.size(index)),
+                Some(bytes) => self.ready.push_back((index, size, bytes)),
+                None => self.held = self.held.saturating_sub(size),
             }
         }
     }
@@ -172,60 +177,66 @@ impl ReadAhead {
 mod tests {
     use super::*;
 
-    fn listing(sizes: &[u64]) -> Vec<(PathBuf, u64)> {
-        sizes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (PathBuf::from(format!("new/{i}")), *s))
-            .collect()
+    fn listing(sizes: &[u64]) -> impl Fn(usize) -> Option<(PathBuf, u64)> + '_ {
+        |i| {
+            sizes
+                .get(i)
+                .map(|s| (PathBuf::from(format!("new/{i}")), *s))
+        }
     }
 
     fn indexes(b: &Batch) -> Vec<usize> {
-        b.0.iter().map(|(i, _)| *i).collect()
+        b.0.iter().map(|(i, _, _)| *i).collect()
     }
 
     fn fake_read(b: Batch) -> BatchRead {
         b.0.into_iter()
-            .map(|(i, _)| (i, Some(vec![i as u8])))
+            .map(|(i, s, _)| (i, s, Some(vec![i as u8])))
             .collect()
     }
 
     #[test]
     fn reads_the_following_messages_within_the_budget() {
-        let mut ra = ReadAhead::new(listing(&[4096; 40]));
-        let b = ra.after_retr(0).unwrap();
+        let sizes = &[4096; 40];
+        let l = listing(sizes);
+        let mut ra = ReadAhead::new();
+        let b = ra.after_retr(0, &l).unwrap();
         // 64 KiB / 4 KiB = 16 messages after the first.
         assert_eq!(indexes(&b), (1..=16).collect::<Vec<_>>());
         // One batch at a time.
-        assert!(ra.after_retr(1).is_none());
+        assert!(ra.after_retr(1, &l).is_none());
         ra.arrived(fake_read(b));
         assert_eq!(ra.take(1), Some(vec![1]));
         // Still more than half the budget held: no new batch yet.
-        assert!(ra.after_retr(1).is_none());
+        assert!(ra.after_retr(1, &l).is_none());
         for i in 2..=8 {
             assert_eq!(ra.take(i), Some(vec![i as u8]));
         }
         // Half or less held: the next batch continues where the last ended.
-        let b = ra.after_retr(8).unwrap();
+        let b = ra.after_retr(8, &l).unwrap();
         assert_eq!(indexes(&b), (17..=24).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_big_message_is_not_read_ahead() {
-        let mut ra = ReadAhead::new(listing(&[10, 100_000, 10]));
-        assert!(ra.after_retr(0).is_none());
-        let b = ra.after_retr(1).unwrap();
+        let sizes = &[10, 100_000, 10];
+        let l = listing(sizes);
+        let mut ra = ReadAhead::new();
+        assert!(ra.after_retr(0, &l).is_none());
+        let b = ra.after_retr(1, &l).unwrap();
         assert_eq!(indexes(&b), vec![2]);
     }
 
     #[test]
     fn a_jump_starts_over_and_skipped_messages_are_dropped() {
-        let mut ra = ReadAhead::new(listing(&[1000; 100]));
-        let b = ra.after_retr(0).unwrap();
+        let sizes = &[1000; 100];
+        let l = listing(sizes);
+        let mut ra = ReadAhead::new();
+        let b = ra.after_retr(0, &l).unwrap();
         ra.arrived(fake_read(b));
         // The client jumps to 50: what was read is dropped.
         assert_eq!(ra.take(50), None);
-        let b = ra.after_retr(50).unwrap();
+        let b = ra.after_retr(50, &l).unwrap();
         assert_eq!(indexes(&b)[0], 51);
         ra.arrived(fake_read(b));
         // Skipping 51 drops it and serves 52.
@@ -235,10 +246,12 @@ mod tests {
 
     #[test]
     fn an_unreadable_message_is_left_to_the_streaming_path() {
-        let mut ra = ReadAhead::new(listing(&[10; 4]));
-        let b = ra.after_retr(0).unwrap();
+        let sizes = &[10; 4];
+        let l = listing(sizes);
+        let mut ra = ReadAhead::new();
+        let b = ra.after_retr(0, &l).unwrap();
         let mut read = fake_read(b);
-        read[0].1 = None;
+        read[0].2 = None;
         ra.arrived(read);
         assert_eq!(ra.take(1), None);
         assert_eq!(ra.take(2), Some(vec![2]));
@@ -246,8 +259,10 @@ mod tests {
 
     #[test]
     fn last_message_has_nothing_after_it() {
-        let mut ra = ReadAhead::new(listing(&[10; 3]));
-        assert!(ra.after_retr(2).is_none());
+        let sizes = &[10; 3];
+        let l = listing(sizes);
+        let mut ra = ReadAhead::new();
+        assert!(ra.after_retr(2, &l).is_none());
     }
 
     #[test]
@@ -257,14 +272,14 @@ mod tests {
         std::fs::write(dir.join("new/a"), b"hello").unwrap();
         std::fs::write(dir.join("new/b"), vec![b'x'; BUDGET as usize + 1]).unwrap();
         let got = Batch(vec![
-            (0, "new/a".into()),
-            (1, "new/b".into()),
-            (2, "new/gone".into()),
+            (0, 5, "new/a".into()),
+            (1, 9, "new/b".into()),
+            (2, 9, "new/gone".into()),
         ])
         .read(&dir);
         assert_eq!(
             got,
-            vec![(0, Some(b"hello".to_vec())), (1, None), (2, None)]
+            vec![(0, 5, Some(b"hello".to_vec())), (1, 9, None), (2, 9, None)]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

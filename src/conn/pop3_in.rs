@@ -235,8 +235,11 @@ impl Pop3In {
         };
         let cached = self.ahead.as_mut().and_then(|ra| ra.take(index));
         // TOP is how clients look before they download: no read-ahead.
+        let core = &self.io.core;
         let batch = match (&mut self.ahead, body_lines) {
-            (Some(ra), None) => ra.after_retr(index),
+            (Some(ra), None) => {
+                ra.after_retr(index, |i| core.message(i).map(|m| (m.path.clone(), m.size)))
+            }
             _ => None,
         };
         if let Some(batch) = batch {
@@ -421,9 +424,7 @@ impl Driver for Pop3In {
                 match listing {
                     Ok(listing) => {
                         self.login_by = None;
-                        self.ahead = Some(ReadAhead::new(
-                            listing.iter().map(|m| (m.path.clone(), m.size)).collect(),
-                        ));
+                        self.ahead = Some(ReadAhead::new());
                         info!(
                             "pop3 {}: {mailbox} logged in, {} messages",
                             self.io.t.peer(),

@@ -363,6 +363,15 @@ impl Pop3Session {
     }
 
     /// The message of the last `Send` is written (terminator included).
+    /// The message at `index` (0-based) of the login listing, in
+    /// TRANSACTION state: what a driver reading ahead needs to know.
+    pub fn message(&self, index: usize) -> Option<&MessageInfo> {
+        match &self.state {
+            State::Transaction(md) => md.messages.get(index),
+            _ => None,
+        }
+    }
+
     pub fn send_done(&mut self, out: &mut Vec<u8>, events: &mut Vec<Pop3Event>) {
         if self.complete(Pending::Send) {
             self.process(out, events);
