@@ -9,6 +9,7 @@ command -v swaks >/dev/null || need_apt+=(swaks)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v mkpasswd >/dev/null || need_apt+=(whois)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v ip >/dev/null || need_apt+=(iproute2)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
 # The IMAP store's interop tests have Dovecot serve (and write) Maildirs.
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
