@@ -228,7 +228,10 @@ class PowerCutFS(Operations):
                 nlink = 2 + sum(1 for i in n.entries.values() if self.s.nodes[i].is_dir)
                 size = 4096
             else:
-                nlink = 1
+                # Its names in the live tree (a MOVE's recovery counts them;
+                # after a cut, only the names that were durable are live).
+                nlink = sum(1 for d in self.s.nodes.values() if d.is_dir
+                            for i in d.entries.values() if i == n.ino)
                 size = len(n.data)
             return {
                 "st_mode": n.mode, "st_ino": n.ino, "st_nlink": nlink, "st_size": size,

@@ -16,15 +16,23 @@
 //!   UID that the next sync numbers; no client was told a UID for it.
 //! - COPY: hard link (or copy + fsync) into the target's `tmp/`, then as
 //!   APPEND. The source is untouched.
-//! - MOVE: with both uidlists locked, each file is renamed straight from
-//!   the source's `cur/`/`new/` into the target's `cur/`/`new/` (one
-//!   rename(2): at every instant the file is in exactly one folder), both
-//!   folders fsynced, then the target uidlist (new UIDs), then the source
-//!   uidlist (records dropped). A crash before the uidlists leaves the
-//!   message in the target only, numbered at the next sync, and the
-//!   source's record pointing at nothing, dropped as an expunge.
-//! - STORE: rename to the new flags (`new/` -> `cur/` when flags appear),
-//!   fsync the folder(s), then the modseq record (fdatasync), then Ok.
+//! - MOVE: with both uidlists locked, each file is first hidden in the
+//!   source (renamed to `.mv.NAME` in its own folder, which every Maildir
+//!   reader skips; fsync), then hard-linked into the target (fsync), then
+//!   the target uidlist (new UIDs), the source uidlist (records dropped),
+//!   and last the hidden names unlinked (fsync). A rename(2) across
+//!   folders is not enough: a power cut can keep its removal and lose its
+//!   addition (another writer's sync of the source makes the removal
+//!   durable first). A crash leaves a hidden name, which the next locked
+//!   scan of the source settles by its link count: 2, the target has the
+//!   message (the hidden name goes); 1, the target lost it (the name is
+//!   restored). So the message is never in neither folder, nor visibly in
+//!   both.
+//! - STORE: rename to the new flags in `cur/`; from `new/` to `cur/` a hard
+//!   link, fsync `cur/`, and only then the unlink of the `new/` name and
+//!   fsync `new/` (a cut between leaves two names of one file: `cur/` wins,
+//!   and the next locked scan removes the `new/` twin); then the modseq
+//!   record (fdatasync), then Ok.
 //! - EXPUNGE: unlink, fsync the folder(s), uidlist without them, expunge
 //!   records, Ok.
 //!
@@ -51,6 +59,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
+
+/// Prefix of a message file hidden in its source folder while a MOVE
+/// links it into the target (see the module header). Dovecot, mutt and
+/// every Maildir reader skip names that start with a dot.
+const MOVING: &str = ".mv.";
 
 #[cfg(test)]
 thread_local! {
@@ -437,7 +450,15 @@ impl Folder {
     fn scan(&self, locked: bool) -> io::Result<Option<Scan>> {
         let parsed = Uidlist::read(&self.dir)?;
         let keywords = Keywords::read(&self.dir)?;
-        let mut files = list_files(&self.dir)?;
+        let mut listing = list_all(&self.dir)?;
+        if listing.has_leftovers() {
+            if !locked {
+                return Ok(None);
+            }
+            self.settle_leftovers(&listing)?;
+            listing = list_all(&self.dir)?;
+        }
+        let mut files = listing.files;
         let mut new_v = false;
         let (mut list, mut uidlist_dirty) = match parsed {
             Some(Parsed::Ok { list, damaged }) => (list, damaged),
@@ -743,12 +764,14 @@ impl Folder {
         }
     }
 
+    /// `cur/` before `new/`: where a message goes from `new/` to `cur/`,
+    /// its `cur/` name is durable before its `new/` one is gone.
     fn fsync_subs(&self, new: bool, cur: bool) -> io::Result<()> {
-        if new {
-            durable::fsync_dir(&self.dir.join("new"))?;
-        }
         if cur {
             durable::fsync_dir(&self.dir.join("cur"))?;
+        }
+        if new {
+            durable::fsync_dir(&self.dir.join("new"))?;
         }
         Ok(())
     }
@@ -785,6 +808,8 @@ impl Folder {
         };
         let (mut from_new, mut touched_cur) = (false, false);
         let mut renamed: Vec<usize> = Vec::new();
+        // `new/` names of files linked into `cur/`, unlinked once it is synced.
+        let mut unlink_after: Vec<PathBuf> = Vec::new();
         for &uid in uids {
             let Ok(i) = scan.messages.binary_search_by_key(&uid, |m| m.uid) else {
                 continue;
@@ -807,10 +832,28 @@ impl Folder {
             let new_name = flags::with_flags(&m.name, new);
             let to = self.dir.join("cur").join(&new_name);
             // None: gone since the scan (a POP3 DELE): skip it.
-            let Some(was) = self.rename_current(m, &to)? else {
+            let Some((was, from)) = self.locate(m)? else {
                 continue;
             };
-            from_new |= was == Sub::New;
+            let moved = if was == Sub::New {
+                match fs::hard_link(&from, &to) {
+                    Ok(()) => {
+                        unlink_after.push(from);
+                        true
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    // No links on this filesystem (FAT): rename it is.
+                    Err(_) => {
+                        from_new = true;
+                        ignore_missing(fs::rename(&from, &to))?
+                    }
+                }
+            } else {
+                ignore_missing(fs::rename(&from, &to))?
+            };
+            if !moved {
+                continue;
+            }
             touched_cur = true;
             m.name = new_name.into();
             m.sub = Sub::Cur;
@@ -818,7 +861,13 @@ impl Folder {
             renamed.push(i);
         }
         step("store:renamed");
-        self.fsync_subs(from_new, touched_cur)?;
+        self.fsync_subs(false, touched_cur)?;
+        step("store:cur-synced");
+        for from in &unlink_after {
+            ignore_missing(fs::remove_file(from))?;
+            from_new = true;
+        }
+        self.fsync_subs(from_new, false)?;
         step("store:synced");
         for i in renamed {
             if let Some(m) = scan.messages.get_mut(i) {
@@ -1026,7 +1075,31 @@ impl Folder {
         }
         let dst_bases: std::collections::HashSet<String> =
             dst.list.records.iter().map(|r| r.base.clone()).collect();
+        // 1. Hidden in the source, durably: from here on no reader sees
+        // the message there, and a crash leaves a name to settle by.
+        let mut hidden: Vec<(Message, Flags, PathBuf)> = Vec::new();
         for (m, f) in want.into_iter().zip(interned) {
+            let Some((was, from)) = self.locate(&m)? else {
+                continue;
+            };
+            let Some(file_name) = from.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let hide = from.with_file_name(format!("{MOVING}{file_name}"));
+            if !ignore_missing(fs::rename(&from, &hide))? {
+                continue;
+            }
+            match was {
+                Sub::New => src_dirs.0 = true,
+                Sub::Cur => src_dirs.1 = true,
+            }
+            hidden.push((m, f, hide));
+        }
+        self.fsync_subs(src_dirs.0, src_dirs.1)?;
+        step("move:hidden");
+        // 2. Linked into the target.
+        let mut unlink_after = Vec::new();
+        for (m, f, hide) in hidden {
             let base = if dst_bases.contains(m.base()) {
                 new_base_like(&m, &host)
             } else {
@@ -1038,12 +1111,18 @@ impl Folder {
                 (Sub::Cur, flags::with_flags(&base, f))
             };
             let to = dest.dir.join(sub.dir_name()).join(&name);
-            let Some(was) = self.rename_current(&m, &to)? else {
-                continue;
-            };
-            match was {
-                Sub::New => src_dirs.0 = true,
-                Sub::Cur => src_dirs.1 = true,
+            match fs::hard_link(&hide, &to) {
+                Ok(()) => unlink_after.push(hide),
+                // No links on this filesystem (FAT): rename it is.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK)
+                    ) =>
+                {
+                    fs::rename(&hide, &to)?
+                }
+                Err(e) => return Err(e),
             }
             match sub {
                 Sub::New => dst_dirs.0 = true,
@@ -1053,7 +1132,6 @@ impl Folder {
             step("move:renamed");
         }
         dest.fsync_subs(dst_dirs.0, dst_dirs.1)?;
-        self.fsync_subs(src_dirs.0, src_dirs.1)?;
         step("move:synced");
         let mut map = Vec::new();
         let mut gone = Vec::new();
@@ -1066,6 +1144,12 @@ impl Folder {
         step("move:target-uidlist");
         self.drop_uids(&mut src, &gone);
         self.write_scan(&mut src)?;
+        step("move:source-uidlist");
+        // 3. The hidden names go.
+        for hide in &unlink_after {
+            ignore_missing(fs::remove_file(hide))?;
+        }
+        self.fsync_subs(src_dirs.0, src_dirs.1)?;
         let moved = Moved {
             uids: map,
             source: Arc::new(self.snapshot_of(&src, self.stamp())),
@@ -1075,24 +1159,58 @@ impl Folder {
         Ok(moved)
     }
 
-    /// Rename the message's file to `to`, finding it by its base name if
-    /// someone renamed it since the scan (POP3 moving `new/` to `cur/`
-    /// does so without the uidlist lock). `None`: it is gone.
-    fn rename_current(&self, m: &Message, to: &Path) -> io::Result<Option<Sub>> {
-        let from = self.dir.join(m.sub.dir_name()).join(&*m.name);
-        match fs::rename(&from, to) {
-            Ok(()) => return Ok(Some(m.sub)),
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
-        }
-        let Some((sub, name)) = list_files(&self.dir)?.remove(m.base()) else {
-            return Ok(None);
+    /// Finishes what a crash interrupted (under the lock): a MOVE's hidden
+    /// name goes when the target has the file (two links), and comes back
+    /// when it does not; a STORE's `new/` twin of a `cur/` file goes.
+    fn settle_leftovers(&self, listing: &Listing) -> io::Result<()> {
+        let (mut new, mut cur) = (false, false);
+        let mut touched = |sub: Sub| match sub {
+            Sub::New => new = true,
+            Sub::Cur => cur = true,
         };
-        match fs::rename(self.dir.join(sub.dir_name()).join(name), to) {
-            Ok(()) => Ok(Some(sub)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        for (sub, hidden) in &listing.moving {
+            let path = self.dir.join(sub.dir_name()).join(hidden);
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.nlink() >= 2 {
+                ignore_missing(fs::remove_file(&path))?;
+            } else {
+                let name = &hidden[MOVING.len()..];
+                let back = self.dir.join(sub.dir_name()).join(name);
+                if back.exists() {
+                    ignore_missing(fs::remove_file(&path))?;
+                } else {
+                    ignore_missing(fs::rename(&path, &back))?;
+                }
+            }
+            touched(*sub);
         }
+        for (base, twin) in &listing.twins {
+            let in_new = self.dir.join("new").join(twin);
+            let in_cur = listing
+                .files
+                .get(base)
+                .map(|(sub, name)| self.dir.join(sub.dir_name()).join(name));
+            if in_cur.is_some_and(|c| same_file(&in_new, &c)) {
+                ignore_missing(fs::remove_file(&in_new))?;
+                touched(Sub::New);
+            }
+        }
+        // The restored names before the removed ones: `cur/` first.
+        self.fsync_subs(new, cur)
+    }
+
+    /// Where the message's file is now: (subfolder, path), found by its
+    /// base name if it was renamed since the scan. `None`: it is gone.
+    fn locate(&self, m: &Message) -> io::Result<Option<(Sub, PathBuf)>> {
+        let p = self.dir.join(m.sub.dir_name()).join(&*m.name);
+        if fs::symlink_metadata(&p).is_ok() {
+            return Ok(Some((m.sub, p)));
+        }
+        Ok(list_files(&self.dir)?
+            .remove(m.base())
+            .map(|(sub, name)| (sub, self.dir.join(sub.dir_name()).join(name))))
     }
 
     /// Unlink the message's file, wherever it is now; `None`: gone already.
@@ -1245,7 +1363,28 @@ fn message_of(rec: &Record, sub: Sub, name: String, known_kw: u32) -> Message {
 /// order: a message moving from new/ to cur/ meanwhile is still seen).
 /// Hidden names are skipped; of two files with one base, `cur/` wins.
 fn list_files(dir: &Path) -> io::Result<HashMap<String, (Sub, String)>> {
-    let mut out = HashMap::new();
+    Ok(list_all(dir)?.files)
+}
+
+/// What one listing of `new/` and `cur/` found.
+#[derive(Default)]
+struct Listing {
+    files: HashMap<String, (Sub, String)>,
+    /// `new/` names whose base is also in `cur/`: an interrupted STORE's
+    /// twin when they are one file.
+    twins: Vec<(String, String)>,
+    /// Hidden names an interrupted MOVE left: (sub, file name).
+    moving: Vec<(Sub, String)>,
+}
+
+impl Listing {
+    fn has_leftovers(&self) -> bool {
+        !self.twins.is_empty() || !self.moving.is_empty()
+    }
+}
+
+fn list_all(dir: &Path) -> io::Result<Listing> {
+    let mut out = Listing::default();
     for sub in [Sub::New, Sub::Cur] {
         let rd = match fs::read_dir(dir.join(sub.dir_name())) {
             Ok(rd) => rd,
@@ -1258,6 +1397,9 @@ fn list_files(dir: &Path) -> io::Result<HashMap<String, (Sub, String)>> {
                 continue;
             };
             if name.starts_with('.') {
+                if name.len() > MOVING.len() && name.starts_with(MOVING) {
+                    out.moving.push((sub, name));
+                }
                 continue;
             }
             match de.file_type() {
@@ -1266,10 +1408,29 @@ fn list_files(dir: &Path) -> io::Result<HashMap<String, (Sub, String)>> {
                 Ok(_) => continue,
                 Err(_) => continue,
             }
-            out.insert(flags::base(&name).to_string(), (sub, name));
+            let base = flags::base(&name).to_string();
+            if let Some((Sub::New, twin)) = out.files.insert(base.clone(), (sub, name)) {
+                out.twins.push((base, twin));
+            }
         }
     }
     Ok(out)
+}
+
+/// Ok(true) done, Ok(false) the file was gone already.
+fn ignore_missing(result: io::Result<()>) -> io::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// Dovecot's `maildir_filename_sort_cmp`: seconds, then microseconds when

@@ -554,10 +554,13 @@ fn a_crash_at_every_step_keeps_the_invariants() {
         "append:synced",
         "append:uidlist",
         "store:renamed",
+        "store:cur-synced",
         "store:synced",
+        "move:hidden",
         "move:renamed",
         "move:synced",
         "move:target-uidlist",
+        "move:source-uidlist",
     ];
     for step in steps {
         let t = TempDir::new("crash-step");
@@ -634,4 +637,71 @@ fn a_crash_at_every_step_keeps_the_invariants() {
         // The folders keep working.
         inbox.store(&[2], FlagOp::Add, DELETED, &[], None).unwrap();
     }
+}
+
+/// What a power cut can leave of a MOVE or a STORE (the names as the
+/// folders' syncs kept them) is settled by the next sync: a hidden MOVE
+/// name goes when the target holds the file and comes back when it does
+/// not; a `new/` twin of a `cur/` file is shown once and then removed.
+#[test]
+fn interrupted_move_and_store_names_are_settled() {
+    let t = TempDir::new("leftovers");
+    let root = t.path().join("m");
+    let mb = Mailbox::new(&root, Separator::Dot);
+    mb.ensure_defaults().unwrap();
+    let inbox = inbox(&root);
+    let archive = mb.folder(&mb.parse("Archive").unwrap());
+    let sps: Vec<PathBuf> = (0..3).map(|i| spool(&t, i, "x")).collect();
+    let msgs: Vec<NewMessage> = sps
+        .iter()
+        .map(|sp| NewMessage {
+            spool: sp,
+            system: 0,
+            keywords: &[],
+            internal_date: None,
+        })
+        .collect();
+    let (uids, snap) = inbox.append(&msgs).unwrap();
+    let names: Vec<String> = snap.messages.iter().map(|m| m.name.to_string()).collect();
+    let new = root.join("new");
+    // 1: hidden and linked into the target; 2: hidden only; 3: linked
+    // into cur/ with its new/ name still there.
+    fs::rename(new.join(&names[0]), new.join(format!(".mv.{}", names[0]))).unwrap();
+    fs::hard_link(
+        new.join(format!(".mv.{}", names[0])),
+        root.join(".Archive/new").join(&names[0]),
+    )
+    .unwrap();
+    fs::rename(new.join(&names[1]), new.join(format!(".mv.{}", names[1]))).unwrap();
+    fs::hard_link(
+        new.join(&names[2]),
+        root.join("cur").join(format!("{}:2,S", names[2])),
+    )
+    .unwrap();
+
+    let a = inbox.sync().unwrap();
+    let b = archive.sync().unwrap();
+    let in_inbox: Vec<(u32, &str)> = a.messages.iter().map(|m| (m.uid, m.base())).collect();
+    assert_eq!(
+        in_inbox,
+        vec![(uids[1], names[1].as_str()), (uids[2], names[2].as_str())]
+    );
+    assert_eq!(b.messages.len(), 1);
+    assert_eq!(b.messages[0].base(), names[0]);
+    assert!(a.messages[1].flags.has(SEEN), "the cur/ name wins");
+    let left: Vec<String> = fs::read_dir(&new)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec![names[1].clone()],
+        "hidden names and twins settled"
+    );
+    // An expunge now removes the message for good (no twin comes back).
+    inbox
+        .store(&[uids[2]], FlagOp::Add, DELETED, &[], None)
+        .unwrap();
+    inbox.expunge(None).unwrap();
+    assert_eq!(inbox.sync().unwrap().messages.len(), 1);
 }
