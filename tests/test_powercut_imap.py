@@ -28,7 +28,6 @@ first write to that folder stalls for two minutes. The test removes such
 empty locks after each cut (as a boot script could) and reports how many.
 """
 
-import os
 import random
 import signal
 import subprocess
