@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use log::{error, info, warn};
@@ -255,17 +255,11 @@ impl Fetched {
         // message is neither lost nor fetched twice.
         let now_secs = unix_secs(now);
         let mut recorded = false;
-        // One SmartPop delivery at a time in the process: another's tmp/
-        // sync (`sync_staged`) between this one's rename into new/ and its
-        // new/ sync would make the copy's removal from tmp/ durable first,
-        // and a power cut then would leave a record naming a copy that is
-        // nowhere (found by tests/test_powercut.py,
-        // test_two_accounts_into_one_mailbox_lose_nothing). Deliveries of
-        // one account are sequential anyway; this orders accounts.
-        static DELIVERING: Mutex<()> = Mutex::new(());
-        let _one = DELIVERING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Deliveries of several accounts into one mailbox may run at once:
+        // the copies are published as links (`Maildir::publish_linked`),
+        // so another's sync of tmp/ (`sync_staged`) cannot make a copy's
+        // removal from tmp/ durable before its name in new/ is (found by
+        // tests/test_powercut.py, test_two_accounts_into_one_mailbox_lose_nothing).
         let result = deliver::deliver_local_with(
             &self.config.server.data_dir,
             &request,

@@ -253,6 +253,12 @@ impl Records {
             };
             let tmp = md.tmp_dir().join(&name);
             if tmp.exists() {
+                let published = md.new_dir().join(&name);
+                if same_file(&tmp, &published) {
+                    // Published as a link, cut before its tmp/ name went.
+                    std::fs::remove_file(&tmp)?;
+                    continue;
+                }
                 md.publish(&name)?;
                 crate::store::durable::fsync_dir(&md.new_dir())?;
                 log::warn!("smartpop: finished the delivery of {name} to {mailbox} cut by a crash");
@@ -476,6 +482,14 @@ fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
         _ => {}
     }
     crate::store::durable::write_durable(&tmp, path, &[data])
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -233,6 +233,8 @@ struct Copy {
     size: u64,
     staged: bool,
     published: bool,
+    /// Published as a link: the `tmp/` name is still there.
+    linked: bool,
 }
 
 /// Undo a failed transaction: remove staged and published files, then
@@ -240,6 +242,9 @@ struct Copy {
 fn roll_back(copies: &[Copy]) {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for c in copies {
+        if c.linked {
+            let _ = std::fs::remove_file(c.md.tmp_dir().join(&c.name));
+        }
         let (path, dir) = if c.published {
             (c.md.new_dir().join(&c.name), c.md.new_dir())
         } else if c.staged {
@@ -357,6 +362,7 @@ pub fn deliver_local_with(
             size,
             staged: false,
             published: false,
+            linked: false,
         });
         headers.push(hdr);
     }
@@ -398,8 +404,9 @@ fn write_all_copies(
         .collect();
     before_publish(&staged).map_err(|e| (PathBuf::from("(before publish)"), e))?;
     for c in copies.iter_mut() {
-        c.md.publish(&c.name)
-            .map_err(|e| (c.md.new_dir().join(&c.name), e))?;
+        c.linked =
+            c.md.publish_linked(&c.name)
+                .map_err(|e| (c.md.new_dir().join(&c.name), e))?;
         c.published = true;
     }
     // Group commit: one fsync per distinct new/ folder.
@@ -410,6 +417,16 @@ fn write_all_copies(
             crate::store::durable::fsync_dir(&dir).map_err(|e| (dir.clone(), e))?;
             synced.push(dir);
         }
+    }
+    // Safe in new/: the tmp/ names may go (a cut that keeps one leaves a
+    // second name of a delivered file, which SmartPop's restart and
+    // tmp/ cleaning remove).
+    for c in copies.iter_mut().filter(|c| c.linked) {
+        let tmp = c.md.tmp_dir().join(&c.name);
+        if let Err(e) = std::fs::remove_file(&tmp) {
+            log::warn!("delivery: cannot remove {}: {e}", tmp.display());
+        }
+        c.linked = false;
     }
     Ok(())
 }

@@ -168,6 +168,37 @@ impl Maildir {
         Ok(dest)
     }
 
+    /// [`Maildir::publish`] as a hard link: the `tmp/` name stays until
+    /// the caller removes it, after `new/` is synced. A rename's removal
+    /// from `tmp/` can become durable before its addition to `new/` does
+    /// (another writer's sync of `tmp/` between the two), and a power cut
+    /// then would leave the message nowhere; SmartPop's records name the
+    /// `tmp/` copy until it is safe in `new/`. Returns false where links
+    /// are refused (FAT, exFAT): then it was renamed.
+    pub fn publish_linked(&self, name: &str) -> io::Result<bool> {
+        let tmp = self.tmp_dir().join(name);
+        let dest = self.new_dir().join(name);
+        let link = |tmp: &Path, dest: &Path| fs::hard_link(tmp, dest);
+        match link(&tmp, &dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
+                self.create()?;
+                link(&tmp, &dest)?;
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK)
+                ) =>
+            {
+                self.publish(name)?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Messages in `new/` then `cur/`, each in delivery order (see
     /// [`delivery_order`]). Hidden files and names that are not UTF-8 are skipped; a
     /// missing Maildir is an empty one.
