@@ -28,7 +28,7 @@ import pytest
 import conftest
 from conftest import RELAY_SOURCE, free_port
 
-TRACED = "write,writev,sendto,sendmsg,fsync,fdatasync,rename,renameat,renameat2,openat,close"
+TRACED = "write,writev,sendto,sendmsg,fsync,fdatasync,rename,renameat,renameat2,link,linkat,openat,close"
 QUEUED_REPLY = "Ok: queued as"
 
 LINE_RE = re.compile(r"^(\d+)\s+(\S+)\s+(.*)$")
@@ -132,9 +132,11 @@ def map_fds(calls):
 
 
 def renames(calls):
+    """Renames and hard links: a Maildir delivery publishes its tmp/ file
+    in new/ as a link (Maildir::publish_linked), the queue by rename."""
     out = []
     for c in calls:
-        if c.name in ("rename", "renameat", "renameat2") and c.ret == 0:
+        if c.name in ("rename", "renameat", "renameat2", "link", "linkat") and c.ret == 0:
             src, dst = c.strings()[:2]
             out.append((c, os.path.realpath(src), os.path.realpath(dst)))
     return out

@@ -11,7 +11,6 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Mutex;
 
 /// Files hold other people's mail: owner only.
 pub const FILE_MODE: u32 = 0o600;
@@ -42,21 +41,16 @@ fn parent_of(path: &Path) -> &Path {
 /// it creates so the new folders survive a crash. Existing folders are left
 /// as they are; a non-folder in the way is an error (`ENOTDIR`).
 pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
-    // One creator at a time in this process: a folder another worker has
-    // just made may not have its name synced yet, and a walk that stopped
-    // at it would build on a name a power cut can take away (the first
-    // mail to bob and to alice at once, both under mail/example.test/).
-    // Only the slow path (something missing) comes here.
-    static CREATING: Mutex<()> = Mutex::new(());
-    let _one = CREATING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Walk up to the first ancestor that exists, remembering what is missing.
     let mut missing = Vec::new();
     let mut cur = dir;
+    let mut existing = None;
     loop {
         match fs::metadata(cur) {
-            Ok(m) if m.is_dir() => break,
+            Ok(m) if m.is_dir() => {
+                existing = Some(cur);
+                break;
+            }
             Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 missing.push(cur);
@@ -67,6 +61,15 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
+    }
+    // The ancestor we stopped at may have been made a moment ago by another
+    // thread or process that has not yet synced its name (the first mail
+    // to bob and to alice at once, both under mail/example.test/). Every
+    // creator syncs each folder's name before making the next one below
+    // it, so only this one name can be pending: sync it before building on
+    // it. One fsync, on the slow path only (something was missing).
+    if let (Some(existing), false) = (existing, missing.is_empty()) {
+        fsync_parent(existing)?;
     }
     for d in missing.iter().rev() {
         match DirBuilder::new().mode(DIR_MODE).create(d) {
