@@ -71,6 +71,9 @@ struct Stream {
     /// A worker is reading the next chunk.
     reading: bool,
     eof: bool,
+    /// The message is in the read-ahead batch a worker is reading: its
+    /// arrival starts the send (no second read of the same file).
+    awaiting: Option<usize>,
 }
 
 pub struct Pop3In {
@@ -247,17 +250,56 @@ impl Pop3In {
             cx.submit_quick(move || Outcome::Pop3Ahead(batch.read(&dir)));
         }
         let reading = cached.is_none();
+        let awaiting = (reading && self.ahead.as_ref().is_some_and(|ra| ra.coming(index)))
+            .then_some(index);
         self.waiting = Waiting::Sending(Box::new(Stream {
             stuffer: DotStuffer::with_body_line_limit(body_lines),
             file: None,
             eof: !reading,
             ahead: cached.filter(|bytes| !bytes.is_empty()),
             reading,
+            awaiting,
         }));
-        if reading {
+        if reading && awaiting.is_none() {
             let full = dir.join(&path);
             cx.submit_quick(move || Outcome::Pop3Read(open_and_read(&full)));
         }
+    }
+
+    /// The RETR waiting for the read-ahead batch gets its message, or (the
+    /// batch could not read it) a read of its own.
+    fn ahead_arrived(&mut self, cx: &mut Ctx) {
+        let Waiting::Sending(st) = &mut self.waiting else {
+            return;
+        };
+        let Some(index) = st.awaiting.take() else {
+            return;
+        };
+        if self.io.is_done() {
+            self.waiting = Waiting::Nothing;
+            return;
+        }
+        match self.ahead.as_mut().and_then(|ra| ra.take(index)) {
+            Some(bytes) => {
+                st.reading = false;
+                st.eof = true;
+                st.ahead = Some(bytes).filter(|b| !b.is_empty());
+            }
+            None => {
+                let (Some(dir), Some(m)) = (self.maildir.clone(), self.io.core.message(index))
+                else {
+                    // Not a message of this session's listing: cannot be.
+                    self.io.closing = true;
+                    self.pump(cx);
+                    return;
+                };
+                let full = dir.join(&m.path);
+                cx.submit_quick(move || Outcome::Pop3Read(open_and_read(&full)));
+                return;
+            }
+        }
+        self.feed_stream(cx);
+        self.pump(cx);
     }
 
     /// A worker's read of the message being sent.
@@ -385,10 +427,11 @@ impl Driver for Pop3In {
             return;
         }
         if let Outcome::Pop3Ahead(read) = done {
-            // Kept for the RETRs to come; nothing waits on it now.
+            // Kept for the RETRs to come, one of which may be waiting.
             if let Some(ra) = &mut self.ahead {
                 ra.arrived(read);
             }
+            self.ahead_arrived(cx);
             return;
         }
         if let Outcome::Pop3Read(read) = done {
