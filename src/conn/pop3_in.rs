@@ -250,8 +250,8 @@ impl Pop3In {
             cx.submit_quick(move || Outcome::Pop3Ahead(batch.read(&dir)));
         }
         let reading = cached.is_none();
-        let awaiting = (reading && self.ahead.as_ref().is_some_and(|ra| ra.coming(index)))
-            .then_some(index);
+        let awaiting =
+            (reading && self.ahead.as_ref().is_some_and(|ra| ra.coming(index))).then_some(index);
         self.waiting = Waiting::Sending(Box::new(Stream {
             stuffer: DotStuffer::with_body_line_limit(body_lines),
             file: None,

@@ -80,6 +80,9 @@ impl DotStuffer {
     /// Encodes one chunk of text, appending the wire form to `out`.
     /// Output is at most twice the input plus 2 bytes.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        // A line end becomes CRLF: room for one more octet per ~32 up
+        // front spares most growth steps on a message of short lines.
+        out.reserve(input.len() + input.len() / 32 + 4);
         let mut rest = input;
         while !self.saturated {
             if self.pending_cr {
@@ -98,7 +101,7 @@ impl DotStuffer {
             if rest.is_empty() {
                 break;
             }
-            let split = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+            let split = find_cr_or_lf(rest);
             let (run, tail) = rest.split_at(split.unwrap_or(rest.len()));
             if let Some(&first) = run.first() {
                 if self.at_line_start && first == b'.' {
@@ -358,8 +361,63 @@ impl DotUnstuffer {
     }
 }
 
+/// The first CR or LF in `s`: eight octets at a time (RETR sends every
+/// message through here, and the size-optimised build does not vectorise
+/// a byte loop; it was 13% of the server's CPU under pipelined RETR).
+fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The zero-byte test: its lowest set bit marks the first zero octet
+    // (later ones may be marked falsely, the first never).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let mut octets = [0u8; 8];
+        octets.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(octets);
+        let found = zero(word ^ (ONES * u64::from(b'\n'))) | zero(word ^ (ONES * u64::from(b'\r')));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    tail.iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map(|p| at + p)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::find_cr_or_lf;
+
+    #[test]
+    fn the_word_scan_finds_the_first_line_end_like_a_byte_scan() {
+        let slow = |s: &[u8]| s.iter().position(|&b| b == b'\r' || b == b'\n');
+        let mut cases: Vec<Vec<u8>> = vec![vec![], b"\n".to_vec(), b"abc".to_vec()];
+        // Every position in and around a word, with neighbours that trip a
+        // borrow (0x00, 0x0b, 0x0c, 0x0e, 0x80, 0xff) before and after it.
+        for len in 0..20 {
+            for pos in 0..len {
+                for fill in [b'a', 0x00, 0x0b, 0x0c, 0x0e, 0x80, 0xff, b'\r' + 1] {
+                    for end in [b'\r', b'\n'] {
+                        let mut v = vec![fill; len];
+                        v[pos] = end;
+                        cases.push(v.clone());
+                        if pos + 1 < len {
+                            v[pos + 1] = if end == b'\r' { b'\n' } else { b'\r' };
+                            cases.push(v);
+                        }
+                    }
+                }
+            }
+        }
+        for c in &cases {
+            assert_eq!(find_cr_or_lf(c), slow(c), "{c:?}");
+        }
+    }
+
     use super::*;
 
     /// (input, TOP body line limit, expected wire form)
