@@ -225,6 +225,9 @@ pub struct SmtpConfig {
     /// Time from connect to a successful login on the ports that need one
     /// (submission, smtps, POP3).
     pub login_timeout: Duration,
+    /// `mail_auth`: SPF, DKIM and DMARC checks (and `dnsbl`, `greylist`)
+    /// on the MX role; no: none of them.
+    pub mail_auth: bool,
     /// `dnsbl`: lists asked about each MX-role client, in order.
     pub dnsbl: Vec<DnsblList>,
     pub greylist: bool,
@@ -369,6 +372,7 @@ impl Default for SmtpConfig {
             allow_plaintext_auth: DEFAULT_ALLOW_PLAINTEXT_AUTH,
             timeout: DEFAULT_SMTP_TIMEOUT,
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            mail_auth: true,
             dnsbl: DEFAULT_DNSBL,
             greylist: DEFAULT_GREYLIST,
             greylist_delay: DEFAULT_GREYLIST_DELAY,

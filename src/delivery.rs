@@ -67,6 +67,27 @@ pub fn accept_message(
     message: Message<'_>,
     tls: Option<String>,
 ) -> (DeliveryOutcome, Option<QueueEntry>) {
+    accept_checked(config, tx, message, tls, &Checked::default())
+}
+
+/// What the MX role's checks (SPF, DKIM, DMARC) add to a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Header lines (CRLF-terminated) for each local copy:
+    /// `Authentication-Results:`.
+    pub headers: String,
+    /// DMARC asked for quarantine: local copies go to the Junk folder.
+    pub junk: bool,
+}
+
+/// [`accept_message`] for a message the MX checks passed or quarantined.
+pub fn accept_checked(
+    config: &Config,
+    tx: &Transaction,
+    message: Message<'_>,
+    tls: Option<String>,
+    checked: &Checked,
+) -> (DeliveryOutcome, Option<QueueEntry>) {
     // Every way in checks its addresses (the SMTP parser, `sendmail`);
     // this is the last line before they reach headers and queue files.
     let hostile = std::iter::once(&tx.reverse_path)
@@ -98,7 +119,7 @@ pub fn accept_message(
         id: trace::new_id(now),
     };
     let routed = route(config, tx);
-    match store(config, tx, message, &routed, &trace, now) {
+    match store(config, tx, message, &routed, &trace, now, checked) {
         Ok(queued) => {
             let to: Vec<String> = tx
                 .recipients
@@ -158,6 +179,7 @@ fn store(
     routed: &Routed,
     trace: &TraceInfo,
     now: SystemTime,
+    checked: &Checked,
 ) -> Result<Option<QueueEntry>, DeliveryError> {
     let data_dir: &Path = &config.server.data_dir;
     deliver::check_hops_of(&message)?;
@@ -177,14 +199,19 @@ fn store(
         return Ok(queued);
     }
     let request = LocalDelivery {
-        extra_headers: String::new(),
+        extra_headers: checked.headers.clone(),
         delivered_to_check: true,
         reverse_path: tx.reverse_path.clone(),
         recipients: routed.local.clone(),
         trace: trace.clone(),
         message,
     };
-    match deliver::deliver_local(data_dir, &request) {
+    let stored = if checked.junk {
+        deliver::deliver_local_junk(data_dir, &request)
+    } else {
+        deliver::deliver_local(data_dir, &request)
+    };
+    match stored {
         Ok(_) => Ok(queued),
         Err(e) => {
             if let Some(entry) = queued {

@@ -312,6 +312,7 @@ impl Builder {
                 }
                 "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
                 "login_timeout" => set(&mut c.login_timeout, self.value(e, values::duration)),
+                "mail_auth" => set(&mut c.mail_auth, self.value(e, values::boolean)),
                 "dnsbl" => set(&mut c.dnsbl, self.value(e, values::dnsbl_list)),
                 "greylist" => set(&mut c.greylist, self.value(e, values::boolean)),
                 "greylist_delay" => set(&mut c.greylist_delay, self.value(e, values::duration)),

@@ -95,6 +95,11 @@ pub enum Outcome {
     SmartPopStaged(std::io::Result<std::fs::File>),
     /// SmartPop bookkeeping done; nothing to report.
     SmartPopNoted,
+    /// SMTP in, MX checks: the message hashed (or the reply when it could
+    /// not be read).
+    MailAuthHashed(Result<Box<super::mailauth_in::Hashed>, DeliveryOutcome>),
+    /// SMTP in, MX checks: the DKIM signatures checked.
+    MailAuthVerified(Box<super::mailauth_in::Hashed>),
     /// A job with nothing to report (closing a file off the loop thread).
     Nothing,
     /// For the server (token `HOST`): one of its own jobs.
@@ -160,6 +165,8 @@ pub struct Services {
     pub budget: Budget,
     /// SIGTERM arrived: finish what is in flight, start nothing new.
     pub stopping: bool,
+    /// The MX checks' DNS cache and greylist table.
+    pub mailauth: super::mailauth_in::Shared,
     effects: Vec<Effect>,
 }
 
@@ -171,6 +178,7 @@ impl Services {
         registry: Registry,
     ) -> Services {
         Services {
+            mailauth: super::mailauth_in::Shared::new(&config),
             config,
             tls,
             workers,

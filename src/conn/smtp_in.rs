@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::body::{BodySink, Next, Ready, SpoolJob};
+use super::mailauth_in::{self, Check, DnsSet, DnsblCheck, Progress, Verdict};
 use super::pump::{Inbound, Pumped, ServerCore};
 use super::{Ctx, Driver, Effect, IdleClock, ListenerKind, Outcome};
 use crate::config::{Config, Resolution};
@@ -77,7 +78,14 @@ enum Waiting {
     Password,
     /// The password was wrong; answer at this instant.
     FailureDelay(Instant),
+    /// MX role: the DNSBL answers, before the greeting.
+    Dnsbl,
+    /// MX role: SPF, DKIM, DMARC (and greylisting) for the message.
+    Checks,
 }
+
+/// The MX checks of one message give up on DNS after this long.
+const CHECKS_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct SmtpIn {
     io: Inbound<SmtpCore>,
@@ -91,6 +99,10 @@ pub struct SmtpIn {
     body: BodySink,
     /// The global budget refused the last read: not the client's silence.
     starved: bool,
+    /// MX checks: this connection's DNS questions in flight.
+    dns: DnsSet,
+    dnsbl: Option<DnsblCheck>,
+    check: Option<(Check, Instant)>,
 }
 
 impl SmtpIn {
@@ -123,17 +135,112 @@ impl SmtpIn {
         };
         let tls = implicit_tls.then_some(&cx.sv.tls);
         let mut io = Inbound::accept(sock, peer, core, idle, kind.name(), tls);
-        io.core.session.greeting(&mut io.out);
+        let mut dns = DnsSet::default();
+        let dnsbl = mailauth_in::dnsbl_applies(cx.config(), kind, ip)
+            .then(|| DnsblCheck::start(ip, &mut dns, cx));
+        if dnsbl.is_none() {
+            io.core.session.greeting(&mut io.out);
+        }
         info!("{} connect from {peer}", kind.name());
         let login_by = (kind != ListenerKind::SmtpMx).then(|| cx.now + login_timeout);
-        SmtpIn {
+        let mut me = SmtpIn {
             io,
             role: kind,
-            waiting: Waiting::Nothing,
+            waiting: if dnsbl.is_some() {
+                Waiting::Dnsbl
+            } else {
+                Waiting::Nothing
+            },
             auth_attempt: None,
             login_by,
             body: BodySink::new(cx.token, cx.config().server.data_dir.clone()),
             starved: false,
+            dns,
+            dnsbl,
+            check: None,
+        };
+        // Every answer may have come from the cache.
+        me.poll_checks(cx);
+        me
+    }
+
+    /// Moves the MX checks on with what arrived (DNS answers, a worker's
+    /// result); true when the session has something new to say.
+    fn poll_checks(&mut self, cx: &mut Ctx) -> bool {
+        if !self.dns.busy() && self.dnsbl.is_none() && self.check.is_none() {
+            return false;
+        }
+        self.dns.poll(cx);
+        if let Some((_, started)) = &self.check {
+            if cx.now.saturating_duration_since(*started) >= CHECKS_TIMEOUT {
+                self.dns.fail_all("the checks took too long");
+            }
+        }
+        let mut news = false;
+        if let Some(d) = &self.dnsbl {
+            if let Some(verdict) = d.verdict(&mut self.dns, cx) {
+                self.dnsbl = None;
+                self.waiting = Waiting::Nothing;
+                news = true;
+                match verdict {
+                    None => self.io.core.session.greeting(&mut self.io.out),
+                    Some(text) => {
+                        self.io
+                            .out
+                            .extend_from_slice(format!("554 5.7.1 {text}\r\n").as_bytes());
+                        self.io.closing = true;
+                    }
+                }
+            }
+        }
+        let Some((check, started)) = self.check.as_mut() else {
+            return news;
+        };
+        let started = *started;
+        match check.advance(&mut self.dns, cx) {
+            Progress::Waiting => news,
+            Progress::Verify(h) => {
+                cx.submit_quick(move || Outcome::MailAuthVerified(mailauth_in::verify_job(h)));
+                news
+            }
+            Progress::Done(verdict) => {
+                self.check = None;
+                let _ = started;
+                match verdict {
+                    Verdict::Refuse(outcome, h) => {
+                        if let Some(h) = h {
+                            if let Some(spooled) = h.spooled {
+                                cx.submit_quick(move || {
+                                    spooled.remove();
+                                    Outcome::Nothing
+                                });
+                            }
+                        }
+                        self.body.delivered(&mut cx.sv.budget);
+                        self.answer_delivery(outcome, cx);
+                    }
+                    Verdict::Deliver(h, checked) => {
+                        let config = Arc::clone(cx.config());
+                        let tls = self.io.t.tls_description();
+                        self.waiting = Waiting::Delivery;
+                        cx.submit(move || {
+                            let h = *h;
+                            let message = match &h.spooled {
+                                Some(s) => crate::store::message::Message::Stored(s),
+                                None => crate::store::message::Message::Wire(&h.tx.data),
+                            };
+                            let (outcome, queued) = crate::delivery::accept_checked(
+                                &config, &h.tx, message, tls, &checked,
+                            );
+                            if let Some(s) = h.spooled {
+                                s.remove();
+                            }
+                            Outcome::Delivered(outcome, queued)
+                        });
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -180,6 +287,8 @@ impl SmtpIn {
     /// The connection is over: forget the body under way (its spool file
     /// is removed on a worker).
     fn closed(&mut self, cx: &mut Ctx) {
+        self.dns.clear();
+        self.dnsbl = None;
         let (job, dropped) = self.body.close(&mut cx.sv.budget);
         if let Some(job) = job {
             self.submit_spool(job, cx);
@@ -261,6 +370,20 @@ impl SmtpIn {
     /// spool file, which goes afterwards); a body that could not be
     /// spooled is answered at once.
     fn submit_delivery(&mut self, ready: Ready, cx: &mut Ctx) {
+        let checked = match &ready {
+            Ready::Memory(tx) | Ready::Spool { tx, .. } => {
+                mailauth_in::applies(cx.config(), self.role, tx).then(|| Check::new(tx))
+            }
+            Ready::Refuse(_) => None,
+        };
+        if let Some(check) = checked {
+            // SPF over DNS while a worker hashes the message.
+            self.waiting = Waiting::Checks;
+            self.check = Some((check, cx.now));
+            cx.submit(move || Outcome::MailAuthHashed(mailauth_in::hash_job(ready)));
+            self.poll_checks(cx);
+            return;
+        }
         self.waiting = Waiting::Delivery;
         let config = Arc::clone(cx.config());
         let tls = self.io.t.tls_description();
@@ -314,6 +437,9 @@ impl SmtpIn {
 
 impl Driver for SmtpIn {
     fn ready(&mut self, cx: &mut Ctx) {
+        if self.poll_checks(cx) {
+            self.handle_events(cx);
+        }
         self.pump(cx);
         if self.io.is_done() {
             self.closed(cx);
@@ -369,6 +495,36 @@ impl Driver for SmtpIn {
                     return;
                 }
             }
+            Outcome::MailAuthHashed(result) => {
+                if self.io.is_done() || self.check.is_none() {
+                    if let Ok(h) = result {
+                        if let Some(s) = h.spooled {
+                            s.remove();
+                        }
+                    }
+                    self.waiting = Waiting::Nothing;
+                    self.body.delivered(&mut cx.sv.budget);
+                    return;
+                }
+                if let Some((check, _)) = self.check.as_mut() {
+                    check.hashed(result);
+                }
+                self.poll_checks(cx);
+            }
+            Outcome::MailAuthVerified(h) => {
+                if self.io.is_done() || self.check.is_none() {
+                    if let Some(s) = h.spooled {
+                        s.remove();
+                    }
+                    self.waiting = Waiting::Nothing;
+                    self.body.delivered(&mut cx.sv.budget);
+                    return;
+                }
+                if let Some((check, _)) = self.check.as_mut() {
+                    check.verified(h);
+                }
+                self.poll_checks(cx);
+            }
             _ => return,
         }
         self.handle_events(cx);
@@ -376,6 +532,16 @@ impl Driver for SmtpIn {
     }
 
     fn timer(&mut self, cx: &mut Ctx) {
+        if self.dns.deadline().is_some_and(|t| t <= cx.now) || self.check.is_some() {
+            if self.poll_checks(cx) {
+                self.handle_events(cx);
+            }
+            self.pump(cx);
+            if self.io.is_done() {
+                self.closed(cx);
+                return;
+            }
+        }
         if let Waiting::FailureDelay(at) = self.waiting {
             if at <= cx.now {
                 self.waiting = Waiting::Nothing;
@@ -395,7 +561,10 @@ impl Driver for SmtpIn {
         }
         let login_late = self.login_by.is_some_and(|t| t <= cx.now);
         if (self.io.idle.expired(cx.now) || login_late)
-            && !matches!(self.waiting, Waiting::Delivery | Waiting::Password)
+            && !matches!(
+                self.waiting,
+                Waiting::Delivery | Waiting::Password | Waiting::Checks
+            )
             && !self.body.busy()
         {
             if self.starved {
@@ -431,9 +600,16 @@ impl Driver for SmtpIn {
         }
         let idle = self.io.idle.deadline();
         let idle = self.login_by.map_or(idle, |t| t.min(idle));
+        let dns = self.dns.deadline();
+        let check_end = self.check.as_ref().map(|(_, t)| *t + CHECKS_TIMEOUT);
         match self.waiting {
             Waiting::FailureDelay(at) => Some(at.min(idle)),
             Waiting::Delivery | Waiting::Password => None,
+            Waiting::Checks => match (dns, check_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            Waiting::Dnsbl => Some(dns.map_or(idle, |d| d.min(idle))),
             // A spool write of ours is in flight.
             Waiting::Nothing if self.body.busy() => None,
             Waiting::Nothing => Some(idle),
@@ -444,7 +620,9 @@ impl Driver for SmtpIn {
         if self.io.is_done() {
             return;
         }
-        if matches!(self.waiting, Waiting::Delivery) || self.io.core.session.in_transaction() {
+        if matches!(self.waiting, Waiting::Delivery | Waiting::Checks)
+            || self.io.core.session.in_transaction()
+        {
             // Let the transaction finish; the loop's grace period bounds it.
             self.io.idle.cut_to(cx.now + Duration::from_secs(5));
             return;
@@ -459,7 +637,10 @@ impl Driver for SmtpIn {
     }
 
     fn is_idle(&self) -> bool {
-        !matches!(self.waiting, Waiting::Delivery | Waiting::Password) && !self.body.busy()
+        !matches!(
+            self.waiting,
+            Waiting::Delivery | Waiting::Password | Waiting::Checks
+        ) && !self.body.busy()
     }
 
     fn interest(&self) -> Interest {

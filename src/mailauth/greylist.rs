@@ -364,6 +364,11 @@ impl Greylist {
         }
     }
 
+    /// The caller saved `to_text()` itself (on a worker thread).
+    pub fn mark_clean(&mut self) {
+        self.dirty = false;
+    }
+
     /// Writes the table to `path` durably (temporary file beside it,
     /// fsync, rename, fsync of the folder). `tmp_path` must not exist.
     pub fn save(&mut self, path: &Path, tmp_path: &Path) -> io::Result<()> {

@@ -13,12 +13,70 @@ use log::debug;
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 
-use crate::proto::dns::{self, DnsQuery, LookupFailure, LookupStep, MxHost, MxLookup, DNS_TIMEOUT};
+use crate::proto::dns::{
+    self, Answer, DnsQuery, LookupFailure, LookupStep, MxHost, MxLookup, RecordLookup, RecordStep,
+    DNS_TIMEOUT,
+};
 
 /// A DNS message over TCP is at most 64 KiB (RFC 1035 4.2.2).
 const MAX_TCP_RESPONSE: usize = 2 + 65_535;
 
 pub type LookupResult = Result<Vec<MxHost>, LookupFailure>;
+
+/// What a sans-IO lookup asks for next, in the resolver's terms.
+pub enum Next<T> {
+    Query(DnsQuery),
+    Done(T),
+}
+
+/// A sans-IO lookup the resolver can run: `MxLookup` (the outbox) or
+/// `RecordLookup` (one question of any type, for mail authentication).
+pub trait Lookup {
+    type Output;
+    fn start(&mut self) -> Next<Self::Output>;
+    fn on_response(&mut self, packet: &[u8]) -> Option<Next<Self::Output>>;
+    fn on_timeout(&mut self) -> Next<Self::Output>;
+}
+
+fn mx_next(step: LookupStep) -> Next<LookupResult> {
+    match step {
+        LookupStep::Query(q) => Next::Query(q),
+        LookupStep::Done(r) => Next::Done(r),
+    }
+}
+
+impl Lookup for MxLookup {
+    type Output = LookupResult;
+    fn start(&mut self) -> Next<LookupResult> {
+        mx_next(MxLookup::start(self))
+    }
+    fn on_response(&mut self, packet: &[u8]) -> Option<Next<LookupResult>> {
+        MxLookup::on_response(self, packet).map(mx_next)
+    }
+    fn on_timeout(&mut self) -> Next<LookupResult> {
+        mx_next(MxLookup::on_timeout(self))
+    }
+}
+
+fn record_next(step: RecordStep) -> Next<Result<Answer, String>> {
+    match step {
+        RecordStep::Query(q) => Next::Query(q),
+        RecordStep::Done(r) => Next::Done(r),
+    }
+}
+
+impl Lookup for RecordLookup {
+    type Output = Result<Answer, String>;
+    fn start(&mut self) -> Next<Self::Output> {
+        record_next(RecordLookup::start(self))
+    }
+    fn on_response(&mut self, packet: &[u8]) -> Option<Next<Self::Output>> {
+        RecordLookup::on_response(self, packet).map(record_next)
+    }
+    fn on_timeout(&mut self) -> Next<Self::Output> {
+        record_next(RecordLookup::on_timeout(self))
+    }
+}
 
 enum Sock {
     Udp(UdpSocket),
@@ -30,23 +88,23 @@ enum Sock {
 }
 
 /// One lookup in flight.
-pub struct Resolver {
-    lookup: MxLookup,
+pub struct Resolver<L: Lookup = MxLookup> {
+    lookup: L,
     sock: Option<Sock>,
     deadline: Instant,
     nameserver: SocketAddr,
     token: Token,
 }
 
-impl Resolver {
+impl<L: Lookup> Resolver<L> {
     /// Starts `lookup`; Err carries the result when it needed no query.
     pub fn start(
-        mut lookup: MxLookup,
+        mut lookup: L,
         nameserver: SocketAddr,
         registry: &Registry,
         token: Token,
         now: Instant,
-    ) -> Result<Resolver, LookupResult> {
+    ) -> Result<Resolver<L>, L::Output> {
         let step = lookup.start();
         let mut r = Resolver {
             lookup,
@@ -66,7 +124,7 @@ impl Resolver {
     }
 
     /// The socket is readable (or writable, for TCP): the result, if done.
-    pub fn ready(&mut self, registry: &Registry, now: Instant) -> Option<LookupResult> {
+    pub fn ready(&mut self, registry: &Registry, now: Instant) -> Option<L::Output> {
         // Edge-triggered: drain every datagram; strays are skipped.
         while let Some(packet) = self.receive() {
             if let Some(step) = self.lookup.on_response(&packet) {
@@ -77,7 +135,7 @@ impl Resolver {
     }
 
     /// Call when `deadline()` has passed.
-    pub fn timeout(&mut self, registry: &Registry, now: Instant) -> Option<LookupResult> {
+    pub fn timeout(&mut self, registry: &Registry, now: Instant) -> Option<L::Output> {
         if now < self.deadline {
             return None;
         }
@@ -87,16 +145,16 @@ impl Resolver {
 
     fn step(
         &mut self,
-        step: LookupStep,
+        step: Next<L::Output>,
         registry: &Registry,
         now: Instant,
-    ) -> Option<LookupResult> {
+    ) -> Option<L::Output> {
         match step {
-            LookupStep::Done(result) => {
+            Next::Done(result) => {
                 self.sock = None;
                 Some(result)
             }
-            LookupStep::Query(q) => {
+            Next::Query(q) => {
                 self.send(&q, registry);
                 self.deadline = now + DNS_TIMEOUT;
                 None

@@ -293,6 +293,45 @@ pub fn deliver_local_with(
     req: &LocalDelivery<'_>,
     before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
+    deliver_into(data_dir, req, None, before_publish)
+}
+
+/// The Maildir++ folder quarantined mail goes to (IMAP's `Junk`).
+pub const JUNK_FOLDER: &str = ".Junk";
+
+/// [`deliver_local`] into each recipient's Junk folder (Maildir++
+/// `.Junk`, with its `maildirfolder` marker, made when missing): mail
+/// that failed DMARC under a `p=quarantine` policy.
+pub fn deliver_local_junk(
+    data_dir: &Path,
+    req: &LocalDelivery<'_>,
+) -> Result<Vec<DeliveredCopy>, DeliveryError> {
+    deliver_into(data_dir, req, Some(JUNK_FOLDER), &mut |_| Ok(()))
+}
+
+/// The Maildir a copy for `mailbox` goes to: its INBOX, or `folder`
+/// under it (made, marker included, when it is not there yet).
+fn target_maildir(data_dir: &Path, mailbox: &str, folder: Option<&str>) -> io::Result<Maildir> {
+    let md = Maildir::for_mailbox(data_dir, mailbox)?;
+    let Some(folder) = folder else {
+        return Ok(md);
+    };
+    let sub = Maildir::at(md.root().join(folder));
+    let marker = sub.root().join("maildirfolder");
+    if !marker.exists() {
+        sub.create()?;
+        std::fs::File::create(&marker)?;
+        crate::store::durable::fsync_dir(sub.root())?;
+    }
+    Ok(sub)
+}
+
+fn deliver_into(
+    data_dir: &Path,
+    req: &LocalDelivery<'_>,
+    folder: Option<&str>,
+    before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
+) -> Result<Vec<DeliveredCopy>, DeliveryError> {
     let mailboxes: Vec<&str> = req.recipients.iter().map(|r| r.mailbox.as_str()).collect();
     let facts = req
         .message
@@ -334,7 +373,7 @@ pub fn deliver_local_with(
     let mut copies = Vec::with_capacity(req.recipients.len());
     let mut headers = Vec::with_capacity(req.recipients.len());
     for (i, r) in req.recipients.iter().enumerate() {
-        let md = Maildir::for_mailbox(data_dir, &r.mailbox).map_err(|e| {
+        let md = target_maildir(data_dir, &r.mailbox, folder).map_err(|e| {
             log::error!("refusing delivery to {:?}: {e}", r.mailbox);
             DeliveryError::bad_mailbox()
         })?;

@@ -1,0 +1,385 @@
+"""SPF, DKIM, DMARC, DNSBL and greylisting on the MX role, end to end.
+
+The real binary on loopback, its resolver pointed at a dnslib server that
+serves the SPF, DKIM, DMARC and DNSBL zones (slow and broken answers too);
+mail comes from smtplib and swaks, is signed by dkimpy, and what lands in
+the Maildir (Authentication-Results, the Junk folder) or the SMTP reply
+is what is checked. The client is 127.0.0.1: not in relay_networks, so
+every check applies.
+"""
+
+import base64
+import email
+import imaplib
+import smtplib
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dkim
+import nacl.signing
+import pytest
+from dnslib import QTYPE, RCODE, RR, SOA, TXT, A
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+CLIENT = "127.0.0.1"
+
+
+class Zone(BaseResolver):
+    """TXT and A records from dicts; everything else NXDOMAIN. `slow`
+    names are answered after `delay` seconds, `servfail` names with
+    SERVFAIL, `drop` names never."""
+
+    def __init__(self):
+        self.txt = {}
+        self.a = {}
+        self.slow = set()
+        self.delay = 0.0
+        self.servfail = set()
+        self.drop = set()
+        self.queries = []
+
+    def resolve(self, request, handler):
+        reply = request.reply()
+        qname = str(request.q.qname).rstrip(".").lower()
+        qtype = QTYPE[request.q.qtype]
+        self.queries.append((qname, qtype))
+        if qname in self.drop:
+            time.sleep(30)
+            return None
+        if qname in self.slow:
+            time.sleep(self.delay)
+        if qname in self.servfail:
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        if qname not in self.txt and qname not in self.a:
+            reply.header.rcode = RCODE.NXDOMAIN
+            reply.add_auth(RR("test", QTYPE.SOA, ttl=60, rdata=SOA("ns.test", "hostmaster.test")))
+            return reply
+        if qtype == "TXT":
+            for text in self.txt.get(qname, []):
+                # Long records in 255-octet strings (RFC 7208 3.3).
+                chunks = [text[i:i + 255].encode() for i in range(0, len(text), 255)] or [b""]
+                reply.add_answer(RR(qname, QTYPE.TXT, ttl=60, rdata=TXT(chunks)))
+        elif qtype == "A":
+            for ip in self.a.get(qname, []):
+                reply.add_answer(RR(qname, QTYPE.A, ttl=60, rdata=A(ip)))
+        if not reply.rr:
+            reply.add_auth(RR("test", QTYPE.SOA, ttl=60, rdata=SOA("ns.test", "hostmaster.test")))
+        return reply
+
+
+@pytest.fixture
+def dns():
+    zone = Zone()
+    quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=lambda s: None)
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
+    server.start_thread()
+    zone.port = server.server.server_address[1]
+    yield zone
+    server.stop()
+
+
+def rsa_key(tmp_path, bits=2048):
+    pem = tmp_path / f"rsa{bits}.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(pem), str(bits)], check=True, capture_output=True)
+    der = subprocess.run(
+        ["openssl", "rsa", "-in", str(pem), "-pubout", "-outform", "DER"],
+        check=True, capture_output=True,
+    ).stdout
+    return pem.read_bytes(), "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+def ed25519_key():
+    sk = nacl.signing.SigningKey.generate()
+    return base64.b64encode(bytes(sk)), "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(sk.verify_key)).decode()
+
+
+def mx(make_server, dns, extra_smtp="", extra=""):
+    """A server with the checks on and its resolver at `dns`."""
+    return make_server(
+        extra=f"\n[outbox]\nnameserver = 127.0.0.1:{dns.port}\n" + extra,
+        replace={"mail_auth = no": "mail_auth = yes\n" + extra_smtp},
+    )
+
+
+def message(sender="alice@sender.test", to="bob@example.test", subject="hello", body="the body.\r\n"):
+    return (
+        f"From: Alice <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: Wed, 02 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@x>\r\n\r\n{body}"
+    ).encode()
+
+
+def send(server, msg, mail_from="alice@sender.test", to="bob@example.test", helo="client.sender.test"):
+    """(code, text) of the end of the data, or of the refusal before it."""
+    with smtplib.SMTP(CLIENT, server.ports["smtp"], local_hostname=helo, timeout=60) as s:
+        try:
+            s.sendmail(mail_from, [to], msg)
+            return 250, ""
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code, e.smtp_error.decode()
+        except smtplib.SMTPRecipientsRefused as e:
+            code, text = list(e.recipients.values())[0]
+            return code, text.decode()
+
+
+def one_message(server, address="bob@example.test", timeout=15):
+    msgs = server.wait_messages(address, 1, timeout=timeout)
+    assert len(msgs) == 1
+    return msgs[0]
+
+
+def auth_results(msg):
+    values = msg.get_all("Authentication-Results") or []
+    assert len(values) == 1, values
+    return " ".join(values[0].split())
+
+
+def junk_files(server, address="bob@example.test"):
+    root = server.maildir_path(address) / ".Junk"
+    return sorted((root / "new").glob("*")) if (root / "new").is_dir() else []
+
+
+SPF_OK = "v=spf1 ip4:127.0.0.1 -all"
+
+
+def sender_zone(dns, spf=SPF_OK, dmarc=None, domain="sender.test"):
+    dns.txt[domain] = [spf] if spf else []
+    if dmarc:
+        dns.txt[f"_dmarc.{domain}"] = [dmarc]
+
+
+# -- SPF, DKIM and the header ---------------------------------------------------
+
+
+def test_spf_pass_and_fail_are_recorded(make_server, dns):
+    sender_zone(dns)
+    dns.txt["elsewhere.test"] = ["v=spf1 ip4:192.0.2.0/24 ~all"]
+    server = mx(make_server, dns)
+    assert send(server, message()) == (250, "")
+    ar = auth_results(one_message(server))
+    assert ar.startswith("mx.example.test;"), ar
+    assert "spf=pass" in ar and "smtp.mailfrom=sender.test" in ar, ar
+    assert "dkim=pass" not in ar, ar
+    assert send(server, message(sender="x@elsewhere.test"), mail_from="x@elsewhere.test") == (250, "")
+    msgs = server.wait_messages("bob@example.test", 2)
+    ars = [auth_results(m) for m in msgs]
+    assert any("spf=softfail" in a and "smtp.mailfrom=elsewhere.test" in a for a in ars), ars
+    log = server.log_text()
+    assert "mailauth client=[127.0.0.1] from=<x@elsewhere.test> spf=softfail" in log, log
+
+
+def test_null_sender_checks_the_helo(make_server, dns):
+    dns.txt["client.sender.test"] = [SPF_OK]
+    server = mx(make_server, dns)
+    assert send(server, message(), mail_from="") == (250, "")
+    ar = auth_results(one_message(server))
+    assert "spf=pass" in ar and "smtp.helo=client.sender.test" in ar, ar
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+@pytest.mark.parametrize("canon", [(b"relaxed", b"relaxed"), (b"simple", b"simple")], ids=["relaxed", "simple"])
+def test_dkimpy_signature_passes_tampered_fails(make_server, dns, tmp_path, kind, canon):
+    priv, record = rsa_key(tmp_path) if kind == "rsa" else ed25519_key()
+    dns.txt["sel._domainkey.sender.test"] = [record]
+    sender_zone(dns, dmarc="v=DMARC1; p=none")
+    server = mx(make_server, dns)
+    msg = message(body="Hello  Bob,\t \r\n\r\nsigned text.\r\n")
+    sig = dkim.sign(
+        msg, b"sel", b"sender.test", priv, canonicalize=canon,
+        signature_algorithm=b"ed25519-sha256" if kind == "ed25519" else b"rsa-sha256",
+        include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+    )
+    assert send(server, sig + msg) == (250, "")
+    ar = auth_results(one_message(server))
+    assert "dkim=pass" in ar and "header.d=sender.test" in ar, ar
+    assert "dmarc=pass" in ar, ar
+    tampered = (sig + msg).replace(b"signed text", b"signed t3xt")
+    assert send(server, tampered) == (250, "")
+    msgs = server.wait_messages("bob@example.test", 2)
+    ars = [auth_results(m) for m in msgs]
+    assert sum("dkim=fail" in a for a in ars) == 1, ars
+
+
+def test_large_spooled_message_is_hashed_from_disk(make_server, dns, tmp_path):
+    priv, record = ed25519_key()
+    dns.txt["big._domainkey.sender.test"] = [record]
+    sender_zone(dns)
+    server = mx(make_server, dns)
+    body = "".join(f"line {i} of a long message, padded to be spooled to disk...\r\n" for i in range(12000))
+    msg = message(body=body)
+    assert len(msg) > 600_000
+    sig = dkim.sign(msg, b"big", b"sender.test", priv, signature_algorithm=b"ed25519-sha256",
+                    include_headers=[b"from", b"to", b"subject"])
+    assert send(server, sig + msg) == (250, "")
+    ar = auth_results(one_message(server))
+    assert "dkim=pass" in ar, ar
+    spool = server.data_dir / "spool"
+    assert not spool.is_dir() or [p for p in spool.iterdir() if p.is_file()] == []
+
+
+# -- DMARC policy -------------------------------------------------------------
+
+
+def test_p_reject_failure_is_refused_and_leaves_nothing(make_server, dns):
+    sender_zone(dns, spf="v=spf1 ip4:192.0.2.1 -all", dmarc="v=DMARC1; p=reject")
+    server = mx(make_server, dns, extra_smtp="dmarc = reject\n")
+    code, text = send(server, message())
+    assert code == 550 and "5.7.1" in text and "DMARC" in text, (code, text)
+    time.sleep(0.5)
+    assert server.messages("bob@example.test") == []
+    assert junk_files(server) == []
+    spool = server.data_dir / "spool"
+    assert not spool.is_dir() or [p for p in spool.iterdir() if p.is_file()] == []
+    assert "action=rejected" in server.log_text()
+
+
+def test_p_reject_with_policy_quarantine_goes_to_junk(make_server, dns):
+    sender_zone(dns, spf="v=spf1 ip4:192.0.2.1 -all", dmarc="v=DMARC1; p=reject")
+    server = mx(make_server, dns)  # dmarc = quarantine, the default
+    assert send(server, message()) == (250, "")
+    deadline = time.time() + 10
+    while not junk_files(server) and time.time() < deadline:
+        time.sleep(0.1)
+    files = junk_files(server)
+    assert len(files) == 1
+    assert (server.maildir_path("bob@example.test") / ".Junk" / "maildirfolder").exists()
+    assert server.messages("bob@example.test") == []
+    m = email.message_from_bytes(files[0].read_bytes())
+    assert "dmarc=fail" in auth_results(m)
+
+
+def test_p_quarantine_lands_in_junk_seen_over_imap(make_server, dns):
+    sender_zone(dns, spf="v=spf1 -all", dmarc="v=DMARC1; p=quarantine")
+    server = mx(make_server, dns, extra="")
+    assert send(server, message(subject="quarantined one")) == (250, "")
+    deadline = time.time() + 10
+    while not junk_files(server) and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(junk_files(server)) == 1
+    imap_port = getattr(server, "ports", {}).get("imap")
+    if imap_port is None:
+        pytest.skip("this build's test config has no IMAP listener")
+    with imaplib.IMAP4("127.0.0.1", imap_port) as im:
+        im.login("bob@example.test", "secret")
+        typ, data = im.select("Junk")
+        assert typ == "OK" and int(data[0]) == 1
+        typ, data = im.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"quarantined one" in data[0][1]
+
+
+def test_dmarc_tag_delivers_to_inbox(make_server, dns):
+    sender_zone(dns, spf="v=spf1 -all", dmarc="v=DMARC1; p=reject")
+    server = mx(make_server, dns, extra_smtp="dmarc = tag\n")
+    assert send(server, message()) == (250, "")
+    assert "dmarc=fail" in auth_results(one_message(server))
+    assert junk_files(server) == []
+
+
+# -- DNS trouble ----------------------------------------------------------------
+
+
+def test_dmarc_servfail_defers_with_4_4_3(make_server, dns):
+    sender_zone(dns, spf="v=spf1 -all")
+    dns.servfail.add("_dmarc.sender.test")
+    server = mx(make_server, dns)
+    code, text = send(server, message())
+    assert code == 451 and "4.4.3" in text, (code, text)
+    assert server.messages("bob@example.test") == []
+
+
+def test_spf_timeout_is_temperror_and_the_loop_keeps_serving(make_server, dns):
+    dns.txt["slow.test"] = [SPF_OK]
+    dns.slow.add("slow.test")
+    dns.delay = 40  # past every retry: a timeout
+    dns.txt["_dmarc.slow.test"] = ["v=DMARC1; p=none"]
+    server = mx(make_server, dns)
+    result = {}
+
+    def slow_sender():
+        result["slow"] = send(server, message(sender="a@slow.test"), mail_from="a@slow.test")
+
+    t = threading.Thread(target=slow_sender)
+    t.start()
+    time.sleep(1)
+    # Meanwhile another client is served at once: nothing waits on DNS.
+    sender_zone(dns)
+    started = time.time()
+    assert send(server, message()) == (250, "")
+    assert time.time() - started < 10
+    t.join(timeout=90)
+    assert result["slow"] == (250, ""), result
+    msgs = server.wait_messages("bob@example.test", 2)
+    ars = [auth_results(m) for m in msgs]
+    assert any("spf=temperror" in a for a in ars), ars
+
+
+# -- DNSBL ----------------------------------------------------------------------
+
+
+def test_dnsbl_listing_refused_naming_the_list(make_server, dns):
+    dns.a["1.0.0.127.bl.example.net"] = ["127.0.0.2"]
+    server = mx(make_server, dns, extra_smtp="dnsbl = zen.example.org, bl.example.net\n")
+    out = subprocess.run(
+        ["swaks", "--server", f"{CLIENT}:{server.ports['smtp']}", "--to", "bob@example.test",
+         "--from", "alice@sender.test", "--timeout", "30"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout
+    assert "554 5.7.1" in out and "bl.example.net" in out, out
+    assert "zen.example.org" not in out.split("554 5.7.1")[1].splitlines()[0]
+    assert server.messages("bob@example.test") == []
+    assert "dnsbl=bl.example.net listed (127.0.0.2)" in server.log_text()
+
+
+def test_dnsbl_query_refused_is_an_error_never_a_listing(make_server, dns):
+    dns.a["1.0.0.127.zen.example.org"] = ["127.255.255.254"]
+    sender_zone(dns)
+    server = mx(make_server, dns, extra_smtp="dnsbl = zen.example.org\n")
+    assert send(server, message()) == (250, "")
+    one_message(server)
+    log = server.log_text()
+    assert "dnsbl=zen.example.org error, not a listing" in log and "query refused" in log, log
+
+
+def test_relay_client_skips_the_checks(make_server, dns):
+    dns.a["2.0.0.127.bl.example.net"] = ["127.0.0.2"]
+    server = mx(make_server, dns, extra_smtp="dnsbl = bl.example.net\n")
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], source_address=("127.0.0.2", 0), timeout=30) as s:
+        s.sendmail("a@nowhere.test", ["bob@example.test"], message())
+    m = one_message(server)
+    assert m.get_all("Authentication-Results") is None
+
+
+# -- greylisting ------------------------------------------------------------------
+
+
+def swaks(server, to="bob@example.test", sender="alice@sender.test"):
+    return subprocess.run(
+        ["swaks", "--server", f"{CLIENT}:{server.ports['smtp']}", "--to", to, "--from", sender,
+         "--helo", "client.sender.test", "--timeout", "30"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout
+
+
+def test_greylisting_with_swaks_survives_a_restart(make_server, dns):
+    sender_zone(dns, spf="v=spf1 ?all")
+    server = mx(make_server, dns, extra_smtp="greylist = yes\ngreylist_delay = 2s\n")
+    out = swaks(server)
+    assert "451 4.7.1" in out and "Greylisted" in out, out
+    out = swaks(server)
+    assert "451 4.7.1" in out, "a retry before the delay is deferred again:\n" + out
+    time.sleep(2.5)
+    out = swaks(server)
+    assert "250 2.0.0" in out, out
+    server.wait_messages("bob@example.test", 1)
+    # Another message of the same triplet passes at once, also after a restart.
+    server.restart()
+    out = swaks(server)
+    assert "250 2.0.0" in out, out
+    server.wait_messages("bob@example.test", 2)
+    # A new triplet (another recipient) is deferred.
+    out = swaks(server, to="alice@example.test")
+    assert "451 4.7.1" in out, out
+    assert "action=greylisted" in server.log_text()
+    assert (server.data_dir / "greylist").read_text().startswith("mailgate-greylist 1")
