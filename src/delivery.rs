@@ -236,7 +236,12 @@ pub fn enqueue_relayed(
         [one] => Some(one.as_str()),
         _ => None,
     };
-    let received = trace::received_line(trace_info, for_rcpt, now);
+    let mut received = trace::received_line(trace_info, for_rcpt, now);
+    // Mail our own users send is signed once, here (the queue holds the
+    // signed message); mail from outside only passing through is not.
+    if tx.auth_user.is_some() || tx.protocol == "local" || config.relay_allowed(tx.peer) {
+        received.insert_str(0, &crate::signing::signatures(config, &message));
+    }
     let size = received.len() as u64 + message.sizes().map_or(0, |s| s.1);
     let entry = QueueLine {
         sender: &tx.reverse_path,
@@ -259,15 +264,16 @@ pub fn enqueue(
     smtputf8: bool,
     now: SystemTime,
 ) -> Result<QueueEntry, DeliveryError> {
+    let signed = crate::signing::signatures(config, &Message::Wire(message));
     let entry = QueueLine {
         sender,
         recipients,
         smtputf8,
         id: None,
-        size: message.len() as u64,
+        size: (signed.len() + message.len()) as u64,
     };
     enqueue_with(config, &entry, now, &mut |w| {
-        crate::store::maildir::write_lf(w, &[message])
+        crate::store::maildir::write_lf(w, &[signed.as_bytes(), message])
     })
 }
 

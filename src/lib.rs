@@ -19,6 +19,7 @@ pub mod privileges;
 pub mod proto;
 pub mod sendmail;
 pub mod server;
+pub mod signing;
 pub mod smartpop;
 pub mod store;
 pub mod tls;

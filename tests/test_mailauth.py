@@ -383,3 +383,99 @@ def test_greylisting_with_swaks_survives_a_restart(make_server, dns):
     assert "451 4.7.1" in out, out
     assert "action=greylisted" in server.log_text()
     assert (server.data_dir / "greylist").read_text().startswith("mailgate-greylist 1")
+
+
+# -- DKIM signing out -------------------------------------------------------------
+
+
+from outbox_helpers import Sink  # noqa: E402
+
+SIGNING = {"[domain example.test]\n": "[domain example.test]\ndkim_selector = mg2026\n"}
+
+
+def keyed_server(make_server, sink_port, dns=None, extra=""):
+    outbox = (f"\n[outbox]\nmode = smarthost\nhost = 127.0.0.1:{sink_port}\ntls = none\n"
+              "retry = 1s\ngive_up_after = 30s\n")
+    server = make_server(extra=outbox + extra, replace=SIGNING, start=False)
+    out = server.run("dkim", "keygen", "example.test", check=True).stdout.decode()
+    records = {}
+    for line in out.splitlines():
+        if " IN TXT " in line:
+            name, _, rest = line.partition(" IN TXT ")
+            records[name.strip().rstrip(".")] = rest.strip().strip('"')
+    assert len(records) == 2, out
+    server.start()
+    return server, records
+
+
+def dkimpy_verdicts(content, records):
+    def dnsfunc(name, timeout=5):
+        name = name.decode() if isinstance(name, bytes) else name
+        return records.get(name.rstrip(".").lower(), "").encode()
+    raw = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    d = dkim.DKIM(raw)
+    sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
+    def one(i):
+        try:
+            return dkim.DKIM(raw).verify(idx=i, dnsfunc=dnsfunc)
+        except dkim.ValidationError:
+            return False
+    return [one(i) for i in range(len(sigs))], sigs
+
+
+@pytest.fixture
+def sink():
+    sinks = []
+
+    def make():
+        s = Sink().start()
+        sinks.append(s)
+        return s
+
+    yield make
+    for s in sinks:
+        s.stop()
+
+
+def test_relayed_mail_is_signed_once_and_dkimpy_verifies(make_server, sink):
+    s = sink()
+    server, records = keyed_server(make_server, s.port)
+    msg = (b"From: Alice <alice@example.test>\r\nTo: carol@remote.test\r\nSubject: signed out\r\n"
+           b"Message-ID: <out-1@example.test>\r\n\r\nHello  Carol,\t\r\nbye.\r\n")
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], source_address=("127.0.0.2", 0), timeout=30) as c:
+        c.sendmail("alice@example.test", ["carol@remote.test"], msg)
+    (got,) = s.wait(1, timeout=30)
+    ok, sigs = dkimpy_verdicts(got.content, records)
+    assert ok == [True, True], (ok, got.content[:2000])
+    assert any(b"a=rsa-sha256" in v for v in sigs) and any(b"a=ed25519-sha256" in v for v in sigs)
+    assert all(b"d=example.test" in v and b"c=relaxed/relaxed" in v for v in sigs)
+    # Tampered in transit: dkimpy says no.
+    bad, _ = dkimpy_verdicts(got.content.replace(b"bye.", b"bye!"), records)
+    assert bad == [False, False]
+
+
+def test_mail_from_outside_passing_through_is_not_signed(make_server, sink):
+    s = sink()
+    server, records = keyed_server(make_server, s.port, extra="\n[alias fwd@example.test]\nto = carol@remote.test\n")
+    msg = (b"From: Mallory <alice@example.test>\r\nTo: fwd@example.test\r\nSubject: forged\r\n\r\nx\r\n")
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as c:
+        c.sendmail("m@outside.test", ["fwd@example.test"], msg)
+    (got,) = s.wait(1, timeout=30)
+    assert b"DKIM-Signature" not in got.content
+
+
+def test_bounce_is_signed(make_server, sink):
+    """A relayed message refused by the next hop bounces to its remote
+    sender; the bounce (From: MAILER-DAEMON@mx.example.test) is queued
+    signed d=example.test, and dkimpy verifies it at the smarthost."""
+    s = sink()
+    s.rcpt_replies["carol@remote.test"] = "550 5.1.1 no such user"
+    server, records = keyed_server(make_server, s.port)
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], source_address=("127.0.0.2", 0), timeout=30) as c:
+        c.sendmail("dave@remote.test", ["carol@remote.test"],
+                   b"From: dave@remote.test\r\nTo: carol@remote.test\r\nSubject: will bounce\r\n\r\nx\r\n")
+    (got,) = s.wait(1, timeout=60)
+    assert got.mail_from in ("", "<>") and got.rcpt_tos == ["dave@remote.test"]
+    ok, sigs = dkimpy_verdicts(got.content, records)
+    assert ok == [True, True], got.content[:1500]
+    assert all(b"d=example.test" in v for v in sigs)

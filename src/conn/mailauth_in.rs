@@ -24,7 +24,7 @@ use super::Ctx;
 use crate::config::Config;
 use crate::mailauth::dkim::{DkimResult, SignatureOutcome, Verifier, VerifyStep};
 use crate::mailauth::dmarc::{
-    self, Authenticated, DmarcCheck, DmarcOutcome, DmarcResult, DmarcStep, Policy,
+    Authenticated, DmarcCheck, DmarcOutcome, DmarcResult, DmarcStep, Policy,
 };
 use crate::mailauth::greylist::{Decision, Greylist};
 use crate::mailauth::spf::{SpfCheck, SpfOutcome, SpfResult, SpfStep};
@@ -32,6 +32,7 @@ use crate::mailauth::{dnsbl, Query, Reply};
 use crate::net::resolver::Resolver;
 use crate::proto::dns::RecordLookup;
 use crate::proto::envelope::{DeliveryOutcome, Transaction};
+use crate::signing::HeaderGrab;
 use crate::store::spool::Spooled;
 
 /// How long an answer is reused by every connection.
@@ -45,8 +46,6 @@ const MAX_IN_FLIGHT: usize = 16;
 const MAX_QUESTIONS: usize = 64;
 /// Read size over the spooled message.
 const READ_CHUNK: usize = 64 * 1024;
-/// Most octets of header section read for the From field.
-const MAX_HEADER: usize = 256 * 1024;
 /// The greylist table's file under data_dir.
 const GREYLIST_FILE: &str = "greylist";
 
@@ -371,80 +370,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The header section (bounded), for the From field.
-#[derive(Default)]
-struct HeaderGrab {
-    bytes: Vec<u8>,
-    done: bool,
-}
-
-impl HeaderGrab {
-    fn feed(&mut self, chunk: &[u8]) {
-        if self.done {
-            return;
-        }
-        let room = MAX_HEADER.saturating_sub(self.bytes.len());
-        self.bytes
-            .extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
-        if let Some(end) = find_blank_line(&self.bytes) {
-            self.bytes.truncate(end);
-            self.done = true;
-        } else if self.bytes.len() >= MAX_HEADER {
-            self.done = true;
-        }
-    }
-
-    /// The domain of the one From field (RFC 7489 6.6.1).
-    fn sender_domain(&self) -> Result<String, String> {
-        let text = String::from_utf8_lossy(&self.bytes);
-        let mut values: Vec<String> = Vec::new();
-        let mut current: Option<String> = None;
-        for line in text.split('\n') {
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.starts_with([' ', '\t']) {
-                if let Some(v) = current.as_mut() {
-                    v.push(' ');
-                    v.push_str(line.trim());
-                }
-                continue;
-            }
-            if let Some(v) = current.take() {
-                values.push(v);
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.trim_end().eq_ignore_ascii_case("from") {
-                    current = Some(value.trim().to_string());
-                }
-            }
-        }
-        if let Some(v) = current.take() {
-            values.push(v);
-        }
-        match values.as_slice() {
-            [one] => dmarc::from_domain(one),
-            [] => Err("no From field".into()),
-            _ => Err("more than one From field".into()),
-        }
-    }
-}
-
-fn find_blank_line(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\n' {
-            let rest = &b[i + 1..];
-            if rest.first() == Some(&b'\n') {
-                return Some(i + 1);
-            }
-            if rest.starts_with(b"\r\n") {
-                return Some(i + 1);
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 /// Where one message's checks are.
@@ -796,23 +721,4 @@ fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<Hashed>();
     let _: Option<SocketAddr> = None;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn from_domain_of_the_header_section() {
-        let mut g = HeaderGrab::default();
-        g.feed(b"Subject: x\r\nFrom: A <a@Example.COM>\r\n");
-        g.feed(b"To: b@c.test\r\n\r\nFrom: body@evil.test\r\n");
-        assert_eq!(g.sender_domain().as_deref(), Ok("example.com"));
-        let mut g = HeaderGrab::default();
-        g.feed(b"From: a@x.test\nFrom: b@y.test\n\nbody\n");
-        assert!(g.sender_domain().is_err());
-        let mut g = HeaderGrab::default();
-        g.feed(b"From:\r\n A <a@folded.test>\r\n\r\n");
-        assert_eq!(g.sender_domain().as_deref(), Ok("folded.test"));
-    }
 }
