@@ -15,6 +15,10 @@ Rounds alternate mailgate / peer, ROUNDS each; each figure is the median.
 A round counts only when every message arrived (SMTP: every file is in the
 Maildir; POP3: every RETR had LIST's size).
 
+- SMTP intake with the MX checks on (SPF, DKIM, DMARC, a DNSBL; DNS from
+  a local dnslib server) in the "mailgate" column beside checks off in
+  the "peer" column, both mailgate, at the first SMTP_SESSIONS count.
+
 Then mailgate alone: relay to a smarthost sink, SmartPop collection, memory.
 """
 
@@ -345,9 +349,10 @@ def smtp_round(meter, port, sessions, count, maildir, rcpt):
     return secs, cpu, peak, lag
 
 
-def mailgate_server(tmp, recipients, meter):
-    extra = "".join(f"\n[mailbox {r}@{DOMAIN}]\npassword = {{PLAIN}}secret\n" for r in recipients)
+def mailgate_server(tmp, recipients, meter, extra="", replace=None):
+    extra += "".join(f"\n[mailbox {r}@{DOMAIN}]\npassword = {{PLAIN}}secret\n" for r in recipients)
     limits = {"max_recipients = 20": "max_recipients = 20\nmax_connections = 1000\nmax_connections_per_ip = 1000"}
+    limits.update(replace or {})
     s = Server(Path(tempfile.mkdtemp(dir=tmp)), extra, limits)
     s.start(env={"RUST_LOG": "warn"})
     meter.adopt(s.proc.pid)
@@ -397,6 +402,84 @@ def bench_smtp(tmp, table):
             pf.stop()
             mg_meter.close()
             pf_meter.close()
+
+
+def bench_dns():
+    """A dnslib server for the checks-on run: SPF and DMARC of the
+    sender's domain, a DNSBL that lists nobody."""
+    from dnslib import QTYPE, RCODE, RR, SOA, TXT
+    from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+    records = {
+        "remote.test": "v=spf1 ip4:127.0.0.1 -all",
+        "_dmarc.remote.test": "v=DMARC1; p=quarantine",
+    }
+
+    class Zone(BaseResolver):
+        def resolve(self, request, handler):
+            reply = request.reply()
+            name = str(request.q.qname).rstrip(".").lower()
+            if name in records and QTYPE[request.q.qtype] == "TXT":
+                reply.add_answer(RR(name, QTYPE.TXT, ttl=60, rdata=TXT(records[name].encode())))
+            else:
+                reply.header.rcode = RCODE.NXDOMAIN
+                reply.add_auth(RR("test", QTYPE.SOA, ttl=60, rdata=SOA("ns.test", "hostmaster.test")))
+            return reply
+
+    quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=lambda s: None)
+    server = DNSServer(Zone(), address="127.0.0.1", port=0, logger=quiet)
+    server.start_thread()
+    return server
+
+
+def bench_mailauth(tmp, table):
+    """SMTP intake with the MX checks on (SPF, DKIM, DMARC, a DNSBL; DNS
+    from a local dnslib server, answers cached 30 s) beside checks off,
+    both mailgate, rounds alternating. Greylisting is off: it would defer
+    every first message."""
+    if not os.path.exists(postfix_peer.SMTP_SOURCE):
+        print("smtp-source missing: checks-on figure skipped")
+        return
+    dns = bench_dns()
+    sessions = SMTP_SESSIONS[0]
+    fig = Figure(f"SMTP {sessions} s., checks on=mg off=peer")
+    table.append(fig)
+    rcpts = ["warmup"] + [f"r{i}" for i in range(ROUNDS)]
+    on_meter, off_meter = Meter("checks-on"), Meter("checks-off")
+    on_extra = (f"\n[outbox]\nnameserver = 127.0.0.1:{dns.server.server_address[1]}\n")
+    on = mailgate_server(tmp, rcpts, on_meter, extra=on_extra,
+                         replace={"mail_auth = no": "mail_auth = yes\ndnsbl = bl.bench.test"})
+    off = mailgate_server(tmp, rcpts, off_meter)
+    try:
+        servers = {
+            "mailgate": (on_meter, on.ports["smtp"], lambda r: on.maildir_path(f"{r}@{DOMAIN}")),
+            "peer": (off_meter, off.ports["smtp"], lambda r: off.maildir_path(f"{r}@{DOMAIN}")),
+        }
+        for who, (meter, port, md) in servers.items():
+            smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
+            wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
+        for i in range(ROUNDS):
+            for who, (meter, port, md) in servers.items():
+                rcpt = f"r{i}"
+                try:
+                    with Others(meter) as others:
+                        secs, cpu, peak, lag = smtp_round(meter, port, sessions, SMTP_MESSAGES,
+                                                          md(rcpt), f"{rcpt}@{DOMAIN}")
+                    fig.others.append(others.share)
+                except RuntimeError as e:
+                    fig.failed.append(f"{who} round {i + 1}: {e}")
+                    continue
+                fig.add(who, SMTP_MESSAGES, secs, cpu, peak)
+        # The checks ran: every message carries their header.
+        sample = next(iter(sorted((on.maildir_path(f"r0@{DOMAIN}") / "new").iterdir())), None)
+        if sample is None or b"Authentication-Results: mx.example.test" not in sample.read_bytes():
+            fig.failed.append("checks-on: no Authentication-Results in the delivered mail")
+    finally:
+        on.stop()
+        off.stop()
+        on_meter.close()
+        off_meter.close()
+        dns.stop()
 
 
 def bench_pop3(tmp, table):
@@ -555,16 +638,16 @@ def main():
         tempfile.tempdir = os.environ["BENCH_DIR"]
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")
     os.chmod(tmp, 0o755)
-    only = sys.argv[1:] or ["smtp", "pop3", "outbound", "smartpop", "memory"]
+    only = sys.argv[1:] or ["smtp", "mailauth", "pop3", "outbound", "smartpop", "memory"]
     try:
         table = []
-        for name in ("smtp", "pop3"):
+        for name in ("smtp", "mailauth", "pop3"):
             if name in only:
                 globals()[f"bench_{name}"](tmp, table)
         if table:
             print()
             print_side_by_side(table, peers)
-        rest = [n for n in only if n not in ("smtp", "pop3")]
+        rest = [n for n in only if n not in ("smtp", "mailauth", "pop3")]
         if rest:
             print()
             print(f"| {'mailgate alone':<42} | {'msgs':>6} | {'msgs/s':>9} | {'CPU s':>7} | {'peak MiB':>8} | note")
