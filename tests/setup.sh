@@ -26,7 +26,7 @@ fi
 
 PY=${PYTHON:-python3}
 need_pip=()
-for mod in pytest xdist aiosmtpd dnslib dkim nacl fuse; do
+for mod in pytest xdist aiosmtpd dnslib dkim nacl fuse spf dns; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
 if [ ${#need_pip[@]} -gt 0 ]; then
@@ -37,6 +37,8 @@ if [ ${#need_pip[@]} -gt 0 ]; then
       dkim) pkgs+=(dkimpy) ;;
       nacl) pkgs+=(pynacl) ;;
       fuse) pkgs+=(fusepy) ;;
+      spf) pkgs+=(pyspf) ;;
+      dns) pkgs+=(dnspython) ;;
       *) pkgs+=("$m") ;;
     esac
   done

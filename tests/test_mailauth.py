@@ -20,7 +20,7 @@ from pathlib import Path
 import dkim
 import nacl.signing
 import pytest
-from dnslib import QTYPE, RCODE, RR, SOA, TXT, A
+from dnslib import MX, QTYPE, RCODE, RR, SOA, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 CLIENT = "127.0.0.1"
@@ -34,6 +34,7 @@ class Zone(BaseResolver):
     def __init__(self):
         self.txt = {}
         self.a = {}
+        self.mx = {}
         self.slow = set()
         self.delay = 0.0
         self.servfail = set()
@@ -53,7 +54,7 @@ class Zone(BaseResolver):
         if qname in self.servfail:
             reply.header.rcode = RCODE.SERVFAIL
             return reply
-        if qname not in self.txt and qname not in self.a:
+        if qname not in self.txt and qname not in self.a and qname not in self.mx:
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(RR("test", QTYPE.SOA, ttl=60, rdata=SOA("ns.test", "hostmaster.test")))
             return reply
@@ -65,6 +66,9 @@ class Zone(BaseResolver):
         elif qtype == "A":
             for ip in self.a.get(qname, []):
                 reply.add_answer(RR(qname, QTYPE.A, ttl=60, rdata=A(ip)))
+        elif qtype == "MX":
+            for pref, host in self.mx.get(qname, []):
+                reply.add_answer(RR(qname, QTYPE.MX, ttl=60, rdata=MX(host, pref)))
         if not reply.rr:
             reply.add_auth(RR("test", QTYPE.SOA, ttl=60, rdata=SOA("ns.test", "hostmaster.test")))
         return reply
@@ -313,6 +317,76 @@ def test_spf_timeout_is_temperror_and_the_loop_keeps_serving(make_server, dns):
     msgs = server.wait_messages("bob@example.test", 2)
     ars = [auth_results(m) for m in msgs]
     assert any("spf=temperror" in a for a in ars), ars
+
+
+# -- SPF against pyspf, through the binary ------------------------------------------
+
+
+def spf_scenarios(dns):
+    """name -> what pyspf and mailgate are both asked about: MAIL FROM
+    user@NAME from 127.0.0.1, HELO client.sender.test."""
+    t, a = dns.txt, dns.a
+    t["s1.test"] = ["v=spf1 ip4:127.0.0.1 -all"]
+    t["s2.test"] = ["v=spf1 ip4:192.0.2.1 -all"]
+    t["s3.test"] = ["v=spf1 ~all"]
+    t["s4.test"] = ["v=spf1 ?all"]
+    # s5.test: no record at all.
+    t["s6.test"] = ["v=spf1 include:inc.s6.test -all"]
+    t["inc.s6.test"] = ["v=spf1 ip4:127.0.0.0/8 -all"]
+    t["s7.test"] = ["v=spf1 redirect=r.s7.test"]
+    t["r.s7.test"] = ["v=spf1 a:host.s7.test -all"]
+    a["host.s7.test"] = ["127.0.0.1"]
+    t["s8.test"] = ["v=spf1 mx -all"]
+    dns.mx["s8.test"] = [(10, "mx.s8.test")]
+    a["mx.s8.test"] = ["127.0.0.1"]
+    t["s9.test"] = ["v=spf1 exists:%{i}.ex.s9.test -all"]
+    a["127.0.0.1.ex.s9.test"] = ["127.0.0.2"]
+    t["s10.test"] = ["v=spf1 include:s10.test -all"]
+    t["s11.test"] = ["v=spf1 " + " ".join(f"include:i{n}.s11.test" for n in range(11)) + " ip4:127.0.0.1 -all"]
+    for n in range(11):
+        t[f"i{n}.s11.test"] = ["v=spf1 -all"]
+    t["s12.test"] = ["v=spf1 a:n1.s12.test a:n2.s12.test a:n3.s12.test ip4:127.0.0.1 -all"]
+    t["s13.test"] = ["v=spf1 ip4:bogus -all"]
+    t["s14.test"] = ["v=spf1 -all", "v=spf1 +all"]
+    t["s15.test"] = ["v=spf1 ip6:2001:db8::/32 -all"]
+    t["s16.test"] = ["v=spf1 a/24 -all"]
+    a["s16.test"] = ["127.0.0.99"]
+    t["s17.test"] = ["v=spf1 include:srv.s17.test ~all"]
+    dns.servfail.add("srv.s17.test")
+    t["s18.test"] = ["v=spf1 -exists:%{l}.bad.s18.test +all"]
+    a["user.bad.s18.test"] = ["127.0.0.2"]
+    t["s19.test"] = ["v=spf1 ip4:127.0.0.1 -all " + "x" * 600]  # long: several strings
+    t["s20.test"] = ["v=spf1 include:nowhere.s20.test -all"]
+    return [f"s{n}.test" for n in range(1, 21)]
+
+
+def test_spf_results_agree_with_pyspf(make_server, dns):
+    spf = pytest.importorskip("spf")
+    import dns.resolver as dnsresolver
+
+    names = spf_scenarios(dns)
+    resolver = dnsresolver.Resolver(configure=False)
+    resolver.nameservers = ["127.0.0.1"]
+    resolver.port = dns.port
+    saved = dnsresolver.default_resolver
+    dnsresolver.default_resolver = resolver
+    try:
+        expected = {n: spf.check2(i=CLIENT, s=f"user@{n}", h="client.sender.test")[0] for n in names}
+    finally:
+        dnsresolver.default_resolver = saved
+    server = mx(make_server, dns)
+    for n in names:
+        code = send(server, message(sender=f"user@{n}", subject=n), mail_from=f"user@{n}")
+        assert code == (250, ""), (n, code)
+    msgs = server.wait_messages("bob@example.test", len(names), timeout=60)
+    got = {}
+    for m in msgs:
+        ar = auth_results(m)
+        got[m["Subject"]] = ar.split("spf=")[1].split()[0]
+    agree = [n for n in names if got.get(n) == expected[n]]
+    assert len(agree) == len(names), {n: (expected[n], got.get(n)) for n in names if n not in agree}
+    # The scenarios cover every result.
+    assert set(expected.values()) == {"pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"}
 
 
 # -- DNSBL ----------------------------------------------------------------------
