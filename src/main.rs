@@ -334,6 +334,9 @@ fn check(path: &Path) -> ExitCode {
             for w in dkim_key_warnings(&config) {
                 println!("{w}");
             }
+            for w in dnsbl_warnings(&config) {
+                println!("{w}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -379,6 +382,98 @@ fn dkim_key_warnings(config: &Config) -> Vec<mailgate::config::Diagnostic> {
         }
     }
     out
+}
+
+/// Asks each `dnsbl` list about its test entry 127.0.0.2 (RFC 5782 5:
+/// every list lists it): an error answer (Spamhaus's 127.255.255.x, "query
+/// refused", e.g. through a public resolver), no answer, or no listing
+/// means the list does not work from here. One blocking query per list
+/// (this is the CLI, not the server's loop).
+fn dnsbl_warnings(config: &Config) -> Vec<mailgate::config::Diagnostic> {
+    use mailgate::mailauth::{dnsbl, Reply};
+    let mut out = Vec::new();
+    if !config.smtp.mail_auth || config.smtp.dnsbl.is_empty() {
+        return out;
+    }
+    // The line of the `dnsbl` key, for FILE:LINE.
+    let line = std::fs::read_to_string(&config.path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .position(|l| l.trim_start().starts_with("dnsbl") && l.contains('='))
+        })
+        .map_or(0, |i| i + 1);
+    let test_ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    for list in &config.smtp.dnsbl {
+        let q = dnsbl::query(test_ip, &list.zone);
+        let reply = match config.resolver {
+            Some(ns) => blocking_lookup(ns, &q),
+            None => Reply::Failed("no nameserver ([outbox] nameserver, /etc/resolv.conf)".into()),
+        };
+        let problem = match dnsbl::classify(&reply, &list.codes) {
+            dnsbl::Verdict::Listed(_) => continue,
+            dnsbl::Verdict::NotListed => {
+                "does not list its test entry 127.0.0.2: is the zone name right?".to_string()
+            }
+            dnsbl::Verdict::Error(why) => format!("cannot be used from here: {why}"),
+        };
+        out.push(mailgate::config::Diagnostic {
+            file: config.path.clone(),
+            line,
+            severity: Severity::Warning,
+            message: format!(
+                "dnsbl {} {problem}; its answers never refuse mail",
+                list.zone
+            ),
+        });
+    }
+    out
+}
+
+/// One DNS question, blocking, with the resolver's retries and timeouts.
+fn blocking_lookup(
+    ns: std::net::SocketAddr,
+    q: &mailgate::mailauth::Query,
+) -> mailgate::mailauth::Reply {
+    use mailgate::mailauth::Reply;
+    use mailgate::proto::dns::{RecordLookup, RecordStep, DNS_TIMEOUT};
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let mut lookup = RecordLookup::new(&q.name, q.qtype, seed);
+    let mut step = lookup.start();
+    loop {
+        let query = match step {
+            RecordStep::Done(r) => return Reply::from(r),
+            RecordStep::Query(query) => query,
+        };
+        if query.tcp {
+            return Reply::Failed("truncated answer (TCP not tried here)".into());
+        }
+        let local: std::net::SocketAddr = if ns.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = match std::net::UdpSocket::bind(local)
+            .and_then(|s| s.connect(ns).map(|_| s))
+            .and_then(|s| s.set_read_timeout(Some(DNS_TIMEOUT)).map(|_| s))
+            .and_then(|s| s.send(&query.packet).map(|_| s))
+        {
+            Ok(s) => s,
+            Err(e) => return Reply::Failed(format!("{ns}: {e}")),
+        };
+        let mut buf = [0u8; 4096];
+        let mut next = None;
+        while next.is_none() {
+            match sock.recv(&mut buf) {
+                Ok(n) => next = lookup.on_response(buf.get(..n).unwrap_or_default()),
+                Err(_) => next = Some(lookup.on_timeout()),
+            }
+        }
+        step = next.unwrap_or_else(|| lookup.on_timeout());
+    }
 }
 
 /// For the one-shot commands: reads the config, then (when root and

@@ -553,3 +553,15 @@ def test_bounce_is_signed(make_server, sink):
     ok, sigs = dkimpy_verdicts(got.content, records)
     assert ok == [True, True], got.content[:1500]
     assert all(b"d=example.test" in v for v in sigs)
+
+
+def test_check_says_when_a_dnsbl_refuses_queries(make_server, dns):
+    dns.a["2.0.0.127.zen.example.org"] = ["127.255.255.254"]
+    dns.a["2.0.0.127.bl.example.net"] = ["127.0.0.2"]
+    server = mx(make_server, dns, extra_smtp="dnsbl = zen.example.org, bl.example.net, typo.example.com\n")
+    out = server.run("check", timeout=60).stdout.decode()
+    line = next(i + 1 for i, l in enumerate(server.config_text.splitlines()) if l.startswith("dnsbl ="))
+    assert f"{server.config}:{line}: warning: dnsbl zen.example.org cannot be used from here" in out, out
+    assert "query refused" in out, out
+    assert "dnsbl typo.example.com does not list its test entry" in out, out
+    assert "dnsbl bl.example.net" not in out, out
