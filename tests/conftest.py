@@ -58,8 +58,8 @@ smtps = 127.0.0.1:{smtps}
 relay_networks = 127.0.0.2/32
 max_message_size = 1M
 max_recipients = 20
-timeout = 30s
 mail_auth = no
+timeout = 30s
 
 [pop3]
 listen = 127.0.0.1:{pop3}
