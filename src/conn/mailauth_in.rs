@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
@@ -48,6 +49,9 @@ const MAX_QUESTIONS: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 /// The greylist table's file under data_dir.
 const GREYLIST_FILE: &str = "greylist";
+/// A table whose only change is when known triplets were last seen is
+/// written at most this often (new triplets and passes at once).
+const GREYLIST_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// What every SMTP driver shares: cached answers and the greylist.
 pub struct Shared {
@@ -55,6 +59,11 @@ pub struct Shared {
     greylist: Option<Greylist>,
     data_dir: PathBuf,
     saves: u64,
+    /// When the table was last handed to a worker to be written.
+    saved_at: Option<Instant>,
+    /// The generation last written: a worker holding it writes only a
+    /// newer table, so saves finishing out of order never go back.
+    written: Arc<Mutex<u64>>,
     ids: RandomState,
 }
 
@@ -84,6 +93,8 @@ impl Shared {
             greylist,
             data_dir,
             saves: 0,
+            saved_at: None,
+            written: Arc::new(Mutex::new(0)),
             ids: RandomState::new(),
         }
     }
@@ -613,14 +624,19 @@ fn decide(
         let shared = &mut cx.sv.mailauth;
         let table = shared.greylist.get_or_insert_with(|| Greylist::new(delay));
         let mut defer = None;
+        let mut news = false;
         for r in &tx.recipients {
-            if let Decision::Defer { retry_in } =
-                table.check(now, tx.peer, &tx.reverse_path, &r.address, spf_domain)
-            {
-                defer = Some(defer.map_or(retry_in, |d: u64| d.max(retry_in)));
+            match table.check(now, tx.peer, &tx.reverse_path, &r.address, spf_domain) {
+                Decision::Defer { retry_in } => {
+                    news = true;
+                    defer = Some(defer.map_or(retry_in, |d: u64| d.max(retry_in)));
+                }
+                Decision::Pass(why) => {
+                    news |= why == "retried after the delay";
+                }
             }
         }
-        save_greylist(cx);
+        save_greylist(cx, news);
         if let Some(retry_in) = defer {
             info!("{summary} action=greylisted (retry in {retry_in}s)");
             return Verdict::Refuse(
@@ -681,26 +697,43 @@ fn decide(
     )
 }
 
-/// Writes the greylist table on a worker when it changed.
-fn save_greylist(cx: &mut Ctx) {
+/// Writes the greylist table on a worker when it changed: at once for
+/// `news` (a new triplet, a pass), else at most every minute.
+fn save_greylist(cx: &mut Ctx, news: bool) {
+    let now = cx.now;
     let shared = &mut cx.sv.mailauth;
     let Some(table) = shared.greylist.as_mut() else {
         return;
     };
-    if !table.is_dirty() {
+    let recent = shared
+        .saved_at
+        .is_some_and(|t| now.saturating_duration_since(t) < GREYLIST_SAVE_EVERY);
+    if !table.is_dirty() || (recent && !news) {
         return;
     }
     let text = table.to_text();
     table.mark_clean();
+    shared.saved_at = Some(now);
     shared.saves += 1;
+    let generation = shared.saves;
+    let written = Arc::clone(&shared.written);
     let path = shared.data_dir.join(GREYLIST_FILE);
     let tmp = shared
         .data_dir
         .join(format!(".{GREYLIST_FILE}.{}.tmp", shared.saves));
     cx.submit(move || {
-        if let Err(e) = crate::store::durable::write_durable(&tmp, &path, &[text.as_bytes()]) {
-            log::error!("cannot save {}: {e}", path.display());
-            let _ = std::fs::remove_file(&tmp);
+        let mut last = match written.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *last < generation {
+            match crate::store::durable::write_durable(&tmp, &path, &[text.as_bytes()]) {
+                Ok(()) => *last = generation,
+                Err(e) => {
+                    log::error!("cannot save {}: {e}", path.display());
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
         }
         super::Outcome::Nothing
     });
