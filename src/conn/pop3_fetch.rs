@@ -226,6 +226,7 @@ impl Pop3FetchDriver {
             account: self.account.name.clone(),
             username: self.account.username.clone(),
             password: self.account.password.clone(),
+            bearer: false,
             tls: self.account.tls,
             tls_active: implicit,
             keep: self.account.keep,

@@ -285,6 +285,7 @@ impl Outbox {
                         (Some(u), Some(p)) => Some(Credentials {
                             username: u.clone(),
                             password: p.clone(),
+                            bearer: false,
                         }),
                         _ => None,
                     },

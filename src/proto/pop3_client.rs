@@ -54,6 +54,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::dotstuff::DotUnstuffer;
+use super::sasl::BearerMech;
 use super::TlsMode;
 
 /// `keep = no | yes | 7d`.
@@ -116,7 +117,11 @@ pub struct FetchParams {
     /// The account's name, for log lines (`smartpop NAME: ...`).
     pub account: String,
     pub username: String,
+    /// The password, or with `bearer` an OAuth2 access token.
     pub password: String,
+    /// `auth = oauth2`: log in with SASL OAUTHBEARER or XOAUTH2 (whichever
+    /// CAPA offers; XOAUTH2 when CAPA lists no SASL), never USER/PASS.
+    pub bearer: bool,
     pub tls: TlsMode,
     /// Implicit TLS (`tls = tls`) is already up when the greeting arrives.
     pub tls_active: bool,
@@ -133,6 +138,7 @@ impl fmt::Debug for FetchParams {
             .field("account", &self.account)
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("bearer", &self.bearer)
             .field("tls", &self.tls)
             .field("tls_active", &self.tls_active)
             .field("keep", &self.keep)
@@ -241,6 +247,12 @@ enum State {
     User,
     Pass,
     AuthPlain,
+    /// `AUTH mech` sent; waiting for the empty `+` continuation.
+    AuthBearer(BearerMech),
+    /// The token sent; `+OK`, or a `+ challenge` reporting the failure.
+    AuthBearerToken(BearerMech),
+    /// The failure acknowledged; waiting for the `-ERR`.
+    AuthBearerAbort(String),
     Uidl,
     UidlLines,
     List,
@@ -263,7 +275,10 @@ impl State {
             State::Apop => "APOP",
             State::User => "USER",
             State::Pass => "PASS",
-            State::AuthPlain => "AUTH",
+            State::AuthPlain
+            | State::AuthBearer(_)
+            | State::AuthBearerToken(_)
+            | State::AuthBearerAbort(_) => "AUTH",
             State::Uidl | State::UidlLines => "UIDL",
             State::List | State::ListLines => "LIST",
             State::Retr | State::RetrBody(_) => "RETR",
@@ -279,6 +294,10 @@ impl State {
 #[derive(Debug, Default, Clone, Copy)]
 struct Caps {
     sasl_plain: bool,
+    /// A SASL line was listed (then its mechanisms are all there is).
+    sasl_listed: bool,
+    sasl_xoauth2: bool,
+    sasl_oauthbearer: bool,
     lines: usize,
 }
 
@@ -332,6 +351,15 @@ fn status(line: &[u8]) -> Option<Status<'_>> {
         rest(r).map(Status::Err)
     } else {
         None
+    }
+}
+
+/// A SASL continuation (RFC 5034 4): `+`, or `+ ` and base64.
+fn continuation(line: &[u8]) -> Option<&[u8]> {
+    match line {
+        b"+" => Some(b""),
+        [b'+', b' ', rest @ ..] => Some(rest),
+        _ => None,
     }
 }
 
@@ -635,6 +663,11 @@ impl Pop3Fetch {
             self.state,
             State::CapaLines | State::UidlLines | State::ListLines
         );
+        if let Some(challenge) = continuation(line) {
+            if matches!(self.state, State::AuthBearer(_) | State::AuthBearerToken(_)) {
+                return self.bearer_continuation(challenge, out);
+            }
+        }
         if !listing {
             match status(line) {
                 Some(st) => self.on_status(st, trailing, out, events),
@@ -706,7 +739,10 @@ impl Pop3Fetch {
                 let what = format!("server refused STLS: {}", printable(text));
                 self.fail_quit(FetchError::Tls(what), out);
             }
-            (State::Apop | State::Pass | State::AuthPlain, Status::Ok(_)) => {
+            (
+                State::Apop | State::Pass | State::AuthPlain | State::AuthBearerToken(_),
+                Status::Ok(_),
+            ) => {
                 self.send(out, "UIDL");
                 self.state = State::Uidl;
             }
@@ -726,6 +762,18 @@ impl Pop3Fetch {
             }
             (State::User | State::Pass | State::AuthPlain, Status::Err(text)) => {
                 self.fail_quit(FetchError::Auth(printable(text)), out);
+            }
+            (State::AuthBearer(m) | State::AuthBearerToken(m), Status::Err(text)) => {
+                let what = format!("{} refused: {}", m.name(), printable(text));
+                self.fail_quit(FetchError::Auth(what), out);
+            }
+            (State::AuthBearerAbort(report), Status::Err(text)) => {
+                let what = format!("token refused: {} ({report})", printable(text));
+                self.fail_quit(FetchError::Auth(what), out);
+            }
+            (State::AuthBearer(_) | State::AuthBearerAbort(_), Status::Ok(_)) => {
+                let what = "+OK to an unfinished SASL exchange".to_string();
+                self.fail_now(FetchError::Protocol(what), events);
             }
             (State::Uidl, Status::Ok(_)) => {
                 self.uidls = Some(HashMap::new());
@@ -837,10 +885,17 @@ impl Pop3Fetch {
         }
         let text = String::from_utf8_lossy(line);
         let mut words = text.split_ascii_whitespace();
-        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("SASL"))
-            && words.any(|m| m.eq_ignore_ascii_case("PLAIN"))
-        {
-            self.caps.sasl_plain = true;
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("SASL")) {
+            self.caps.sasl_listed = true;
+            for m in words {
+                if m.eq_ignore_ascii_case("PLAIN") {
+                    self.caps.sasl_plain = true;
+                } else if m.eq_ignore_ascii_case("XOAUTH2") {
+                    self.caps.sasl_xoauth2 = true;
+                } else if m.eq_ignore_ascii_case("OAUTHBEARER") {
+                    self.caps.sasl_oauthbearer = true;
+                }
+            }
         }
     }
 
@@ -854,7 +909,59 @@ impl Pop3Fetch {
         }
     }
 
+    /// `auth = oauth2`: RFC 5034 AUTH without an initial response, the
+    /// token on its own line after the `+` (Microsoft's POP3 insists on
+    /// this form, and a token is longer than the 255 octets RFC 5034 4
+    /// allows an AUTH command line).
+    fn login_bearer(&mut self, out: &mut Vec<u8>) {
+        if !self.secure {
+            let e = FetchError::Local("auth = oauth2 needs tls = tls or starttls".into());
+            return self.fail_quit(e, out);
+        }
+        let offered = [
+            (self.caps.sasl_oauthbearer, "OAUTHBEARER"),
+            (self.caps.sasl_xoauth2 || !self.caps.sasl_listed, "XOAUTH2"),
+        ];
+        let mech = BearerMech::choose(offered.iter().filter(|o| o.0).map(|o| o.1));
+        let Some(mech) = mech else {
+            let e = FetchError::Auth("server offers neither OAUTHBEARER nor XOAUTH2".into());
+            return self.fail_quit(e, out);
+        };
+        self.send(out, &format!("AUTH {}", mech.name()));
+        self.state = State::AuthBearer(mech);
+    }
+
+    fn bearer_continuation(&mut self, challenge: &[u8], out: &mut Vec<u8>) {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        match state {
+            State::AuthBearer(mech) => {
+                let p = &self.params;
+                let Some(response) = mech.initial_response(&p.username, &p.password) else {
+                    // RFC 5034 4: "*" cancels the exchange.
+                    self.send(out, "*");
+                    let e = "username or access token unusable (empty or bad characters)";
+                    self.state = State::AuthBearerAbort(e.into());
+                    return;
+                };
+                // Not through `send`: it would log the line.
+                out.extend_from_slice(response.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                self.state = State::AuthBearerToken(mech);
+            }
+            State::AuthBearerToken(mech) => {
+                let report = super::sasl::bearer_failure(&String::from_utf8_lossy(challenge));
+                out.extend_from_slice(mech.abort_response().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                self.state = State::AuthBearerAbort(report);
+            }
+            other => self.state = other,
+        }
+    }
+
     fn login(&mut self, out: &mut Vec<u8>) {
+        if self.params.bearer {
+            return self.login_bearer(out);
+        }
         let p = &self.params;
         let unsafe_char = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
         if p.username.is_empty() || unsafe_char(&p.username) || unsafe_char(&p.password) {
@@ -1399,6 +1506,7 @@ mod tests {
             account: "isp".into(),
             username: "bob123".into(),
             password: "secret".into(),
+            bearer: false,
             tls: TlsMode::Tls,
             tls_active: true,
             keep,
@@ -1995,6 +2103,147 @@ mod tests {
         assert!(b.overflow);
         assert_eq!(b.seen, 18);
         assert_eq!(events, [FetchEvent::Body(b"abc".to_vec())]);
+    }
+
+    /// A scripted dialog: each step is what the server sends and exactly
+    /// what the client must answer; returns the events.
+    fn dialog(p: FetchParams, steps: &[(&str, &str)]) -> Vec<FetchEvent> {
+        let mut core = Pop3Fetch::new(p, std::iter::empty());
+        let mut events = Vec::new();
+        for (i, (server, want)) in steps.iter().enumerate() {
+            let mut out = Vec::new();
+            core.receive(server.as_bytes(), &mut out, &mut events);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                *want,
+                "step {i}: after {server:?}"
+            );
+        }
+        events
+    }
+
+    fn bearer_params(user: &str, token: &str) -> FetchParams {
+        let mut p = params(Keep::Yes);
+        p.username = user.into();
+        p.password = token.into();
+        p.bearer = true;
+        p
+    }
+
+    /// Microsoft's documented POP3 exchange ("Authenticate an IMAP, POP or
+    /// SMTP connection using OAuth"): AUTH XOAUTH2, a bare `+`, the token
+    /// on its own line.
+    #[test]
+    fn microsoft_pop3_xoauth2() {
+        let p = bearer_params(
+            "test@contoso.onmicrosoft.com",
+            "EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA",
+        );
+        dialog(
+            p,
+            &[
+                ("+OK The Microsoft Exchange POP3 service is ready.\r\n", "CAPA\r\n"),
+                ("+OK\r\nTOP\r\nUIDL\r\nSASL PLAIN XOAUTH2\r\nUSER\r\n.\r\n", "AUTH XOAUTH2\r\n"),
+                ("+\r\n", "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ==\r\n"),
+                ("+OK User successfully authenticated.\r\n", "UIDL\r\n"),
+            ],
+        );
+    }
+
+    /// Gmail-style refusal: the failure report comes as a challenge, the
+    /// client acknowledges it (empty line for XOAUTH2, %x01 for
+    /// OAUTHBEARER), then -ERR; the error names the report, never the token.
+    #[test]
+    fn bearer_refused_with_challenge() {
+        let report = "eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==";
+        for (capa, mech, ack) in [
+            ("SASL XOAUTH2", "XOAUTH2", "\r\n"),
+            ("SASL XOAUTH2 OAUTHBEARER", "OAUTHBEARER", "AQ==\r\n"),
+        ] {
+            let p = bearer_params("bob@gmail.com", "ya29.secrettoken");
+            let token_line = format!(
+                "{}\r\n",
+                BearerMech::choose([mech])
+                    .unwrap()
+                    .initial_response("bob@gmail.com", "ya29.secrettoken")
+                    .unwrap()
+            );
+            let events = dialog(
+                p,
+                &[
+                    ("+OK Gpop ready\r\n", "CAPA\r\n"),
+                    (
+                        &format!("+OK\r\nUSER\r\n{capa}\r\nUIDL\r\n.\r\n"),
+                        &format!("AUTH {mech}\r\n"),
+                    ),
+                    ("+ \r\n", &token_line),
+                    (&format!("+ {report}\r\n"), ack),
+                    ("-ERR [AUTH] Invalid credentials.\r\n", "QUIT\r\n"),
+                    ("+OK bye\r\n", ""),
+                ],
+            );
+            let Some(FetchEvent::Done(summary)) = events.last() else {
+                panic!("{events:?}")
+            };
+            let Some(FetchError::Auth(e)) = &summary.error else {
+                panic!("{summary:?}")
+            };
+            assert!(
+                e.contains("Invalid credentials") && e.contains("\"status\":\"401\""),
+                "{e}"
+            );
+            assert!(!e.contains("secrettoken") && !format!("{summary:?}").contains("secrettoken"));
+        }
+    }
+
+    #[test]
+    fn bearer_mechanism_choice_and_refusals() {
+        // No SASL line in CAPA: try XOAUTH2.
+        dialog(
+            bearer_params("u@x", "tok"),
+            &[
+                ("+OK\r\n", "CAPA\r\n"),
+                ("+OK\r\nUIDL\r\n.\r\n", "AUTH XOAUTH2\r\n"),
+            ],
+        );
+        // SASL without a bearer mechanism: never falls back to a password.
+        dialog(
+            bearer_params("u@x", "tok"),
+            &[
+                ("+OK\r\n", "CAPA\r\n"),
+                ("+OK\r\nSASL PLAIN\r\nUSER\r\n.\r\n", "QUIT\r\n"),
+            ],
+        );
+        // Plaintext: the token is never sent.
+        let mut p = bearer_params("u@x", "tok");
+        p.tls = TlsMode::None;
+        p.tls_active = false;
+        dialog(
+            p,
+            &[
+                ("+OK\r\n", "CAPA\r\n"),
+                ("+OK\r\nSASL XOAUTH2\r\n.\r\n", "QUIT\r\n"),
+            ],
+        );
+        // A token with a space or CR cannot be sent: "*" cancels.
+        dialog(
+            bearer_params("u@x", "tok\r\nDELE 1"),
+            &[
+                ("+OK\r\n", "CAPA\r\n"),
+                ("+OK\r\nSASL XOAUTH2\r\n.\r\n", "AUTH XOAUTH2\r\n"),
+                ("+\r\n", "*\r\n"),
+                ("-ERR cancelled\r\n", "QUIT\r\n"),
+            ],
+        );
+        // -ERR right after AUTH.
+        dialog(
+            bearer_params("u@x", "tok"),
+            &[
+                ("+OK\r\n", "CAPA\r\n"),
+                ("+OK\r\nSASL XOAUTH2\r\n.\r\n", "AUTH XOAUTH2\r\n"),
+                ("-ERR no\r\n", "QUIT\r\n"),
+            ],
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ use base64::Engine;
 
 use super::dotstuff::DotStuffer;
 pub use super::dotstuff::WireScan;
+use super::sasl::BearerMech;
 
 /// Longest reply line accepted, CRLF included. RFC 5321 4.5.3.1.5 sets 512
 /// octets; real servers exceed it, so we are lenient up to this bound and
@@ -74,7 +75,10 @@ pub enum TlsPolicy {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
+    /// The password, or with `bearer` an OAuth2 access token.
     pub password: String,
+    /// `auth = oauth2`: SASL OAUTHBEARER or XOAUTH2, as EHLO offers.
+    pub bearer: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -82,6 +86,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("bearer", &self.bearer)
             .finish()
     }
 }
@@ -356,6 +361,8 @@ struct Caps {
     auth_offered: bool,
     auth_plain: bool,
     auth_login: bool,
+    auth_xoauth2: bool,
+    auth_oauthbearer: bool,
 }
 
 impl Caps {
@@ -389,6 +396,8 @@ impl Caps {
                         match mech.as_str() {
                             "PLAIN" => caps.auth_plain = true,
                             "LOGIN" => caps.auth_login = true,
+                            "XOAUTH2" => caps.auth_xoauth2 = true,
+                            "OAUTHBEARER" => caps.auth_oauthbearer = true,
                             _ => {}
                         }
                     }
@@ -413,6 +422,10 @@ enum Cmd {
     AuthLogin,
     AuthLoginUser,
     AuthLoginPass,
+    /// `AUTH mech <initial response>` with an OAuth2 token.
+    AuthBearer(BearerMech),
+    /// The failure challenge acknowledged; the 5xx follows.
+    AuthBearerAbort,
     Mail,
     Rcpt(usize),
     Data,
@@ -433,7 +446,9 @@ impl Cmd {
             | Cmd::AuthPlainResponse
             | Cmd::AuthLogin
             | Cmd::AuthLoginUser
-            | Cmd::AuthLoginPass => "AUTH",
+            | Cmd::AuthLoginPass
+            | Cmd::AuthBearer(_)
+            | Cmd::AuthBearerAbort => "AUTH",
             Cmd::Mail => "MAIL FROM",
             Cmd::Rcpt(_) => "RCPT TO",
             Cmd::Data => "DATA",
@@ -759,7 +774,27 @@ impl SmtpClient {
                     self.after_hello(out)
                 }
             }
-            (Cmd::AuthPlain | Cmd::AuthLoginPass | Cmd::AuthPlainResponse | Cmd::AuthLogin, 2) => {
+            (Cmd::AuthBearer(mech), 3) => {
+                // RFC 7628 3.2.3 (and XOAUTH2 alike): a challenge here is the
+                // failure report; acknowledge it and the 5xx follows.
+                let report = reply.lines.first().map(String::as_str).unwrap_or("");
+                log::info!(
+                    "smarthost refused the OAuth2 token: {}",
+                    super::sasl::bearer_failure(report)
+                );
+                out.extend_from_slice(mech.abort_response().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                self.in_flight.push_back(Cmd::AuthBearerAbort);
+                None
+            }
+            (
+                Cmd::AuthPlain
+                | Cmd::AuthLoginPass
+                | Cmd::AuthPlainResponse
+                | Cmd::AuthLogin
+                | Cmd::AuthBearer(_),
+                2,
+            ) => {
                 self.authed = true;
                 self.after_hello(out)
             }
@@ -787,7 +822,9 @@ impl SmtpClient {
                 | Cmd::AuthPlainResponse
                 | Cmd::AuthLogin
                 | Cmd::AuthLoginUser
-                | Cmd::AuthLoginPass,
+                | Cmd::AuthLoginPass
+                | Cmd::AuthBearer(_)
+                | Cmd::AuthBearerAbort,
                 _,
             ) => {
                 // 535 and friends: wrong credentials at the smarthost are an
@@ -911,6 +948,7 @@ impl SmtpClient {
         self.params.auth.clone().unwrap_or(Credentials {
             username: String::new(),
             password: String::new(),
+            bearer: false,
         })
     }
 
@@ -935,6 +973,9 @@ impl SmtpClient {
             );
             return Some(self.quit(out));
         }
+        if self.creds().bearer {
+            return self.start_bearer(out);
+        }
         if self.caps.auth_plain {
             let response = self.plain_response();
             out.extend_from_slice(format!("AUTH PLAIN {response}\r\n").as_bytes());
@@ -955,6 +996,35 @@ impl SmtpClient {
             self.fail_local(false, "4.7.0", reason);
             Some(self.quit(out))
         }
+    }
+
+    /// `auth = oauth2`: the initial response on the AUTH line (RFC 4954 4
+    /// allows it up to 12288 octets, which Gmail and Exchange Online use).
+    fn start_bearer(&mut self, out: &mut Vec<u8>) -> Option<ClientEvent> {
+        let offered = [
+            (self.caps.auth_oauthbearer, "OAUTHBEARER"),
+            (self.caps.auth_xoauth2, "XOAUTH2"),
+        ];
+        let Some(mech) = BearerMech::choose(offered.iter().filter(|o| o.0).map(|o| o.1)) else {
+            self.fail_local(
+                false,
+                "4.7.0",
+                "smarthost offers neither AUTH XOAUTH2 nor OAUTHBEARER (auth = oauth2)",
+            );
+            return Some(self.quit(out));
+        };
+        let creds = self.creds();
+        let Some(response) = mech.initial_response(&creds.username, &creds.password) else {
+            self.fail_local(
+                false,
+                "4.7.0",
+                "username or OAuth2 access token unusable (empty or bad characters)",
+            );
+            return Some(self.quit(out));
+        };
+        out.extend_from_slice(format!("AUTH {} {response}\r\n", mech.name()).as_bytes());
+        self.in_flight.push_back(Cmd::AuthBearer(mech));
+        None
     }
 
     /// Local checks, then MAIL FROM (with RCPTs and DATA when pipelining).
@@ -1223,6 +1293,7 @@ mod tests {
             auth: auth.then(|| Credentials {
                 username: "bob".into(),
                 password: "secret".into(),
+                bearer: false,
             }),
             auth_requires_tls: true,
         }
@@ -1723,6 +1794,99 @@ mod tests {
     const EHLO_TLS: &str = "250-smtp.isp.example\r\n250-STARTTLS\r\n250 PIPELINING\r\n";
     const EHLO_AFTER_TLS: &str = "250-smtp.isp.example\r\n250-AUTH LOGIN PLAIN\r\n250 8BITMIME\r\n";
 
+    fn bearer_params(user: &str, token: &str) -> ClientParams {
+        let mut p = params(TlsPolicy::Implicit, false);
+        p.auth = Some(Credentials {
+            username: user.into(),
+            password: token.into(),
+            bearer: true,
+        });
+        p
+    }
+
+    /// Gmail's documented SMTP exchange (xoauth2-protocol page): the
+    /// initial response on the AUTH line, 235.
+    #[test]
+    fn gmail_smtp_xoauth2() {
+        let mut c = SmtpClient::new(
+            bearer_params(
+                "someuser@example.com",
+                "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg",
+            ),
+            envelope(&["a@x.net"], MSG),
+        );
+        let r = done(run(
+            &mut c,
+            &[
+                ("220 mx.google.com ESMTP\r\n", "EHLO gw.example.test\r\n"),
+                (
+                    "250-mx.google.com at your service\r\n250-AUTH LOGIN PLAIN XOAUTH2 PLAIN-CLIENTTOKEN OAUTHBEARER XOAUTH\r\n250 8BITMIME\r\n",
+                    "AUTH OAUTHBEARER bixhPXNvbWV1c2VyQGV4YW1wbGUuY29tLAFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==\r\n",
+                ),
+                ("235 2.7.0 Accepted\r\n", "MAIL FROM:<alice@example.test>\r\n"),
+                ("250 ok\r\n", "RCPT TO:<a@x.net>\r\n"),
+                ("250 ok\r\n", "DATA\r\n"),
+                ("354 go\r\n", BODY),
+                ("250 ok\r\n", "QUIT\r\n"),
+            ],
+        ));
+        assert_eq!(kinds(&r), vec!['D']);
+        // XOAUTH2 only (Exchange Online's offer): Google's exact example line.
+        let mut c = SmtpClient::new(
+            bearer_params(
+                "someuser@example.com",
+                "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg",
+            ),
+            envelope(&["a@x.net"], MSG),
+        );
+        run(
+            &mut c,
+            &[
+                ("220 smtp.office365.com\r\n", "EHLO gw.example.test\r\n"),
+                (
+                    "250-outlook.office365.com\r\n250-AUTH LOGIN XOAUTH2\r\n250 8BITMIME\r\n",
+                    "AUTH XOAUTH2 dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==\r\n",
+                ),
+                ("235 2.7.0 Authentication successful\r\n", "MAIL FROM:<alice@example.test>\r\n"),
+            ],
+        );
+    }
+
+    /// Gmail's refusal: 334 with the JSON report, an empty line from the
+    /// client, then 535; the mail waits (transient), the token is in no reason.
+    #[test]
+    fn bearer_refused_and_not_offered() {
+        let mut c = SmtpClient::new(
+            bearer_params("bob@gmail.com", "ya29.secrettoken"),
+            envelope(&["a@x.net"], MSG),
+        );
+        let r = done(run(
+            &mut c,
+            &[
+                ("220 mx.google.com ESMTP\r\n", "EHLO gw.example.test\r\n"),
+                ("250-mx.google.com\r\n250 AUTH XOAUTH2\r\n", &format!("AUTH XOAUTH2 {}\r\n", BearerMech::XOAuth2.initial_response("bob@gmail.com", "ya29.secrettoken").unwrap())),
+                ("334 eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIG1hYyIsInNjb3BlIjoiaHR0cHM6Ly9tYWlsLmdvb2dsZS5jb20vIn0K\r\n", "\r\n"),
+                ("535-5.7.8 Username and Password not accepted.\r\n535 5.7.8 https://support.google.com/mail/?p=BadCredentials\r\n", "QUIT\r\n"),
+            ],
+        ));
+        assert_eq!(kinds(&r), vec!['T']);
+        assert!(!format!("{r:?}").contains("secrettoken"));
+        // Offered only PLAIN: the token is not sent as a password.
+        let mut c = SmtpClient::new(
+            bearer_params("bob@gmail.com", "ya29.secrettoken"),
+            envelope(&["a@x.net"], MSG),
+        );
+        let r = done(run(
+            &mut c,
+            &[
+                ("220 mx\r\n", "EHLO gw.example.test\r\n"),
+                ("250-mx\r\n250 AUTH PLAIN LOGIN\r\n", "QUIT\r\n"),
+            ],
+        ));
+        assert_eq!(kinds(&r), vec!['T']);
+        assert!(format!("{r:?}").contains("neither AUTH XOAUTH2 nor OAUTHBEARER"));
+    }
+
     #[test]
     fn starttls_then_auth_plain() {
         let mut c = SmtpClient::new(
@@ -2210,6 +2374,8 @@ mod tests {
                 auth_offered: true,
                 auth_plain: true,
                 auth_login: true,
+                auth_xoauth2: false,
+                auth_oauthbearer: false,
             }
         );
         // The greeting line is not a keyword; AUTHX is not AUTH.
