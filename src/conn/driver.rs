@@ -95,6 +95,8 @@ pub enum Outcome {
     SmartPopStaged(std::io::Result<std::fs::File>),
     /// SmartPop bookkeeping done; nothing to report.
     SmartPopNoted,
+    /// IMAP: a login, or a command carried out on the store.
+    Imap(Box<super::imap_in::ImapOutcome>),
     /// A job with nothing to report (closing a file off the loop thread).
     Nothing,
     /// For the server (token `HOST`): one of its own jobs.
