@@ -95,6 +95,13 @@ pub const DEFAULT_POP3_LISTEN: SocketAddr = any_v4(DEFAULT_POP3_PORT);
 pub const DEFAULT_POP3S: SocketAddr = any_v4(DEFAULT_POP3S_PORT);
 /// RFC 1939 3: the autologout timer must be at least 10 minutes.
 pub const DEFAULT_POP3_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// RFC 3501 2.1: the IMAP port (STARTTLS).
+pub const DEFAULT_IMAP_LISTEN: SocketAddr = any_v4(143);
+/// RFC 8314 7.3: IMAP over implicit TLS.
+pub const DEFAULT_IMAPS: SocketAddr = any_v4(993);
+/// RFC 3501 5.4: the autologout timer must be at least 30 minutes (IDLE
+/// clients re-issue it every 29, RFC 2177 3).
+pub const DEFAULT_IMAP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_OUTBOX_MODE: OutboxMode = OutboxMode::Smarthost;
 pub const DEFAULT_OUTBOX_TLS: TlsMode = TlsMode::StartTls;
 /// RFC 6409 3.1: smarthost port when `tls` is `starttls` or `none`.
@@ -177,6 +184,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub smtp: SmtpConfig,
     pub pop3: Pop3Config,
+    pub imap: ImapConfig,
     pub tls: TlsConfig,
     /// Keyed by lower-case domain name.
     pub domains: BTreeMap<String, DomainConfig>,
@@ -264,6 +272,16 @@ pub struct Pop3Config {
     pub listen: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    pub listen: Vec<SocketAddr>,
+    pub imaps: Vec<SocketAddr>,
+    pub timeout: Duration,
+    /// IMAP names of the special-use folders (RFC 6154) created at first
+    /// login: Sent, Drafts, Trash, Junk, Archive.
+    pub special: [String; 5],
 }
 
 #[derive(Debug, Clone, Default)]
@@ -388,6 +406,17 @@ impl Default for Pop3Config {
             listen: vec![DEFAULT_POP3_LISTEN],
             pop3s: vec![DEFAULT_POP3S],
             timeout: DEFAULT_POP3_TIMEOUT,
+        }
+    }
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            listen: vec![DEFAULT_IMAP_LISTEN],
+            imaps: vec![DEFAULT_IMAPS],
+            timeout: DEFAULT_IMAP_TIMEOUT,
+            special: ["Sent", "Drafts", "Trash", "Junk", "Archive"].map(String::from),
         }
     }
 }

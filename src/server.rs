@@ -293,6 +293,8 @@ fn listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
         (&s.smtps, ListenerKind::Smtps),
         (&p.listen, ListenerKind::Pop3),
         (&p.pop3s, ListenerKind::Pop3s),
+        (&config.imap.listen, ListenerKind::Imap),
+        (&config.imap.imaps, ListenerKind::Imaps),
     ];
     groups
         .iter()

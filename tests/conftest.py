@@ -66,6 +66,11 @@ listen = 127.0.0.1:{pop3}
 pop3s = 127.0.0.1:{pop3s}
 timeout = 30s
 
+[imap]
+listen = 127.0.0.1:{imap}
+imaps = 127.0.0.1:{imaps}
+timeout = 30m
+
 [domain example.test]
 
 [mailbox bob@example.test]
@@ -92,7 +97,7 @@ class Server:
     def __init__(self, tmp_path: Path, extra: str = "", replace: dict | None = None):
         self.dir = tmp_path
         self.data_dir = tmp_path / "data"
-        names = ("smtp", "submission", "smtps", "pop3", "pop3s")
+        names = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
         self.ports = dict(zip(names, free_ports(len(names))))
         # Each server its own maildrop (the default is one for the box).
         self.maildrop = tmp_path / "maildrop"

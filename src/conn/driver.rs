@@ -100,6 +100,8 @@ pub enum Outcome {
     MailAuthHashed(Result<Box<super::mailauth_in::Hashed>, DeliveryOutcome>),
     /// SMTP in, MX checks: the DKIM signatures checked.
     MailAuthVerified(Box<super::mailauth_in::Hashed>),
+    /// IMAP: a login, or a command carried out on the store.
+    Imap(Box<super::imap_in::ImapOutcome>),
     /// A job with nothing to report (closing a file off the loop thread).
     Nothing,
     /// For the server (token `HOST`): one of its own jobs.

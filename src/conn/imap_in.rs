@@ -1,0 +1,542 @@
+//! Driver for one inbound IMAP connection (plain with STARTTLS, or imaps).
+//!
+//! Owns: the socket (through the shared inbound pump), the sans-IO
+//! `ImapSession`, the selected folder between commands, the APPEND
+//! literal on its way in, and handing password checks and every store
+//! command to the workers (`imap_jobs`). IDLE: the driver watches its
+//! mailbox (`store::mailboxes`), so an SMTP delivery, a POP3 QUIT or
+//! another IMAP session's change wakes it, and a worker re-syncs the
+//! folder and writes the untagged updates.
+//! Must not: parse IMAP itself, or touch a file on the loop thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::imap_jobs::{self, Account, Done, FetchRest, Modes, Selected};
+use super::pump::{Inbound, Pumped, ServerCore};
+use super::{Ctx, Driver, IdleClock, ListenerKind, Outcome};
+use crate::net::canonical_ip;
+use crate::proto::imap::parser::AppendHead;
+use crate::proto::imap::response::{self, Code, Status};
+use crate::proto::imap::session::{ImapEvent, ImapSession, SessionParams};
+use crate::proto::imap::types::CommandBody;
+use crate::store::mailbox::SpecialUse;
+use crate::store::maildir::Maildir;
+
+/// A failed login is answered after this pause.
+const LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(1);
+
+/// A FETCH continues once the socket holds less than this.
+const FETCH_LOW_WATER: usize = 64 * 1024;
+
+/// What a worker sends back to an IMAP driver.
+pub enum ImapOutcome {
+    Password(bool),
+    /// The special-use folders are there (first login).
+    Prepared(std::io::Result<()>),
+    Done(Box<Done>),
+}
+
+impl ServerCore for ImapSession {
+    type Event = ImapEvent;
+    fn receive(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<ImapEvent>) {
+        ImapSession::receive(self, input, out, events);
+    }
+    fn wants_input(&self) -> bool {
+        ImapSession::wants_input(self)
+    }
+    fn is_closed(&self) -> bool {
+        ImapSession::is_closed(self)
+    }
+    fn tls_started(&mut self, _out: &mut Vec<u8>, _events: &mut Vec<ImapEvent>) {
+        ImapSession::tls_started(self);
+    }
+    fn answers(e: &ImapEvent) -> bool {
+        !matches!(e, ImapEvent::AppendData(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    Password(String),
+    Prepare(String),
+    /// A command's job; `command`: the core waits for its end (false for
+    /// an IDLE update poll).
+    Job {
+        command: bool,
+    },
+    FailureDelay(Instant, String),
+}
+
+struct AppendBuf {
+    head: AppendHead,
+    data: Vec<u8>,
+}
+
+pub struct ImapIn {
+    io: Inbound<ImapSession>,
+    waiting: Waiting,
+    mailbox: Option<String>,
+    login_user: Option<String>,
+    acct: Option<Account>,
+    selected: Option<Selected>,
+    modes: Modes,
+    /// IDLE is on (its tag).
+    idle_tag: Option<String>,
+    /// DONE came while an update poll ran.
+    idle_done: Option<String>,
+    /// A change was announced while a job ran: poll after it.
+    poll_due: bool,
+    fetch_rest: Option<Box<FetchRest>>,
+    append: Option<AppendBuf>,
+    login_by: Option<Instant>,
+}
+
+impl ImapIn {
+    pub fn new(kind: ListenerKind, sock: TcpStream, peer: SocketAddr, cx: &mut Ctx) -> ImapIn {
+        let ip = canonical_ip(peer.ip());
+        let config = Arc::clone(cx.config());
+        let implicit_tls = kind == ListenerKind::Imaps;
+        let params = SessionParams {
+            hostname: config.server.hostname.clone(),
+            starttls_available: !implicit_tls,
+            tls_active: implicit_tls,
+            plaintext_login_allowed: implicit_tls
+                || config.smtp.allow_plaintext_auth
+                || ip.is_loopback(),
+            append_limit: config.smtp.max_message_size,
+        };
+        let idle = IdleClock::new(cx.now, config.imap.timeout);
+        let tls = implicit_tls.then_some(&cx.sv.tls);
+        let core = ImapSession::new(params);
+        let mut io = Inbound::accept(sock, peer, core, idle, kind.name(), tls);
+        io.core.greeting(&mut io.out);
+        info!("{} connect from {peer}", kind.name());
+        ImapIn {
+            io,
+            waiting: Waiting::Nothing,
+            mailbox: None,
+            login_user: None,
+            acct: None,
+            selected: None,
+            modes: Modes::default(),
+            idle_tag: None,
+            idle_done: None,
+            poll_due: false,
+            fetch_rest: None,
+            append: None,
+            login_by: Some(cx.now + config.smtp.login_timeout),
+        }
+    }
+
+    fn pump(&mut self, cx: &mut Ctx) {
+        loop {
+            self.continue_fetch(cx);
+            let may_read = matches!(self.waiting, Waiting::Nothing) && self.fetch_rest.is_none();
+            match self.io.pump(&cx.sv.tls, may_read, cx.now) {
+                Pumped::Events => self.handle_events(cx),
+                Pumped::Waiting => return,
+                Pumped::Closed => {
+                    self.release(cx);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn modes(&self) -> Modes {
+        Modes {
+            condstore: self.modes.condstore || self.io.core.condstore,
+            qresync: self.io.core.qresync,
+        }
+    }
+
+    /// The next piece of a long FETCH, once the socket has taken the last.
+    fn continue_fetch(&mut self, cx: &mut Ctx) {
+        if self.waiting != Waiting::Nothing || self.io.t.pending_output() > FETCH_LOW_WATER {
+            return;
+        }
+        let Some(rest) = self.fetch_rest.take() else {
+            return;
+        };
+        let Some(sel) = self.selected.take() else {
+            return;
+        };
+        let modes = self.modes();
+        self.waiting = Waiting::Job { command: true };
+        cx.submit_quick(move || {
+            Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(
+                imap_jobs::fetch_continue(sel, modes, rest),
+            ))))
+        });
+    }
+
+    fn handle_events(&mut self, cx: &mut Ctx) {
+        for event in std::mem::take(&mut self.io.events) {
+            match event {
+                ImapEvent::Login {
+                    tag,
+                    user,
+                    password,
+                } => {
+                    let ip = canonical_ip(self.io.t.peer().ip());
+                    if !cx.begin_login(ip) {
+                        info!(
+                            "imap {}: login refused for {user:?}: too many failed logins",
+                            self.io.t.peer()
+                        );
+                        self.io.core.login_done(&tag, false, &mut self.io.out);
+                        self.io.core.close(&mut Vec::new());
+                        self.io.closing = true;
+                        continue;
+                    }
+                    let config = Arc::clone(cx.config());
+                    self.mailbox = config.find_login(&user).map(|m| m.address.clone());
+                    self.login_user = Some(user.clone());
+                    self.waiting = Waiting::Password(tag);
+                    cx.submit_quick(move || {
+                        let ok = super::check_login(&config, &user, &password);
+                        Outcome::Imap(Box::new(ImapOutcome::Password(ok)))
+                    });
+                }
+                ImapEvent::StartTls => self.io.start_tls_after_flush(),
+                ImapEvent::Run(cmd) => {
+                    if cmd.body == CommandBody::Idle {
+                        self.idle_tag = Some(cmd.tag);
+                        self.submit_poll(cx);
+                        continue;
+                    }
+                    let (Some(acct), false) = (self.acct.clone(), self.waiting != Waiting::Nothing)
+                    else {
+                        response::status(
+                            &mut self.io.out,
+                            Some(&cmd.tag),
+                            Status::No,
+                            Some(&Code::ServerBug),
+                            "Busy",
+                        );
+                        self.io.core.command_done(self.io.core.state());
+                        continue;
+                    };
+                    let sel = self.selected.take();
+                    let modes = self.modes();
+                    self.waiting = Waiting::Job { command: true };
+                    let quick = matches!(
+                        cmd.body,
+                        CommandBody::Fetch { .. }
+                            | CommandBody::Search { .. }
+                            | CommandBody::List(_)
+                            | CommandBody::Lsub { .. }
+                            | CommandBody::Status { .. }
+                            | CommandBody::Noop
+                            | CommandBody::Check
+                            | CommandBody::Unselect
+                            | CommandBody::Examine { .. }
+                    );
+                    let job = move || {
+                        Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(imap_jobs::run(
+                            &acct, sel, modes, cmd,
+                        )))))
+                    };
+                    if quick {
+                        cx.submit_quick(job);
+                    } else {
+                        cx.submit(job);
+                    }
+                }
+                ImapEvent::AppendStart(head) => {
+                    let limit = cx.config().smtp.max_message_size;
+                    if u64::from(head.size) > limit {
+                        self.io.core.append_reject();
+                        response::status(
+                            &mut self.io.out,
+                            Some(&head.tag),
+                            Status::No,
+                            Some(&Code::TooBig),
+                            "Message too large",
+                        );
+                    } else {
+                        self.io.core.append_accept();
+                        if head.sync {
+                            response::continuation(&mut self.io.out, "Ready for literal data");
+                        }
+                        self.append = Some(AppendBuf {
+                            data: Vec::with_capacity((head.size as usize).min(1 << 20)),
+                            head,
+                        });
+                    }
+                    self.resume(cx);
+                }
+                ImapEvent::AppendData(d) => {
+                    if let Some(a) = &mut self.append {
+                        a.data.extend_from_slice(&d);
+                    }
+                }
+                ImapEvent::AppendDone { tag } => {
+                    let Some(a) = self.append.take() else {
+                        continue;
+                    };
+                    let Some(acct) = self.acct.clone() else {
+                        continue;
+                    };
+                    if tag.is_empty() {
+                        // The command line after the literal was bad.
+                        self.io.core.command_done(self.io.core.state());
+                        continue;
+                    }
+                    let sel = self.selected.take();
+                    let modes = self.modes();
+                    self.waiting = Waiting::Job { command: true };
+                    let date = a.head.date.map(|d| d.unix());
+                    cx.submit(move || {
+                        let h = a.head;
+                        Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(imap_jobs::append(
+                            &acct, sel, modes, &tag, &h.mailbox, &h.flags, date, a.data,
+                        )))))
+                    });
+                }
+                ImapEvent::IdleDone { tag } => {
+                    self.idle_tag = None;
+                    if matches!(self.waiting, Waiting::Job { .. }) {
+                        self.idle_done = Some(tag);
+                    } else {
+                        self.end_idle(&tag);
+                    }
+                }
+                ImapEvent::Close => self.io.closing = true,
+            }
+        }
+    }
+
+    fn end_idle(&mut self, tag: &str) {
+        response::status(
+            &mut self.io.out,
+            Some(tag),
+            Status::Ok,
+            None,
+            "IDLE terminated",
+        );
+        let st = self.io.core.state();
+        self.io.core.command_done(st);
+        self.io.core.run(&mut self.io.out, &mut self.io.events);
+    }
+
+    /// Feeds the core what it has buffered, now that it may go on.
+    fn resume(&mut self, _cx: &mut Ctx) {
+        self.io.core.run(&mut self.io.out, &mut self.io.events);
+    }
+
+    /// IDLE: a worker re-syncs the folder and writes what changed.
+    fn submit_poll(&mut self, cx: &mut Ctx) {
+        if self.waiting != Waiting::Nothing {
+            self.poll_due = true;
+            return;
+        }
+        let Some(sel) = self.selected.take() else {
+            return;
+        };
+        self.poll_due = false;
+        let modes = self.modes();
+        self.waiting = Waiting::Job { command: false };
+        cx.submit_quick(move || {
+            Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(imap_jobs::poll(
+                sel, modes,
+            )))))
+        });
+    }
+
+    fn release(&mut self, cx: &mut Ctx) {
+        cx.sv.mailboxes.unwatch(cx.token.0);
+        self.append = None;
+    }
+
+    fn job_done(&mut self, done: Done, command: bool, cx: &mut Ctx) {
+        self.io.out.extend_from_slice(&done.out);
+        self.selected = done.selected;
+        self.modes.condstore |= done.modes.condstore;
+        if done.changed {
+            if let Some(m) = &self.mailbox {
+                cx.sv.mailboxes.changed(m, Some(cx.token.0));
+            }
+        }
+        if done.close {
+            self.io.core.close(&mut self.io.events);
+            self.io.closing = true;
+            return;
+        }
+        if let Some(rest) = done.more {
+            self.fetch_rest = Some(rest);
+            return;
+        }
+        if command {
+            self.io.core.command_done(done.state);
+            self.io.core.run(&mut self.io.out, &mut self.io.events);
+        } else if let Some(tag) = self.idle_done.take() {
+            self.end_idle(&tag);
+        }
+        if self.poll_due && self.idle_tag.is_some() {
+            self.submit_poll(cx);
+        }
+    }
+}
+
+impl Driver for ImapIn {
+    fn ready(&mut self, cx: &mut Ctx) {
+        // Woken by a change to the mailbox (or the socket) while in IDLE.
+        if self.idle_tag.is_some() && self.waiting == Waiting::Nothing {
+            self.poll_due = true;
+            self.submit_poll(cx);
+        }
+        self.pump(cx);
+    }
+
+    fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
+        let Outcome::Imap(answer) = done else {
+            return;
+        };
+        let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
+        if self.io.is_done() {
+            return;
+        }
+        match (*answer, waiting) {
+            (ImapOutcome::Password(ok), Waiting::Password(tag)) => {
+                let user = self.login_user.take().unwrap_or_default();
+                let ip = canonical_ip(self.io.t.peer().ip());
+                cx.end_login(ip, ok && self.mailbox.is_some());
+                let config = Arc::clone(cx.config());
+                let acct = match (ok, &self.mailbox) {
+                    (true, Some(m)) => match Maildir::for_mailbox(&config.server.data_dir, m) {
+                        Ok(md) => Some(Account {
+                            root: md.root().to_path_buf(),
+                            special: SpecialUse::ALL
+                                .iter()
+                                .zip(config.imap.special.iter())
+                                .map(|(u, n)| (*u, n.clone()))
+                                .collect(),
+                            append_limit: config.smtp.max_message_size,
+                        }),
+                        Err(e) => {
+                            warn!("imap {}: bad mailbox {m}: {e}", self.io.t.peer());
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                match acct {
+                    Some(acct) => {
+                        self.acct = Some(acct.clone());
+                        self.waiting = Waiting::Prepare(tag);
+                        cx.submit(move || {
+                            Outcome::Imap(Box::new(ImapOutcome::Prepared(imap_jobs::prepare(
+                                &acct,
+                            ))))
+                        });
+                    }
+                    None => {
+                        info!("imap {}: login failed for {user:?}", self.io.t.peer());
+                        self.waiting = Waiting::FailureDelay(cx.now + LOGIN_FAILURE_DELAY, tag);
+                        return;
+                    }
+                }
+            }
+            (ImapOutcome::Prepared(r), Waiting::Prepare(tag)) => {
+                if let Err(e) = &r {
+                    warn!("imap {}: cannot prepare the mailbox: {e}", self.io.t.peer());
+                }
+                let mailbox = self.mailbox.clone().unwrap_or_default();
+                info!("imap {}: {mailbox} logged in", self.io.t.peer());
+                self.login_by = None;
+                cx.sv.mailboxes.watch(&mailbox, cx.token.0);
+                self.io.core.login_done(&tag, true, &mut self.io.out);
+                self.io.core.run(&mut self.io.out, &mut self.io.events);
+            }
+            (ImapOutcome::Done(done), Waiting::Job { command }) => {
+                self.job_done(*done, command, cx);
+            }
+            _ => {}
+        }
+        self.handle_events(cx);
+        self.pump(cx);
+    }
+
+    fn timer(&mut self, cx: &mut Ctx) {
+        if let Waiting::FailureDelay(at, tag) = &self.waiting {
+            if *at <= cx.now {
+                let tag = tag.clone();
+                self.waiting = Waiting::Nothing;
+                self.io.core.login_done(&tag, false, &mut self.io.out);
+                if cx.login_blocked(canonical_ip(self.io.t.peer().ip())) {
+                    self.io.closing = true;
+                }
+                self.io.core.run(&mut self.io.out, &mut self.io.events);
+                self.handle_events(cx);
+                self.pump(cx);
+                return;
+            }
+        }
+        let login_late = self.login_by.is_some_and(|t| t <= cx.now);
+        if (self.io.idle.expired(cx.now) || login_late) && self.waiting == Waiting::Nothing {
+            info!("imap {}: timeout, closing", self.io.t.peer());
+            response::status(
+                &mut self.io.out,
+                None,
+                Status::Bye,
+                None,
+                "Autologout; idle too long",
+            );
+            self.io.closing = true;
+            self.pump(cx);
+            self.io.finish();
+            self.release(cx);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        if self.io.is_done() {
+            return None;
+        }
+        let idle = self.io.idle.deadline();
+        let idle = self.login_by.map_or(idle, |t| t.min(idle));
+        match &self.waiting {
+            Waiting::FailureDelay(at, _) => Some((*at).min(idle)),
+            Waiting::Nothing => Some(idle),
+            _ => None,
+        }
+    }
+
+    fn stop(&mut self, cx: &mut Ctx) {
+        if self.waiting == Waiting::Nothing {
+            response::status(
+                &mut self.io.out,
+                None,
+                Status::Bye,
+                None,
+                "Server shutting down",
+            );
+            self.io.finish();
+            self.release(cx);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.io.is_done()
+    }
+
+    fn is_idle(&self) -> bool {
+        matches!(self.waiting, Waiting::Nothing | Waiting::FailureDelay(..))
+    }
+
+    fn interest(&self) -> Interest {
+        self.io.t.interest()
+    }
+
+    fn source(&mut self) -> Option<&mut TcpStream> {
+        Some(self.io.t.socket())
+    }
+}

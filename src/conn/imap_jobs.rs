@@ -1,0 +1,1373 @@
+//! IMAP commands carried out on a worker: everything that reads or
+//! writes the store (SELECT's snapshot, LIST, STATUS, FETCH reading
+//! message files, STORE, EXPUNGE, COPY, MOVE, APPEND, CREATE, DELETE,
+//! RENAME, SUBSCRIBE, SEARCH) and the untagged updates a session owes its
+//! client after someone else changed its folder.
+//!
+//! A job gets the session's selected folder and the snapshot its client
+//! last heard of, and hands back the response bytes and the snapshot the
+//! client now knows. Every write is durable (the store fsyncs) before its
+//! tagged OK is written.
+//!
+//! Must not: run on the event loop thread, or keep state between jobs.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::proto::imap::mime::{self, Presenter, SectionRange};
+use crate::proto::imap::response::{self, Code, Fetch, Status};
+use crate::proto::imap::search::{self, ContentScan, MessageMeta};
+use crate::proto::imap::session::State;
+use crate::proto::imap::types::{
+    Command, CommandBody, FetchAttr, Flag, MailboxName, SearchReturn, SeqSet, StatusItem, StoreMode,
+};
+use crate::proto::imap::view::UidValidityChanged;
+use crate::store::mailbox::flags::{self, Flags};
+use crate::store::mailbox::{
+    FlagOp, Folder, FolderName, Mailbox, NewMessage, Snapshot, SpecialUse,
+};
+
+/// A FETCH answer is handed to the loop in pieces about this large, so
+/// a FETCH of the whole mailbox does not pile up in memory.
+pub const FETCH_PIECE: usize = 256 * 1024;
+
+/// The folder a session has selected, and what its client knows of it.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub folder: Folder,
+    /// The state the client was last told: sequence numbers are
+    /// positions here. Shared (Arc) with the store's other users.
+    pub snap: Arc<Snapshot>,
+    pub read_only: bool,
+    /// UIDs at or above this are \Recent for this session.
+    pub first_recent: u32,
+}
+
+/// Where the session's mailbox is and how it is configured.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub root: PathBuf,
+    pub special: Vec<(SpecialUse, String)>,
+    pub append_limit: u64,
+}
+
+impl Account {
+    fn tree(&self) -> Mailbox {
+        let m = Mailbox::new(&self.root, crate::store::mailbox::Separator::Dot);
+        let names: Vec<(SpecialUse, &str)> =
+            self.special.iter().map(|(u, n)| (*u, n.as_str())).collect();
+        match m.clone().with_special_names(&names) {
+            Ok(m) => m,
+            Err(_) => m,
+        }
+    }
+}
+
+/// What the session enabled (RFC 5161).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Modes {
+    pub condstore: bool,
+    pub qresync: bool,
+}
+
+/// A job's answer for the loop.
+#[derive(Debug)]
+pub struct Done {
+    pub out: Vec<u8>,
+    pub selected: Option<Selected>,
+    pub state: State,
+    /// The folder's contents changed: wake the mailbox's other sessions.
+    pub changed: bool,
+    /// The session cannot go on (UIDVALIDITY changed under it).
+    pub close: bool,
+    /// FETCH not finished: the rest, for another job once this is sent.
+    pub more: Option<Box<FetchRest>>,
+    /// Modes as the command left them (SELECT with CONDSTORE enables it).
+    pub modes: Modes,
+}
+
+/// The messages a FETCH has still to answer.
+#[derive(Debug)]
+pub struct FetchRest {
+    pub tag: String,
+    pub uid: bool,
+    pub seqs: Vec<u32>,
+    pub next: usize,
+    pub attrs: Vec<FetchAttr>,
+    pub changed_since: Option<u64>,
+}
+
+fn err_text(e: &io::Error) -> String {
+    e.to_string()
+}
+
+fn no(out: &mut Vec<u8>, tag: &str, e: &io::Error) {
+    let code = match e.kind() {
+        io::ErrorKind::NotFound => Some(Code::Nonexistent),
+        io::ErrorKind::AlreadyExists => Some(Code::AlreadyExists),
+        io::ErrorKind::InvalidInput => Some(Code::Cannot),
+        io::ErrorKind::QuotaExceeded => Some(Code::Limit),
+        _ => Some(Code::ServerBug),
+    };
+    response::status(out, Some(tag), Status::No, code.as_ref(), &err_text(e));
+}
+
+/// IMAP flags of a stored message.
+pub fn flag_list(snap: &Snapshot, f: Flags, recent: bool) -> Vec<Flag> {
+    let mut v = Vec::new();
+    for (bit, fl) in [
+        (flags::SEEN, Flag::Seen),
+        (flags::ANSWERED, Flag::Answered),
+        (flags::FLAGGED, Flag::Flagged),
+        (flags::DELETED, Flag::Deleted),
+        (flags::DRAFT, Flag::Draft),
+    ] {
+        if f.has(bit) {
+            v.push(fl);
+        }
+    }
+    if recent {
+        v.push(Flag::Recent);
+    }
+    for k in snap.keyword_names(f) {
+        v.push(Flag::Keyword(k.to_string()));
+    }
+    v
+}
+
+/// System bits and keyword names of a client's flag list.
+fn split_flags(list: &[Flag]) -> (u8, Vec<String>) {
+    let mut sys = 0;
+    let mut kw = Vec::new();
+    for f in list {
+        match f {
+            Flag::Seen => sys |= flags::SEEN,
+            Flag::Answered => sys |= flags::ANSWERED,
+            Flag::Flagged => sys |= flags::FLAGGED,
+            Flag::Deleted => sys |= flags::DELETED,
+            Flag::Draft => sys |= flags::DRAFT,
+            Flag::Keyword(k) => kw.push(k.clone()),
+            Flag::Recent | Flag::Extension(_) => {}
+        }
+    }
+    (sys, kw)
+}
+
+/// Tells the client how `new` differs from `old` (what it knows) and
+/// returns what it knows afterwards: `new`, or with `no_expunge` (during
+/// FETCH, STORE, SEARCH: RFC 3501 7.4.1) `old` when messages went away.
+pub fn report(
+    sel: &Selected,
+    new: Arc<Snapshot>,
+    modes: Modes,
+    no_expunge: bool,
+    out: &mut Vec<u8>,
+) -> Result<Arc<Snapshot>, UidValidityChanged> {
+    let old = &sel.snap;
+    if Arc::ptr_eq(old, &new) {
+        return Ok(new);
+    }
+    let d = new.diff(old);
+    if d.uidvalidity_changed {
+        return Err(UidValidityChanged);
+    }
+    if no_expunge && !d.expunged.is_empty() {
+        // Only flag changes of messages still there, numbered as known.
+        for uid in &d.flags {
+            if let (Some(seq), Some(m)) = (old.position(*uid), new.find(*uid)) {
+                fetch_flags(out, &new, seq as u32 + 1, m, sel, modes);
+            }
+        }
+        return Ok(Arc::clone(old));
+    }
+    if !d.expunged.is_empty() {
+        let mut gone: Vec<u32> = Vec::new();
+        // Highest first: lower numbers stay valid.
+        let mut positions: Vec<usize> =
+            d.expunged.iter().filter_map(|u| old.position(*u)).collect();
+        positions.sort_unstable();
+        if modes.qresync {
+            gone.extend(d.expunged.iter().copied());
+            response::vanished(out, false, &gone);
+        } else {
+            for p in positions.iter().rev() {
+                response::expunge(out, *p as u32 + 1);
+            }
+        }
+    }
+    if !d.added.is_empty() || (!d.expunged.is_empty() && modes.qresync) {
+        response::exists(out, new.messages.len() as u32);
+        let recent = new
+            .messages
+            .iter()
+            .filter(|m| m.uid >= sel.first_recent)
+            .count();
+        response::recent(out, recent as u32);
+    }
+    for uid in &d.flags {
+        if let (Some(seq), Some(m)) = (new.position(*uid), new.find(*uid)) {
+            fetch_flags(out, &new, seq as u32 + 1, m, sel, modes);
+        }
+    }
+    Ok(new)
+}
+
+fn fetch_flags(
+    out: &mut Vec<u8>,
+    snap: &Snapshot,
+    seq: u32,
+    m: &crate::store::mailbox::Message,
+    sel: &Selected,
+    modes: Modes,
+) {
+    let fl = flag_list(snap, m.flags, m.uid >= sel.first_recent);
+    let mut f = Fetch::start(out, seq);
+    if modes.qresync {
+        f.uid(m.uid);
+    }
+    f.flags(&fl);
+    if modes.condstore {
+        f.modseq(m.modseq);
+    }
+    f.finish();
+}
+
+/// NOOP, IDLE wake-ups, CHECK: sync and report.
+pub fn poll(sel: Selected, modes: Modes) -> Done {
+    let mut out = Vec::new();
+    let mut sel = sel;
+    let mut close = false;
+    match sel.folder.sync_from(&sel.snap) {
+        Ok(new) => match report(&sel, new, modes, false, &mut out) {
+            Ok(s) => sel.snap = s,
+            Err(UidValidityChanged) => close = true,
+        },
+        Err(e) => log::warn!("imap: sync of {:?} failed: {e}", sel.folder.dir()),
+    }
+    if close {
+        response::status(
+            &mut out,
+            None,
+            Status::Bye,
+            None,
+            "Mailbox UIDVALIDITY changed",
+        );
+    }
+    Done {
+        out,
+        selected: Some(sel),
+        state: State::Selected,
+        changed: false,
+        close,
+        more: None,
+        modes,
+    }
+}
+
+/// Carries out one command for a logged-in session.
+pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Command) -> Done {
+    let mut out = Vec::new();
+    let tag = cmd.tag.clone();
+    let t = Some(tag.as_str());
+    let tree = acct.tree();
+    let mut done = Done {
+        out: Vec::new(),
+        state: if selected.is_some() {
+            State::Selected
+        } else {
+            State::Authenticated
+        },
+        selected,
+        changed: false,
+        close: false,
+        more: None,
+        modes,
+    };
+    use CommandBody as C;
+    match cmd.body {
+        C::Select { mailbox, params } => {
+            let m = modes_with(modes, params.condstore || params.qresync.is_some());
+            select(&tree, &mailbox, false, m, &tag, &mut done, &mut out);
+        }
+        C::Examine { mailbox, params } => {
+            let m = modes_with(modes, params.condstore || params.qresync.is_some());
+            select(&tree, &mailbox, true, m, &tag, &mut done, &mut out);
+        }
+        C::Create { mailbox, .. } => match tree.create(&mailbox.0) {
+            Ok(_) => response::status(&mut out, t, Status::Ok, None, "CREATE completed"),
+            Err(e) => no(&mut out, &tag, &e),
+        },
+        C::Delete(mailbox) => {
+            if mailbox.is_inbox() {
+                response::status(
+                    &mut out,
+                    t,
+                    Status::No,
+                    Some(&Code::Cannot),
+                    "INBOX cannot be deleted",
+                );
+            } else {
+                match tree.delete(&mailbox.0) {
+                    Ok(()) => response::status(&mut out, t, Status::Ok, None, "DELETE completed"),
+                    Err(e) => no(&mut out, &tag, &e),
+                }
+            }
+        }
+        C::Rename { from, to } => match tree.rename(&from.0, &to.0) {
+            Ok(_) => response::status(&mut out, t, Status::Ok, None, "RENAME completed"),
+            Err(e) => no(&mut out, &tag, &e),
+        },
+        C::Subscribe(m) => match tree.subscribe(&m.0, true) {
+            Ok(_) => response::status(&mut out, t, Status::Ok, None, "SUBSCRIBE completed"),
+            Err(e) => no(&mut out, &tag, &e),
+        },
+        C::Unsubscribe(m) => match tree.subscribe(&m.0, false) {
+            Ok(_) => response::status(&mut out, t, Status::Ok, None, "UNSUBSCRIBE completed"),
+            Err(e) => no(&mut out, &tag, &e),
+        },
+        C::List(l) => {
+            let pats = if l.patterns.is_empty() {
+                vec![String::new()]
+            } else {
+                l.patterns.clone()
+            };
+            list(&tree, &l.reference, &pats, l.select_subscribed, &mut out);
+            response::status(&mut out, t, Status::Ok, None, "LIST completed");
+        }
+        C::Lsub { reference, pattern } => {
+            lsub(&tree, &reference, &pattern, &mut out);
+            response::status(&mut out, t, Status::Ok, None, "LSUB completed");
+        }
+        C::Status { mailbox, items } => match status(&tree, &mailbox, &items, acct) {
+            Ok(vals) => {
+                response::status_data(&mut out, &mailbox, &vals);
+                response::status(&mut out, t, Status::Ok, None, "STATUS completed");
+            }
+            Err(e) => no(&mut out, &tag, &e),
+        },
+        C::Check | C::Noop => {
+            if let Some(sel) = done.selected.take() {
+                let p = poll(sel, modes);
+                out.extend_from_slice(&p.out);
+                done.selected = p.selected;
+                done.close = p.close;
+            }
+            response::status(&mut out, t, Status::Ok, None, "completed");
+        }
+        C::Close | C::Unselect => {
+            if let (Some(sel), C::Close) = (&done.selected, &cmd.body) {
+                if !sel.read_only {
+                    // RFC 3501 6.4.2: CLOSE expunges silently.
+                    if sel.folder.expunge(None).is_ok() {
+                        done.changed = true;
+                    }
+                }
+            }
+            done.selected = None;
+            done.state = State::Authenticated;
+            response::status(&mut out, t, Status::Ok, None, "completed");
+        }
+        C::Expunge | C::UidExpunge(_) => {
+            let uids = if let C::UidExpunge(set) = &cmd.body {
+                Some(set.clone())
+            } else {
+                None
+            };
+            expunge(&mut done, uids, &tag, &mut out);
+        }
+        C::Fetch {
+            uid,
+            set,
+            items,
+            changed_since,
+            vanished: _,
+        } => fetch_start(
+            &mut done,
+            uid,
+            &set,
+            items.expand(),
+            changed_since,
+            &tag,
+            &mut out,
+        ),
+        C::Store {
+            uid,
+            set,
+            unchanged_since,
+            mode,
+            silent,
+            flags,
+        } => store(
+            &mut done,
+            uid,
+            &set,
+            unchanged_since,
+            mode,
+            silent,
+            &flags,
+            &tag,
+            &mut out,
+        ),
+        C::Copy { uid, set, mailbox } => {
+            copy_move(&tree, &mut done, uid, &set, &mailbox, false, &tag, &mut out)
+        }
+        C::Move { uid, set, mailbox } => {
+            copy_move(&tree, &mut done, uid, &set, &mailbox, true, &tag, &mut out)
+        }
+        C::Search {
+            uid,
+            ret,
+            charset,
+            key,
+        } => search_cmd(&mut done, uid, ret, charset, &key, &tag, &mut out),
+        _ => response::status(&mut out, t, Status::Bad, None, "Command not allowed now"),
+    }
+    done.out = out;
+    done
+}
+
+fn modes_with(m: Modes, condstore: bool) -> Modes {
+    Modes {
+        condstore: m.condstore || condstore,
+        qresync: m.qresync,
+    }
+}
+
+const PERMANENT: [Flag; 5] = [
+    Flag::Answered,
+    Flag::Flagged,
+    Flag::Deleted,
+    Flag::Seen,
+    Flag::Draft,
+];
+
+fn select(
+    tree: &Mailbox,
+    name: &MailboxName,
+    read_only: bool,
+    modes: Modes,
+    tag: &str,
+    done: &mut Done,
+    out: &mut Vec<u8>,
+) {
+    // RFC 7162 3.2.11: leaving a mailbox is announced once QRESYNC or
+    // CONDSTORE is on.
+    if done.selected.take().is_some() && modes.condstore {
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::Closed),
+            "Previous mailbox closed",
+        );
+    }
+    done.state = State::Authenticated;
+    let fname = match tree.parse(&name.0) {
+        Ok(n) => n,
+        Err(e) => return no(out, tag, &e),
+    };
+    let folder = tree.folder(&fname);
+    let got = if read_only {
+        folder.sync().map(|s| {
+            let n = s.uid_next;
+            (s, n)
+        })
+    } else {
+        folder.select()
+    };
+    let (snap, first_recent) = match got {
+        Ok(x) => x,
+        Err(e) => return no(out, tag, &e),
+    };
+    let mut flags_all: Vec<Flag> = PERMANENT.to_vec();
+    for k in snap.keywords.names() {
+        flags_all.push(Flag::Keyword(k.to_string()));
+    }
+    response::flags(out, &flags_all);
+    response::exists(out, snap.messages.len() as u32);
+    let recent = snap
+        .messages
+        .iter()
+        .filter(|m| m.uid >= first_recent)
+        .count();
+    response::recent(out, recent as u32);
+    if let Some(u) = snap.first_unseen() {
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::Unseen(u as u32)),
+            "First unseen",
+        );
+    }
+    response::status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::UidValidity(snap.uidvalidity)),
+        "UIDs valid",
+    );
+    response::status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::UidNext(snap.uid_next)),
+        "Predicted next UID",
+    );
+    if read_only {
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::PermanentFlags(&[])),
+            "No permanent flags",
+        );
+    } else {
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::PermanentFlags(&flags_all)),
+            "Limited",
+        );
+    }
+    response::status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::HighestModSeq(snap.highest_modseq.max(1))),
+        "Highest",
+    );
+    let code = if read_only {
+        Code::ReadOnly
+    } else {
+        Code::ReadWrite
+    };
+    response::status(out, Some(tag), Status::Ok, Some(&code), "SELECT completed");
+    done.modes = modes;
+    done.state = State::Selected;
+    done.selected = Some(Selected {
+        folder,
+        snap,
+        read_only,
+        first_recent,
+    });
+}
+
+/// RFC 3501 6.3.8 wildcard match: `*` anything, `%` anything but the
+/// hierarchy delimiter.
+fn wild(pat: &[u8], name: &[u8]) -> bool {
+    match pat.first() {
+        None => name.is_empty(),
+        Some(b'*') => (0..=name.len()).any(|i| wild(&pat[1..], &name[i..])),
+        Some(b'%') => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != b'.')
+            .any(|i| wild(&pat[1..], &name[i..])),
+        Some(&c) => name.first().is_some_and(|&n| {
+            (n == c || (n.is_ascii_alphabetic() && n.eq_ignore_ascii_case(&c)))
+                && wild(&pat[1..], &name[1..])
+        }),
+    }
+}
+
+fn matches_pattern(reference: &str, pat: &str, name: &str) -> bool {
+    let full = format!("{reference}{pat}");
+    if name.eq_ignore_ascii_case("INBOX") {
+        return wild(full.to_ascii_uppercase().as_bytes(), b"INBOX");
+    }
+    wild(full.as_bytes(), name.as_bytes())
+}
+
+fn list(
+    tree: &Mailbox,
+    reference: &str,
+    pats: &[String],
+    subscribed_only: bool,
+    out: &mut Vec<u8>,
+) {
+    if pats.len() == 1 && pats[0].is_empty() {
+        out.extend_from_slice(b"* LIST (\\Noselect) \".\" \"\"\r\n");
+        return;
+    }
+    let Ok(all) = tree.list() else {
+        return;
+    };
+    let subs = tree.subscriptions().unwrap_or_default();
+    let names: Vec<String> = all.iter().map(|l| l.name.imap(tree.separator())).collect();
+    for (l, name) in all.iter().zip(&names) {
+        if !pats.iter().any(|p| matches_pattern(reference, p, name)) {
+            continue;
+        }
+        if subscribed_only && !subs.contains(&l.name) {
+            continue;
+        }
+        let prefix = format!("{name}.");
+        let children = names.iter().any(|n| n.starts_with(&prefix));
+        let mut attrs: Vec<&str> = vec![if children {
+            "\\HasChildren"
+        } else {
+            "\\HasNoChildren"
+        }];
+        if let Some(u) = l.special_use {
+            attrs.push(u.attribute());
+        }
+        if subscribed_only {
+            attrs.push("\\Subscribed");
+        }
+        out.extend_from_slice(b"* LIST (");
+        out.extend_from_slice(attrs.join(" ").as_bytes());
+        out.extend_from_slice(b") \".\" ");
+        response::mailbox(out, &MailboxName::new(name.clone()));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn lsub(tree: &Mailbox, reference: &str, pat: &str, out: &mut Vec<u8>) {
+    let subs = tree.subscriptions().unwrap_or_default();
+    for s in subs {
+        let name = s.imap(tree.separator());
+        if matches_pattern(reference, pat, &name) {
+            out.extend_from_slice(b"* LSUB () \".\" ");
+            response::mailbox(out, &MailboxName::new(name));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+fn status(
+    tree: &Mailbox,
+    name: &MailboxName,
+    items: &[StatusItem],
+    acct: &Account,
+) -> io::Result<Vec<(StatusItem, u64)>> {
+    let fname: FolderName = tree.parse(&name.0)?;
+    let snap = tree.folder(&fname).sync()?;
+    Ok(items
+        .iter()
+        .map(|i| {
+            let v = match i {
+                StatusItem::Messages => snap.messages.len() as u64,
+                StatusItem::Recent => snap
+                    .messages
+                    .iter()
+                    .filter(|m| m.uid >= snap.first_recent)
+                    .count() as u64,
+                StatusItem::UidNext => u64::from(snap.uid_next),
+                StatusItem::UidValidity => u64::from(snap.uidvalidity),
+                StatusItem::Unseen => snap.unseen() as u64,
+                StatusItem::HighestModSeq => snap.highest_modseq.max(1),
+                StatusItem::Size => snap
+                    .messages
+                    .iter()
+                    .map(|m| m.vsize.or(m.size).unwrap_or(0))
+                    .sum(),
+                StatusItem::AppendLimit => acct.append_limit,
+            };
+            (*i, v)
+        })
+        .collect())
+}
+
+/// Brings the selected view up to date before a command (and tells the
+/// client), unless the command may not see expunges.
+fn refresh(done: &mut Done, no_expunge: bool, out: &mut Vec<u8>) -> bool {
+    let Some(sel) = done.selected.as_mut() else {
+        return false;
+    };
+    match sel.folder.sync_from(&sel.snap) {
+        Ok(new) => match report(sel, new, done.modes, no_expunge, out) {
+            Ok(s) => sel.snap = s,
+            Err(UidValidityChanged) => {
+                done.close = true;
+                response::status(out, None, Status::Bye, None, "Mailbox UIDVALIDITY changed");
+                return false;
+            }
+        },
+        Err(e) => log::warn!("imap: sync failed: {e}"),
+    }
+    true
+}
+
+/// Sequence numbers (1-based) a set names, or a BAD for numbers beyond
+/// EXISTS (RFC 3501 6.4.8 leaves UIDs free).
+fn resolve(snap: &Snapshot, set: &SeqSet, uid: bool) -> Result<Vec<u32>, ()> {
+    let n = snap.messages.len() as u32;
+    let mut v = Vec::new();
+    if uid {
+        let max = snap.messages.last().map_or(0, |m| m.uid);
+        for (lo, hi) in set.ranges(max) {
+            let s = snap.messages.partition_point(|m| m.uid < lo);
+            let e = snap.messages.partition_point(|m| m.uid <= hi);
+            v.extend((s..e).map(|i| i as u32 + 1));
+        }
+    } else {
+        for (lo, hi) in set.ranges(n) {
+            if hi > n || lo == 0 {
+                return Err(());
+            }
+            v.extend(lo..=hi);
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+fn expunge(done: &mut Done, uids: Option<SeqSet>, tag: &str, out: &mut Vec<u8>) {
+    let t = Some(tag);
+    let Some(sel) = done.selected.as_ref() else {
+        return;
+    };
+    if sel.read_only {
+        response::status(
+            out,
+            t,
+            Status::No,
+            Some(&Code::ReadOnly),
+            "Mailbox is read-only",
+        );
+        return;
+    }
+    let list: Option<Vec<u32>> = uids.map(|set| {
+        let seqs = resolve(&sel.snap, &set, true).unwrap_or_default();
+        seqs.iter()
+            .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
+            .collect()
+    });
+    match sel.folder.expunge(list.as_deref()) {
+        Ok((gone, new)) => {
+            done.changed = !gone.is_empty();
+            let sel = done.selected.as_mut().map(|s| {
+                let r = report(s, new, done.modes, false, out);
+                (s, r)
+            });
+            if let Some((s, Ok(n))) = sel {
+                s.snap = n;
+            }
+            response::status(out, t, Status::Ok, None, "EXPUNGE completed");
+        }
+        Err(e) => no(out, tag, &e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store(
+    done: &mut Done,
+    uid: bool,
+    set: &SeqSet,
+    unchanged_since: Option<u64>,
+    mode: StoreMode,
+    silent: bool,
+    list: &[Flag],
+    tag: &str,
+    out: &mut Vec<u8>,
+) {
+    let t = Some(tag);
+    if !refresh(done, !uid, out) {
+        return;
+    }
+    let modes = done.modes;
+    let Some(sel) = done.selected.as_mut() else {
+        return;
+    };
+    if sel.read_only {
+        response::status(
+            out,
+            t,
+            Status::No,
+            Some(&Code::ReadOnly),
+            "Mailbox is read-only",
+        );
+        return;
+    }
+    let Ok(seqs) = resolve(&sel.snap, set, uid) else {
+        response::status(out, t, Status::Bad, None, "Invalid message sequence number");
+        return;
+    };
+    let uids: Vec<u32> = seqs
+        .iter()
+        .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
+        .collect();
+    let (sys, kw) = split_flags(list);
+    let kwr: Vec<&str> = kw.iter().map(String::as_str).collect();
+    let op = match mode {
+        StoreMode::Replace => FlagOp::Set,
+        StoreMode::Add => FlagOp::Add,
+        StoreMode::Remove => FlagOp::Remove,
+    };
+    match sel.folder.store(&uids, op, sys, &kwr, unchanged_since) {
+        Ok(st) => {
+            done.changed = !st.changed.is_empty();
+            let new = st.snapshot;
+            // Our own changes: FETCH unless .SILENT (RFC 3501 6.4.6); with
+            // CONDSTORE, MODSEQ even when silent (RFC 7162 3.1.3).
+            let old = Arc::clone(&sel.snap);
+            for u in &uids {
+                let (Some(p), Some(m)) = (old.position(*u), new.find(*u)) else {
+                    continue;
+                };
+                if silent && !(modes.condstore && st.changed.iter().any(|c| c.0 == *u)) {
+                    continue;
+                }
+                let fl = flag_list(&new, m.flags, m.uid >= sel.first_recent);
+                let mut f = Fetch::start(out, p as u32 + 1);
+                if uid || modes.qresync {
+                    f.uid(m.uid);
+                }
+                if !silent {
+                    f.flags(&fl);
+                }
+                if modes.condstore {
+                    f.modseq(m.modseq);
+                }
+                f.finish();
+            }
+            // Adopt the new state when no expunge hides in it.
+            if new.diff(&old).expunged.is_empty() || uid {
+                if let Some(n) = report_quiet(&old, &new) {
+                    sel.snap = n;
+                }
+            }
+            if st.modified.is_empty() {
+                response::status(out, t, Status::Ok, None, "STORE completed");
+            } else {
+                let mut m: Vec<u32> = if uid {
+                    st.modified.clone()
+                } else {
+                    st.modified
+                        .iter()
+                        .filter_map(|u| old.position(*u).map(|p| p as u32 + 1))
+                        .collect()
+                };
+                m.sort_unstable();
+                response::status(
+                    out,
+                    t,
+                    Status::Ok,
+                    Some(&Code::Modified(&m)),
+                    "Conditional STORE failed",
+                );
+            }
+        }
+        Err(e) => no(out, tag, &e),
+    }
+}
+
+/// The new snapshot, when only flag changes separate it from `old` that
+/// the client was just told.
+fn report_quiet(old: &Arc<Snapshot>, new: &Arc<Snapshot>) -> Option<Arc<Snapshot>> {
+    let d = new.diff(old);
+    if d.uidvalidity_changed || !d.added.is_empty() || !d.expunged.is_empty() {
+        return None;
+    }
+    Some(Arc::clone(new))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_move(
+    tree: &Mailbox,
+    done: &mut Done,
+    uid: bool,
+    set: &SeqSet,
+    target: &MailboxName,
+    is_move: bool,
+    tag: &str,
+    out: &mut Vec<u8>,
+) {
+    let t = Some(tag);
+    let Some(sel) = done.selected.as_ref() else {
+        return;
+    };
+    if is_move && sel.read_only {
+        response::status(
+            out,
+            t,
+            Status::No,
+            Some(&Code::ReadOnly),
+            "Mailbox is read-only",
+        );
+        return;
+    }
+    let Ok(seqs) = resolve(&sel.snap, set, uid) else {
+        response::status(out, t, Status::Bad, None, "Invalid message sequence number");
+        return;
+    };
+    let uids: Vec<u32> = seqs
+        .iter()
+        .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
+        .collect();
+    let dest = match tree.parse(&target.0) {
+        Ok(n) => tree.folder(&n),
+        Err(e) => return no(out, tag, &e),
+    };
+    if !dest.exists() {
+        response::status(
+            out,
+            t,
+            Status::No,
+            Some(&Code::TryCreate),
+            "No such mailbox",
+        );
+        return;
+    }
+    let res = if is_move {
+        sel.folder
+            .move_to(&uids, &dest)
+            .map(|m| (m.uids, m.target, Some(m.source)))
+    } else {
+        sel.folder
+            .copy_to(&uids, &dest)
+            .map(|c| (c.uids, c.target, None))
+    };
+    match res {
+        Ok((map, target, source)) => {
+            done.changed = true;
+            let from: Vec<u32> = map.iter().map(|p| p.0).collect();
+            let to: Vec<u32> = map.iter().map(|p| p.1).collect();
+            let code = Code::CopyUid {
+                uidvalidity: target.uidvalidity,
+                from: &from,
+                to: &to,
+            };
+            if is_move {
+                // RFC 6851 4.3: COPYUID in an untagged OK, then EXPUNGEs.
+                if !map.is_empty() {
+                    response::status(out, None, Status::Ok, Some(&code), "Moved");
+                }
+                if let (Some(src), Some(sel)) = (source, done.selected.as_mut()) {
+                    if let Ok(n) = report(sel, src, done.modes, false, out) {
+                        sel.snap = n;
+                    }
+                }
+                response::status(out, t, Status::Ok, None, "MOVE completed");
+            } else if map.is_empty() {
+                response::status(out, t, Status::Ok, None, "COPY completed");
+            } else {
+                response::status(out, t, Status::Ok, Some(&code), "COPY completed");
+            }
+        }
+        Err(e) => no(out, tag, &e),
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(_) => 0,
+    }
+}
+
+fn read_all(folder: &Folder, m: &crate::store::mailbox::Message) -> io::Result<Vec<u8>> {
+    let mut f = folder.open(m)?;
+    let mut v = Vec::with_capacity(m.size.unwrap_or(4096).min(64 << 20) as usize);
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+fn needs_file(a: &FetchAttr) -> bool {
+    !matches!(
+        a,
+        FetchAttr::Flags | FetchAttr::Uid | FetchAttr::ModSeq | FetchAttr::InternalDate
+    ) && !matches!(a, FetchAttr::Rfc822Size)
+}
+
+fn fetch_start(
+    done: &mut Done,
+    uid: bool,
+    set: &SeqSet,
+    mut attrs: Vec<FetchAttr>,
+    changed_since: Option<u64>,
+    tag: &str,
+    out: &mut Vec<u8>,
+) {
+    if !refresh(done, !uid, out) {
+        return;
+    }
+    let Some(sel) = done.selected.as_ref() else {
+        return;
+    };
+    let Ok(seqs) = resolve(&sel.snap, set, uid) else {
+        response::status(
+            out,
+            Some(tag),
+            Status::Bad,
+            None,
+            "Invalid message sequence number",
+        );
+        return;
+    };
+    if changed_since.is_some() {
+        done.modes.condstore = true;
+    }
+    if uid && !attrs.contains(&FetchAttr::Uid) {
+        attrs.insert(0, FetchAttr::Uid);
+    }
+    if done.modes.condstore && changed_since.is_some() && !attrs.contains(&FetchAttr::ModSeq) {
+        attrs.push(FetchAttr::ModSeq);
+    }
+    let rest = FetchRest {
+        tag: tag.to_string(),
+        uid,
+        seqs,
+        next: 0,
+        attrs,
+        changed_since,
+    };
+    fetch_more(done, Box::new(rest), out);
+}
+
+/// Answers FETCH for messages until about [`FETCH_PIECE`] octets are out.
+pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) {
+    let Some(sel) = done.selected.as_mut() else {
+        return;
+    };
+    let sets_seen = !sel.read_only && rest.attrs.iter().any(FetchAttr::sets_seen);
+    let mut seen_uids = Vec::new();
+    let snap = Arc::clone(&sel.snap);
+    while rest.next < rest.seqs.len() && out.len() < FETCH_PIECE {
+        let seq = rest.seqs[rest.next];
+        rest.next += 1;
+        let Some(m) = snap.messages.get(seq as usize - 1) else {
+            continue;
+        };
+        if rest.changed_since.is_some_and(|c| m.modseq <= c) {
+            continue;
+        }
+        let file = if rest.attrs.iter().any(needs_file) {
+            match read_all(&sel.folder, m) {
+                Ok(b) => Some(b),
+                // Expunged meanwhile (RFC 2180 4.1.2): leave it out.
+                Err(_) => continue,
+            }
+        } else {
+            None
+        };
+        let structure = file.as_deref().map(mime::structure);
+        let mut fl = m.flags;
+        if sets_seen && !fl.has(flags::SEEN) {
+            seen_uids.push(m.uid);
+            fl.system |= flags::SEEN;
+        }
+        let flag_v = flag_list(&snap, fl, m.uid >= sel.first_recent);
+        let mut f = Fetch::start(out, seq);
+        let mut flags_sent = false;
+        for a in &rest.attrs {
+            match a {
+                FetchAttr::Uid => f.uid(m.uid),
+                FetchAttr::Flags => {
+                    f.flags(&flag_v);
+                    flags_sent = true;
+                }
+                FetchAttr::ModSeq => f.modseq(m.modseq.max(1)),
+                FetchAttr::InternalDate => {
+                    let d = sel.folder.internal_date(m).map(unix).unwrap_or(0);
+                    f.internal_date(d, 0);
+                }
+                FetchAttr::Rfc822Size => {
+                    let s = match &structure {
+                        Some(st) => st.size(),
+                        None => sel.folder.rfc822_size(m).unwrap_or(0),
+                    };
+                    f.number("RFC822.SIZE", s);
+                }
+                FetchAttr::Envelope => {
+                    if let Some(st) = &structure {
+                        let mut v = Vec::new();
+                        st.envelope(&mut v, 0);
+                        f.raw("ENVELOPE", &v);
+                    }
+                }
+                FetchAttr::Body | FetchAttr::BodyStructure => {
+                    if let Some(st) = &structure {
+                        let mut v = Vec::new();
+                        st.body_structure(&mut v, matches!(a, FetchAttr::BodyStructure));
+                        let name = if matches!(a, FetchAttr::Body) {
+                            "BODY"
+                        } else {
+                            "BODYSTRUCTURE"
+                        };
+                        f.raw(name, &v);
+                    }
+                }
+                FetchAttr::Rfc822
+                | FetchAttr::Rfc822Header
+                | FetchAttr::Rfc822Text
+                | FetchAttr::BodySection { .. } => {
+                    let (Some(st), Some(bytes)) = (&structure, &file) else {
+                        continue;
+                    };
+                    let (section, partial) = match a {
+                        FetchAttr::BodySection {
+                            section, partial, ..
+                        } => (section.clone(), *partial),
+                        FetchAttr::Rfc822Header => (
+                            crate::proto::imap::types::Section {
+                                part: vec![],
+                                text: Some(crate::proto::imap::types::SectionText::Header),
+                            },
+                            None,
+                        ),
+                        FetchAttr::Rfc822Text => (
+                            crate::proto::imap::types::Section {
+                                part: vec![],
+                                text: Some(crate::proto::imap::types::SectionText::Text),
+                            },
+                            None,
+                        ),
+                        _ => (Default::default(), None),
+                    };
+                    let mut body = Vec::new();
+                    match st.section(&section) {
+                        Some(SectionRange::Bytes(span)) => {
+                            let s = (span.raw_start as usize).min(bytes.len());
+                            let e = (span.raw_end as usize).clamp(s, bytes.len());
+                            let mut p = Presenter::new(partial);
+                            p.feed(&mut body, &bytes[s..e]);
+                        }
+                        Some(SectionRange::Fields { span, names, not }) => {
+                            let s = (span.raw_start as usize).min(bytes.len());
+                            let e = (span.raw_end as usize).clamp(s, bytes.len());
+                            let filtered = mime::filter_header(&bytes[s..e], &names, not);
+                            let mut p = Presenter::new(partial);
+                            p.feed(&mut body, &filtered);
+                        }
+                        None => {}
+                    }
+                    let mut name = response::fetch_attr_name(a);
+                    if let Some((o, _)) = partial {
+                        // RFC 3501 7.4.2: the origin, not the length.
+                        if let Some(i) = name.rfind('<') {
+                            name.truncate(i);
+                            name.push_str(&format!("<{o}>"));
+                        }
+                    }
+                    f.literal_head(&name, body.len() as u64);
+                    f.append(&body);
+                }
+                FetchAttr::Binary { .. } | FetchAttr::BinarySize(_) => {}
+            }
+        }
+        if sets_seen && seen_uids.last() == Some(&m.uid) && !flags_sent {
+            f.flags(&flag_v);
+        }
+        f.finish();
+    }
+    if !seen_uids.is_empty() {
+        if let Ok(st) = sel
+            .folder
+            .store(&seen_uids, FlagOp::Add, flags::SEEN, &[], None)
+        {
+            done.changed = true;
+            if let Some(n) = report_quiet(&sel.snap, &st.snapshot) {
+                sel.snap = n;
+            }
+        }
+    }
+    if rest.next < rest.seqs.len() {
+        done.more = Some(rest);
+    } else {
+        response::status(out, Some(&rest.tag), Status::Ok, None, "FETCH completed");
+    }
+}
+
+/// Continues a FETCH that did not fit in one piece.
+pub fn fetch_continue(selected: Selected, modes: Modes, rest: Box<FetchRest>) -> Done {
+    let mut done = Done {
+        out: Vec::new(),
+        selected: Some(selected),
+        state: State::Selected,
+        changed: false,
+        close: false,
+        more: None,
+        modes,
+    };
+    let mut out = Vec::new();
+    fetch_more(&mut done, rest, &mut out);
+    done.out = out;
+    done
+}
+
+fn search_cmd(
+    done: &mut Done,
+    uid: bool,
+    ret: Option<Vec<SearchReturn>>,
+    charset: Option<String>,
+    key: &crate::proto::imap::types::SearchKey,
+    tag: &str,
+    out: &mut Vec<u8>,
+) {
+    let t = Some(tag);
+    if let Some(c) = &charset {
+        if !c.eq_ignore_ascii_case("UTF-8") && !c.eq_ignore_ascii_case("US-ASCII") {
+            response::status(
+                out,
+                t,
+                Status::No,
+                Some(&Code::BadCharset),
+                "Unsupported charset",
+            );
+            return;
+        }
+    }
+    if !refresh(done, !uid, out) {
+        return;
+    }
+    let Some(sel) = done.selected.as_ref() else {
+        return;
+    };
+    let snap = &sel.snap;
+    let max_seq = snap.messages.len() as u32;
+    let max_uid = snap.messages.last().map_or(0, |m| m.uid);
+    let content = search::needs_content(key);
+    let mut hits = Vec::new();
+    let mut top_modseq = 0;
+    for (i, m) in snap.messages.iter().enumerate() {
+        let fl = flag_list(snap, m.flags, m.uid >= sel.first_recent);
+        let meta = MessageMeta {
+            seq: i as u32 + 1,
+            uid: m.uid,
+            max_seq,
+            max_uid,
+            flags: &fl,
+            recent: m.uid >= sel.first_recent,
+            size: m
+                .vsize
+                .unwrap_or_else(|| sel.folder.rfc822_size(m).unwrap_or(0)),
+            internal_date: sel.folder.internal_date(m).map(unix).unwrap_or(0),
+            zone_minutes: 0,
+            modseq: m.modseq,
+        };
+        let facts = if content {
+            let Ok(bytes) = read_all(&sel.folder, m) else {
+                continue;
+            };
+            let mut scan = ContentScan::new(key);
+            scan.feed(&bytes);
+            Some(scan.finish())
+        } else {
+            None
+        };
+        if search::matches(key, &meta, facts.as_ref()) {
+            hits.push(if uid { m.uid } else { i as u32 + 1 });
+            top_modseq = top_modseq.max(m.modseq);
+        }
+    }
+    let modseq = search::uses_modseq(key).then_some(top_modseq);
+    match ret {
+        None => response::search(out, &hits, modseq.filter(|_| !hits.is_empty())),
+        Some(r) => {
+            if r.contains(&SearchReturn::Save) {
+                response::status(out, t, Status::Bad, None, "SEARCHRES is not supported");
+                return;
+            }
+            let e = response::Esearch {
+                tag,
+                uid,
+                min: r.contains(&SearchReturn::Min),
+                max: r.contains(&SearchReturn::Max),
+                all: r.contains(&SearchReturn::All) || r.is_empty(),
+                count: r.contains(&SearchReturn::Count),
+                modseq,
+            };
+            response::esearch(out, &e, &hits);
+        }
+    }
+    response::status(out, t, Status::Ok, None, "SEARCH completed");
+}
+
+/// APPEND: the message is in memory (at most `append_limit` octets);
+/// stored durably through a spool file in the folder's `tmp/`.
+#[allow(clippy::too_many_arguments)]
+pub fn append(
+    acct: &Account,
+    selected: Option<Selected>,
+    modes: Modes,
+    tag: &str,
+    mailbox: &MailboxName,
+    list: &[Flag],
+    date: Option<i64>,
+    message: Vec<u8>,
+) -> Done {
+    let mut out = Vec::new();
+    let mut done = Done {
+        out: Vec::new(),
+        state: if selected.is_some() {
+            State::Selected
+        } else {
+            State::Authenticated
+        },
+        selected,
+        changed: false,
+        close: false,
+        more: None,
+        modes,
+    };
+    let tree = acct.tree();
+    let r = (|| -> io::Result<(u32, u32)> {
+        let name = tree.parse(&mailbox.0)?;
+        let folder = tree.folder(&name);
+        if !folder.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "[TRYCREATE] No such mailbox",
+            ));
+        }
+        let spool = acct.root.join("tmp").join(format!(
+            "imap-append.{}.{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::write(&spool, &message)?;
+        let (sys, kw) = split_flags(list);
+        let kwr: Vec<&str> = kw.iter().map(String::as_str).collect();
+        let nm = NewMessage {
+            spool: &spool,
+            system: sys,
+            keywords: &kwr,
+            internal_date: date
+                .map(|d| UNIX_EPOCH + std::time::Duration::from_secs(d.max(0) as u64)),
+        };
+        let r = folder.append(&[nm]);
+        let _ = std::fs::remove_file(&spool);
+        let (uids, snap) = r?;
+        Ok((snap.uidvalidity, uids.first().copied().unwrap_or(0)))
+    })();
+    match r {
+        Ok((uidvalidity, uid)) => {
+            done.changed = true;
+            // A message appended to the selected folder shows at once.
+            if done.selected.is_some() {
+                refresh(&mut done, false, &mut out);
+            }
+            response::status(
+                &mut out,
+                Some(tag),
+                Status::Ok,
+                Some(&Code::AppendUid { uidvalidity, uid }),
+                "APPEND completed",
+            );
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => response::status(
+            &mut out,
+            Some(tag),
+            Status::No,
+            Some(&Code::TryCreate),
+            "No such mailbox",
+        ),
+        Err(e) => no(&mut out, tag, &e),
+    }
+    done.out = out;
+    done
+}
+
+/// First login: the special-use folders exist and are subscribed.
+pub fn prepare(acct: &Account) -> io::Result<()> {
+    let tree = acct.tree();
+    std::fs::create_dir_all(&acct.root)?;
+    tree.ensure_defaults().map(|_| ())
+}

@@ -1,0 +1,328 @@
+"""The IMAP server (issue 13) driven by real clients: Python's imaplib
+and imapclient (PyPI), against the real binary.
+
+Mail arrives over SMTP (the real delivery path), so what IMAP shows is
+what the store wrote; every assertion is on content the server returned.
+"""
+
+import email
+import imaplib
+import smtplib
+import socket
+import ssl
+import threading
+import time
+
+import imapclient
+import pytest
+
+USER, PASSWORD = "bob@example.test", "secret"
+
+
+def deliver(server, subject, body="hello\n", to=USER):
+    msg = (
+        f"From: alice@example.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '.')}@example.test>\r\n\r\n{body}"
+    )
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+        s.sendmail("alice@example.test", [to], msg.encode())
+
+
+def login(server):
+    m = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
+    m.login(USER, PASSWORD)
+    return m
+
+
+def client(server):
+    c = imapclient.IMAPClient("127.0.0.1", port=server.ports["imap"], ssl=False, timeout=30)
+    c.login(USER, PASSWORD)
+    return c
+
+
+def wait_exists(server, n, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        m = login(server)
+        typ, data = m.select("INBOX", readonly=True)
+        m.logout()
+        if int(data[0]) >= n:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"INBOX never reached {n} messages")
+
+
+def test_capability_and_login_refusals(server):
+    m = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
+    caps = m.capabilities
+    for c in ("IMAP4REV1", "IDLE", "UIDPLUS", "MOVE", "STARTTLS", "AUTH=PLAIN", "CONDSTORE", "LITERAL+"):
+        assert c in caps, caps
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        m.login(USER, "wrong")
+    m.login(USER, PASSWORD)
+    typ, data = m.capability()
+    assert typ == "OK" and b"AUTH=PLAIN" not in data[0]
+    m.logout()
+
+
+def test_authenticate_plain_and_imaps_and_starttls(server):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx, timeout=30)
+    typ, _ = m.authenticate("PLAIN", lambda _: f"\0{USER}\0{PASSWORD}".encode())
+    assert typ == "OK"
+    m.logout()
+    m = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
+    m.starttls(ssl_context=ctx)
+    assert "STARTTLS" not in m.capabilities
+    m.login(USER, PASSWORD)
+    m.logout()
+
+
+def test_special_use_folders_and_list(server):
+    c = client(server)
+    folders = {name: flags for flags, _, name in c.list_folders()}
+    for n in ("INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"):
+        assert n in folders, folders
+    assert b"\\Sent" in folders["Sent"] and b"\\Trash" in folders["Trash"]
+    c.create_folder("Lists")
+    c.create_folder("Lists.Family")
+    folders = {name: flags for flags, _, name in c.list_folders()}
+    assert b"\\HasChildren" in folders["Lists"], folders
+    assert b"\\HasNoChildren" in folders["Lists.Family"], folders
+    assert [n for _, _, n in c.list_folders(pattern="Lists.%")] == ["Lists.Family"]
+    c.rename_folder("Lists.Family", "Lists.Kin")
+    names = [n for _, _, n in c.list_folders()]
+    assert "Lists.Kin" in names and "Lists.Family" not in names
+    c.delete_folder("Lists.Kin")
+    assert "Lists.Kin" not in [n for _, _, n in c.list_folders()]
+    # On disk, Maildir++: .Lists with maildirfolder.
+    root = server.maildir_path(USER)
+    assert (root / ".Lists" / "maildirfolder").exists()
+    with pytest.raises(imapclient.exceptions.IMAPClientError):
+        c.create_folder("../escape")
+    with pytest.raises(imapclient.exceptions.IMAPClientError):
+        c.delete_folder("INBOX")
+    c.logout()
+
+
+def test_select_fetch_delivered_mail(server):
+    deliver(server, "first one", "line one\nline two\n")
+    deliver(server, "second one")
+    wait_exists(server, 2)
+    c = client(server)
+    info = c.select_folder("INBOX")
+    assert info[b"EXISTS"] == 2
+    assert info[b"UIDVALIDITY"] > 0 and info[b"UIDNEXT"] == 3
+    data = c.fetch(c.search("ALL"), ["FLAGS", "RFC822.SIZE", "INTERNALDATE", "ENVELOPE", "BODY.PEEK[]", "BODYSTRUCTURE"])
+    assert sorted(data) == [1, 2]
+    body = data[1][b"BODY[]"]
+    assert b"line one\r\nline two\r\n" in body, body
+    assert data[1][b"RFC822.SIZE"] == len(body)
+    assert data[1][b"ENVELOPE"].subject == b"first one"
+    assert data[2][b"ENVELOPE"].subject == b"second one"
+    assert b"\\Seen" not in data[1][b"FLAGS"]
+    hdr = c.fetch([1], ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])[1]
+    assert hdr[b"BODY[HEADER.FIELDS (SUBJECT)]"] == b"Subject: first one\r\n\r\n"
+    part = c.fetch([1], ["BODY.PEEK[TEXT]<5.3>"])[1]
+    assert part[b"BODY[TEXT]<5>"] == b"one"
+    # BODY[] (not PEEK) sets \Seen, and the flag is on disk.
+    c.fetch([2], ["BODY[]"])
+    assert b"\\Seen" in c.get_flags([2])[2]
+    assert any(f.endswith(":2,S") for f in (p.name for p in (server.maildir_path(USER) / "cur").iterdir()))
+    c.logout()
+
+
+def test_store_search_expunge(server):
+    for i in range(4):
+        deliver(server, f"msg {i}", f"body number {i}\n")
+    wait_exists(server, 4)
+    c = client(server)
+    c.select_folder("INBOX")
+    uids = c.search("ALL")
+    assert len(uids) == 4
+    c.add_flags(uids[:2], [imapclient.SEEN, b"$Important"])
+    assert set(c.search("SEEN")) == set(uids[:2])
+    assert set(c.search("UNSEEN")) == set(uids[2:])
+    assert c.search(["KEYWORD", "$Important"]) == uids[:2]
+    assert c.search(["SUBJECT", "msg 3"]) == [uids[3]]
+    assert c.search(["BODY", "number 2"]) == [uids[2]]
+    assert c.search(["OR", "SUBJECT", "msg 0", "SUBJECT", "msg 1"]) == uids[:2]
+    c.remove_flags([uids[0]], [imapclient.SEEN])
+    assert set(c.get_flags([uids[0]])[uids[0]]) - {b"\\Recent"} == {b"$Important"}
+    c.set_flags([uids[3]], [imapclient.DELETED])
+    c.expunge()
+    assert c.search("ALL") == uids[:3]
+    # UIDs survive a reconnect; flags are on disk.
+    c.logout()
+    c = client(server)
+    c.select_folder("INBOX")
+    assert c.search("ALL") == uids[:3]
+    assert set(c.search("SEEN")) == {uids[1]}
+    c.logout()
+
+
+def test_append_copy_move_uidplus(server):
+    c = client(server)
+    msg = b"From: me@example.test\r\nSubject: appended\r\n\r\nappended body\r\n"
+    r = c.append("Drafts", msg, flags=[imapclient.DRAFT])
+    assert b"APPENDUID" in r, r
+    info = c.select_folder("Drafts")
+    assert info[b"EXISTS"] == 1
+    got = c.fetch("1", ["BODY.PEEK[]", "FLAGS"])[1]
+    assert got[b"BODY[]"] == msg
+    assert b"\\Draft" in got[b"FLAGS"]
+    uid = c.search("ALL")[0]
+    c.copy([uid], "Sent")
+    c.move([uid], "Archive")
+    assert c.search("ALL") == []
+    for folder in ("Sent", "Archive"):
+        c.select_folder(folder)
+        data = c.fetch(c.search("ALL"), ["BODY.PEEK[]"])
+        assert [d[b"BODY[]"] for d in data.values()] == [msg], folder
+    with pytest.raises(imapclient.exceptions.IMAPClientError, match="TRYCREATE"):
+        c.append("NoSuchFolder", msg)
+    c.logout()
+
+
+def test_literal_plus_and_pipelined_commands(server):
+    s = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=30)
+    f = s.makefile("rb")
+    f.readline()
+    body = b"Subject: lit\r\n\r\nx\r\n"
+    s.sendall(
+        b"a LOGIN " + USER.encode() + b" " + PASSWORD.encode() + b"\r\n"
+        b"b APPEND INBOX {" + str(len(body)).encode() + b"+}\r\n" + body + b"\r\n"
+        b"c SELECT INBOX\r\nd UID FETCH 1:* (UID RFC822.SIZE)\r\ne LOGOUT\r\n"
+    )
+    out = b""
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        out += line
+    text = out.decode()
+    assert "a OK" in text and "b OK [APPENDUID" in text and "c OK [READ-WRITE]" in text, text
+    assert f"RFC822.SIZE {len(body)}" in text, text
+    assert "e OK" in text
+
+
+def test_hostile_input(server):
+    s = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=30)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN " + USER.encode() + b" " + PASSWORD.encode() + b"\r\n")
+    assert f.readline().startswith(b"a OK")
+    s.sendall(b"b SELECT INBOX\r\n")
+    while not (line := f.readline()).startswith(b"b "):
+        pass
+    assert line.startswith(b"b OK")
+    s.sendall(b"c FETCH 0 FLAGS\r\n")
+    assert f.readline().startswith(b"c BAD")
+    s.sendall(b"d APPEND INBOX {4000000000}\r\n")
+    assert f.readline().startswith(b"d NO [TOOBIG]")
+    s.sendall(b"e NOOP\r\n")
+    assert f.readline().startswith(b"e OK")
+    s.sendall(b"f CREATE .hidden\r\n")
+    assert f.readline().startswith(b"f NO")
+    s.sendall(b"g CREATE a/b\r\n")
+    assert f.readline().startswith(b"g NO")
+    # Three BADs in a row end the session.
+    s.sendall(b"x1 BOGUS\r\nx2 BOGUS\r\nx3 BOGUS\r\n")
+    rest = b""
+    while chunk := s.recv(4096):
+        rest += chunk
+    assert rest.count(b" BAD ") == 3 and b"* BYE" in rest, rest
+    # The server is fine.
+    m = login(server)
+    m.logout()
+
+
+def test_vanishing_client_mid_append_leaves_no_file(server):
+    s = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=30)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN " + USER.encode() + b" " + PASSWORD.encode() + b"\r\n")
+    assert f.readline().startswith(b"a OK")
+    s.sendall(b"b APPEND INBOX {100000}\r\n")
+    assert f.readline().startswith(b"+")
+    s.sendall(b"x" * 5000)
+    s.close()
+    time.sleep(0.5)
+    m = login(server)
+    typ, data = m.select("INBOX")
+    assert int(data[0]) == 0
+    m.logout()
+    root = server.maildir_path(USER)
+    leftovers = [p for sub in ("tmp", "new", "cur") for p in (root / sub).glob("*") if p.is_file()]
+    assert leftovers == [], leftovers
+
+
+def test_idle_sees_delivery_and_other_sessions(server):
+    deliver(server, "before idle")
+    wait_exists(server, 1)
+    watcher = client(server)
+    watcher.select_folder("INBOX")
+    watcher.idle()
+    deliver(server, "during idle")
+    responses = watcher.idle_check(timeout=20)
+    assert (2, b"EXISTS") in responses, responses
+    # Another session's flag change arrives as FETCH FLAGS.
+    other = client(server)
+    other.select_folder("INBOX")
+    other.add_flags([1], [imapclient.FLAGGED])
+    deadline = time.time() + 20
+    seen = []
+    while time.time() < deadline:
+        seen += watcher.idle_check(timeout=2)
+        if any(r[1] == b"FETCH" and b"\\Flagged" in str(r).encode() for r in seen if len(r) > 1):
+            break
+    assert any(len(r) > 1 and r[1] == b"FETCH" for r in seen), seen
+    # ...and an expunge as EXPUNGE.
+    other.set_flags([1], [imapclient.DELETED])
+    other.expunge()
+    deadline = time.time() + 20
+    seen = []
+    while time.time() < deadline and not any(len(r) > 1 and r[1] == b"EXPUNGE" for r in seen):
+        seen += watcher.idle_check(timeout=2)
+    assert (1, b"EXPUNGE") in seen, seen
+    watcher.idle_done()
+    assert watcher.search("ALL") == [2]
+    other.logout()
+    watcher.logout()
+
+
+def test_pop3_deletion_reaches_imap(server):
+    import poplib
+
+    deliver(server, "for pop")
+    deliver(server, "stays")
+    wait_exists(server, 2)
+    c = client(server)
+    c.select_folder("INBOX")
+    uids = c.search("ALL")
+    p = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=30)
+    p.user(USER)
+    p.pass_(PASSWORD)
+    p.dele(1)
+    p.quit()
+    c.noop()
+    assert c.search("ALL") == uids[1:]
+    c.logout()
+
+
+def test_condstore_and_status(server):
+    deliver(server, "cs")
+    wait_exists(server, 1)
+    c = client(server)
+    c.enable("CONDSTORE")
+    info = c.select_folder("INBOX")
+    hms = info[b"HIGHESTMODSEQ"]
+    c.add_flags([1], [imapclient.FLAGGED])
+    data = c.fetch([1], ["MODSEQ", "FLAGS"])
+    assert data[1][b"MODSEQ"][0] > hms - 1
+    st = c.folder_status("INBOX", ["MESSAGES", "UIDNEXT", "UNSEEN", "HIGHESTMODSEQ"])
+    assert st[b"MESSAGES"] == 1 and st[b"UNSEEN"] == 1 and st[b"UIDNEXT"] == 2
+    assert st[b"HIGHESTMODSEQ"] >= data[1][b"MODSEQ"][0]
+    c.logout()
