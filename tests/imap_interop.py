@@ -228,7 +228,7 @@ KEPT_CODES = {"READ-WRITE", "READ-ONLY", "TRYCREATE", "COPYUID", "APPENDUID",
 
 
 def norm_flags(flags, drop_recent=True):
-    return tuple(sorted({f if not f.startswith("\\") else f.capitalize() for f in flags
+    return tuple(sorted({f.lower() if f.startswith("\\") else f for f in flags
                          if not (drop_recent and f.lower() == "\\recent")}, key=str.lower))
 
 
@@ -434,10 +434,11 @@ def view(c: Imap):
     subs = sorted(n[3] for n in map(norm_untagged, c.ok('LSUB "" "*"')) if n and n[0] == "LSUB")
     boxes = {}
     for f in folders:
-        st = [n for n in map(norm_untagged, c.ok(f'STATUS "{f}" (UIDVALIDITY UIDNEXT MESSAGES)'))
-              if n and n[0] == "STATUS"]
-        untagged, tagged = c.cmd(f'EXAMINE "{f}"')
-        if not tagged.upper().startswith(b"OK"):
+        untagged, tagged = c.cmd(f'STATUS "{f}" (UIDVALIDITY UIDNEXT MESSAGES)')
+        st = [n for n in map(norm_untagged, untagged) if n and n[0] == "STATUS"]
+        untagged, tagged2 = c.cmd(f'EXAMINE "{f}"')
+        if not tagged.upper().startswith(b"OK") or not tagged2.upper().startswith(b"OK"):
+            # A \Noselect parent (Lists of Lists.Family).
             boxes[f] = ("unselectable",)
             continue
         msgs = {}
