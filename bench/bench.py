@@ -42,6 +42,7 @@ from conftest import Server  # noqa: E402
 import dovecot_helpers as dh  # noqa: E402
 import postfix_peer  # noqa: E402
 import pop3load  # noqa: E402
+import imapload  # noqa: E402
 from meter import Meter  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -49,6 +50,9 @@ SMTP_MESSAGES = int(os.environ.get("BENCH_SMTP_MESSAGES", "3000"))
 SMTP_SESSIONS = [int(x) for x in os.environ.get("BENCH_SMTP_SESSIONS", "10,50").split(",")]
 POP3_MESSAGES = int(os.environ.get("BENCH_POP3_MESSAGES", "5000"))
 POP3_DEPTH = 16
+IMAP_MESSAGES = int(os.environ.get("BENCH_IMAP_MESSAGES", "20000"))
+IMAP_FULL = int(os.environ.get("BENCH_IMAP_FULL", "1000"))
+IMAP_IDLE = int(os.environ.get("BENCH_IMAP_IDLE", "1000"))
 # smtp-source -l: body bytes per message (plus its few header lines).
 MESSAGE_BYTES = 4096
 # Untimed messages before the timed rounds, so that neither server is
@@ -549,11 +553,180 @@ def bench_pop3(tmp, table):
         dv_meter.close()
 
 
+# Dovecot as it would be set up for a household's devices: enough IMAP
+# processes and per-user connections for IMAP_IDLE sessions from one address.
+DOVECOT_IMAP_LIMITS = """
+default_client_limit = 5000
+protocol imap {{
+  mail_max_userip_connections = {n}
+}}
+service imap {{
+  process_limit = {n}
+}}
+"""
+
+
+def imap_maildir_files(count):
+    """[(name, bytes, mtime)]: Dovecot-style names with ,S= (so neither
+    server needs to read a file for its size), a third of them \\Seen."""
+    out = []
+    t0 = 1_700_000_000
+    for i in range(count):
+        body = MESSAGE.replace(b"Subject: bench", b"Subject: bench %d\r\nMessage-ID: <b%d@bench>" % (i, i))
+        info = "S" if i % 3 == 0 else ""
+        out.append((f"{t0 + i}.M{i}P1.bench,S={len(body)}:2,{info}", body, t0 + i))
+    return out
+
+
+def write_maildir(md, files, owner=None):
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True, exist_ok=True)
+        if owner:
+            os.chown(md / sub, *owner)
+    if owner:
+        os.chown(md, *owner)
+    for name, body, mtime in files:
+        p = md / "cur" / name
+        p.write_bytes(body)
+        os.utime(p, (mtime, mtime))
+        if owner:
+            os.chown(p, *owner)
+
+
+def private_kib(pid):
+    """Private_Clean + Private_Dirty of one process, KiB (0 when gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f
+                       if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def bench_imap(tmp, table):
+    import imap_interop as ii
+    why = dh.available()
+    if why:
+        print(f"Dovecot: {why}: IMAP figures skipped")
+        return
+    imapload.raise_fd_limit(IMAP_IDLE * 2 + 1024)
+    limits = {"max_recipients = 20": "max_recipients = 20\nmax_connections = 4000\n"
+              "max_connections_per_ip = 4000"}
+    mg_meter, dv_meter = Meter("mailgate-imap"), Meter("dovecot-imap")
+    d = Path(tempfile.mkdtemp(dir=tmp))
+    imap, imaps = ii.conftest.free_ports(2)
+    mg = Server(d, ii.IMAP_SECTION.format(imap=imap, imaps=imaps), limits)
+    check = subprocess.run([ii.conftest.BIN, "-c", str(mg.config), "check"], capture_output=True, text=True)
+    if check.returncode != 0:
+        lines = (check.stdout + check.stderr).strip().splitlines()
+        print("IMAP figures skipped: this mailgate's config rejects [imap]: "
+              + next((line for line in lines if "imap" in line.lower()), lines[-1] if lines else ""))
+        return
+    mg.ports["imap"] = imap
+    figs = {"select": Figure(f"IMAP SELECT+UID FETCH {IMAP_MESSAGES // 1000}k, vs Dovecot"),
+            "full": Figure(f"IMAP FETCH {IMAP_FULL} BODY[], vs Dovecot")}
+    table.extend(figs.values())
+    files = imap_maildir_files(IMAP_MESSAGES)
+    want_sizes = [len(b) for _, b, _ in files]
+    dove = None
+    try:
+        write_maildir(mg.maildir_path(f"bob@{DOMAIN}"), files)
+        mg.start(env={"RUST_LOG": "warn"})
+        mg_meter.adopt(mg.proc.pid)
+        ca = dh.TestCA(Path(tempfile.mkdtemp(dir=tmp)))
+        dove = dh.Dovecot({"bob": "secret"}, ca, imap=True,
+                          extra_conf=DOVECOT_IMAP_LIMITS.format(n=IMAP_IDLE + 100))
+        write_maildir(dove.maildir("bob"), files, owner=(dove.uid, dove.gid))
+        dove.start()
+        dv_meter.adopt(dove.proc.pid)
+        servers = {"mailgate": (mg_meter, imap, f"bob@{DOMAIN}"), "peer": (dv_meter, dove.imap, "bob")}
+        # Untimed: each server's first SELECT assigns UIDs (dovecot-uidlist)
+        # and Dovecot builds its index; the rounds see the folder as every
+        # later session does.
+        sizes = {}
+        for who, (meter, port, user) in servers.items():
+            got, _ = imapload.select_fetch_all(port, user, "secret", None)
+            if len(got) != IMAP_MESSAGES or sorted(got.values()) != sorted(want_sizes):
+                raise RuntimeError(f"{who}: {len(got)} messages or wrong sizes after the first SELECT")
+            sizes[who] = got
+        for key, fig in figs.items():
+            for i in range(ROUNDS):
+                for who, (meter, port, user) in servers.items():
+                    meter.start_sampling()
+                    cpu0 = meter.cpu()
+                    try:
+                        with Others(meter) as others:
+                            if key == "select":
+                                _, secs = imapload.select_fetch_all(port, user, "secret", sizes[who])
+                                n = IMAP_MESSAGES
+                            else:
+                                n, _, secs = imapload.fetch_full(port, user, "secret", IMAP_FULL, want_sizes)
+                        fig.others.append(others.share)
+                    except (imapload.ImapError, OSError) as e:
+                        meter.stop_sampling()
+                        fig.failed.append(f"{who} round {i + 1}: {e}")
+                        continue
+                    time.sleep(0.1)
+                    cpu = meter.cpu() - cpu0
+                    peak = meter.stop_sampling()
+                    fig.add(who, n, secs, cpu, peak)
+        # Memory: IMAP_IDLE sessions in IDLE on the 20k INBOX.
+        print()
+        print(f"| IMAP, {IMAP_IDLE} sessions in IDLE on a {IMAP_MESSAGES}-message INBOX | KiB |")
+        print("|------------------------------------------------------------|-----|")
+        time.sleep(0.5)
+        mg_idle = proc_stats(mg.proc.pid)[2]
+        t0 = time.perf_counter()
+        clients = imapload.idle_sessions(imap, f"bob@{DOMAIN}", "secret", IMAP_IDLE)
+        mg_secs = time.perf_counter() - t0
+        time.sleep(1)
+        mg_busy = proc_stats(mg.proc.pid)[2]
+        for c in clients:
+            c.sock.close()
+        dv_base = sum(private_kib(p) for p in dv_meter.pids())
+        t0 = time.perf_counter()
+        clients = imapload.idle_sessions(dove.imap, "bob", "secret", IMAP_IDLE)
+        dv_secs = time.perf_counter() - t0
+        time.sleep(1)
+        pids = dv_meter.pids()
+        imap_pids = [p for p in pids if comm(p) == "imap"]
+        dv_imap = sum(private_kib(p) for p in imap_pids)
+        dv_all = sum(private_kib(p) for p in pids)
+        for c in clients:
+            c.sock.close()
+        delta = mg_busy - mg_idle
+        print(f"| mailgate RSS idle / with {IMAP_IDLE} IDLE (+delta)          "
+              f"| {mg_idle} / {mg_busy} (+{delta}, {delta / IMAP_IDLE:.1f} per session; set up in {mg_secs:.1f} s) |")
+        print(f"| Dovecot private memory of its {len(imap_pids)} imap processes  "
+              f"| {dv_imap} ({dv_imap / max(1, len(imap_pids)):.0f} per process; set up in {dv_secs:.1f} s) |")
+        print(f"| Dovecot private memory, all processes, before / with IDLE | {dv_base} / {dv_all} |")
+        print(f"| ratio: mailgate's RSS delta / Dovecot's imap private memory | {delta / max(1, dv_imap):.3f} |")
+        print(f"| ratio: mailgate's whole RSS / Dovecot's imap private memory | {mg_busy / max(1, dv_imap):.3f} |")
+    except (RuntimeError, imapload.ImapError, OSError) as e:
+        figs["select"].failed.append(f"set-up: {e}")
+    finally:
+        mg.stop() if mg.proc else None
+        if dove:
+            remove_dovecot(dove, dv_meter)
+        mg_meter.close()
+        dv_meter.close()
+
+
 def print_side_by_side(table, peers):
     print(f"SMTP: {SMTP_MESSAGES} x 4 KiB by smtp-source, one connection per message, "
           f"vs {peers['SMTP']} (virtual Maildir)")
     print(f"POP3: login, LIST, UIDL, RETR all {POP3_MESSAGES} x 4 KiB, QUIT, vs {peers['POP3']} "
           "(same Maildir files)")
+    print(f"IMAP: {IMAP_MESSAGES} x 4 KiB in INBOX; login + SELECT + UID FETCH 1:* (FLAGS RFC822.SIZE), "
+          f"and FETCH 1:{IMAP_FULL} BODY.PEEK[], vs {peers['IMAP']} (same Maildir files)")
     print()
     print(f"| {'figure':<36} | {'mailgate':>9} | {'peer':>9} | {'ratio':>6} "
           f"| {'mg CPU':>7} | {'peer CPU':>8} | {'CPU':>5} "
@@ -618,7 +791,8 @@ def peer_versions():
             return "missing"
     pf = first_line(["/usr/sbin/postconf", "-d", "-h", "mail_version"])
     dv = first_line([dh.DOVECOT, "--version"])
-    return {"SMTP": f"Postfix {pf}", "POP3": f"Dovecot {dv.split()[0] if dv else '?'}"}
+    dovecot = f"Dovecot {dv.split()[0] if dv else '?'}"
+    return {"SMTP": f"Postfix {pf}", "POP3": dovecot, "IMAP": dovecot}
 
 
 def main():
@@ -638,16 +812,16 @@ def main():
         tempfile.tempdir = os.environ["BENCH_DIR"]
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")
     os.chmod(tmp, 0o755)
-    only = sys.argv[1:] or ["smtp", "mailauth", "pop3", "outbound", "smartpop", "memory"]
+    only = sys.argv[1:] or ["smtp", "mailauth", "pop3", "imap", "outbound", "smartpop", "memory"]
     try:
         table = []
-        for name in ("smtp", "mailauth", "pop3"):
+        for name in ("smtp", "mailauth", "pop3", "imap"):
             if name in only:
                 globals()[f"bench_{name}"](tmp, table)
         if table:
             print()
             print_side_by_side(table, peers)
-        rest = [n for n in only if n not in ("smtp", "mailauth", "pop3")]
+        rest = [n for n in only if n not in ("smtp", "mailauth", "pop3", "imap")]
         if rest:
             print()
             print(f"| {'mailgate alone':<42} | {'msgs':>6} | {'msgs/s':>9} | {'CPU s':>7} | {'peak MiB':>8} | note")

@@ -16,6 +16,8 @@ need_apt=()
 [ -x /usr/sbin/postfix ] || need_apt+=(postfix)
 [ -x /usr/sbin/smtp-source ] || need_apt+=(postfix)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
+# The IMAP figures run Dovecot's imap beside mailgate's.
+[ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # shellcheck disable=SC2207
   need_apt=($(printf '%s\n' "${need_apt[@]}" | sort -u))

@@ -151,7 +151,7 @@ class Dovecot:
     the user's Maildir `new/` (as an MTA would), owned by MAIL_USER.
     """
 
-    def __init__(self, users: dict, ca: TestCA, plaintext_auth=True, imap=False):
+    def __init__(self, users: dict, ca: TestCA, plaintext_auth=True, imap=False, extra_conf=""):
         # Not under pytest's tmp_path: that is mode 0700 and Dovecot's mail
         # processes (MAIL_USER) must reach the Maildirs.
         self.dir = Path(tempfile.mkdtemp(prefix="mailgate-dovecot-"))
@@ -187,6 +187,8 @@ class Dovecot:
                 imap=self.imap,
                 protocols="pop3 imap" if imap else "pop3",
             )
+            # More settings (namespaces, special-use folders) for a test.
+            + extra_conf
         )
         self.log = self.dir / "dovecot.log"
         self.proc = None

@@ -13,6 +13,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-pop3d)
 # The IMAP store's interop tests have Dovecot serve (and write) Maildirs.
 [ -x /usr/lib/dovecot/imap ] || need_apt+=(dovecot-imapd)
+# mbsync syncs folder trees with mailgate's IMAP (tests/test_imap_interop.py).
+command -v mbsync >/dev/null || need_apt+=(isync)
 # The power-cut filesystem (tests/powercut_fs.py): fusepy loads libfuse 2.
 ldconfig -p | grep "libfuse\.so\.2" >/dev/null || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then
