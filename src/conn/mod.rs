@@ -8,9 +8,9 @@
 pub mod body;
 pub mod budget;
 pub mod driver;
-pub mod mailauth_in;
 pub mod imap_in;
 pub mod imap_jobs;
+pub mod mailauth_in;
 pub mod pop3_ahead;
 pub mod pop3_fetch;
 pub mod pop3_in;
