@@ -40,8 +40,22 @@ class Zone(BaseResolver):
         self.servfail = set()
         self.drop = set()
         self.queries = []
+        self.tcp_queries = []
 
     def resolve(self, request, handler):
+        reply = self.answer(request)
+        if reply is None:
+            return None
+        qname = str(request.q.qname).rstrip(".").lower()
+        if getattr(handler, "protocol", "udp") == "tcp":
+            self.tcp_queries.append(qname)
+        elif len(reply.pack()) > 512:
+            # RFC 1035 4.2.1: too long for UDP: truncated, ask over TCP.
+            reply = request.reply()
+            reply.header.tc = 1
+        return reply
+
+    def answer(self, request):
         reply = request.reply()
         qname = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
@@ -81,8 +95,11 @@ def dns():
     server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
     server.start_thread()
     zone.port = server.server.server_address[1]
+    tcp = DNSServer(zone, address="127.0.0.1", port=zone.port, logger=quiet, tcp=True)
+    tcp.start_thread()
     yield zone
     server.stop()
+    tcp.stop()
 
 
 def rsa_key(tmp_path, bits=2048):
@@ -565,3 +582,48 @@ def test_check_says_when_a_dnsbl_refuses_queries(make_server, dns):
     assert "query refused" in out, out
     assert "dnsbl typo.example.com does not list its test entry" in out, out
     assert "dnsbl bl.example.net" not in out, out
+
+
+# -- bounded work on hostile input --------------------------------------------------
+
+
+def test_truncated_answer_is_fetched_over_tcp(make_server, dns):
+    mechanisms = " ".join(f"ip4:192.0.2.{n}" for n in range(1, 120))
+    dns.txt["big.test"] = [f"v=spf1 {mechanisms} ip4:127.0.0.1 -all"]
+    server = mx(make_server, dns)
+    assert send(server, message(sender="a@big.test"), mail_from="a@big.test") == (250, "")
+    ar = auth_results(one_message(server))
+    assert "spf=pass" in ar, ar
+    assert "big.test" in dns.tcp_queries
+
+
+def test_hostile_answers_and_signatures_cost_bounded_work(make_server, dns, tmp_path):
+    """A 60 KB TXT answer, a record that includes itself, and a message
+    with 500 DKIM signatures: each message is answered, the header stays
+    small, and another client is served meanwhile."""
+    dns.txt["huge.test"] = ["v=spf1 " + " ".join(f"a:h{n}.huge.test" for n in range(5000))[:60000]]
+    dns.txt["loop.test"] = ["v=spf1 include:loop.test -all"]
+    priv, record = ed25519_key()
+    dns.txt["s0._domainkey.sender.test"] = [record]
+    sender_zone(dns)
+    server = mx(make_server, dns)
+    assert send(server, message(sender="a@huge.test"), mail_from="a@huge.test") == (250, "")
+    assert send(server, message(sender="a@loop.test"), mail_from="a@loop.test") == (250, "")
+    msg = message(body="many signatures\r\n")
+    sig = dkim.sign(msg, b"s0", b"sender.test", priv, signature_algorithm=b"ed25519-sha256",
+                    include_headers=[b"from", b"subject"])
+    many = b"".join(sig.replace(b"s=s0", f"s=s{n}".encode()) for n in range(500))
+    started = time.time()
+    assert send(server, many + msg) == (250, "")
+    assert time.time() - started < 60
+    msgs = server.wait_messages("bob@example.test", 3, timeout=30)
+    ars = {m["From"].split("@")[1].rstrip(">"): auth_results(m) for m in msgs}
+    assert "spf=permerror" in ars["huge.test"] or "spf=temperror" in ars["huge.test"], ars
+    assert "spf=permerror" in ars["loop.test"], ars
+    signed = [a for a in msgs if "many signatures" in a.get_payload()][0]
+    ar = auth_results(signed)
+    assert "dkim=pass" in ar, ar
+    assert len(ar) < 8000, len(ar)
+    # Only a bounded number of key queries went out for 500 signatures.
+    keys = {q for q, t in dns.queries if q.endswith("._domainkey.sender.test")}
+    assert len(keys) <= 64, len(keys)
