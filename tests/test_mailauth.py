@@ -487,7 +487,11 @@ SIGNING = {"[domain example.test]\n": "[domain example.test]\ndkim_selector = mg
 def keyed_server(make_server, sink_port, dns=None, extra=""):
     outbox = (f"\n[outbox]\nmode = smarthost\nhost = 127.0.0.1:{sink_port}\ntls = none\n"
               "retry = 1s\ngive_up_after = 30s\n")
-    server = make_server(extra=outbox + extra, replace=SIGNING, start=False)
+    replace = dict(SIGNING)
+    if dns is not None:
+        outbox += f"nameserver = 127.0.0.1:{dns.port}\n"
+        replace["mail_auth = no"] = "mail_auth = yes"
+    server = make_server(extra=outbox + extra, replace=replace, start=False)
     out = server.run("dkim", "keygen", "example.test", check=True).stdout.decode()
     records = {}
     for line in out.splitlines():
@@ -545,14 +549,20 @@ def test_relayed_mail_is_signed_once_and_dkimpy_verifies(make_server, sink):
     assert bad == [False, False]
 
 
-def test_mail_from_outside_passing_through_is_not_signed(make_server, sink):
+def test_mail_from_outside_passing_through_is_not_signed(make_server, sink, dns):
+    dns.txt["outside.test"] = [SPF_OK]
     s = sink()
-    server, records = keyed_server(make_server, s.port, extra="\n[alias fwd@example.test]\nto = carol@remote.test\n")
+    server, records = keyed_server(make_server, s.port, dns=dns,
+                                   extra="\n[alias fwd@example.test]\nto = carol@remote.test\n")
     msg = (b"From: Mallory <alice@example.test>\r\nTo: fwd@example.test\r\nSubject: forged\r\n\r\nx\r\n")
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as c:
         c.sendmail("m@outside.test", ["fwd@example.test"], msg)
     (got,) = s.wait(1, timeout=30)
     assert b"DKIM-Signature" not in got.content
+    # The forwarded copy carries what the MX checks found.
+    fwd = email.message_from_bytes(got.content)
+    ar = auth_results(fwd)
+    assert "spf=pass" in ar and "smtp.mailfrom=outside.test" in ar, ar
 
 
 def test_bounce_is_signed(make_server, sink):
