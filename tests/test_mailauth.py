@@ -637,3 +637,36 @@ def test_hostile_answers_and_signatures_cost_bounded_work(make_server, dns, tmp_
     # Only a bounded number of key queries went out for 500 signatures.
     keys = {q for q, t in dns.queries if q.endswith("._domainkey.sender.test")}
     assert len(keys) <= 64, len(keys)
+
+
+def test_client_gone_during_the_checks_leaks_nothing(make_server, dns):
+    """The client hangs up while SPF waits on a nameserver that never
+    answers: the spooled message is delivered once (as any message whose
+    250 the client did not wait for) or not at all, and its spool file
+    is gone either way; the server goes on serving."""
+    dns.txt["slow.test"] = [SPF_OK]
+    dns.slow.add("slow.test")
+    dns.delay = 40
+    server = mx(make_server, dns)
+    body = "x" * 76 + "\r\n"
+    msg = message(sender="a@slow.test", body=body * 8000)  # spooled to disk
+    s = smtplib.SMTP(CLIENT, server.ports["smtp"], timeout=30)
+    s.ehlo("client.slow.test")
+    s.mail("a@slow.test")
+    s.rcpt("bob@example.test")
+    s.putcmd("DATA")
+    assert s.getreply()[0] == 354
+    s.send(msg + b"\r\n.\r\n")
+    time.sleep(1)
+    s.sock.close()  # gone before the SPF answer
+    spool = server.data_dir / "spool"
+    deadline = time.time() + 40
+    while time.time() < deadline and spool.is_dir() and any(p.is_file() for p in spool.iterdir()):
+        time.sleep(0.2)
+    assert not spool.is_dir() or [p for p in spool.iterdir() if p.is_file()] == []
+    before = len(server.messages("bob@example.test"))
+    assert before <= 1
+    sender_zone(dns)
+    assert send(server, message(subject="after")) == (250, "")
+    msgs = server.wait_messages("bob@example.test", before + 1)
+    assert any(m["Subject"] == "after" for m in msgs)

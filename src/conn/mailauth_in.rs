@@ -441,6 +441,17 @@ impl Check {
         }
     }
 
+    /// No worker job of these checks is in flight.
+    pub fn idle(&self) -> bool {
+        !self.verifying && (self.hashed.is_some() || self.hash_error.is_some())
+    }
+
+    /// The connection is gone: the spooled message held here, if any (a
+    /// job in flight hands its own back to the driver).
+    pub fn take_spooled(&mut self) -> Option<Spooled> {
+        self.hashed.take().and_then(|h| h.spooled)
+    }
+
     /// The verify job came back.
     pub fn verified(&mut self, h: Box<Hashed>) {
         self.verifying = false;
