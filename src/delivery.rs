@@ -186,13 +186,14 @@ fn store(
     let queued = if routed.remote.is_empty() {
         None
     } else {
-        Some(crate::delivery::enqueue_relayed(
+        Some(enqueue_relayed_with(
             config,
             tx,
             message,
             &routed.remote,
             trace,
             now,
+            &checked.headers,
         )?)
     };
     if routed.local.is_empty() {
@@ -232,11 +233,26 @@ pub fn enqueue_relayed(
     trace_info: &TraceInfo,
     now: SystemTime,
 ) -> Result<QueueEntry, DeliveryError> {
+    enqueue_relayed_with(config, tx, message, remote, trace_info, now, "")
+}
+
+/// [`enqueue_relayed`] with `extra_headers` (CRLF-terminated, e.g. the MX
+/// checks' `Authentication-Results:`) below our `Received:` line.
+fn enqueue_relayed_with(
+    config: &Config,
+    tx: &Transaction,
+    message: Message<'_>,
+    remote: &[String],
+    trace_info: &TraceInfo,
+    now: SystemTime,
+    extra_headers: &str,
+) -> Result<QueueEntry, DeliveryError> {
     let for_rcpt = match remote {
         [one] => Some(one.as_str()),
         _ => None,
     };
     let mut received = trace::received_line(trace_info, for_rcpt, now);
+    received.push_str(extra_headers);
     // Mail our own users send is signed once, here (the queue holds the
     // signed message); mail from outside only passing through is not.
     if tx.auth_user.is_some() || tx.protocol == "local" || config.relay_allowed(tx.peer) {

@@ -40,8 +40,22 @@ class Zone(BaseResolver):
         self.servfail = set()
         self.drop = set()
         self.queries = []
+        self.tcp_queries = []
 
     def resolve(self, request, handler):
+        reply = self.answer(request)
+        if reply is None:
+            return None
+        qname = str(request.q.qname).rstrip(".").lower()
+        if getattr(handler, "protocol", "udp") == "tcp":
+            self.tcp_queries.append(qname)
+        elif len(reply.pack()) > 512:
+            # RFC 1035 4.2.1: too long for UDP: truncated, ask over TCP.
+            reply = request.reply()
+            reply.header.tc = 1
+        return reply
+
+    def answer(self, request):
         reply = request.reply()
         qname = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
@@ -81,8 +95,11 @@ def dns():
     server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
     server.start_thread()
     zone.port = server.server.server_address[1]
+    tcp = DNSServer(zone, address="127.0.0.1", port=zone.port, logger=quiet, tcp=True)
+    tcp.start_thread()
     yield zone
     server.stop()
+    tcp.stop()
 
 
 def rsa_key(tmp_path, bits=2048):
@@ -470,7 +487,11 @@ SIGNING = {"[domain example.test]\n": "[domain example.test]\ndkim_selector = mg
 def keyed_server(make_server, sink_port, dns=None, extra=""):
     outbox = (f"\n[outbox]\nmode = smarthost\nhost = 127.0.0.1:{sink_port}\ntls = none\n"
               "retry = 1s\ngive_up_after = 30s\n")
-    server = make_server(extra=outbox + extra, replace=SIGNING, start=False)
+    replace = dict(SIGNING)
+    if dns is not None:
+        outbox += f"nameserver = 127.0.0.1:{dns.port}\n"
+        replace["mail_auth = no"] = "mail_auth = yes"
+    server = make_server(extra=outbox + extra, replace=replace, start=False)
     out = server.run("dkim", "keygen", "example.test", check=True).stdout.decode()
     records = {}
     for line in out.splitlines():
@@ -528,14 +549,20 @@ def test_relayed_mail_is_signed_once_and_dkimpy_verifies(make_server, sink):
     assert bad == [False, False]
 
 
-def test_mail_from_outside_passing_through_is_not_signed(make_server, sink):
+def test_mail_from_outside_passing_through_is_not_signed(make_server, sink, dns):
+    dns.txt["outside.test"] = [SPF_OK]
     s = sink()
-    server, records = keyed_server(make_server, s.port, extra="\n[alias fwd@example.test]\nto = carol@remote.test\n")
+    server, records = keyed_server(make_server, s.port, dns=dns,
+                                   extra="\n[alias fwd@example.test]\nto = carol@remote.test\n")
     msg = (b"From: Mallory <alice@example.test>\r\nTo: fwd@example.test\r\nSubject: forged\r\n\r\nx\r\n")
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as c:
         c.sendmail("m@outside.test", ["fwd@example.test"], msg)
     (got,) = s.wait(1, timeout=30)
     assert b"DKIM-Signature" not in got.content
+    # The forwarded copy carries what the MX checks found.
+    fwd = email.message_from_bytes(got.content)
+    ar = auth_results(fwd)
+    assert "spf=pass" in ar and "smtp.mailfrom=outside.test" in ar, ar
 
 
 def test_bounce_is_signed(make_server, sink):
@@ -565,3 +592,81 @@ def test_check_says_when_a_dnsbl_refuses_queries(make_server, dns):
     assert "query refused" in out, out
     assert "dnsbl typo.example.com does not list its test entry" in out, out
     assert "dnsbl bl.example.net" not in out, out
+
+
+# -- bounded work on hostile input --------------------------------------------------
+
+
+def test_truncated_answer_is_fetched_over_tcp(make_server, dns):
+    mechanisms = " ".join(f"ip4:192.0.2.{n}" for n in range(1, 120))
+    dns.txt["big.test"] = [f"v=spf1 {mechanisms} ip4:127.0.0.1 -all"]
+    server = mx(make_server, dns)
+    assert send(server, message(sender="a@big.test"), mail_from="a@big.test") == (250, "")
+    ar = auth_results(one_message(server))
+    assert "spf=pass" in ar, ar
+    assert "big.test" in dns.tcp_queries
+
+
+def test_hostile_answers_and_signatures_cost_bounded_work(make_server, dns, tmp_path):
+    """A 60 KB TXT answer, a record that includes itself, and a message
+    with 500 DKIM signatures: each message is answered, the header stays
+    small, and another client is served meanwhile."""
+    dns.txt["huge.test"] = ["v=spf1 " + " ".join(f"a:h{n}.huge.test" for n in range(5000))[:60000]]
+    dns.txt["loop.test"] = ["v=spf1 include:loop.test -all"]
+    priv, record = ed25519_key()
+    dns.txt["s0._domainkey.sender.test"] = [record]
+    sender_zone(dns)
+    server = mx(make_server, dns)
+    assert send(server, message(sender="a@huge.test"), mail_from="a@huge.test") == (250, "")
+    assert send(server, message(sender="a@loop.test"), mail_from="a@loop.test") == (250, "")
+    msg = message(body="many signatures\r\n")
+    sig = dkim.sign(msg, b"s0", b"sender.test", priv, signature_algorithm=b"ed25519-sha256",
+                    include_headers=[b"from", b"subject"])
+    many = b"".join(sig.replace(b"s=s0", f"s=s{n}".encode()) for n in range(500))
+    started = time.time()
+    assert send(server, many + msg) == (250, "")
+    assert time.time() - started < 60
+    msgs = server.wait_messages("bob@example.test", 3, timeout=30)
+    ars = {m["From"].split("@")[1].rstrip(">"): auth_results(m) for m in msgs}
+    assert "spf=permerror" in ars["huge.test"] or "spf=temperror" in ars["huge.test"], ars
+    assert "spf=permerror" in ars["loop.test"], ars
+    signed = [a for a in msgs if "many signatures" in a.get_payload()][0]
+    ar = auth_results(signed)
+    assert "dkim=pass" in ar, ar
+    assert len(ar) < 8000, len(ar)
+    # Only a bounded number of key queries went out for 500 signatures.
+    keys = {q for q, t in dns.queries if q.endswith("._domainkey.sender.test")}
+    assert len(keys) <= 64, len(keys)
+
+
+def test_client_gone_during_the_checks_leaks_nothing(make_server, dns):
+    """The client hangs up while SPF waits on a nameserver that never
+    answers: the spooled message is delivered once (as any message whose
+    250 the client did not wait for) or not at all, and its spool file
+    is gone either way; the server goes on serving."""
+    dns.txt["slow.test"] = [SPF_OK]
+    dns.slow.add("slow.test")
+    dns.delay = 40
+    server = mx(make_server, dns)
+    body = "x" * 76 + "\r\n"
+    msg = message(sender="a@slow.test", body=body * 8000)  # spooled to disk
+    s = smtplib.SMTP(CLIENT, server.ports["smtp"], timeout=30)
+    s.ehlo("client.slow.test")
+    s.mail("a@slow.test")
+    s.rcpt("bob@example.test")
+    s.putcmd("DATA")
+    assert s.getreply()[0] == 354
+    s.send(msg + b"\r\n.\r\n")
+    time.sleep(1)
+    s.sock.close()  # gone before the SPF answer
+    spool = server.data_dir / "spool"
+    deadline = time.time() + 40
+    while time.time() < deadline and spool.is_dir() and any(p.is_file() for p in spool.iterdir()):
+        time.sleep(0.2)
+    assert not spool.is_dir() or [p for p in spool.iterdir() if p.is_file()] == []
+    before = len(server.messages("bob@example.test"))
+    assert before <= 1
+    sender_zone(dns)
+    assert send(server, message(subject="after")) == (250, "")
+    msgs = server.wait_messages("bob@example.test", before + 1)
+    assert any(m["Subject"] == "after" for m in msgs)

@@ -45,6 +45,9 @@ const MAX_IN_FLIGHT: usize = 16;
 /// Most questions one message may cost (SPF's own limit is 10 lookups;
 /// DKIM keys of many signatures, DMARC's two). Past it: temperror.
 const MAX_QUESTIONS: usize = 64;
+/// Most DKIM results named in Authentication-Results and the log (the
+/// verifier checks at most `dkim::MAX_SIGNATURES`).
+const MAX_SHOWN_SIGNATURES: usize = crate::mailauth::dkim::MAX_SIGNATURES;
 /// Read size over the spooled message.
 const READ_CHUNK: usize = 64 * 1024;
 /// The greylist table's file under data_dir.
@@ -438,6 +441,17 @@ impl Check {
         }
     }
 
+    /// No worker job of these checks is in flight.
+    pub fn idle(&self) -> bool {
+        !self.verifying && (self.hashed.is_some() || self.hash_error.is_some())
+    }
+
+    /// The connection is gone: the spooled message held here, if any (a
+    /// job in flight hands its own back to the driver).
+    pub fn take_spooled(&mut self) -> Option<Spooled> {
+        self.hashed.take().and_then(|h| h.spooled)
+    }
+
     /// The verify job came back.
     pub fn verified(&mut self, h: Box<Hashed>) {
         self.verifying = false;
@@ -593,15 +607,25 @@ fn decide(
 ) -> Verdict {
     let config = std::sync::Arc::clone(cx.config());
     let tx = &h.tx;
+    // A message may carry hundreds of signatures; the header and the log
+    // line name the first few (the ones checked), and count the rest.
+    let shown = dkim
+        .get(..dkim.len().min(MAX_SHOWN_SIGNATURES))
+        .unwrap_or(dkim);
     let header =
-        crate::mailauth::auth_results::header(&config.server.hostname, Some(spf), dkim, dmarc);
+        crate::mailauth::auth_results::header(&config.server.hostname, Some(spf), shown, dmarc);
     let dkim_text = if dkim.is_empty() {
         "none".to_string()
     } else {
-        dkim.iter()
+        let mut t = shown
+            .iter()
             .map(|o| format!("{}({}:{})", o.result, o.domain, o.reason))
             .collect::<Vec<_>>()
-            .join(",")
+            .join(",");
+        if dkim.len() > shown.len() {
+            t.push_str(&format!(",+{} more not shown", dkim.len() - shown.len()));
+        }
+        t
     };
     let dmarc_text = dmarc.map_or("none".to_string(), |d| {
         format!(

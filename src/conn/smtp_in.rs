@@ -289,6 +289,19 @@ impl SmtpIn {
     fn closed(&mut self, cx: &mut Ctx) {
         self.dns.clear();
         self.dnsbl = None;
+        if let Some((mut check, _)) = self.check.take() {
+            let idle = check.idle();
+            if let Some(spooled) = check.take_spooled() {
+                cx.submit_quick(move || {
+                    spooled.remove();
+                    Outcome::Nothing
+                });
+            }
+            if idle {
+                self.body.delivered(&mut cx.sv.budget);
+                self.waiting = Waiting::Nothing;
+            }
+        }
         let (job, dropped) = self.body.close(&mut cx.sv.budget);
         if let Some(job) = job {
             self.submit_spool(job, cx);
