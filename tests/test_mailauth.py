@@ -92,10 +92,19 @@ class Zone(BaseResolver):
 def dns():
     zone = Zone()
     quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=lambda s: None)
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
+    # UDP and TCP on one port number: the UDP port the kernel picks may be
+    # taken for TCP by another test running beside this one; pick again.
+    for _ in range(50):
+        server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
+        zone.port = server.server.server_address[1]
+        try:
+            tcp = DNSServer(zone, address="127.0.0.1", port=zone.port, logger=quiet, tcp=True)
+            break
+        except OSError:
+            server.server.server_close()
+    else:
+        raise RuntimeError("no port free for both UDP and TCP")
     server.start_thread()
-    zone.port = server.server.server_address[1]
-    tcp = DNSServer(zone, address="127.0.0.1", port=zone.port, logger=quiet, tcp=True)
     tcp.start_thread()
     yield zone
     server.stop()
