@@ -350,6 +350,8 @@ pub struct OutboxConfig {
     pub tls: TlsMode,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `auth = oauth2` (with `username`); tokens in `data_dir/oauth/outbox`.
+    pub oauth: Option<OAuthConfig>,
     pub ca_file: Option<PathBuf>,
     /// `fingerprint`: SHA-256 of the one smarthost certificate accepted,
     /// upper-case hex pairs joined by colons (as `tls::fingerprint`).
@@ -360,13 +362,55 @@ pub struct OutboxConfig {
     pub nameserver: Option<SocketAddr>,
 }
 
+/// `provider =` of an `auth = oauth2` account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthProvider {
+    Microsoft,
+    Google,
+    Custom,
+}
+
+/// `auth = oauth2` on a `[smartpop NAME]` or on `[outbox]`: the app the
+/// user registered and, for `custom`, its endpoints (the built-in ones of
+/// the others may be overridden). `Debug` hides the client secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    pub provider: OAuthProvider,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub device_url: Option<String>,
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("provider", &self.provider)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<hidden>"),
+            )
+            .field("authorize_url", &self.authorize_url)
+            .field("token_url", &self.token_url)
+            .field("device_url", &self.device_url)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SmartPopConfig {
     pub name: String,
     pub host: HostPort,
     pub tls: TlsMode,
     pub username: String,
+    /// Empty with `auth = oauth2`.
     pub password: String,
+    /// `auth = oauth2`; tokens in `data_dir/oauth/NAME`.
+    pub oauth: Option<OAuthConfig>,
     pub ca_file: Option<PathBuf>,
     /// Lower-case address of a local mailbox (or alias).
     pub deliver_to: String,
@@ -429,6 +473,7 @@ impl Default for OutboxConfig {
             tls: DEFAULT_OUTBOX_TLS,
             username: None,
             password: None,
+            oauth: None,
             ca_file: None,
             fingerprint: None,
             retry: DEFAULT_RETRY.to_vec(),

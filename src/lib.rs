@@ -12,6 +12,7 @@ pub mod dropfile;
 pub mod event_loop;
 pub mod mailauth;
 pub mod net;
+pub mod oauth;
 pub mod outbox;
 pub mod penalty;
 pub mod pickup;

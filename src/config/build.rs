@@ -412,6 +412,7 @@ impl Builder {
         let mut host = None;
         let mut fingerprint_line = None;
         let mut o = std::mem::take(&mut self.outbox);
+        let mut oauth = OAuthDraft::default();
         for e in self.entries(sec) {
             match e.key.as_str() {
                 "mode" => {
@@ -429,6 +430,7 @@ impl Builder {
                 "tls" => set(&mut o.tls, self.value(e, values::tls_mode)),
                 "username" => o.username = optional(&e.value),
                 "password" => o.password = optional(&e.value),
+                k if OAUTH_KEYS.contains(&k) => self.oauth_key(e, &mut oauth),
                 "ca_file" => o.ca_file = optional_path(&e.value),
                 "fingerprint" if e.value.is_empty() => o.fingerprint = None,
                 "fingerprint" => {
@@ -478,7 +480,18 @@ impl Builder {
                 );
             }
         }
-        if o.username.is_some() != o.password.is_some() {
+        o.oauth = self.oauth_finish(sec, "[outbox]", oauth);
+        if o.oauth.is_some() {
+            if o.username.is_none() {
+                self.err(sec.line, "[outbox] auth = oauth2 needs username".into());
+            }
+            if o.password.is_some() {
+                self.warn(
+                    sec.line,
+                    "[outbox] password is not used with auth = oauth2".into(),
+                );
+            }
+        } else if o.username.is_some() != o.password.is_some() {
             self.err(
                 sec.line,
                 "[outbox] username and password go together".into(),
@@ -658,6 +671,7 @@ impl Builder {
         self.smartpop_names
             .insert(name.to_ascii_lowercase(), sec.line);
         let (mut host, mut username, mut password, mut deliver_to) = (None, None, None, None);
+        let mut oauth = OAuthDraft::default();
         let mut seen_host = false;
         let mut p = SmartPopConfig {
             name,
@@ -668,6 +682,7 @@ impl Builder {
             tls: DEFAULT_SMARTPOP_TLS,
             username: String::new(),
             password: String::new(),
+            oauth: None,
             ca_file: None,
             deliver_to: String::new(),
             multidrop: DEFAULT_MULTIDROP,
@@ -684,6 +699,7 @@ impl Builder {
                 "tls" => set(&mut p.tls, self.value(e, values::tls_mode)),
                 "username" => username = self.value(e, nonempty(|v| Ok(v.to_string()))),
                 "password" => password = self.value(e, nonempty(|v| Ok(v.to_string()))),
+                k if OAUTH_KEYS.contains(&k) => self.oauth_key(e, &mut oauth),
                 "ca_file" => p.ca_file = optional_path(&e.value),
                 "deliver_to" => {
                     deliver_to = self.value(e, nonempty(|v| values::address(v, true)));
@@ -697,10 +713,18 @@ impl Builder {
                 _ => self.unknown_key(sec, e),
             }
         }
+        let what = format!("[smartpop {}]", p.name);
+        p.oauth = self.oauth_finish(sec, &what, oauth);
+        if p.oauth.is_some() {
+            password = Some(String::new());
+        }
         for (key, present) in [
             ("host", seen_host),
             ("username", sec.entries.iter().any(|e| e.key == "username")),
-            ("password", sec.entries.iter().any(|e| e.key == "password")),
+            (
+                "password",
+                p.oauth.is_some() || sec.entries.iter().any(|e| e.key == "password"),
+            ),
             (
                 "deliver_to",
                 sec.entries.iter().any(|e| e.key == "deliver_to"),
@@ -1013,6 +1037,113 @@ fn header(sec: &RawSection) -> String {
     match sec.name.as_str() {
         "" => format!("[{}]", sec.kind),
         n => format!("[{} {n}]", sec.kind),
+    }
+}
+
+/// The keys of `auth = oauth2`, on `[smartpop NAME]` and `[outbox]`.
+const OAUTH_KEYS: &[&str] = &[
+    "auth",
+    "provider",
+    "client_id",
+    "client_secret",
+    "authorize_url",
+    "token_url",
+    "device_url",
+    "scope",
+];
+
+#[derive(Default)]
+struct OAuthDraft {
+    oauth2: bool,
+    provider: Option<OAuthProvider>,
+    values: HashMap<&'static str, String>,
+}
+
+impl Builder {
+    fn oauth_key(&mut self, e: &RawEntry, d: &mut OAuthDraft) {
+        match e.key.as_str() {
+            "auth" => match e.value.as_str() {
+                "password" => d.oauth2 = false,
+                "oauth2" => d.oauth2 = true,
+                v => self.err(
+                    e.line,
+                    format!("auth must be password or oauth2, not {}", shown(v)),
+                ),
+            },
+            "provider" => match e.value.as_str() {
+                "" => d.provider = None,
+                "microsoft" => d.provider = Some(OAuthProvider::Microsoft),
+                "google" => d.provider = Some(OAuthProvider::Google),
+                "custom" => d.provider = Some(OAuthProvider::Custom),
+                v => self.err(
+                    e.line,
+                    format!(
+                        "provider must be microsoft, google or custom, not {}",
+                        shown(v)
+                    ),
+                ),
+            },
+            k => {
+                let Some(key) = OAUTH_KEYS.iter().find(|&&x| x == k) else {
+                    return;
+                };
+                if k.ends_with("_url") && !e.value.is_empty() && !e.value.starts_with("https://") {
+                    return self.err(e.line, format!("{k} must be an https:// URL"));
+                }
+                if !e.value.is_empty() {
+                    d.values.insert(key, e.value.clone());
+                }
+            }
+        }
+    }
+
+    fn oauth_finish(
+        &mut self,
+        sec: &RawSection,
+        what: &str,
+        mut d: OAuthDraft,
+    ) -> Option<OAuthConfig> {
+        if !d.oauth2 {
+            if d.provider.is_some() || !d.values.is_empty() {
+                self.warn(
+                    sec.line,
+                    format!("{what} OAuth2 keys are not used without auth = oauth2"),
+                );
+            }
+            return None;
+        }
+        let Some(provider) = d.provider else {
+            self.err(
+                sec.line,
+                format!("{what} auth = oauth2 needs provider = microsoft, google or custom"),
+            );
+            return None;
+        };
+        let Some(client_id) = d.values.remove("client_id") else {
+            self.err(sec.line, format!("{what} auth = oauth2 needs client_id"));
+            return None;
+        };
+        let c = OAuthConfig {
+            provider,
+            client_id,
+            client_secret: d.values.remove("client_secret"),
+            authorize_url: d.values.remove("authorize_url"),
+            token_url: d.values.remove("token_url"),
+            device_url: d.values.remove("device_url"),
+            scope: d.values.remove("scope"),
+        };
+        if provider == OAuthProvider::Custom
+            && (c.token_url.is_none()
+                || c.scope.is_none()
+                || (c.device_url.is_none() && c.authorize_url.is_none()))
+        {
+            self.err(
+                sec.line,
+                format!("{what} provider = custom needs token_url, scope and device_url or authorize_url"),
+            );
+            return None;
+        }
+        Some(c)
     }
 }
 

@@ -1066,3 +1066,56 @@ fn sender_login_match() {
     ));
     assert!(c.may_send_as("bob@d.test", "alice@d.test"));
 }
+
+#[test]
+fn oauth2_accounts_and_smarthost() {
+    let base = format!("{BASE}[domain d.test]\n[mailbox b@d.test]\n");
+    let (c, _) = ok(&format!(
+        "{base}[outbox]\nhost = smtp.office365.com\nusername = me@x.com\nauth = oauth2\nprovider = microsoft\nclient_id = app1\n\
+         [smartpop ms]\nhost = outlook.office365.com\nusername = me@x.com\nauth = oauth2\nprovider = microsoft\nclient_id = app1\ndeliver_to = b@d.test\n\
+         [smartpop own]\nhost = pop.example\nusername = u\nauth = oauth2\nprovider = custom\nclient_id = c\nclient_secret = s3cret\n\
+         token_url = https://auth.example/token\ndevice_url = https://auth.example/device\nscope = mail\ndeliver_to = b@d.test\n"
+    ));
+    let o = c.outbox.oauth.as_ref().unwrap();
+    assert_eq!(
+        (o.provider, o.client_id.as_str()),
+        (OAuthProvider::Microsoft, "app1")
+    );
+    assert_eq!(
+        c.smartpop[0].oauth.as_ref().map(|o| o.provider),
+        Some(OAuthProvider::Microsoft)
+    );
+    let own = c.smartpop[1].oauth.as_ref().unwrap();
+    assert_eq!(own.token_url.as_deref(), Some("https://auth.example/token"));
+    assert_eq!(own.client_secret.as_deref(), Some("s3cret"));
+    assert!(!format!("{own:?}").contains("s3cret"));
+    assert!(c.smartpop[0].password.is_empty());
+    let sp = |extra: &str| {
+        format!(
+            "{base}[smartpop x]\nhost = pop.example\nusername = u\ndeliver_to = b@d.test\n{extra}"
+        )
+    };
+    for (extra, want) in [
+        ("auth = oauth2\nclient_id = c\n", "needs provider"),
+        ("auth = oauth2\nprovider = google\n", "needs client_id"),
+        (
+            "auth = oauth2\nprovider = yahoo\nclient_id = c\n",
+            "provider must be",
+        ),
+        ("auth = kerberos\npassword = p\n", "auth must be"),
+        (
+            "auth = oauth2\nprovider = custom\nclient_id = c\n",
+            "provider = custom needs",
+        ),
+        (
+            "auth = oauth2\nprovider = custom\nclient_id = c\ntoken_url = http://x/t\n",
+            "https://",
+        ),
+    ] {
+        let errs = errors(&sp(extra));
+        assert!(
+            errs.iter().any(|(line, m)| *line > 0 && m.contains(want)),
+            "{extra}: {errs:?}"
+        );
+    }
+}
