@@ -91,6 +91,8 @@ pub struct SmtpIn {
     body: BodySink,
     /// The global budget refused the last read: not the client's silence.
     starved: bool,
+    /// Local mailboxes of the delivery in flight (IMAP IDLE wake-ups).
+    delivering_to: Vec<String>,
 }
 
 impl SmtpIn {
@@ -134,6 +136,7 @@ impl SmtpIn {
             login_by,
             body: BodySink::new(cx.token, cx.config().server.data_dir.clone()),
             starved: false,
+            delivering_to: Vec::new(),
         }
     }
 
@@ -264,6 +267,20 @@ impl SmtpIn {
         self.waiting = Waiting::Delivery;
         let config = Arc::clone(cx.config());
         let tls = self.io.t.tls_description();
+        // The local mailboxes this delivery reaches: their IMAP sessions
+        // hear of it once it is stored (IDLE).
+        let tx_of = match &ready {
+            Ready::Memory(tx) | Ready::Spool { tx, .. } => Some(tx),
+            Ready::Refuse(_) => None,
+        };
+        self.delivering_to = tx_of
+            .map(|tx| {
+                tx.recipients
+                    .iter()
+                    .flat_map(|r| r.resolution.local.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
         match ready {
             Ready::Memory(tx) => cx.submit(move || {
                 let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
@@ -327,6 +344,10 @@ impl Driver for SmtpIn {
                 self.body.delivered(&mut cx.sv.budget);
                 if let Some(entry) = queued {
                     cx.effect(Effect::Queued(entry));
+                }
+                let reached = std::mem::take(&mut self.delivering_to);
+                if matches!(outcome, DeliveryOutcome::Accepted { .. }) && !reached.is_empty() {
+                    cx.effect(Effect::MailboxesChanged(reached));
                 }
                 self.answer_delivery(outcome, cx);
                 if self.io.is_done() {
