@@ -326,3 +326,25 @@ def test_condstore_and_status(server):
     assert st[b"MESSAGES"] == 1 and st[b"UNSEEN"] == 1 and st[b"UIDNEXT"] == 2
     assert st[b"HIGHESTMODSEQ"] >= data[1][b"MODSEQ"][0]
     c.logout()
+
+
+def test_new_keyword_announced_and_examine_and_fetch_modseq(server):
+    """imap-findings F1, F3, F4, I2."""
+    deliver(server, "kw")
+    wait_exists(server, 1)
+    m = login(server)
+    typ, data = m.select("INBOX", readonly=True)
+    assert typ == "OK"
+    assert m.untagged_responses.get("RECENT") == [b"1"], m.untagged_responses
+    assert any(b"PERMANENTFLAGS ()" in x for x in m.untagged_responses.get("OK", [])), m.untagged_responses
+    m.select("INBOX")
+    m.untagged_responses.clear()
+    typ, data = m.store("1", "+FLAGS", "($hello)")
+    assert typ == "OK"
+    flags = m.untagged_responses.get("FLAGS", [])
+    assert flags and b"$hello" in flags[0], m.untagged_responses
+    typ, data = m.fetch("1", "(MODSEQ)")
+    assert any(b"HIGHESTMODSEQ" in x for x in m.untagged_responses.get("OK", [])), m.untagged_responses
+    typ, data = m.store("1", "+FLAGS", "(\\Seen)")
+    assert b"MODSEQ" in data[0], data
+    m.logout()

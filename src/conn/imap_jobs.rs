@@ -173,6 +173,7 @@ pub fn report(
     if d.uidvalidity_changed {
         return Err(UidValidityChanged);
     }
+    announce_keywords(old, &new, sel.read_only, out);
     if no_expunge && !d.expunged.is_empty() {
         // Only flag changes of messages still there, numbered as known.
         for uid in &d.flags {
@@ -212,6 +213,28 @@ pub fn report(
         }
     }
     Ok(new)
+}
+
+/// RFC 3501 7.2.6: a keyword new to the mailbox is announced in FLAGS
+/// (and PERMANENTFLAGS) before a FETCH uses it.
+fn announce_keywords(old: &Snapshot, new: &Snapshot, read_only: bool, out: &mut Vec<u8>) {
+    if old.keywords == new.keywords {
+        return;
+    }
+    let mut all: Vec<Flag> = PERMANENT.to_vec();
+    for k in new.keywords.names() {
+        all.push(Flag::Keyword(k.to_string()));
+    }
+    response::flags(out, &all);
+    if !read_only {
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::PermanentFlags(&all)),
+            "Limited",
+        );
+    }
 }
 
 fn fetch_flags(
@@ -470,8 +493,9 @@ fn select(
     };
     let folder = tree.folder(&fname);
     let got = if read_only {
+        // EXAMINE claims no \Recent, but shows what is (RFC 3501 6.3.2).
         folder.sync().map(|s| {
-            let n = s.uid_next;
+            let n = s.first_recent;
             (s, n)
         })
     } else {
@@ -517,13 +541,8 @@ fn select(
         "Predicted next UID",
     );
     if read_only {
-        response::status(
-            out,
-            None,
-            Status::Ok,
-            Some(&Code::PermanentFlags(&[])),
-            "No permanent flags",
-        );
+        // Nothing may be changed: no flags, and no `\*` either.
+        out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
     } else {
         response::status(
             out,
@@ -804,6 +823,7 @@ fn store(
             // Our own changes: FETCH unless .SILENT (RFC 3501 6.4.6); with
             // CONDSTORE, MODSEQ even when silent (RFC 7162 3.1.3).
             let old = Arc::clone(&sel.snap);
+            announce_keywords(&old, &new, false, out);
             for u in &uids {
                 let (Some(p), Some(m)) = (old.position(*u), new.find(*u)) else {
                     continue;
@@ -998,8 +1018,18 @@ fn fetch_start(
         );
         return;
     };
-    if changed_since.is_some() {
+    // RFC 7162 3.1: FETCH MODSEQ or CHANGEDSINCE enables CONDSTORE, and
+    // the first enabling command is told HIGHESTMODSEQ.
+    if (changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq)) && !done.modes.condstore {
         done.modes.condstore = true;
+        let h = sel.snap.highest_modseq.max(1);
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::HighestModSeq(h)),
+            "Highest",
+        );
     }
     if uid && !attrs.contains(&FetchAttr::Uid) {
         attrs.insert(0, FetchAttr::Uid);
