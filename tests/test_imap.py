@@ -348,3 +348,15 @@ def test_new_keyword_announced_and_examine_and_fetch_modseq(server):
     typ, data = m.store("1", "+FLAGS", "(\\Seen)")
     assert b"MODSEQ" in data[0], data
     m.logout()
+
+
+def test_list_shows_missing_parents_noselect(server):
+    """imap-findings I1: `.Kin.Near` alone on disk; `%` still leads to it."""
+    c = client(server)
+    c.create_folder("Kin.Near")
+    assert not (server.maildir_path(USER) / ".Kin").exists()
+    top = {name: flags for flags, _, name in c.list_folders(pattern="%")}
+    assert "Kin" in top and b"\\Noselect" in top["Kin"] and b"\\HasChildren" in top["Kin"], top
+    assert "Kin.Near" not in top
+    assert [n for _, _, n in c.list_folders(pattern="Kin.%")] == ["Kin.Near"]
+    c.logout()

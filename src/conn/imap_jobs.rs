@@ -614,22 +614,54 @@ fn list(
         return;
     };
     let subs = tree.subscriptions().unwrap_or_default();
-    let names: Vec<String> = all.iter().map(|l| l.name.imap(tree.separator())).collect();
-    for (l, name) in all.iter().zip(&names) {
+    // (name, special use, subscribed, exists): folders, then the parents
+    // of `.Lists.Family` that have no directory of their own, listed
+    // \Noselect so a client browsing with `%` finds the way down
+    // (RFC 3501 6.3.8), as Dovecot does.
+    let mut entries: Vec<(String, Option<SpecialUse>, bool, bool)> = all
+        .iter()
+        .map(|l| {
+            (
+                l.name.imap(tree.separator()),
+                l.special_use,
+                subs.contains(&l.name),
+                true,
+            )
+        })
+        .collect();
+    let mut parents = Vec::new();
+    for (name, ..) in &entries {
+        let mut at = 0;
+        while let Some(i) = name[at..].find('.') {
+            let parent = &name[..at + i];
+            if !entries.iter().any(|e| e.0 == parent) && !parents.iter().any(|p| p == parent) {
+                parents.push(parent.to_string());
+            }
+            at += i + 1;
+        }
+    }
+    entries.extend(parents.into_iter().map(|p| (p, None, false, false)));
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    for (name, special, subscribed, exists) in &entries {
         if !pats.iter().any(|p| matches_pattern(reference, p, name)) {
             continue;
         }
-        if subscribed_only && !subs.contains(&l.name) {
+        if subscribed_only && !subscribed {
             continue;
         }
         let prefix = format!("{name}.");
         let children = names.iter().any(|n| n.starts_with(&prefix));
-        let mut attrs: Vec<&str> = vec![if children {
+        let mut attrs: Vec<&str> = Vec::new();
+        if !exists {
+            attrs.push("\\Noselect");
+        }
+        attrs.push(if children {
             "\\HasChildren"
         } else {
             "\\HasNoChildren"
-        }];
-        if let Some(u) = l.special_use {
+        });
+        if let Some(u) = special {
             attrs.push(u.attribute());
         }
         if subscribed_only {
