@@ -360,3 +360,16 @@ def test_list_shows_missing_parents_noselect(server):
     assert "Kin.Near" not in top
     assert [n for _, _, n in c.list_folders(pattern="Kin.%")] == ["Kin.Near"]
     c.logout()
+
+
+def test_modified_utf7_names(server):
+    """imap-findings F2: `&AOQA5A-` is a valid name; stored as Dovecot does."""
+    m = login(server)
+    typ, _ = m.create('"p&AOQA5A-"')
+    assert typ == "OK"
+    typ, data = m.list('""', '"p*"')
+    assert data == [b'(\\HasNoChildren) "." "p&AOQA5A-"'], data
+    assert (server.maildir_path(USER) / ".p&AOQA5A-").is_dir()
+    typ, data = m.select('"p&AOQA5A-"')
+    assert typ == "OK"
+    m.logout()

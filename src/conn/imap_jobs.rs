@@ -99,6 +99,20 @@ pub struct FetchRest {
     pub changed_since: Option<u64>,
 }
 
+/// The store names folders as the wire does (modified UTF-7); the
+/// parser hands the session UTF-8.
+fn wire(m: &MailboxName) -> String {
+    crate::proto::imap::utf7::encode(&m.0)
+}
+
+/// A store (modified UTF-7) name for a response, which encodes it again.
+fn utf8_name(store: &str) -> MailboxName {
+    match crate::proto::imap::utf7::decode(store.as_bytes()) {
+        Ok(s) => MailboxName::new(s),
+        Err(_) => MailboxName::new(store.to_string()),
+    }
+}
+
 fn err_text(e: &io::Error) -> String {
     e.to_string()
 }
@@ -318,7 +332,7 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
             select(&tree, &mailbox, true, m, &tag, &mut done, &mut out);
         }
-        C::Create { mailbox, .. } => match tree.create(&mailbox.0) {
+        C::Create { mailbox, .. } => match tree.create(&wire(&mailbox)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "CREATE completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
@@ -332,21 +346,21 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
                     "INBOX cannot be deleted",
                 );
             } else {
-                match tree.delete(&mailbox.0) {
+                match tree.delete(&wire(&mailbox)) {
                     Ok(()) => response::status(&mut out, t, Status::Ok, None, "DELETE completed"),
                     Err(e) => no(&mut out, &tag, &e),
                 }
             }
         }
-        C::Rename { from, to } => match tree.rename(&from.0, &to.0) {
+        C::Rename { from, to } => match tree.rename(&wire(&from), &wire(&to)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "RENAME completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
-        C::Subscribe(m) => match tree.subscribe(&m.0, true) {
+        C::Subscribe(m) => match tree.subscribe(&wire(&m), true) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "SUBSCRIBE completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
-        C::Unsubscribe(m) => match tree.subscribe(&m.0, false) {
+        C::Unsubscribe(m) => match tree.subscribe(&wire(&m), false) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "UNSUBSCRIBE completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
@@ -487,7 +501,7 @@ fn select(
         );
     }
     done.state = State::Authenticated;
-    let fname = match tree.parse(&name.0) {
+    let fname = match tree.parse(&wire(name)) {
         Ok(n) => n,
         Err(e) => return no(out, tag, &e),
     };
@@ -670,7 +684,7 @@ fn list(
         out.extend_from_slice(b"* LIST (");
         out.extend_from_slice(attrs.join(" ").as_bytes());
         out.extend_from_slice(b") \".\" ");
-        response::mailbox(out, &MailboxName::new(name.clone()));
+        response::mailbox(out, &utf8_name(name));
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -681,7 +695,7 @@ fn lsub(tree: &Mailbox, reference: &str, pat: &str, out: &mut Vec<u8>) {
         let name = s.imap(tree.separator());
         if matches_pattern(reference, pat, &name) {
             out.extend_from_slice(b"* LSUB () \".\" ");
-            response::mailbox(out, &MailboxName::new(name));
+            response::mailbox(out, &utf8_name(&name));
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -693,7 +707,7 @@ fn status(
     items: &[StatusItem],
     acct: &Account,
 ) -> io::Result<Vec<(StatusItem, u64)>> {
-    let fname: FolderName = tree.parse(&name.0)?;
+    let fname: FolderName = tree.parse(&wire(name))?;
     let snap = tree.folder(&fname).sync()?;
     Ok(items
         .iter()
@@ -950,7 +964,7 @@ fn copy_move(
         .iter()
         .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
         .collect();
-    let dest = match tree.parse(&target.0) {
+    let dest = match tree.parse(&wire(target)) {
         Ok(n) => tree.folder(&n),
         Err(e) => return no(out, tag, &e),
     };
@@ -1368,7 +1382,7 @@ pub fn append(
     };
     let tree = acct.tree();
     let r = (|| -> io::Result<(u32, u32)> {
-        let name = tree.parse(&mailbox.0)?;
+        let name = tree.parse(&wire(mailbox))?;
         let folder = tree.folder(&name);
         if !folder.exists() {
             return Err(io::Error::new(
