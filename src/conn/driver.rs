@@ -162,6 +162,10 @@ pub struct Services {
     pub budget: Budget,
     /// SIGTERM arrived: finish what is in flight, start nothing new.
     pub stopping: bool,
+    /// IMAP: the newest snapshot of each selected folder, so sessions
+    /// that see the same state share one copy (1000 IDLE sessions on one
+    /// INBOX hold one listing, not 1000).
+    pub imap_snapshots: crate::store::mailbox::SharedSnapshots,
     effects: Vec<Effect>,
 }
 
@@ -181,6 +185,7 @@ impl Services {
             mailboxes: Mailboxes::default(),
             budget: Budget::default(),
             stopping: false,
+            imap_snapshots: Default::default(),
             effects: Vec::new(),
         }
     }

@@ -366,6 +366,10 @@ impl ImapIn {
     fn job_done(&mut self, done: Done, command: bool, cx: &mut Ctx) {
         self.io.out.extend_from_slice(&done.out);
         self.selected = done.selected;
+        if let Some(sel) = &mut self.selected {
+            let snap = std::sync::Arc::clone(&sel.snap);
+            sel.snap = cx.sv.imap_snapshots.share(sel.folder.dir(), snap);
+        }
         self.modes.condstore |= done.modes.condstore;
         if done.changed {
             if let Some(m) = &self.mailbox {
