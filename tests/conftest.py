@@ -66,12 +66,12 @@ listen = 127.0.0.1:{pop3}
 pop3s = 127.0.0.1:{pop3s}
 timeout = 30s
 
+[domain example.test]
+
 [imap]
 listen = 127.0.0.1:{imap}
 imaps = 127.0.0.1:{imaps}
 timeout = 30m
-
-[domain example.test]
 
 [mailbox bob@example.test]
 password = {{PLAIN}}secret

@@ -326,3 +326,50 @@ def test_condstore_and_status(server):
     assert st[b"MESSAGES"] == 1 and st[b"UNSEEN"] == 1 and st[b"UIDNEXT"] == 2
     assert st[b"HIGHESTMODSEQ"] >= data[1][b"MODSEQ"][0]
     c.logout()
+
+
+def test_new_keyword_announced_and_examine_and_fetch_modseq(server):
+    """imap-findings F1, F3, F4, I2."""
+    deliver(server, "kw")
+    wait_exists(server, 1)
+    m = login(server)
+    typ, data = m.select("INBOX", readonly=True)
+    assert typ == "OK"
+    assert m.untagged_responses.get("RECENT") == [b"1"], m.untagged_responses
+    assert any(b"PERMANENTFLAGS ()" in x for x in m.untagged_responses.get("OK", [])), m.untagged_responses
+    m.select("INBOX")
+    m.untagged_responses.clear()
+    typ, data = m.store("1", "+FLAGS", "($hello)")
+    assert typ == "OK"
+    flags = m.untagged_responses.get("FLAGS", [])
+    assert flags and b"$hello" in flags[0], m.untagged_responses
+    typ, data = m.fetch("1", "(MODSEQ)")
+    assert any(b"HIGHESTMODSEQ" in x for x in m.untagged_responses.get("OK", [])), m.untagged_responses
+    typ, data = m.store("1", "+FLAGS", "(\\Seen)")
+    assert b"MODSEQ" in data[0], data
+    m.logout()
+
+
+def test_list_shows_missing_parents_noselect(server):
+    """imap-findings I1: `.Kin.Near` alone on disk; `%` still leads to it."""
+    c = client(server)
+    c.create_folder("Kin.Near")
+    assert not (server.maildir_path(USER) / ".Kin").exists()
+    top = {name: flags for flags, _, name in c.list_folders(pattern="%")}
+    assert "Kin" in top and b"\\Noselect" in top["Kin"] and b"\\HasChildren" in top["Kin"], top
+    assert "Kin.Near" not in top
+    assert [n for _, _, n in c.list_folders(pattern="Kin.%")] == ["Kin.Near"]
+    c.logout()
+
+
+def test_modified_utf7_names(server):
+    """imap-findings F2: `&AOQA5A-` is a valid name; stored as Dovecot does."""
+    m = login(server)
+    typ, _ = m.create('"p&AOQA5A-"')
+    assert typ == "OK"
+    typ, data = m.list('""', '"p*"')
+    assert data == [b'(\\HasNoChildren) "." "p&AOQA5A-"'], data
+    assert (server.maildir_path(USER) / ".p&AOQA5A-").is_dir()
+    typ, data = m.select('"p&AOQA5A-"')
+    assert typ == "OK"
+    m.logout()

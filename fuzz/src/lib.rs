@@ -997,3 +997,74 @@ fn balanced(v: &[u8]) {
     }
     assert_eq!(depth, 0, "unbalanced: {}", String::from_utf8_lossy(v));
 }
+
+/// The IMAP session core fed arbitrary bytes, whole and in random
+/// pieces, with the driver's side played here (logins succeed or fail by
+/// a header bit, commands come back done, APPENDs are taken or refused):
+/// it never panics, and what it answers does not depend on how reads split.
+pub fn imap_session(data: &[u8]) {
+    let ([flags, s0], input) = header::<2>(data);
+    let whole = run_imap_session(flags, s0, input, false);
+    let split = run_imap_session(flags, s0, input, true);
+    assert_eq!(whole, split, "answers depend on where reads split");
+}
+
+fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>, usize) {
+    use mailgate::proto::imap::session::{ImapEvent, ImapSession, SessionParams, State};
+    use mailgate::proto::imap::types::CommandBody;
+    let mut reads = Rng::new(&[seed, flags, 3]);
+    let mut s = ImapSession::new(SessionParams {
+        hostname: "fuzz.test".into(),
+        starttls_available: flags & 1 != 0,
+        tls_active: flags & 2 != 0,
+        plaintext_login_allowed: flags & 4 != 0,
+        append_limit: 1 << 16,
+    });
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    let mut n_events = 0;
+    let mut pos = 0;
+    let mut steps = 0;
+    while pos < input.len() && steps < MAX_STEPS && !s.is_closed() {
+        steps += 1;
+        let n = if split {
+            reads.chunk(input.len() - pos)
+        } else {
+            input.len() - pos
+        };
+        let mut events = Vec::new();
+        s.receive(&input[pos..pos + n], &mut out, &mut events);
+        pos += n;
+        while !events.is_empty() {
+            n_events += events.len();
+            for e in std::mem::take(&mut events) {
+                match e {
+                    ImapEvent::Login { tag, .. } => s.login_done(&tag, flags & 8 != 0, &mut out),
+                    ImapEvent::Run(cmd) => match cmd.body {
+                        CommandBody::Idle => {}
+                        CommandBody::Select { .. } | CommandBody::Examine { .. } => {
+                            s.command_done(State::Selected)
+                        }
+                        CommandBody::Close | CommandBody::Unselect => {
+                            s.command_done(State::Authenticated)
+                        }
+                        _ => s.command_done(s.state()),
+                    },
+                    ImapEvent::AppendStart(h) => {
+                        if flags & 16 != 0 && h.size < 4096 {
+                            s.append_accept();
+                        } else {
+                            s.append_reject();
+                        }
+                    }
+                    ImapEvent::AppendDone { .. } | ImapEvent::IdleDone { .. } => {
+                        s.command_done(s.state())
+                    }
+                    ImapEvent::AppendData(_) | ImapEvent::StartTls | ImapEvent::Close => {}
+                }
+            }
+            s.run(&mut out, &mut events);
+        }
+    }
+    (out, n_events)
+}

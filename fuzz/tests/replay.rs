@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("pop3_client", mailgate_fuzz::pop3_client),
     ("imap_parser", mailgate_fuzz::imap_parser),
     ("imap_mime", mailgate_fuzz::imap_mime),
+    ("imap_session", mailgate_fuzz::imap_session),
 ];
 
 fn replay(folder: &str) -> usize {

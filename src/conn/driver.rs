@@ -169,6 +169,10 @@ pub struct Services {
     pub stopping: bool,
     /// The MX checks' DNS cache and greylist table.
     pub mailauth: super::mailauth_in::Shared,
+    /// IMAP: the newest snapshot of each selected folder, so sessions
+    /// that see the same state share one copy (1000 IDLE sessions on one
+    /// INBOX hold one listing, not 1000).
+    pub imap_snapshots: crate::store::mailbox::SharedSnapshots,
     effects: Vec<Effect>,
 }
 
@@ -189,6 +193,7 @@ impl Services {
             mailboxes: Mailboxes::default(),
             budget: Budget::default(),
             stopping: false,
+            imap_snapshots: Default::default(),
             effects: Vec::new(),
         }
     }

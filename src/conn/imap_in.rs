@@ -178,6 +178,13 @@ impl ImapIn {
     }
 
     fn handle_events(&mut self, cx: &mut Ctx) {
+        // Carrying out one event can let the core go on and make more.
+        while !self.io.events.is_empty() {
+            self.handle_some_events(cx);
+        }
+    }
+
+    fn handle_some_events(&mut self, cx: &mut Ctx) {
         for event in std::mem::take(&mut self.io.events) {
             match event {
                 ImapEvent::Login {
@@ -359,6 +366,10 @@ impl ImapIn {
     fn job_done(&mut self, done: Done, command: bool, cx: &mut Ctx) {
         self.io.out.extend_from_slice(&done.out);
         self.selected = done.selected;
+        if let Some(sel) = &mut self.selected {
+            let snap = std::sync::Arc::clone(&sel.snap);
+            sel.snap = cx.sv.imap_snapshots.share(sel.folder.dir(), snap);
+        }
         self.modes.condstore |= done.modes.condstore;
         if done.changed {
             if let Some(m) = &self.mailbox {
@@ -389,9 +400,11 @@ impl ImapIn {
 impl Driver for ImapIn {
     fn ready(&mut self, cx: &mut Ctx) {
         // Woken by a change to the mailbox (or the socket) while in IDLE.
-        if self.idle_tag.is_some() && self.waiting == Waiting::Nothing {
+        if self.idle_tag.is_some() {
             self.poll_due = true;
-            self.submit_poll(cx);
+            if self.waiting == Waiting::Nothing {
+                self.submit_poll(cx);
+            }
         }
         self.pump(cx);
     }

@@ -99,6 +99,20 @@ pub struct FetchRest {
     pub changed_since: Option<u64>,
 }
 
+/// The store names folders as the wire does (modified UTF-7); the
+/// parser hands the session UTF-8.
+fn wire(m: &MailboxName) -> String {
+    crate::proto::imap::utf7::encode(&m.0)
+}
+
+/// A store (modified UTF-7) name for a response, which encodes it again.
+fn utf8_name(store: &str) -> MailboxName {
+    match crate::proto::imap::utf7::decode(store.as_bytes()) {
+        Ok(s) => MailboxName::new(s),
+        Err(_) => MailboxName::new(store.to_string()),
+    }
+}
+
 fn err_text(e: &io::Error) -> String {
     e.to_string()
 }
@@ -173,6 +187,7 @@ pub fn report(
     if d.uidvalidity_changed {
         return Err(UidValidityChanged);
     }
+    announce_keywords(old, &new, sel.read_only, out);
     if no_expunge && !d.expunged.is_empty() {
         // Only flag changes of messages still there, numbered as known.
         for uid in &d.flags {
@@ -212,6 +227,28 @@ pub fn report(
         }
     }
     Ok(new)
+}
+
+/// RFC 3501 7.2.6: a keyword new to the mailbox is announced in FLAGS
+/// (and PERMANENTFLAGS) before a FETCH uses it.
+fn announce_keywords(old: &Snapshot, new: &Snapshot, read_only: bool, out: &mut Vec<u8>) {
+    if old.keywords == new.keywords {
+        return;
+    }
+    let mut all: Vec<Flag> = PERMANENT.to_vec();
+    for k in new.keywords.names() {
+        all.push(Flag::Keyword(k.to_string()));
+    }
+    response::flags(out, &all);
+    if !read_only {
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::PermanentFlags(&all)),
+            "Limited",
+        );
+    }
 }
 
 fn fetch_flags(
@@ -295,7 +332,7 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
             select(&tree, &mailbox, true, m, &tag, &mut done, &mut out);
         }
-        C::Create { mailbox, .. } => match tree.create(&mailbox.0) {
+        C::Create { mailbox, .. } => match tree.create(&wire(&mailbox)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "CREATE completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
@@ -309,21 +346,21 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
                     "INBOX cannot be deleted",
                 );
             } else {
-                match tree.delete(&mailbox.0) {
+                match tree.delete(&wire(&mailbox)) {
                     Ok(()) => response::status(&mut out, t, Status::Ok, None, "DELETE completed"),
                     Err(e) => no(&mut out, &tag, &e),
                 }
             }
         }
-        C::Rename { from, to } => match tree.rename(&from.0, &to.0) {
+        C::Rename { from, to } => match tree.rename(&wire(&from), &wire(&to)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "RENAME completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
-        C::Subscribe(m) => match tree.subscribe(&m.0, true) {
+        C::Subscribe(m) => match tree.subscribe(&wire(&m), true) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "SUBSCRIBE completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
-        C::Unsubscribe(m) => match tree.subscribe(&m.0, false) {
+        C::Unsubscribe(m) => match tree.subscribe(&wire(&m), false) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "UNSUBSCRIBE completed"),
             Err(e) => no(&mut out, &tag, &e),
         },
@@ -464,14 +501,15 @@ fn select(
         );
     }
     done.state = State::Authenticated;
-    let fname = match tree.parse(&name.0) {
+    let fname = match tree.parse(&wire(name)) {
         Ok(n) => n,
         Err(e) => return no(out, tag, &e),
     };
     let folder = tree.folder(&fname);
     let got = if read_only {
+        // EXAMINE claims no \Recent, but shows what is (RFC 3501 6.3.2).
         folder.sync().map(|s| {
-            let n = s.uid_next;
+            let n = s.first_recent;
             (s, n)
         })
     } else {
@@ -517,13 +555,8 @@ fn select(
         "Predicted next UID",
     );
     if read_only {
-        response::status(
-            out,
-            None,
-            Status::Ok,
-            Some(&Code::PermanentFlags(&[])),
-            "No permanent flags",
-        );
+        // Nothing may be changed: no flags, and no `\*` either.
+        out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
     } else {
         response::status(
             out,
@@ -595,22 +628,54 @@ fn list(
         return;
     };
     let subs = tree.subscriptions().unwrap_or_default();
-    let names: Vec<String> = all.iter().map(|l| l.name.imap(tree.separator())).collect();
-    for (l, name) in all.iter().zip(&names) {
+    // (name, special use, subscribed, exists): folders, then the parents
+    // of `.Lists.Family` that have no directory of their own, listed
+    // \Noselect so a client browsing with `%` finds the way down
+    // (RFC 3501 6.3.8), as Dovecot does.
+    let mut entries: Vec<(String, Option<SpecialUse>, bool, bool)> = all
+        .iter()
+        .map(|l| {
+            (
+                l.name.imap(tree.separator()),
+                l.special_use,
+                subs.contains(&l.name),
+                true,
+            )
+        })
+        .collect();
+    let mut parents = Vec::new();
+    for (name, ..) in &entries {
+        let mut at = 0;
+        while let Some(i) = name[at..].find('.') {
+            let parent = &name[..at + i];
+            if !entries.iter().any(|e| e.0 == parent) && !parents.iter().any(|p| p == parent) {
+                parents.push(parent.to_string());
+            }
+            at += i + 1;
+        }
+    }
+    entries.extend(parents.into_iter().map(|p| (p, None, false, false)));
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    for (name, special, subscribed, exists) in &entries {
         if !pats.iter().any(|p| matches_pattern(reference, p, name)) {
             continue;
         }
-        if subscribed_only && !subs.contains(&l.name) {
+        if subscribed_only && !subscribed {
             continue;
         }
         let prefix = format!("{name}.");
         let children = names.iter().any(|n| n.starts_with(&prefix));
-        let mut attrs: Vec<&str> = vec![if children {
+        let mut attrs: Vec<&str> = Vec::new();
+        if !exists {
+            attrs.push("\\Noselect");
+        }
+        attrs.push(if children {
             "\\HasChildren"
         } else {
             "\\HasNoChildren"
-        }];
-        if let Some(u) = l.special_use {
+        });
+        if let Some(u) = special {
             attrs.push(u.attribute());
         }
         if subscribed_only {
@@ -619,7 +684,7 @@ fn list(
         out.extend_from_slice(b"* LIST (");
         out.extend_from_slice(attrs.join(" ").as_bytes());
         out.extend_from_slice(b") \".\" ");
-        response::mailbox(out, &MailboxName::new(name.clone()));
+        response::mailbox(out, &utf8_name(name));
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -630,7 +695,7 @@ fn lsub(tree: &Mailbox, reference: &str, pat: &str, out: &mut Vec<u8>) {
         let name = s.imap(tree.separator());
         if matches_pattern(reference, pat, &name) {
             out.extend_from_slice(b"* LSUB () \".\" ");
-            response::mailbox(out, &MailboxName::new(name));
+            response::mailbox(out, &utf8_name(&name));
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -642,7 +707,7 @@ fn status(
     items: &[StatusItem],
     acct: &Account,
 ) -> io::Result<Vec<(StatusItem, u64)>> {
-    let fname: FolderName = tree.parse(&name.0)?;
+    let fname: FolderName = tree.parse(&wire(name))?;
     let snap = tree.folder(&fname).sync()?;
     Ok(items
         .iter()
@@ -804,6 +869,7 @@ fn store(
             // Our own changes: FETCH unless .SILENT (RFC 3501 6.4.6); with
             // CONDSTORE, MODSEQ even when silent (RFC 7162 3.1.3).
             let old = Arc::clone(&sel.snap);
+            announce_keywords(&old, &new, false, out);
             for u in &uids {
                 let (Some(p), Some(m)) = (old.position(*u), new.find(*u)) else {
                     continue;
@@ -898,7 +964,7 @@ fn copy_move(
         .iter()
         .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
         .collect();
-    let dest = match tree.parse(&target.0) {
+    let dest = match tree.parse(&wire(target)) {
         Ok(n) => tree.folder(&n),
         Err(e) => return no(out, tag, &e),
     };
@@ -998,8 +1064,18 @@ fn fetch_start(
         );
         return;
     };
-    if changed_since.is_some() {
+    // RFC 7162 3.1: FETCH MODSEQ or CHANGEDSINCE enables CONDSTORE, and
+    // the first enabling command is told HIGHESTMODSEQ.
+    if (changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq)) && !done.modes.condstore {
         done.modes.condstore = true;
+        let h = sel.snap.highest_modseq.max(1);
+        response::status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::HighestModSeq(h)),
+            "Highest",
+        );
     }
     if uid && !attrs.contains(&FetchAttr::Uid) {
         attrs.insert(0, FetchAttr::Uid);
@@ -1306,7 +1382,7 @@ pub fn append(
     };
     let tree = acct.tree();
     let r = (|| -> io::Result<(u32, u32)> {
-        let name = tree.parse(&mailbox.0)?;
+        let name = tree.parse(&wire(mailbox))?;
         let folder = tree.folder(&name);
         if !folder.exists() {
             return Err(io::Error::new(

@@ -103,6 +103,8 @@ pub struct SmtpIn {
     dns: DnsSet,
     dnsbl: Option<DnsblCheck>,
     check: Option<(Check, Instant)>,
+    /// Local mailboxes of the delivery in flight (IMAP IDLE wake-ups).
+    delivering_to: Vec<String>,
 }
 
 impl SmtpIn {
@@ -158,6 +160,7 @@ impl SmtpIn {
             dns,
             dnsbl,
             check: None,
+            delivering_to: Vec::new(),
         };
         // Every answer may have come from the cache.
         me.poll_checks(cx);
@@ -223,6 +226,7 @@ impl SmtpIn {
                         let config = Arc::clone(cx.config());
                         let tls = self.io.t.tls_description();
                         self.waiting = Waiting::Delivery;
+                        self.delivering_to = local_recipients(&h.tx);
                         cx.submit(move || {
                             let h = *h;
                             let message = match &h.spooled {
@@ -400,6 +404,13 @@ impl SmtpIn {
         self.waiting = Waiting::Delivery;
         let config = Arc::clone(cx.config());
         let tls = self.io.t.tls_description();
+        // The local mailboxes this delivery reaches: their IMAP sessions
+        // hear of it once it is stored (IDLE).
+        let tx_of = match &ready {
+            Ready::Memory(tx) | Ready::Spool { tx, .. } => Some(tx),
+            Ready::Refuse(_) => None,
+        };
+        self.delivering_to = tx_of.map(local_recipients).unwrap_or_default();
         match ready {
             Ready::Memory(tx) => cx.submit(move || {
                 let (outcome, queued) = crate::delivery::accept(&config, tx, tls);
@@ -466,6 +477,10 @@ impl Driver for SmtpIn {
                 self.body.delivered(&mut cx.sv.budget);
                 if let Some(entry) = queued {
                     cx.effect(Effect::Queued(entry));
+                }
+                let reached = std::mem::take(&mut self.delivering_to);
+                if matches!(outcome, DeliveryOutcome::Accepted { .. }) && !reached.is_empty() {
+                    cx.effect(Effect::MailboxesChanged(reached));
                 }
                 self.answer_delivery(outcome, cx);
                 if self.io.is_done() {
@@ -763,4 +778,13 @@ mod tests {
         assert_eq!(deliveries[0].reverse_path, "a@remote.test");
         assert!(io.is_done());
     }
+}
+
+/// The local mailboxes a transaction reaches: their IMAP sessions hear of
+/// the delivery once it is stored (IDLE).
+fn local_recipients(tx: &crate::proto::envelope::Transaction) -> Vec<String> {
+    tx.recipients
+        .iter()
+        .flat_map(|r| r.resolution.local.iter().cloned())
+        .collect()
 }

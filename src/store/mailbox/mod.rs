@@ -37,5 +37,41 @@ pub use names::{FolderName, NameError, Separator, SpecialUse};
 pub use registry::{FolderKey, Notice, Registry, SessionId};
 pub use tree::{Listed, Mailbox};
 
+/// Snapshots sessions may share, by folder directory (loop-owned plain
+/// data; entries die with their last session).
+#[derive(Debug, Default)]
+pub struct SharedSnapshots {
+    by_dir: std::collections::HashMap<std::path::PathBuf, std::sync::Weak<Snapshot>>,
+}
+
+impl SharedSnapshots {
+    /// `snap` itself, or an equal snapshot another session already holds.
+    pub fn share(
+        &mut self,
+        dir: &std::path::Path,
+        snap: std::sync::Arc<Snapshot>,
+    ) -> std::sync::Arc<Snapshot> {
+        if let Some(other) = self.by_dir.get(dir).and_then(std::sync::Weak::upgrade) {
+            if std::sync::Arc::ptr_eq(&other, &snap) {
+                return snap;
+            }
+            if other.uidvalidity == snap.uidvalidity
+                && other.uid_next == snap.uid_next
+                && other.highest_modseq == snap.highest_modseq
+                && other.messages.len() == snap.messages.len()
+                && snap.diff(&other).is_empty()
+            {
+                return other;
+            }
+        }
+        if self.by_dir.len() > 64 {
+            self.by_dir.retain(|_, w| w.strong_count() > 0);
+        }
+        self.by_dir
+            .insert(dir.to_path_buf(), std::sync::Arc::downgrade(&snap));
+        snap
+    }
+}
+
 #[cfg(test)]
 mod tests;
