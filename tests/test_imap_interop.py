@@ -83,7 +83,19 @@ SESSION = [
     ("create_delete", "CREATE Tmp"),
     ("delete", "DELETE Tmp"),
     ("list_end", 'LIST "" "*"'),
+    # After the end, so nothing above changes: imaptest's findings, as
+    # steps a reference checks.
+    ("select_again", "SELECT INBOX"),
+    ("store_new_keyword", "STORE 1 +FLAGS ($Fresh)"),
+    ("fetch_new_keyword", "FETCH 1 (FLAGS)"),
+    ("create_mutf7", 'CREATE "p&AOQA5A-"'),
+    ("list_mutf7", 'LIST "" "p&AOQA5A-"'),
+    ("status_mutf7", 'STATUS "p&AOQA5A-" (MESSAGES)'),
+    ("delete_mutf7", 'DELETE "p&AOQA5A-"'),
+    ("select_invalid_mutf7", "SELECT a&b"),
 ]
+
+MUTF7 = "p&AOQA5A- (two UTF-16 units in one base64 run, valid modified UTF-7) is refused"
 
 PARENT = ("LIST omits the parent Lists of Lists.Family: Dovecot answers (\\Noselect \\HasChildren) \".\" Lists, and for \"%\" RFC 3501 6.3.8 asks for the matching level of hierarchy, so a client browsing level by level never finds Lists.Family")
 
@@ -95,6 +107,15 @@ XFAIL = {
     "list_end": PARENT,
     "examine_family": "EXAMINE answers [PERMANENTFLAGS (\\*)]; a read-only mailbox has no "
                       "flags the client can change permanently: Dovecot answers [PERMANENTFLAGS ()]",
+    "store_new_keyword": "a keyword new to the mailbox comes without * FLAGS and "
+                         "* OK [PERMANENTFLAGS] naming it before the FETCH (RFC 3501 7.2.6; "
+                         "imaptest's 'Keyword used without being in FLAGS')",
+    "create_mutf7": MUTF7,
+    "list_mutf7": MUTF7,
+    "status_mutf7": MUTF7,
+    "delete_mutf7": MUTF7,
+    "select_invalid_mutf7": "a mailbox name that is not modified UTF-7 is a well-formed "
+                            "command naming no mailbox: NO (Dovecot), not BAD",
 }
 
 
