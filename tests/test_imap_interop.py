@@ -23,8 +23,13 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 import dovecot_helpers as dh
 import imap_interop as ii
+
+if "[imap]" not in conftest.BASE_CONFIG:
+    pytest.skip("this tree's mailgate serves no IMAP (conftest's base config has no [imap])",
+                allow_module_level=True)
 from imap_interop import Imap, normalise
 
 # The compared session: (id, command). Sequence numbers and UIDs refer to
