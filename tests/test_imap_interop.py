@@ -364,8 +364,12 @@ def msg(subject):
             f"Message-ID: <{subject.replace(' ', '.')}@x>\r\n\r\nbody of {subject}\r\n").encode()
 
 
-def test_mbsync_folder_tree_both_ways(imap_server, tmp_path):
+def test_mbsync_folder_tree_both_ways(imap_server, tmp_path, request):
     port, user, password, delim = imap_server
+    if request.node.callspec.params["imap_server"] == "mailgate":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="mbsync's APPEND \"INBOX\" (\\Seen) {40+} (a LITERAL+ literal) gets no "
+            "answer: mbsync times out (imap-findings.md F11)"))
     if not shutil.which("mbsync"):
         pytest.skip("mbsync missing (tests/setup.sh installs isync)")
     local = tmp_path / "local"
