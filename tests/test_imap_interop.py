@@ -110,11 +110,6 @@ XFAIL = {
     "list_all": PARENT,
     "list_top": PARENT,
     "list_end": PARENT,
-    "examine_family": "EXAMINE answers [PERMANENTFLAGS (\\*)]; a read-only mailbox has no "
-                      "flags the client can change permanently: Dovecot answers [PERMANENTFLAGS ()]",
-    "store_new_keyword": "a keyword new to the mailbox comes without * FLAGS and "
-                         "* OK [PERMANENTFLAGS] naming it before the FETCH (RFC 3501 7.2.6; "
-                         "imaptest's 'Keyword used without being in FLAGS')",
     "create_mutf7": MUTF7,
     "list_mutf7": MUTF7,
     "status_mutf7": MUTF7,
@@ -364,12 +359,8 @@ def msg(subject):
             f"Message-ID: <{subject.replace(' ', '.')}@x>\r\n\r\nbody of {subject}\r\n").encode()
 
 
-def test_mbsync_folder_tree_both_ways(imap_server, tmp_path, request):
+def test_mbsync_folder_tree_both_ways(imap_server, tmp_path):
     port, user, password, delim = imap_server
-    if request.node.callspec.params["imap_server"] == "mailgate":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="mbsync's APPEND \"INBOX\" (\\Seen) {40+} (a LITERAL+ literal) gets no "
-            "answer: mbsync times out (imap-findings.md F11)"))
     if not shutil.which("mbsync"):
         pytest.skip("mbsync missing (tests/setup.sh installs isync)")
     local = tmp_path / "local"
