@@ -84,6 +84,7 @@ def main():
     args = ap.parse_args()
     if not (IMAPTEST_DIR / "src" / "imaptest").exists():
         sys.exit(f"{IMAPTEST_DIR}/src/imaptest missing: build it (see this file's docstring)")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"full outputs under {args.out}")
     tmp = Path(tempfile.mkdtemp(prefix="imaptest-mg-"))
     try:

@@ -227,6 +227,10 @@ KEPT_CODES = {"READ-WRITE", "READ-ONLY", "TRYCREATE", "COPYUID", "APPENDUID",
               "ALREADYEXISTS"}
 
 
+SPECIAL_USE_ATTRS = {"\\all", "\\archive", "\\drafts", "\\flagged", "\\junk",
+                     "\\sent", "\\trash"}
+
+
 def norm_flags(flags, drop_recent=True):
     return tuple(sorted({f.lower() if f.startswith("\\") else f for f in flags
                          if not (drop_recent and f.lower() == "\\recent")}, key=str.lower))
@@ -270,6 +274,10 @@ def norm_fetch_items(items):
             v = casefold_tree(v)
         elif key == "MODSEQ":
             continue
+        elif key == "INTERNALDATE" and isinstance(v, str):
+            # date-day-fixed is (SP DIGIT) / 2DIGIT (RFC 3501 9): " 7-Feb"
+            # and Dovecot's "07-Feb" are the same date.
+            v = v.strip().lstrip("0")
         else:
             v = tree(v)
         out[key] = v
@@ -296,7 +304,12 @@ def norm_untagged(raw: bytes):
         return ("FLAGS", norm_flags(p.value()))
     if up in ("LIST", "LSUB"):
         flags, delim, name = p.value(), p.value(), p.value()
-        return (up, tuple(sorted(f.lower() for f in flags)), delim, name)
+        flags = [f.lower() for f in flags]
+        if up == "LSUB":
+            # RFC 6154 puts special-use attributes in LIST; in LSUB they are
+            # the server's choice (Dovecot sends them, RFC 3501 does not ask).
+            flags = [f for f in flags if f not in SPECIAL_USE_ATTRS]
+        return (up, tuple(sorted(flags)), delim, name)
     if up == "SEARCH":
         return ("SEARCH", tuple(sorted(int(x) for x in p.all())))
     if up == "STATUS":
@@ -430,7 +443,10 @@ def seed(c: Imap, msgs=None):
 def view(c: Imap):
     """What a syncing client records: folders (LIST, LSUB), and per folder
     UIDVALIDITY, UIDNEXT and each UID's flags, size and Message-ID."""
-    folders = sorted(n[3] for n in map(norm_untagged, c.ok('LIST "" "*"')) if n and n[0] == "LIST")
+    # \Noselect parents (Lists of Lists.Family) are left out: whether the
+    # server lists them is the session comparison's business, not storage's.
+    folders = sorted(n[3] for n in map(norm_untagged, c.ok('LIST "" "*"'))
+                     if n and n[0] == "LIST" and "\\noselect" not in n[1])
     subs = sorted(n[3] for n in map(norm_untagged, c.ok('LSUB "" "*"')) if n and n[0] == "LSUB")
     boxes = {}
     for f in folders:

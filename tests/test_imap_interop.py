@@ -23,8 +23,13 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 import dovecot_helpers as dh
 import imap_interop as ii
+
+if "[imap]" not in conftest.BASE_CONFIG:
+    pytest.skip("this tree's mailgate serves no IMAP (conftest's base config has no [imap])",
+                allow_module_level=True)
 from imap_interop import Imap, normalise
 
 # The compared session: (id, command). Sequence numbers and UIDs refer to
@@ -83,11 +88,35 @@ SESSION = [
     ("create_delete", "CREATE Tmp"),
     ("delete", "DELETE Tmp"),
     ("list_end", 'LIST "" "*"'),
+    # After the end, so nothing above changes: imaptest's findings, as
+    # steps a reference checks.
+    ("select_again", "SELECT INBOX"),
+    ("store_new_keyword", "STORE 1 +FLAGS ($Fresh)"),
+    ("fetch_new_keyword", "FETCH 1 (FLAGS)"),
+    ("create_mutf7", 'CREATE "p&AOQA5A-"'),
+    ("list_mutf7", 'LIST "" "p&AOQA5A-"'),
+    ("status_mutf7", 'STATUS "p&AOQA5A-" (MESSAGES)'),
+    ("delete_mutf7", 'DELETE "p&AOQA5A-"'),
+    ("select_invalid_mutf7", "SELECT a&b"),
 ]
+
+MUTF7 = "p&AOQA5A- (two UTF-16 units in one base64 run, valid modified UTF-7) is refused"
+
+PARENT = ("LIST omits the parent Lists of Lists.Family: Dovecot answers (\\Noselect \\HasChildren) \".\" Lists, and for \"%\" RFC 3501 6.3.8 asks for the matching level of hierarchy, so a client browsing level by level never finds Lists.Family")
 
 # Steps mailgate does not get right yet, with the reason: strict, so the
 # step turns red when fixed and the mark can go.
-XFAIL = {}
+XFAIL = {
+    "list_all": PARENT,
+    "list_top": PARENT,
+    "list_end": PARENT,
+    "create_mutf7": MUTF7,
+    "list_mutf7": MUTF7,
+    "status_mutf7": MUTF7,
+    "delete_mutf7": MUTF7,
+    "select_invalid_mutf7": "a mailbox name that is not modified UTF-7 is a well-formed "
+                            "command naming no mailbox: NO (Dovecot), not BAD",
+}
 
 
 def run_session(port, user, password, delim="."):
