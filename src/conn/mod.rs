@@ -8,6 +8,7 @@
 pub mod body;
 pub mod budget;
 pub mod driver;
+pub mod imap_fetch;
 pub mod pop3_ahead;
 pub mod pop3_fetch;
 pub mod pop3_in;
@@ -72,6 +73,7 @@ pub enum Job {
 pub fn start(job: Job) -> Box<dyn Driver> {
     match job {
         Job::Outbound(job) => Box::new(smtp_out::SmtpOut::new(job)),
+        Job::Fetch(job) if job.account.imap => Box::new(imap_fetch::ImapFetchDriver::new(job)),
         Job::Fetch(job) => Box::new(pop3_fetch::Pop3FetchDriver::new(job)),
     }
 }

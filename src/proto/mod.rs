@@ -7,6 +7,7 @@ pub mod dns;
 pub mod dotstuff;
 pub mod envelope;
 pub mod imap;
+pub mod imap_client;
 pub mod line;
 pub mod pop3_client;
 pub mod pop3_server;
