@@ -6,6 +6,7 @@ the other clients at the ISP (APPEND, looking at folders).
 """
 
 import imaplib
+import os
 import re
 import signal
 import time
@@ -177,7 +178,14 @@ def test_idle_push_under_five_seconds(make_server, dovecot):
 def test_idle_reconnects_after_server_restart(make_server, dovecot):
     server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h"))
     time.sleep(2)
+    # The whole Dovecot goes, its imap process (our IDLE connection) too.
+    pid = dovecot.proc.pid
     dovecot.stop()
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    time.sleep(1)
     dovecot.start()
     append(dovecot, "INBOX", message("after-restart"))
     msgs = wait_messages(server, "bob@example.test", 1, timeout=60)
@@ -185,12 +193,30 @@ def test_idle_reconnects_after_server_restart(make_server, dovecot):
     assert "reconnecting in" in server.log_text()
 
 
-def test_starttls_with_test_ca(make_server, dovecot, ca):
-    dovecot.add("bob123", message("secure"))
-    extra = account("isp", dovecot.imap, tls="starttls") + f"ca_file = {ca.cert}\n"
-    extra = extra.replace("host = 127.0.0.1:", "host = localhost:")
-    server = make_server(extra=extra)
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_starttls_and_imaps_with_test_ca(make_server, ca, mode):
+    # Plaintext logins are refused by this Dovecot: success proves TLS.
+    d = Dovecot({"bob123": "secret"}, ca, plaintext_auth=False, imap=True)
+    d.start()
+    try:
+        d.add("bob123", message("secure"))
+        port = d.imap if mode == "starttls" else d.imaps
+        extra = account("isp", port, tls=mode) + f"ca_file = {ca.ca_cert}\n"
+        server = make_server(extra=extra.replace("host = 127.0.0.1:", "host = localhost:"))
+        (summary,) = wait_polls(server, "isp", 1)
+        assert summary[:3] == (1, 0, 1), server.log_text()[-3000:]
+        (m,) = server.messages("bob@example.test")
+        assert "(using TLSv1." in m["Received"], m["Received"]
+        assert re.search(r"imap-login: Info: Login: user=<bob123>.*TLS", d.log_text()), d.log_text()
+    finally:
+        d.cleanup()
+
+
+def test_untrusted_certificate_fetches_nothing(make_server, dovecot):
+    dovecot.add("bob123", message("stays"))
+    server = make_server(extra=account("isp", dovecot.imaps, tls="tls"))
     (summary,) = wait_polls(server, "isp", 1)
-    assert summary[:3] == (1, 0, 1), summary
-    (m,) = server.messages("bob@example.test")
-    assert "TLS" in m.get_all("Received")[0]
+    assert summary[0] == 0
+    assert "UnknownIssuer" in server.log_text() or "certificate" in server.log_text()
+    assert server.messages("bob@example.test") == []
+    assert folder_count(dovecot, "INBOX") == 1
