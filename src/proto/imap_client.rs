@@ -947,3 +947,293 @@ fn short(s: &str) -> String {
     let t: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(auth: Auth, keep: ImapKeep) -> ImapParams {
+        ImapParams {
+            account: "isp".into(),
+            auth,
+            starttls: false,
+            tls_active: true,
+            folders: vec!["INBOX".into()],
+            keep,
+            idle: false,
+            max_message_size: 1 << 20,
+            now: 1_000_000,
+        }
+    }
+
+    fn gmail_user() -> Auth {
+        Auth::Bearer {
+            user: "someuser@example.com".into(),
+            token: "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg".into(),
+        }
+    }
+
+    struct Run {
+        core: ImapFetch,
+        events: Vec<FetchEvent>,
+    }
+
+    impl Run {
+        fn new(p: ImapParams) -> Run {
+            Run {
+                core: ImapFetch::new(p, std::iter::empty()),
+                events: Vec::new(),
+            }
+        }
+        /// Server octets in, client octets out.
+        fn say(&mut self, server: &str) -> String {
+            let mut out = Vec::new();
+            self.core
+                .receive(server.as_bytes(), &mut out, &mut self.events);
+            String::from_utf8(out).unwrap()
+        }
+    }
+
+    const GMAIL_CAPS: &str = "* CAPABILITY IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 XYZZY SASL-IR AUTH=XOAUTH2 AUTH=PLAIN AUTH=PLAIN-CLIENTTOKEN AUTH=OAUTHBEARER AUTH=XOAUTH\r\n";
+
+    /// Google's documented IMAP XOAUTH2 exchange
+    /// (developers.google.com/gmail/imap/xoauth2-protocol), with SASL-IR.
+    #[test]
+    fn gmail_xoauth2_sasl_ir_wire_form() {
+        let mut r = Run::new(params(gmail_user(), ImapKeep::Keep(Keep::Yes)));
+        assert_eq!(
+            r.say("* OK Gimap ready for requests from 192.0.2.1\r\n"),
+            "m1 CAPABILITY\r\n"
+        );
+        let sent = r.say(&format!("{GMAIL_CAPS}m1 OK Thats all she wrote!\r\n"));
+        assert_eq!(
+            sent,
+            "m2 AUTHENTICATE XOAUTH2 dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==\r\n"
+        );
+        assert_eq!(
+            r.say("m2 OK someuser@example.com authenticated (Success)\r\n"),
+            "m3 CAPABILITY\r\n"
+        );
+        let sent = r.say("* CAPABILITY IMAP4rev1 IDLE UIDPLUS MOVE\r\nm3 OK done\r\n");
+        assert_eq!(sent, "m4 SELECT \"INBOX\"\r\n");
+    }
+
+    /// Google's failure form: a `+` with a base64 JSON error, which the
+    /// client answers with an empty line, then NO.
+    #[test]
+    fn gmail_xoauth2_error_challenge_is_acknowledged() {
+        let mut r = Run::new(params(gmail_user(), ImapKeep::Keep(Keep::Yes)));
+        r.say("* OK Gimap ready\r\n");
+        r.say(&format!("{GMAIL_CAPS}m1 OK\r\n"));
+        let sent = r.say("+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIG1hYyIsInNjb3BlIjoiaHR0cHM6Ly9tYWlsLmdvb2dsZS5jb20vIn0K\r\n");
+        assert_eq!(sent, "\r\n");
+        assert_eq!(r.say("m2 NO SASL authentication failed\r\n"), "");
+        match r.events.as_slice() {
+            [FetchEvent::Done(s)] => {
+                assert!(
+                    matches!(&s.error, Some(FetchError::Auth(m)) if m.contains("SASL")),
+                    "{s:?}"
+                );
+                assert_eq!(s.remaining, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Without SASL-IR and XOAUTH2, OAUTHBEARER goes after the `+`.
+    #[test]
+    fn oauthbearer_without_sasl_ir() {
+        let mut r = Run::new(params(gmail_user(), ImapKeep::Keep(Keep::Yes)));
+        r.say("* OK ready\r\n");
+        let sent = r.say("* CAPABILITY IMAP4rev1 AUTH=OAUTHBEARER\r\nm1 OK\r\n");
+        assert_eq!(sent, "m2 AUTHENTICATE OAUTHBEARER\r\n");
+        let sent = r.say("+ \r\n");
+        let b64 = sent.trim_end();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(
+            raw,
+            b"n,a=someuser@example.com,\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
+        );
+    }
+
+    #[test]
+    fn password_login_is_quoted_and_refused_when_disabled() {
+        let auth = Auth::Password {
+            user: "bob".into(),
+            pass: "p\"w\\d".into(),
+        };
+        let mut r = Run::new(params(auth.clone(), ImapKeep::Keep(Keep::Yes)));
+        r.say("* OK ready\r\n");
+        assert_eq!(
+            r.say("* CAPABILITY IMAP4rev1\r\nm1 OK\r\n"),
+            "m2 LOGIN \"bob\" \"p\\\"w\\\\d\"\r\n"
+        );
+        let mut r = Run::new(params(auth, ImapKeep::Keep(Keep::Yes)));
+        r.say("* OK ready\r\n");
+        assert_eq!(
+            r.say("* CAPABILITY IMAP4rev1 LOGINDISABLED\r\nm1 OK\r\n"),
+            ""
+        );
+        assert!(matches!(r.events.as_slice(), [FetchEvent::Done(_)]));
+    }
+
+    fn logged_in(keep: ImapKeep, caps: &str) -> Run {
+        let auth = Auth::Password {
+            user: "bob".into(),
+            pass: "pw".into(),
+        };
+        let mut r = Run::new(params(auth, keep));
+        r.say("* OK ready\r\n");
+        r.say("* CAPABILITY IMAP4rev1\r\nm1 OK\r\n");
+        r.say("m2 OK logged in\r\n");
+        assert_eq!(
+            r.say(&format!("* CAPABILITY {caps}\r\nm3 OK\r\n")),
+            "m4 SELECT \"INBOX\"\r\n"
+        );
+        r
+    }
+
+    /// The body literal arrives one octet at a time and is streamed as
+    /// Body events; nothing is sent until `delivered`; then UID EXPUNGE.
+    #[test]
+    fn fetch_streams_literal_and_acts_only_after_delivery() {
+        let mut r = logged_in(ImapKeep::Keep(Keep::No), "IMAP4rev1 UIDPLUS");
+        let sent = r.say("* 1 EXISTS\r\n* OK [UIDVALIDITY 77] ok\r\nm4 OK [READ-WRITE] done\r\n");
+        assert_eq!(sent, "m5 UID FETCH 1:* (UID RFC822.SIZE)\r\n");
+        let sent = r.say("* 1 FETCH (UID 9 RFC822.SIZE 12)\r\nm5 OK\r\n");
+        assert_eq!(sent, "m6 UID FETCH 9 (BODY.PEEK[])\r\n");
+        let wire = "* 1 FETCH (UID 9 BODY[] {12}\r\nSubject: x\r\n)\r\nm6 OK\r\n";
+        let mut out = String::new();
+        for b in wire.as_bytes() {
+            out += &r.say(std::str::from_utf8(&[*b]).unwrap());
+        }
+        assert_eq!(out, "");
+        let body: Vec<u8> = r
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                FetchEvent::Body(b) => Some(b.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(body, b"Subject: x\r\n");
+        assert_eq!(
+            r.events.last(),
+            Some(&FetchEvent::Deliver {
+                uidl: Some("imap:INBOX:77:9".into()),
+                number: 9,
+                size: 12
+            })
+        );
+        let mut out = Vec::new();
+        r.core.delivered(true, &mut out, &mut r.events);
+        assert_eq!(out, b"m7 UID STORE 9 +FLAGS.SILENT (\\Deleted)\r\n");
+        assert_eq!(r.say("m7 OK\r\n"), "m8 UID EXPUNGE 9\r\n");
+        assert_eq!(r.say("* 1 EXPUNGE\r\nm8 OK\r\n"), "m9 LOGOUT\r\n");
+        r.say("* BYE\r\nm9 OK\r\n");
+        match r.events.last() {
+            Some(FetchEvent::Done(s)) => {
+                assert_eq!((s.fetched, s.deleted), (1, 1));
+                assert_eq!(s.remaining, Some(vec![]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A collected message is not fetched again; MOVE without the
+    /// extension is COPY + STORE, then EXPUNGE at the folder's end.
+    #[test]
+    fn recorded_message_is_moved_without_fetching() {
+        let auth = Auth::Password {
+            user: "bob".into(),
+            pass: "pw".into(),
+        };
+        let entry = Entry {
+            first_seen: 1,
+            delivered: true,
+            ..Entry::default()
+        };
+        let records = [("imap:INBOX:77:9".to_string(), entry)];
+        let mut core = ImapFetch::new(
+            params(auth, ImapKeep::Move("Arch ive".into())),
+            records.iter().map(|(k, e)| (k.as_str(), e)),
+        );
+        let mut ev = Vec::new();
+        let mut say = |s: &str| {
+            let mut out = Vec::new();
+            core.receive(s.as_bytes(), &mut out, &mut ev);
+            String::from_utf8(out).unwrap()
+        };
+        say("* OK ready\r\n");
+        say("* CAPABILITY IMAP4rev1\r\nm1 OK\r\n");
+        say("m2 OK\r\n");
+        say("* CAPABILITY IMAP4rev1\r\nm3 OK\r\n");
+        say("* 1 EXISTS\r\n* OK [UIDVALIDITY 77]\r\nm4 OK\r\n");
+        assert_eq!(
+            say("* 1 FETCH (RFC822.SIZE 12 UID 9)\r\nm5 OK\r\n"),
+            "m6 UID COPY 9 \"Arch ive\"\r\n"
+        );
+        assert_eq!(
+            say("m6 OK\r\n"),
+            "m7 UID STORE 9 +FLAGS.SILENT (\\Deleted)\r\n"
+        );
+        assert_eq!(say("m7 OK\r\n"), "m8 EXPUNGE\r\n");
+        assert_eq!(say("m8 OK\r\n"), "m9 LOGOUT\r\n");
+    }
+
+    #[test]
+    fn overlong_line_and_huge_small_literal_end_the_session() {
+        let mut r = logged_in(ImapKeep::Keep(Keep::Yes), "IMAP4rev1");
+        r.say(&"x".repeat(MAX_LINE + 10));
+        assert!(
+            matches!(r.events.as_slice(), [FetchEvent::Done(s)] if matches!(s.error, Some(FetchError::Protocol(_))))
+        );
+        let mut r = logged_in(ImapKeep::Keep(Keep::Yes), "IMAP4rev1");
+        r.say("* 1 EXISTS {99999999999}\r\n");
+        assert!(matches!(r.events.as_slice(), [FetchEvent::Done(_)]));
+    }
+
+    #[test]
+    fn idle_rescans_on_exists() {
+        let auth = Auth::Password {
+            user: "bob".into(),
+            pass: "pw".into(),
+        };
+        let mut p = params(auth, ImapKeep::Keep(Keep::Yes));
+        p.idle = true;
+        let mut r = Run::new(p);
+        r.say("* OK ready\r\n");
+        r.say("* CAPABILITY IMAP4rev1\r\nm1 OK\r\n");
+        r.say("m2 OK\r\n");
+        r.say("* CAPABILITY IMAP4rev1 IDLE\r\nm3 OK\r\n");
+        assert_eq!(
+            r.say("* 0 EXISTS\r\n* OK [UIDVALIDITY 5]\r\nm4 OK\r\n"),
+            "m5 NOOP\r\n"
+        );
+        assert_eq!(r.say("m5 OK\r\n"), "m6 IDLE\r\n");
+        assert_eq!(r.say("+ idling\r\n"), "");
+        assert!(r.core.idling());
+        assert_eq!(r.say("* 1 EXISTS\r\n"), "DONE\r\n");
+        assert_eq!(r.say("m6 OK\r\n"), "m7 UID FETCH 1:* (UID RFC822.SIZE)\r\n");
+        assert_eq!(
+            r.say("* 1 FETCH (UID 3 RFC822.SIZE 5)\r\nm7 OK\r\n"),
+            "m8 UID FETCH 3 (BODY.PEEK[])\r\n"
+        );
+    }
+
+    #[test]
+    fn record_keys_are_printable() {
+        assert_eq!(
+            record_key("Sent Items:x%", 1, 2),
+            "imap:Sent%20Items%3Ax%25:1:2"
+        );
+        assert!(crate::proto::pop3_client::valid_uidl(&record_key(
+            "Ünï code",
+            1,
+            2
+        )));
+    }
+}
