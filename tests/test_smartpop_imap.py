@@ -7,6 +7,7 @@ the other clients at the ISP (APPEND, looking at folders).
 
 import imaplib
 import os
+import random
 import re
 import signal
 import time
@@ -220,3 +221,42 @@ def test_untrusted_certificate_fetches_nothing(make_server, dovecot):
     assert "UnknownIssuer" in server.log_text() or "certificate" in server.log_text()
     assert server.messages("bob@example.test") == []
     assert folder_count(dovecot, "INBOX") == 1
+
+
+@pytest.mark.parametrize("keep", ["no", "move:Archive"])
+def test_sigkill_three_times_loses_and_doubles_nothing(make_server, dovecot, keep):
+    """SIGKILL mailgate three times while it collects over IMAP: every
+    message ends up in the local mailbox exactly once."""
+    total = 600
+    for i in range(total):
+        dovecot.add("bob123", message(f"crash {i}", body=f"body {i}\n" * 40))
+    server = make_server(extra=account("isp", dovecot.imap, keep=keep, interval="1h"))
+    new = server.maildir_path("bob@example.test") / "new"
+    count = lambda: len(list(new.iterdir())) if new.exists() else 0  # noqa: E731
+    rng = random.Random(11)
+    left_at_kill = []
+    for _ in range(3):
+        before = count()
+        deadline = time.time() + 30
+        while time.time() < deadline and count() <= before + 5:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.01, 0.1))
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        left_at_kill.append(folder_count(dovecot, "INBOX"))
+        server.start()
+    assert all(n > 0 for n in left_at_kill), f"every kill hit a run: {left_at_kill}"
+    deadline = time.time() + 120
+    while time.time() < deadline and folder_count(dovecot, "INBOX") > 0:
+        server.run("fetch", "isp")
+        time.sleep(0.5)
+    assert folder_count(dovecot, "INBOX") == 0, server.log_text()[-3000:]
+    subjects_ = [m["Subject"] for m in server.messages("bob@example.test")]
+    missing = {f"crash {i}" for i in range(total)} - set(subjects_)
+    assert not missing, f"lost: {sorted(missing)[:5]}"
+    duplicates = len(subjects_) - len(set(subjects_))
+    print(f"\nimap crash ({keep}): {total} messages, kills with {left_at_kill} left, "
+          f"{duplicates} delivered twice")
+    assert duplicates == 0
+    if keep.startswith("move:"):
+        assert folder_count(dovecot, "Archive") == total

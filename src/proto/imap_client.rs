@@ -194,6 +194,11 @@ pub struct ImapFetch {
     summary: FetchSummary,
     done: bool,
     authed: bool,
+    /// The action command last sent (re-sent after CREATE on TRYCREATE).
+    last_action: Option<String>,
+    /// A CREATE of the move target is in flight / was made this session.
+    creating: bool,
+    created: bool,
 }
 
 impl ImapFetch {
@@ -230,6 +235,9 @@ impl ImapFetch {
             },
             done: false,
             authed: false,
+            last_action: None,
+            creating: false,
+            created: false,
         }
     }
 
@@ -621,6 +629,24 @@ impl ImapFetch {
                 }
             }
             Step::Action => {
+                if self.creating {
+                    // OK, or NO [ALREADYEXISTS] from a racing client: retry.
+                    self.creating = false;
+                    if let Some(cmd) = self.last_action.clone() {
+                        self.send(out, &cmd);
+                    }
+                    return;
+                }
+                if !ok && !self.created && info.to_ascii_uppercase().contains("[TRYCREATE]") {
+                    if let ImapKeep::Move(dest) = &self.p.keep {
+                        if let Some(q) = quoted(dest) {
+                            self.creating = true;
+                            self.created = true;
+                            self.send(out, &format!("CREATE {q}"));
+                            return;
+                        }
+                    }
+                }
                 if !ok {
                     self.summary.failed += 1;
                     self.actions.clear();
@@ -817,6 +843,7 @@ impl ImapFetch {
     fn next_action(&mut self, out: &mut Vec<u8>) {
         if let Some(cmd) = self.actions.pop_front() {
             self.send(out, &cmd);
+            self.last_action = Some(cmd);
         }
     }
 
