@@ -92,14 +92,14 @@ def row(name, n, secs, cpu, hwm, note=""):
     print(f"| {name:<42} | {n:>6} | {n / secs:>9.0f} | {cpu:>7.2f} | {hwm / 1024:>8.1f} | {note}")
 
 
-def start_dovecot(tmp, count):
+def start_dovecot(tmp, count, imap=False):
     import dovecot_helpers as dh
     why = dh.available()
     if why:
         print(f"| Dovecot: {why}, skipped")
         return None
     ca = dh.TestCA(Path(tempfile.mkdtemp(dir=tmp)))
-    dove = dh.Dovecot({"bob": "secret"}, ca)
+    dove = dh.Dovecot({"bob": "secret"}, ca, imap=imap)
     body = MESSAGE.replace(b"\r\n", b"\n")
     for i in range(count):
         dove.add("bob", body.replace(b"Subject: bench", b"Subject: bench %d" % i))
@@ -140,6 +140,34 @@ def bench_smartpop(tmp):
         cpu, hwm, _, _ = proc_stats(s.proc.pid)
         s.stop()
         row("SmartPop: collect 2000 from local Dovecot", got, secs, cpu, hwm, "durable + UIDL record each")
+    finally:
+        remove_dovecot(dove)
+    bench_smartpop_imap(tmp)
+
+
+def bench_smartpop_imap(tmp):
+    """The same 2000 messages of 4 KiB collected over IMAP (keep = no:
+    UID EXPUNGE each after it is durable and recorded)."""
+    dove = start_dovecot(tmp, 2000, imap=True)
+    if dove is None:
+        return
+    try:
+        s = new_server(tmp, extra=(
+            f"\n[smartpop isp]\nprotocol = imap\nhost = 127.0.0.1:{dove.imap}\ntls = none\n"
+            "username = bob\npassword = secret\ndeliver_to = bob@example.test\ninterval = 1h\n"
+            "idle = no\n"))
+        start = time.time()
+        new = s.maildir_path("bob@example.test") / "new"
+        while time.time() - start < 300:
+            if new.exists() and len(os.listdir(new)) >= 2000:
+                break
+            time.sleep(0.05)
+        secs = time.time() - start
+        got = len(os.listdir(new)) if new.exists() else 0
+        cpu, hwm, _, _ = proc_stats(s.proc.pid)
+        s.stop()
+        row("SmartPop IMAP: collect 2000 from Dovecot", got, secs, cpu, hwm,
+            "durable + UID record, UID EXPUNGE each")
     finally:
         remove_dovecot(dove)
 

@@ -129,6 +129,9 @@ pub const DEFAULT_POP3_PORT: u16 = 110;
 pub const DEFAULT_SMARTPOP_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_KEEP: Keep = Keep::No;
 pub const DEFAULT_MULTIDROP: bool = false;
+pub const DEFAULT_IMAP_PORT: u16 = 143;
+pub const DEFAULT_IMAPS_PORT: u16 = 993;
+pub const DEFAULT_SMARTPOP_IDLE: bool = true;
 
 /// A config file bigger than this is surely not one (`-c /dev/zero`).
 pub const MAX_CONFIG_SIZE: u64 = 4 << 20;
@@ -418,6 +421,14 @@ pub struct SmartPopConfig {
     pub interval: Duration,
     pub keep: Keep,
     pub line: usize,
+    /// `protocol = pop3 | imap`.
+    pub imap: bool,
+    /// IMAP: `folders = INBOX, ...`.
+    pub folders: Vec<String>,
+    /// IMAP: `keep = move:FOLDER`.
+    pub move_to: Option<String>,
+    /// IMAP: `idle = yes` (push when the server offers IDLE).
+    pub idle: bool,
 }
 
 impl Default for SmtpConfig {

@@ -138,7 +138,9 @@ service imap-login {{
     port = {imap}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps}
+    ssl = yes
   }}
 }}
 """
@@ -162,6 +164,7 @@ class Dovecot:
         self.pop3s = free_port()
         # IMAP (plain + STARTTLS) only when asked: the POP3 tests stay as they were.
         self.imap = free_port() if imap else 0
+        self.imaps = free_port() if imap else 0
         pw = pwd.getpwnam(MAIL_USER)
         self.uid, self.gid = pw.pw_uid, pw.pw_gid
         for sub in ("run", "state", "mail", "home"):
@@ -185,6 +188,7 @@ class Dovecot:
                 pop3=self.pop3,
                 pop3s=self.pop3s,
                 imap=self.imap,
+                imaps=self.imaps,
                 protocols="pop3 imap" if imap else "pop3",
             )
             # More settings (namespaces, special-use folders) for a test.
@@ -211,7 +215,7 @@ class Dovecot:
             start_new_session=True,
         )
         deadline = time.time() + timeout
-        for port in [p for p in (self.pop3, self.pop3s, self.imap) if p]:
+        for port in [p for p in (self.pop3, self.pop3s, self.imap, self.imaps) if p]:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"dovecot exited {self.proc.returncode}:\n{self.log_text()}")

@@ -689,6 +689,10 @@ impl Builder {
             interval: DEFAULT_SMARTPOP_INTERVAL,
             keep: DEFAULT_KEEP,
             line: sec.line,
+            imap: false,
+            folders: vec!["INBOX".to_string()],
+            move_to: None,
+            idle: DEFAULT_SMARTPOP_IDLE,
         };
         for e in self.entries(sec) {
             match e.key.as_str() {
@@ -709,7 +713,30 @@ impl Builder {
                 }
                 "multidrop" => set(&mut p.multidrop, self.value(e, values::boolean)),
                 "interval" => set(&mut p.interval, self.value(e, values::duration)),
-                "keep" => set(&mut p.keep, self.value(e, values::keep)),
+                "keep" => match e.value.trim().strip_prefix("move:") {
+                    Some(f) if !f.trim().is_empty() => p.move_to = Some(f.trim().to_string()),
+                    Some(_) => self.err(e.line, "keep = move: needs a folder name".to_string()),
+                    None => set(&mut p.keep, self.value(e, values::keep)),
+                },
+                "protocol" => match e.value.trim().to_ascii_lowercase().as_str() {
+                    "imap" => p.imap = true,
+                    "pop3" => p.imap = false,
+                    _ => self.err(e.line, "protocol: expected pop3 or imap".to_string()),
+                },
+                "folders" => {
+                    let list: Vec<String> = e
+                        .value
+                        .split(',')
+                        .map(|f| f.trim().to_string())
+                        .filter(|f| !f.is_empty())
+                        .collect();
+                    if list.is_empty() {
+                        self.err(e.line, "folders: expected a list such as INBOX".to_string());
+                    } else {
+                        p.folders = list;
+                    }
+                }
+                "idle" => set(&mut p.idle, self.value(e, values::boolean)),
                 _ => self.unknown_key(sec, e),
             }
         }
@@ -747,9 +774,17 @@ impl Builder {
         else {
             return;
         };
-        let default_port = match p.tls {
-            TlsMode::Tls => DEFAULT_POP3S_PORT,
-            _ => DEFAULT_POP3_PORT,
+        if p.move_to.is_some() && !p.imap {
+            self.err(
+                sec.line,
+                format!("[smartpop {}] keep = move: needs protocol = imap", p.name),
+            );
+        }
+        let default_port = match (p.tls, p.imap) {
+            (TlsMode::Tls, false) => DEFAULT_POP3S_PORT,
+            (_, false) => DEFAULT_POP3_PORT,
+            (TlsMode::Tls, true) => DEFAULT_IMAPS_PORT,
+            (_, true) => DEFAULT_IMAP_PORT,
         };
         p.host = HostPort {
             host: h,

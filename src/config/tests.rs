@@ -1119,3 +1119,38 @@ fn oauth2_accounts_and_smarthost() {
         );
     }
 }
+
+#[test]
+fn smartpop_imap_keys() {
+    let hp = |h: &str, port| HostPort {
+        host: h.to_string(),
+        port,
+    };
+    let base = format!(
+        "{BASE}[domain example.test]\n[mailbox bob@example.test]\npassword = {}\n",
+        hash()
+    );
+    let acct = "[smartpop isp]\nhost = imap.isp.example\nusername = u\npassword = p\ndeliver_to = bob@example.test\n";
+    let (c, _) = ok(&format!(
+        "{base}{acct}protocol = imap\nfolders = INBOX, Sent Items\nkeep = move:Archive\nidle = no\n"
+    ));
+    let p = &c.smartpop[0];
+    assert!(p.imap && !p.idle);
+    assert_eq!(p.host, hp("imap.isp.example", 993));
+    assert_eq!(
+        p.folders,
+        vec!["INBOX".to_string(), "Sent Items".to_string()]
+    );
+    assert_eq!(p.move_to.as_deref(), Some("Archive"));
+    let (c, _) = ok(&format!("{base}{acct}"));
+    let p = &c.smartpop[0];
+    assert!(!p.imap && p.idle && p.move_to.is_none());
+    assert_eq!(p.folders, vec!["INBOX".to_string()]);
+    assert_eq!(p.host, hp("imap.isp.example", 995));
+    let e = errors(&format!("{base}{acct}protocol = smtp\nkeep = move:\n"));
+    let lines: Vec<usize> = e.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, vec![11, 12], "{e:?}");
+    // move: is IMAP's.
+    let e = errors(&format!("{base}{acct}keep = move:Archive\n"));
+    assert!(e[0].1.contains("protocol = imap"), "{e:?}");
+}

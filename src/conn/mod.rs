@@ -8,6 +8,7 @@
 pub mod body;
 pub mod budget;
 pub mod driver;
+pub mod imap_fetch;
 pub mod imap_in;
 pub mod imap_jobs;
 pub mod mailauth_in;
@@ -82,6 +83,7 @@ pub enum Job {
 pub fn start(job: Job) -> Box<dyn Driver> {
     match job {
         Job::Outbound(job) => Box::new(smtp_out::SmtpOut::new(job)),
+        Job::Fetch(job) if job.account.imap => Box::new(imap_fetch::ImapFetchDriver::new(job)),
         Job::Fetch(job) => Box::new(pop3_fetch::Pop3FetchDriver::new(job)),
     }
 }

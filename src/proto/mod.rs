@@ -8,6 +8,7 @@ pub mod dotstuff;
 pub mod envelope;
 pub mod http;
 pub mod imap;
+pub mod imap_client;
 pub mod json;
 pub mod line;
 pub mod oauth;

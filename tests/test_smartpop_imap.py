@@ -1,0 +1,262 @@
+"""SmartPop over IMAP (`protocol = imap`) against a real Dovecot imapd.
+
+Each test starts a private Dovecot (tests/dovecot_helpers.py, IMAP
+listener on) and a mailgate collecting from it; Python's imaplib plays
+the other clients at the ISP (APPEND, looking at folders).
+"""
+
+import imaplib
+import os
+import random
+import re
+import signal
+import time
+
+import pytest
+
+from dovecot_helpers import Dovecot, TestCA, available, message
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+SUMMARY = r"smartpop {name}: fetched=(\d+) kept=(\d+) deleted=(\d+) oversized=(\d+) failed=(\d+)"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return TestCA(tmp_path_factory.mktemp("ca"), names=("localhost",))
+
+
+@pytest.fixture
+def dovecot(ca):
+    d = Dovecot({"bob123": "secret"}, ca, imap=True)
+    d.start()
+    yield d
+    d.cleanup()
+
+
+def account(name, port, keep="no", interval="1h", idle="no", folders="INBOX", tls="none",
+            multidrop="no", deliver_to="bob@example.test"):
+    return (
+        f"\n[smartpop {name}]\nprotocol = imap\nhost = 127.0.0.1:{port}\ntls = {tls}\n"
+        f"username = bob123\npassword = secret\ndeliver_to = {deliver_to}\n"
+        f"multidrop = {multidrop}\ninterval = {interval}\nkeep = {keep}\nidle = {idle}\n"
+        f"folders = {folders}\n"
+    )
+
+
+def imap(dovecot):
+    c = imaplib.IMAP4("127.0.0.1", dovecot.imap)
+    c.login("bob123", "secret")
+    return c
+
+
+def folder_count(dovecot, folder):
+    c = imap(dovecot)
+    try:
+        typ, data = c.select(folder, readonly=True)
+        assert typ == "OK", data
+        return int(data[0])
+    finally:
+        c.logout()
+
+
+def append(dovecot, folder, raw):
+    c = imap(dovecot)
+    try:
+        c.create(folder)
+        typ, data = c.append(folder, None, None, raw.replace(b"\n", b"\r\n"))
+        assert typ == "OK", data
+    finally:
+        c.logout()
+
+
+def summaries(server, name):
+    pat = re.compile(SUMMARY.format(name=re.escape(name)))
+    return [tuple(int(x) for x in m.groups()) for m in map(pat.search, server.log_text().splitlines()) if m]
+
+
+def wait_polls(server, name, count, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        got = summaries(server, name)
+        if len(got) >= count:
+            return got
+        assert server.proc.poll() is None, server.log_text()[-4000:]
+        assert time.time() < deadline, f"{len(got)} polls, wanted {count}\n" + server.log_text()[-6000:]
+        time.sleep(0.05)
+
+
+def wait_messages(server, address, count, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        msgs = server.messages(address)
+        if len(msgs) >= count:
+            return msgs
+        assert server.proc.poll() is None, server.log_text()[-4000:]
+        assert time.time() < deadline, f"{len(msgs)} messages, wanted {count}\n" + server.log_text()[-6000:]
+        time.sleep(0.05)
+
+
+def subjects(msgs):
+    return sorted(m["Subject"] for m in msgs)
+
+
+def test_single_drop_keep_no_expunges_after_delivery(make_server, dovecot):
+    bodies = {s: message(s) for s in ("one", "two")}
+    bodies["big"] = message("big", size=200_000)
+    for b in bodies.values():
+        dovecot.add("bob123", b)
+    server = make_server(extra=account("isp", dovecot.imap))
+    (summary,) = wait_polls(server, "isp", 1)
+    assert summary == (3, 0, 3, 0, 0), summary
+    msgs = server.messages("bob@example.test")
+    assert subjects(msgs) == ["big", "one", "two"]
+    for m in msgs:
+        assert m.get_payload().replace("\r\n", "\n") in bodies[m["Subject"]].decode()
+        assert "smartpop isp" in m["X-Mailgate-Routed"]
+    assert folder_count(dovecot, "INBOX") == 0
+    # Pruned (on a worker, after the summary line): nothing left on the
+    # server, nothing remembered.
+    records = server.data_dir / "smartpop" / "isp"
+    deadline = time.time() + 20
+    while "imap:INBOX:" in records.read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "imap:INBOX:" not in records.read_text()
+
+
+def test_keep_yes_collects_each_message_once(make_server, dovecot):
+    dovecot.add("bob123", message("kept"))
+    server = make_server(extra=account("isp", dovecot.imap, keep="yes"))
+    wait_polls(server, "isp", 1)
+    dovecot.add("bob123", message("later"))
+    server.run("fetch", "isp")
+    polls = wait_polls(server, "isp", 2)
+    assert polls[0] == (1, 1, 0, 0, 0) and polls[1] == (1, 2, 0, 0, 0), polls
+    assert subjects(server.messages("bob@example.test")) == ["kept", "later"]
+    assert folder_count(dovecot, "INBOX") == 2
+    keys = (server.data_dir / "smartpop" / "isp").read_text()
+    assert len(re.findall(r"imap:INBOX:\d+:\d+", keys)) == 2, keys
+
+
+def test_keep_move_to_archive(make_server, dovecot):
+    for s in ("a", "b"):
+        dovecot.add("bob123", message(s))
+    append(dovecot, "Archive", message("old"))
+    server = make_server(extra=account("isp", dovecot.imap, keep="move:Archive"))
+    (summary,) = wait_polls(server, "isp", 1)
+    assert summary[:3] == (2, 0, 2), summary
+    assert subjects(server.messages("bob@example.test")) == ["a", "b"]
+    assert folder_count(dovecot, "INBOX") == 0
+    assert folder_count(dovecot, "Archive") == 3
+
+
+def test_several_folders(make_server, dovecot):
+    dovecot.add("bob123", message("inbox"))
+    append(dovecot, "Lists", message("list-mail"))
+    server = make_server(extra=account("isp", dovecot.imap, folders="INBOX, Lists"))
+    (summary,) = wait_polls(server, "isp", 1)
+    assert summary[:3] == (2, 0, 2), summary
+    assert subjects(server.messages("bob@example.test")) == ["inbox", "list-mail"]
+    assert folder_count(dovecot, "Lists") == 0
+
+
+def test_idle_push_under_five_seconds(make_server, dovecot):
+    dovecot.add("bob123", message("first"))
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h"))
+    wait_messages(server, "bob@example.test", 1)
+    time.sleep(1)  # let it reach IDLE
+    for i in range(3):
+        start = time.time()
+        append(dovecot, "INBOX", message(f"pushed-{i}"))
+        wait_messages(server, "bob@example.test", 2 + i, timeout=30)
+        latency = time.time() - start
+        assert latency < 5, f"push {i} took {latency:.1f}s"
+    assert folder_count(dovecot, "INBOX") == 0
+    # No poll ended: all of it came over the one IDLE connection.
+    assert summaries(server, "isp") == []
+
+
+def test_idle_reconnects_after_server_restart(make_server, dovecot):
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h"))
+    time.sleep(2)
+    # The whole Dovecot goes, its imap process (our IDLE connection) too.
+    pid = dovecot.proc.pid
+    dovecot.stop()
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    time.sleep(1)
+    dovecot.start()
+    append(dovecot, "INBOX", message("after-restart"))
+    msgs = wait_messages(server, "bob@example.test", 1, timeout=60)
+    assert subjects(msgs) == ["after-restart"]
+    assert "reconnecting in" in server.log_text()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_starttls_and_imaps_with_test_ca(make_server, ca, mode):
+    # Plaintext logins are refused by this Dovecot: success proves TLS.
+    d = Dovecot({"bob123": "secret"}, ca, plaintext_auth=False, imap=True)
+    d.start()
+    try:
+        d.add("bob123", message("secure"))
+        port = d.imap if mode == "starttls" else d.imaps
+        extra = account("isp", port, tls=mode) + f"ca_file = {ca.ca_cert}\n"
+        server = make_server(extra=extra.replace("host = 127.0.0.1:", "host = localhost:"))
+        (summary,) = wait_polls(server, "isp", 1)
+        assert summary[:3] == (1, 0, 1), server.log_text()[-3000:]
+        (m,) = server.messages("bob@example.test")
+        assert "(using TLSv1." in m["Received"], m["Received"]
+        assert re.search(r"imap-login: Info: Login: user=<bob123>.*TLS", d.log_text()), d.log_text()
+    finally:
+        d.cleanup()
+
+
+def test_untrusted_certificate_fetches_nothing(make_server, dovecot):
+    dovecot.add("bob123", message("stays"))
+    server = make_server(extra=account("isp", dovecot.imaps, tls="tls"))
+    (summary,) = wait_polls(server, "isp", 1)
+    assert summary[0] == 0
+    assert "UnknownIssuer" in server.log_text() or "certificate" in server.log_text()
+    assert server.messages("bob@example.test") == []
+    assert folder_count(dovecot, "INBOX") == 1
+
+
+@pytest.mark.parametrize("keep", ["no", "move:Archive"])
+def test_sigkill_three_times_loses_and_doubles_nothing(make_server, dovecot, keep):
+    """SIGKILL mailgate three times while it collects over IMAP: every
+    message ends up in the local mailbox exactly once."""
+    total = 600
+    for i in range(total):
+        dovecot.add("bob123", message(f"crash {i}", body=f"body {i}\n" * 40))
+    server = make_server(extra=account("isp", dovecot.imap, keep=keep, interval="1h"))
+    new = server.maildir_path("bob@example.test") / "new"
+    count = lambda: len(list(new.iterdir())) if new.exists() else 0  # noqa: E731
+    rng = random.Random(11)
+    left_at_kill = []
+    for _ in range(3):
+        before = count()
+        deadline = time.time() + 30
+        while time.time() < deadline and count() <= before + 5:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.01, 0.1))
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        left_at_kill.append(folder_count(dovecot, "INBOX"))
+        server.start()
+    assert all(n > 0 for n in left_at_kill), f"every kill hit a run: {left_at_kill}"
+    deadline = time.time() + 120
+    while time.time() < deadline and folder_count(dovecot, "INBOX") > 0:
+        server.run("fetch", "isp")
+        time.sleep(0.5)
+    assert folder_count(dovecot, "INBOX") == 0, server.log_text()[-3000:]
+    subjects_ = [m["Subject"] for m in server.messages("bob@example.test")]
+    missing = {f"crash {i}" for i in range(total)} - set(subjects_)
+    assert not missing, f"lost: {sorted(missing)[:5]}"
+    duplicates = len(subjects_) - len(set(subjects_))
+    print(f"\nimap crash ({keep}): {total} messages, kills with {left_at_kill} left, "
+          f"{duplicates} delivered twice")
+    assert duplicates == 0
+    if keep.startswith("move:"):
+        assert folder_count(dovecot, "Archive") == total
