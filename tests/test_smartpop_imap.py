@@ -260,3 +260,14 @@ def test_sigkill_three_times_loses_and_doubles_nothing(make_server, dovecot, kee
     assert duplicates == 0
     if keep.startswith("move:"):
         assert folder_count(dovecot, "Archive") == total
+
+
+def test_multidrop_routes_by_headers(make_server, dovecot):
+    dovecot.add("bob123", message("to-alice", headers={"Delivered-To": "alice@example.test"}))
+    dovecot.add("bob123", message("to-both", headers={"To": "bob@example.test, alice@example.test"}))
+    dovecot.add("bob123", message("nobody", headers={"To": "stranger@remote.test"}))
+    server = make_server(extra=account("isp", dovecot.imap, multidrop="yes"))
+    (summary,) = wait_polls(server, "isp", 1)
+    assert summary[:3] == (3, 0, 3), summary
+    assert subjects(server.messages("alice@example.test")) == ["to-alice", "to-both"]
+    assert subjects(server.messages("bob@example.test")) == ["nobody", "to-both"]
