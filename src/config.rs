@@ -95,8 +95,6 @@ pub const DEFAULT_POP3_LISTEN: SocketAddr = any_v4(DEFAULT_POP3_PORT);
 pub const DEFAULT_POP3S: SocketAddr = any_v4(DEFAULT_POP3S_PORT);
 /// RFC 1939 3: the autologout timer must be at least 10 minutes.
 pub const DEFAULT_POP3_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// RFC 3501 5.4: the autologout timer must be at least 30 minutes.
-pub const DEFAULT_IMAP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_OUTBOX_MODE: OutboxMode = OutboxMode::Smarthost;
 pub const DEFAULT_OUTBOX_TLS: TlsMode = TlsMode::StartTls;
 /// RFC 6409 3.1: smarthost port when `tls` is `starttls` or `none`.
@@ -179,7 +177,6 @@ pub struct Config {
     pub server: ServerConfig,
     pub smtp: SmtpConfig,
     pub pop3: Pop3Config,
-    pub imap: ImapConfig,
     pub tls: TlsConfig,
     /// Keyed by lower-case domain name.
     pub domains: BTreeMap<String, DomainConfig>,
@@ -264,27 +261,6 @@ pub struct Pop3Config {
     pub listen: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
     pub timeout: Duration,
-}
-
-/// `[imap]`: off unless a listener is given (a router that never asked
-/// for IMAP opens no new port after an upgrade).
-#[derive(Debug, Clone)]
-pub struct ImapConfig {
-    /// IMAP with STARTTLS (RFC 9051 port 143).
-    pub listen: Vec<SocketAddr>,
-    /// IMAP with TLS from the first byte (RFC 8314, port 993).
-    pub imaps: Vec<SocketAddr>,
-    pub timeout: Duration,
-}
-
-impl Default for ImapConfig {
-    fn default() -> Self {
-        ImapConfig {
-            listen: Vec::new(),
-            imaps: Vec::new(),
-            timeout: DEFAULT_IMAP_TIMEOUT,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -485,12 +485,11 @@ fn refuse(sock: &mut TcpStream, kind: ListenerKind, reason: &str) {
     use std::io::Write;
     let line = match kind {
         ListenerKind::Pop3 => format!("-ERR [SYS/TEMP] {reason}\r\n"),
-        ListenerKind::Imap => format!("* BYE [UNAVAILABLE] {reason}\r\n"),
         ListenerKind::SmtpMx | ListenerKind::Submission => {
             format!("421 4.7.0 {reason}, try again later\r\n")
         }
         // Implicit-TLS ports cannot be answered in plaintext.
-        ListenerKind::Smtps | ListenerKind::Pop3s | ListenerKind::Imaps => String::new(),
+        ListenerKind::Smtps | ListenerKind::Pop3s => String::new(),
     };
     if !line.is_empty() {
         let _ = sock.write(line.as_bytes());

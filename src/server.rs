@@ -287,15 +287,12 @@ fn read_config_again(path: &Path, running_data_dir: &Path, running_maildrop: &Pa
 fn listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
     let s = &config.smtp;
     let p = &config.pop3;
-    let i = &config.imap;
     let groups = [
         (&s.listen, ListenerKind::SmtpMx),
         (&s.submission, ListenerKind::Submission),
         (&s.smtps, ListenerKind::Smtps),
         (&p.listen, ListenerKind::Pop3),
         (&p.pop3s, ListenerKind::Pop3s),
-        (&i.listen, ListenerKind::Imap),
-        (&i.imaps, ListenerKind::Imaps),
     ];
     groups
         .iter()

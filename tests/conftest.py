@@ -45,13 +45,6 @@ def free_ports(n):
 
 
 BASE_CONFIG = """\
-# [imap] first: tests edit the text at the ends of the [smtp] and [pop3]
-# sections and append to the last one, and those must stay where they were.
-[imap]
-listen = 127.0.0.1:{imap}
-imaps = 127.0.0.1:{imaps}
-timeout = 30m
-
 [server]
 hostname = mx.example.test
 data_dir = {data_dir}
@@ -98,7 +91,7 @@ class Server:
     def __init__(self, tmp_path: Path, extra: str = "", replace: dict | None = None):
         self.dir = tmp_path
         self.data_dir = tmp_path / "data"
-        names = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+        names = ("smtp", "submission", "smtps", "pop3", "pop3s")
         self.ports = dict(zip(names, free_ports(len(names))))
         # Each server its own maildrop (the default is one for the box).
         self.maildrop = tmp_path / "maildrop"

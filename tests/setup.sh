@@ -26,7 +26,7 @@ fi
 
 PY=${PYTHON:-python3}
 need_pip=()
-for mod in pytest xdist aiosmtpd dnslib dkim nacl fuse imapclient; do
+for mod in pytest xdist aiosmtpd dnslib dkim nacl fuse; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
 if [ ${#need_pip[@]} -gt 0 ]; then

@@ -82,7 +82,6 @@ struct Builder {
     server: Option<ServerConfig>,
     smtp: SmtpConfig,
     pop3: Pop3Config,
-    imap: ImapConfig,
     tls: TlsConfig,
     outbox: OutboxConfig,
     outbox_line: Option<usize>,
@@ -166,7 +165,7 @@ impl Builder {
 
     fn section(&mut self, sec: &RawSection) {
         match sec.kind.as_str() {
-            "server" | "smtp" | "pop3" | "imap" | "tls" | "outbox" => {
+            "server" | "smtp" | "pop3" | "tls" | "outbox" => {
                 if !sec.name.is_empty() {
                     self.err(sec.line, format!("section [{}] takes no name", sec.kind));
                 }
@@ -180,7 +179,6 @@ impl Builder {
                     "server" => self.server(sec),
                     "smtp" => self.smtp(sec),
                     "pop3" => self.pop3(sec),
-                    "imap" => self.imap(sec),
                     "tls" => self.tls(sec),
                     _ => self.outbox(sec),
                 }
@@ -206,7 +204,7 @@ impl Builder {
             _ => self.err(
                 sec.line,
                 format!(
-                    "unknown section [{}] (known: server, smtp, pop3, imap, tls, domain NAME, \
+                    "unknown section [{}] (known: server, smtp, pop3, tls, domain NAME, \
                      mailbox ADDRESS, alias ADDRESS, outbox, smartpop NAME)",
                     sec.kind
                 ),
@@ -346,27 +344,6 @@ impl Builder {
             }
         }
         self.pop3 = c;
-    }
-
-    fn imap(&mut self, sec: &RawSection) {
-        let mut c = std::mem::take(&mut self.imap);
-        for e in self.entries(sec) {
-            match e.key.as_str() {
-                "listen" | "imaps" => {
-                    if let Some(v) = self.value(e, values::socket_list) {
-                        let (key, slot) = match e.key.as_str() {
-                            "listen" => ("imap listen", &mut c.listen),
-                            _ => ("imaps", &mut c.imaps),
-                        };
-                        *slot = v;
-                        self.listener_lines.insert(key, e.line);
-                    }
-                }
-                "timeout" => set(&mut c.timeout, self.value(e, values::duration)),
-                _ => self.unknown_key(sec, e),
-            }
-        }
-        self.imap = c;
     }
 
     fn tls(&mut self, sec: &RawSection) {
@@ -733,7 +710,6 @@ impl Builder {
             }),
             smtp: self.smtp.clone(),
             pop3: self.pop3.clone(),
-            imap: self.imap.clone(),
             tls: self.tls.clone(),
             domains: std::mem::take(&mut self.domains),
             mailboxes: std::mem::take(&mut self.mailboxes),
@@ -792,14 +768,12 @@ impl Builder {
     /// One socket, one listener: a second bind would fail at start anyway;
     /// here it fails with a line number.
     fn check_listeners(&mut self) {
-        let lists: [(&'static str, &[SocketAddr]); 7] = [
+        let lists: [(&'static str, &[SocketAddr]); 5] = [
             ("smtp listen", &self.smtp.listen),
             ("submission", &self.smtp.submission),
             ("smtps", &self.smtp.smtps),
             ("pop3 listen", &self.pop3.listen),
             ("pop3s", &self.pop3.pop3s),
-            ("imap listen", &self.imap.listen),
-            ("imaps", &self.imap.imaps),
         ];
         let mut used: HashMap<SocketAddr, &'static str> = HashMap::new();
         let mut clashes = Vec::new();

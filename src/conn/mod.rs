@@ -8,7 +8,6 @@
 pub mod body;
 pub mod budget;
 pub mod driver;
-pub mod imap_in;
 pub mod pop3_ahead;
 pub mod pop3_fetch;
 pub mod pop3_in;
@@ -32,8 +31,6 @@ pub enum ListenerKind {
     Smtps,
     Pop3,
     Pop3s,
-    Imap,
-    Imaps,
 }
 
 impl ListenerKind {
@@ -44,8 +41,6 @@ impl ListenerKind {
             ListenerKind::Smtps => "smtps",
             ListenerKind::Pop3 => "pop3",
             ListenerKind::Pop3s => "pop3s",
-            ListenerKind::Imap => "imap",
-            ListenerKind::Imaps => "imaps",
         }
     }
 }
@@ -63,9 +58,6 @@ pub fn accept(
         }
         ListenerKind::Pop3 | ListenerKind::Pop3s => {
             Box::new(pop3_in::Pop3In::new(kind, sock, peer, cx))
-        }
-        ListenerKind::Imap | ListenerKind::Imaps => {
-            Box::new(imap_in::ImapIn::new(kind, sock, peer, cx))
         }
     }
 }

@@ -20,7 +20,6 @@ pub mod mime;
 pub mod parser;
 pub mod response;
 pub mod search;
-pub mod session;
 pub mod types;
 pub mod utf7;
 pub mod view;
