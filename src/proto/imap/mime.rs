@@ -738,7 +738,10 @@ fn one_address(item: &[Tok]) -> Option<Address> {
             (comment, item, None)
         }
     };
-    if spec.is_empty() && name.is_none() && !angle {
+    // Nothing but comments (`group2: (foo) ;`) is no address: Dovecot and
+    // imaptest's fetch-envelope want the group empty.
+    let only_comments = item.iter().all(|t| matches!(t, Tok::Comment(_)));
+    if !angle && (only_comments || (spec.is_empty() && name.is_none())) {
         return None;
     }
     let (mailbox, host) = addr_spec(spec);

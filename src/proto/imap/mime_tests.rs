@@ -323,4 +323,11 @@ fn addresses() {
         a("bob@x (Bob), c@y"),
         "((\"Bob\" NIL \"bob\" \"x\")(NIL NIL \"c\" \"y\"))"
     );
+    // imaptest fetch-envelope (imap-findings F8): a comment alone in a
+    // group is no address.
+    assert_eq!(
+        a("group:;, group2: (foo) ;"),
+        "((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL NIL NIL))"
+    );
+    assert_eq!(a("(just a comment)"), "NIL");
 }

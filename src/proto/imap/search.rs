@@ -14,7 +14,7 @@
 //!
 //! Must not: read files or know the mailbox; the caller feeds bytes.
 
-use super::mime::Presenter;
+use super::mime::{parse_addresses, Presenter};
 use super::types::{civil_from_unix, days_from_civil, Date, Flag, SearchKey, MONTHS};
 
 /// Longest unfolded header field searched; the rest of a longer field is
@@ -267,11 +267,17 @@ impl ContentScan {
             .trim()
             .to_ascii_lowercase();
         let mut value: Option<String> = None;
+        let mut addresses: Option<String> = None;
+        let is_address = ADDRESS_FIELDS.contains(&name.as_str());
         for (i, n) in self.needles.iter().enumerate() {
             if let Needle::Header(want, s) = n {
                 if *want == name && !self.headers_found[i] {
                     let v = value.get_or_insert_with(|| decoded_value(&field).to_lowercase());
-                    self.headers_found[i] = v.contains(s.as_str());
+                    self.headers_found[i] = v.contains(s.as_str())
+                        || (is_address
+                            && addresses
+                                .get_or_insert_with(|| addresses_text(v))
+                                .contains(s.as_str()));
                 }
             }
         }
@@ -308,6 +314,40 @@ impl ContentScan {
 }
 
 /// A header field's value, RFC 2047 words decoded (mailparse), unfolded.
+/// Fields whose value is an address list: SEARCH FROM etc. also match
+/// the addresses with comments and white space taken out, as Dovecot does
+/// (`<user (c)@ (c) domain.org>` is found by `FROM user@domain.org`).
+const ADDRESS_FIELDS: &[&str] = &["from", "to", "cc", "bcc", "sender", "reply-to"];
+
+/// An address list written back plainly: `name <mailbox@host>, ...`.
+fn addresses_text(value: &str) -> String {
+    let mut out = String::new();
+    fn part(b: &Option<Vec<u8>>) -> Option<std::borrow::Cow<'_, str>> {
+        b.as_deref().map(String::from_utf8_lossy)
+    }
+    for a in parse_addresses(value.as_bytes()) {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        if let Some(n) = part(&a.name) {
+            out.push_str(&n);
+            out.push(' ');
+        }
+        match (part(&a.mailbox), part(&a.host)) {
+            (Some(m), Some(h)) => {
+                out.push('<');
+                out.push_str(&m);
+                out.push('@');
+                out.push_str(&h);
+                out.push('>');
+            }
+            (Some(m), None) => out.push_str(&m),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn decoded_value(field: &[u8]) -> String {
     match mailparse::parse_header(field) {
         Ok((h, _)) => h.get_value(),
@@ -464,6 +504,46 @@ Hello World, the quick brown\nfox jumps.\n";
             scan.finish()
         });
         matches(&key, &meta, facts.as_ref())
+    }
+
+    /// imaptest search-addresses (imap-findings F9): comments and white
+    /// space inside an address do not hide it from FROM/TO/CC/BCC.
+    #[test]
+    fn address_with_comments_is_found() {
+        let msg: &[u8] = b"From: <user-from (comment)@ (comment) domain.org>\n\
+To: Some One <one@to.example> (x), \"Two\" <two (c) @ to.example>\n\
+Subject: user-from@domain.org is not here\n\
+\n\
+body\n";
+        let found = |k: &str| {
+            let key = key(k);
+            let meta = MessageMeta {
+                seq: 1,
+                uid: 1,
+                max_seq: 1,
+                max_uid: 1,
+                flags: &[],
+                recent: false,
+                size: msg.len() as u64,
+                internal_date: 0,
+                zone_minutes: 0,
+                modseq: 1,
+            };
+            let mut scan = ContentScan::new(&key);
+            for c in msg.chunks(7) {
+                scan.feed(c);
+            }
+            matches(&key, &meta, Some(&scan.finish()))
+        };
+        assert!(found("FROM user-from@domain.org"));
+        assert!(found("FROM \"<user-from@domain.org>\""));
+        assert!(found("FROM \"(comment)\""), "the raw text still matches");
+        assert!(found("TO two@to.example"));
+        assert!(found("TO \"Some One <one@to.example>\""));
+        assert!(!found("FROM two@to.example"));
+        assert!(!found("CC user-from@domain.org"));
+        // Only address fields are normalised.
+        assert!(!found("SUBJECT \"user-from@domain.org is here\""));
     }
 
     #[test]
