@@ -686,6 +686,15 @@ impl SmtpIn {
     }
 }
 
+/// The local mailboxes a transaction reaches: their IMAP sessions hear of
+/// the delivery once it is stored (IDLE).
+fn local_recipients(tx: &crate::proto::envelope::Transaction) -> Vec<String> {
+    tx.recipients
+        .iter()
+        .flat_map(|r| r.resolution.local.iter().cloned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,13 +787,4 @@ mod tests {
         assert_eq!(deliveries[0].reverse_path, "a@remote.test");
         assert!(io.is_done());
     }
-}
-
-/// The local mailboxes a transaction reaches: their IMAP sessions hear of
-/// the delivery once it is stored (IDLE).
-fn local_recipients(tx: &crate::proto::envelope::Transaction) -> Vec<String> {
-    tx.recipients
-        .iter()
-        .flat_map(|r| r.resolution.local.iter().cloned())
-        .collect()
 }
