@@ -601,6 +601,7 @@ pub fn smtp_client(data: &[u8]) {
         auth: bit(flags, 2).then(|| Credentials {
             username: "bob".into(),
             password: "secret".into(),
+            bearer: bit(flags, 6),
         }),
         auth_requires_tls: bit(flags, 3),
     };
@@ -707,6 +708,7 @@ pub fn pop3_client(data: &[u8]) {
         keep,
         max_message_size: if bit(flags, 4) { 100 } else { 100_000 },
         now: 1_700_000_000,
+        bearer: bit(flags, 6),
     };
     let mut c = Pop3Fetch::new(params, records.iter());
     // The no-loss rule: with nothing recorded before, DELE n only after
