@@ -437,6 +437,20 @@ impl SmtpIn {
         }
     }
 
+    /// A check's result came for a session that ended or no longer waits
+    /// for it: its spooled copy is removed on a worker (an unlink is file
+    /// work, not the loop's) and the body's budget is given back.
+    fn abandon_checks(&mut self, spooled: Option<crate::store::spool::Spooled>, cx: &mut Ctx) {
+        if let Some(s) = spooled {
+            cx.submit_quick(move || {
+                s.remove();
+                Outcome::Nothing
+            });
+        }
+        self.waiting = Waiting::Nothing;
+        self.body.delivered(&mut cx.sv.budget);
+    }
+
     /// The reply to the end of the data.
     fn answer_delivery(&mut self, outcome: DeliveryOutcome, cx: &mut Ctx) {
         self.waiting = Waiting::Nothing;
@@ -525,14 +539,7 @@ impl Driver for SmtpIn {
             }
             Outcome::MailAuthHashed(result) => {
                 if self.io.is_done() || self.check.is_none() {
-                    if let Ok(h) = result {
-                        if let Some(s) = h.spooled {
-                            s.remove();
-                        }
-                    }
-                    self.waiting = Waiting::Nothing;
-                    self.body.delivered(&mut cx.sv.budget);
-                    return;
+                    return self.abandon_checks(result.ok().and_then(|h| h.spooled), cx);
                 }
                 if let Some((check, _)) = self.check.as_mut() {
                     check.hashed(result);
@@ -541,12 +548,7 @@ impl Driver for SmtpIn {
             }
             Outcome::MailAuthVerified(h) => {
                 if self.io.is_done() || self.check.is_none() {
-                    if let Some(s) = h.spooled {
-                        s.remove();
-                    }
-                    self.waiting = Waiting::Nothing;
-                    self.body.delivered(&mut cx.sv.budget);
-                    return;
+                    return self.abandon_checks(h.spooled, cx);
                 }
                 if let Some((check, _)) = self.check.as_mut() {
                     check.verified(h);
