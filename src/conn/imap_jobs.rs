@@ -757,6 +757,32 @@ fn refresh(done: &mut Done, no_expunge: bool, out: &mut Vec<u8>) -> bool {
 
 /// Sequence numbers (1-based) a set names, or a BAD for numbers beyond
 /// EXISTS (RFC 3501 6.4.8 leaves UIDs free).
+/// The UIDs of the messages at these sequence numbers.
+fn uids_of(snap: &Snapshot, seqs: &[u32]) -> Vec<u32> {
+    seqs.iter()
+        .filter_map(|&s| {
+            (s as usize)
+                .checked_sub(1)
+                .and_then(|i| snap.messages.get(i))
+        })
+        .map(|m| m.uid)
+        .collect()
+}
+
+fn read_only(out: &mut Vec<u8>, t: Option<&str>) {
+    response::status(
+        out,
+        t,
+        Status::No,
+        Some(&Code::ReadOnly),
+        "Mailbox is read-only",
+    );
+}
+
+fn bad_sequence(out: &mut Vec<u8>, t: Option<&str>) {
+    response::status(out, t, Status::Bad, None, "Invalid message sequence number");
+}
+
 fn resolve(snap: &Snapshot, set: &SeqSet, uid: bool) -> Result<Vec<u32>, ()> {
     let n = snap.messages.len() as u32;
     let mut v = Vec::new();
@@ -786,20 +812,11 @@ fn expunge(done: &mut Done, uids: Option<SeqSet>, tag: &str, out: &mut Vec<u8>) 
         return;
     };
     if sel.read_only {
-        response::status(
-            out,
-            t,
-            Status::No,
-            Some(&Code::ReadOnly),
-            "Mailbox is read-only",
-        );
-        return;
+        return read_only(out, t);
     }
     let list: Option<Vec<u32>> = uids.map(|set| {
         let seqs = resolve(&sel.snap, &set, true).unwrap_or_default();
-        seqs.iter()
-            .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
-            .collect()
+        uids_of(&sel.snap, &seqs)
     });
     match sel.folder.expunge(list.as_deref()) {
         Ok((gone, new)) => {
@@ -838,23 +855,12 @@ fn store(
         return;
     };
     if sel.read_only {
-        response::status(
-            out,
-            t,
-            Status::No,
-            Some(&Code::ReadOnly),
-            "Mailbox is read-only",
-        );
-        return;
+        return read_only(out, t);
     }
     let Ok(seqs) = resolve(&sel.snap, set, uid) else {
-        response::status(out, t, Status::Bad, None, "Invalid message sequence number");
-        return;
+        return bad_sequence(out, t);
     };
-    let uids: Vec<u32> = seqs
-        .iter()
-        .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
-        .collect();
+    let uids = uids_of(&sel.snap, &seqs);
     let (sys, kw) = split_flags(list);
     let kwr: Vec<&str> = kw.iter().map(String::as_str).collect();
     let op = match mode {
@@ -947,23 +953,12 @@ fn copy_move(
         return;
     };
     if is_move && sel.read_only {
-        response::status(
-            out,
-            t,
-            Status::No,
-            Some(&Code::ReadOnly),
-            "Mailbox is read-only",
-        );
-        return;
+        return read_only(out, t);
     }
     let Ok(seqs) = resolve(&sel.snap, set, uid) else {
-        response::status(out, t, Status::Bad, None, "Invalid message sequence number");
-        return;
+        return bad_sequence(out, t);
     };
-    let uids: Vec<u32> = seqs
-        .iter()
-        .filter_map(|s| sel.snap.messages.get(*s as usize - 1).map(|m| m.uid))
-        .collect();
+    let uids = uids_of(&sel.snap, &seqs);
     let dest = match tree.parse(&wire(target)) {
         Ok(n) => tree.folder(&n),
         Err(e) => return no(out, tag, &e),
