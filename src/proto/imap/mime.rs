@@ -401,7 +401,8 @@ impl ContentType {
     }
 }
 
-/// Skips `(comments)` (nested) and whitespace.
+/// Skips `(comments)` (nested) and whitespace. Never returns past
+/// `v.len()`, even when a comment ends in a lone backslash.
 fn skip_cfws(v: &[u8], mut i: usize) -> usize {
     loop {
         while i < v.len() && v[i].is_ascii_whitespace() {
@@ -411,7 +412,9 @@ fn skip_cfws(v: &[u8], mut i: usize) -> usize {
             let mut depth = 0usize;
             while i < v.len() {
                 match v[i] {
-                    b'\\' => i += 1,
+                    // A quoted-pair; a backslash that ends the value
+                    // quotes nothing.
+                    b'\\' if i + 1 < v.len() => i += 1,
                     b'(' => depth += 1,
                     b')' => {
                         depth -= 1;

@@ -331,3 +331,14 @@ fn addresses() {
     );
     assert_eq!(a("(just a comment)"), "NIL");
 }
+
+/// Found by the fuzzer: a comment in Content-Type that ends in a lone
+/// backslash made the parameter scanner step past the end of the value.
+#[test]
+fn a_content_type_comment_ending_in_a_backslash_is_not_a_panic() {
+    let msg = b"From: a\nContent-Type:(meltxed; bo\0R\n\t(m\x01\\";
+    let s = structure(msg);
+    let mut v = Vec::new();
+    s.body_structure(&mut v, true);
+    assert!(v.starts_with(b"("), "{:?}", String::from_utf8_lossy(&v));
+}
