@@ -26,7 +26,7 @@ use crate::proto::imap::types::{
 use crate::proto::imap::view::UidValidityChanged;
 use crate::store::mailbox::flags::{self, Flags};
 use crate::store::mailbox::{
-    FlagOp, Folder, FolderName, Mailbox, NewMessage, Snapshot, SpecialUse,
+    FlagOp, Folder, FolderName, LockTable, Mailbox, NewMessage, Snapshot, SpecialUse,
 };
 
 /// A FETCH answer is handed to the loop in pieces about this large, so
@@ -51,11 +51,17 @@ pub struct Account {
     pub root: PathBuf,
     pub special: Vec<(SpecialUse, String)>,
     pub append_limit: u64,
+    /// The server's uidlist/subscriptions lock table.
+    pub locks: Arc<LockTable>,
 }
 
 impl Account {
     fn tree(&self) -> Mailbox {
-        let m = Mailbox::new(&self.root, crate::store::mailbox::Separator::Dot);
+        let m = Mailbox::new(
+            &self.root,
+            crate::store::mailbox::Separator::Dot,
+            &self.locks,
+        );
         let names: Vec<(SpecialUse, &str)> =
             self.special.iter().map(|(u, n)| (*u, n.as_str())).collect();
         match m.clone().with_special_names(&names) {

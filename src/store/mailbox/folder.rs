@@ -42,7 +42,7 @@
 //!
 //! Must not: rewrite a message, or run on the event-loop thread.
 
-use super::dotlock::{self, Dotlock};
+use super::dotlock::{self, Dotlock, LockTable};
 use super::flags::{self, Flags};
 use super::keywords::{self, Keywords};
 use super::modseq::State;
@@ -283,12 +283,22 @@ pub fn too_many_keywords() -> io::Error {
 }
 
 /// One folder of a mailbox. Creating the value touches no disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Folder {
     root: PathBuf,
     name: FolderName,
     dir: PathBuf,
+    /// The process's uidlist locks (see `dotlock`).
+    locks: Arc<LockTable>,
 }
+
+/// The same folder: the lock table is the process's, not part of it.
+impl PartialEq for Folder {
+    fn eq(&self, other: &Folder) -> bool {
+        self.root == other.root && self.name == other.name
+    }
+}
+impl Eq for Folder {}
 
 /// What a scan under the lock found, ready to be changed and written.
 struct Scan {
@@ -302,12 +312,13 @@ struct Scan {
 }
 
 impl Folder {
-    pub fn new(root: &Path, name: FolderName) -> Folder {
+    pub fn new(root: &Path, name: FolderName, locks: &Arc<LockTable>) -> Folder {
         let dir = name.dir(root);
         Folder {
             root: root.to_path_buf(),
             name,
             dir,
+            locks: Arc::clone(locks),
         }
     }
     pub fn name(&self) -> &FolderName {
@@ -338,6 +349,7 @@ impl Folder {
 
     fn lock(&self) -> io::Result<Dotlock> {
         Dotlock::acquire(
+            &self.locks,
             &self.dir.join(uidlist::FILE),
             dotlock::UIDLIST_STALE,
             dotlock::UIDLIST_WAIT,
