@@ -1011,7 +1011,7 @@ pub fn imap_session(data: &[u8]) {
     assert_eq!(whole, split, "answers depend on where reads split");
 }
 
-fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>, usize) {
+fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>, usize, usize) {
     use mailgate::proto::imap::session::{ImapEvent, ImapSession, SessionParams, State};
     use mailgate::proto::imap::types::CommandBody;
     let mut reads = Rng::new(&[seed, flags, 3]);
@@ -1025,6 +1025,7 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
     let mut out = Vec::new();
     s.greeting(&mut out);
     let mut n_events = 0;
+    let mut appended = 0;
     let mut pos = 0;
     let mut steps = 0;
     while pos < input.len() && steps < MAX_STEPS && !s.is_closed() {
@@ -1038,7 +1039,12 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
         s.receive(&input[pos..pos + n], &mut out, &mut events);
         pos += n;
         while !events.is_empty() {
-            n_events += events.len();
+            // An APPEND literal comes as one AppendData per piece read,
+            // so only the other events are counted (its bytes are below).
+            n_events += events
+                .iter()
+                .filter(|e| !matches!(e, ImapEvent::AppendData(_)))
+                .count();
             for e in std::mem::take(&mut events) {
                 match e {
                     ImapEvent::Login { tag, .. } => s.login_done(&tag, flags & 8 != 0, &mut out),
@@ -1062,11 +1068,12 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
                     ImapEvent::AppendDone { .. } | ImapEvent::IdleDone { .. } => {
                         s.command_done(s.state())
                     }
-                    ImapEvent::AppendData(_) | ImapEvent::StartTls | ImapEvent::Close => {}
+                    ImapEvent::AppendData(bytes) => appended += bytes.len(),
+                    ImapEvent::StartTls | ImapEvent::Close => {}
                 }
             }
             s.run(&mut out, &mut events);
         }
     }
-    (out, n_events)
+    (out, n_events, appended)
 }
