@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::imap::mime::{self, Presenter, SectionRange};
+use crate::proto::imap::qresync;
 use crate::proto::imap::response::{self, Code, Fetch, Status};
 use crate::proto::imap::search::{self, ContentScan, MessageMeta};
 use crate::proto::imap::session::State;
 use crate::proto::imap::types::{
-    Command, CommandBody, FetchAttr, Flag, MailboxName, SearchReturn, SeqSet, StatusItem, StoreMode,
+    Command, CommandBody, FetchAttr, Flag, MailboxName, Qresync, SearchReturn, SeqSet, StatusItem,
+    StoreMode,
 };
 use crate::proto::imap::view::UidValidityChanged;
 use crate::store::mailbox::flags::{self, Flags};
@@ -212,7 +214,8 @@ pub fn report(
             }
         }
     }
-    if !d.added.is_empty() || (!d.expunged.is_empty() && modes.qresync) {
+    // VANISHED says how many are left (RFC 7162 3.2.10): no EXISTS for it.
+    if !d.added.is_empty() {
         response::exists(out, new.messages.len() as u32);
         let recent = new
             .messages
@@ -326,11 +329,13 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
     match cmd.body {
         C::Select { mailbox, params } => {
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
-            select(&tree, &mailbox, false, m, &tag, &mut done, &mut out);
+            let q = params.qresync.as_ref().filter(|_| modes.qresync);
+            select(&tree, &mailbox, false, m, q, &tag, &mut done, &mut out);
         }
         C::Examine { mailbox, params } => {
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
-            select(&tree, &mailbox, true, m, &tag, &mut done, &mut out);
+            let q = params.qresync.as_ref().filter(|_| modes.qresync);
+            select(&tree, &mailbox, true, m, q, &tag, &mut done, &mut out);
         }
         C::Create { mailbox, .. } => match tree.create(&wire(&mailbox)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "CREATE completed"),
@@ -419,16 +424,21 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             set,
             items,
             changed_since,
-            vanished: _,
-        } => fetch_start(
-            &mut done,
-            uid,
-            &set,
-            items.expand(),
-            changed_since,
-            &tag,
-            &mut out,
-        ),
+            vanished,
+        } => {
+            if let (true, Some(since)) = (vanished && uid && modes.qresync, changed_since) {
+                fetch_vanished(&mut done, &set, since, &mut out);
+            }
+            fetch_start(
+                &mut done,
+                uid,
+                &set,
+                items.expand(),
+                changed_since,
+                &tag,
+                &mut out,
+            )
+        }
         C::Store {
             uid,
             set,
@@ -480,11 +490,13 @@ const PERMANENT: [Flag; 5] = [
     Flag::Draft,
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn select(
     tree: &Mailbox,
     name: &MailboxName,
     read_only: bool,
     modes: Modes,
+    qresync: Option<&Qresync>,
     tag: &str,
     done: &mut Done,
     out: &mut Vec<u8>,
@@ -573,6 +585,16 @@ fn select(
         Some(&Code::HighestModSeq(snap.highest_modseq.max(1))),
         "Highest",
     );
+    if let Some(q) = qresync.filter(|q| q.uidvalidity == snap.uidvalidity) {
+        resync(
+            &folder,
+            &snap,
+            q.known_uids.as_ref(),
+            q.modseq,
+            first_recent,
+            out,
+        );
+    }
     let code = if read_only {
         Code::ReadOnly
     } else {
@@ -587,6 +609,57 @@ fn select(
         read_only,
         first_recent,
     });
+}
+
+/// RFC 7162 3.2.5.2: what changed since the client's `modseq`, as
+/// `VANISHED (EARLIER)` and then `FETCH (UID FLAGS MODSEQ)`. With another
+/// UIDVALIDITY the client's state is void and nothing is sent.
+fn resync(
+    folder: &Folder,
+    snap: &Snapshot,
+    known: Option<&SeqSet>,
+    modseq: u64,
+    first_recent: u32,
+    out: &mut Vec<u8>,
+) {
+    let present: Vec<u32> = snap.messages.iter().map(|m| m.uid).collect();
+    let expunges = match folder.vanished_since(snap.uidvalidity, modseq) {
+        Ok(Some(uids)) => qresync::Expunges::Known(uids),
+        // A modseq file that cannot be read: say more, never less.
+        Ok(None) | Err(_) => qresync::Expunges::Forgotten,
+    };
+    let gone = qresync::vanished(known, snap.uid_next, &present, &expunges);
+    qresync::write_vanished(out, true, &gone);
+    for (i, m) in snap.messages.iter().enumerate() {
+        if qresync::resend(known, snap.uid_next, m.uid, m.modseq, modseq) {
+            let fl = flag_list(snap, m.flags, m.uid >= first_recent);
+            let mut f = Fetch::start(out, i as u32 + 1);
+            f.uid(m.uid);
+            f.flags(&fl);
+            f.modseq(m.modseq);
+            f.finish();
+        }
+    }
+}
+
+/// RFC 7162 3.2.6: `UID FETCH set (...) (CHANGEDSINCE m VANISHED)`
+/// first names the UIDs of `set` expunged after `m`.
+fn fetch_vanished(done: &mut Done, set: &SeqSet, since: u64, out: &mut Vec<u8>) {
+    // Expunges made elsewhere are told here, not as VANISHED before it.
+    if !refresh(done, false, out) {
+        return;
+    }
+    let Some(sel) = done.selected.as_ref() else {
+        return;
+    };
+    let snap = &sel.snap;
+    let present: Vec<u32> = snap.messages.iter().map(|m| m.uid).collect();
+    let expunges = match sel.folder.vanished_since(snap.uidvalidity, since) {
+        Ok(Some(uids)) => qresync::Expunges::Known(uids),
+        Ok(None) | Err(_) => qresync::Expunges::Forgotten,
+    };
+    let gone = qresync::vanished(Some(set), snap.uid_next, &present, &expunges);
+    qresync::write_vanished(out, true, &gone);
 }
 
 /// RFC 3501 6.3.8 wildcard match: `*` anything, `%` anything but the
@@ -691,14 +764,45 @@ fn list(
 
 fn lsub(tree: &Mailbox, reference: &str, pat: &str, out: &mut Vec<u8>) {
     let subs = tree.subscriptions().unwrap_or_default();
-    for s in subs {
-        let name = s.imap(tree.separator());
-        if matches_pattern(reference, pat, &name) {
-            out.extend_from_slice(b"* LSUB () \".\" ");
-            response::mailbox(out, &utf8_name(&name));
-            out.extend_from_slice(b"\r\n");
+    let names: Vec<String> = subs.iter().map(|s| s.imap(tree.separator())).collect();
+    for (name, noselect) in lsub_entries(&names, reference, pat) {
+        out.extend_from_slice(if noselect {
+            b"* LSUB (\\Noselect) \".\" "
+        } else {
+            b"* LSUB () \".\" "
+        });
+        response::mailbox(out, &utf8_name(&name));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// RFC 3501 6.3.9: the subscribed names matching the pattern; with `%`,
+/// also an unsubscribed parent of a subscribed name that the pattern
+/// matches (`Lists` for `Lists.Family` and `%`), marked \Noselect, so
+/// a client browsing level by level finds the way down. `(name,
+/// noselect)`, each name once.
+fn lsub_entries(subs: &[String], reference: &str, pat: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for name in subs {
+        if matches_pattern(reference, pat, name) && !out.iter().any(|e| &e.0 == name) {
+            out.push((name.clone(), false));
         }
     }
+    if !format!("{reference}{pat}").contains('%') {
+        return out;
+    }
+    for name in subs {
+        for (i, _) in name.match_indices('.') {
+            let parent = &name[..i];
+            if subs.iter().any(|s| s == parent) || out.iter().any(|e| e.0 == parent) {
+                continue;
+            }
+            if matches_pattern(reference, pat, parent) {
+                out.push((parent.to_string(), true));
+            }
+        }
+    }
+    out
 }
 
 fn status(
@@ -973,6 +1077,7 @@ fn copy_move(
         );
         return;
     }
+    let same = dest.dir() == sel.folder.dir();
     let res = if is_move {
         sel.folder
             .move_to(&uids, &dest)
@@ -1005,6 +1110,11 @@ fn copy_move(
                 response::status(out, t, Status::Ok, None, "MOVE completed");
             } else if map.is_empty() {
                 response::status(out, t, Status::Ok, None, "COPY completed");
+            } else if same {
+                // Into the selected folder: EXISTS for the copies now, as
+                // Dovecot does, rather than at the next command.
+                refresh(done, false, out);
+                response::status(out, t, Status::Ok, Some(&code), "COPY completed");
             } else {
                 response::status(out, t, Status::Ok, Some(&code), "COPY completed");
             }

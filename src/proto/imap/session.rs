@@ -375,6 +375,16 @@ impl ImapSession {
             ) => {
                 response::status(out, t, Status::Bad, None, "No mailbox selected");
             }
+            // RFC 7162 3.2.5, 3.2.6: QRESYNC's SELECT parameter and
+            // UID FETCH's VANISHED are BAD until ENABLE QRESYNC.
+            (C::Select { params, .. } | C::Examine { params, .. }, _)
+                if params.qresync.is_some() && !self.qresync =>
+            {
+                response::status(out, t, Status::Bad, None, "QRESYNC is not enabled");
+            }
+            (C::Fetch { vanished: true, .. }, _) if !self.qresync => {
+                response::status(out, t, Status::Bad, None, "QRESYNC is not enabled");
+            }
             (C::Idle, _) => {
                 response::continuation(out, "idling");
                 self.wait = Wait::Idle { tag };

@@ -170,3 +170,121 @@ fn enable_condstore() {
     assert!(s.condstore && s.qresync);
     assert!(String::from_utf8_lossy(&o).contains("* ENABLED QRESYNC"));
 }
+
+/// A session logged in as bob, output and events cleared.
+fn logged_in() -> ImapSession {
+    let mut s = ImapSession::new(params(true));
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    s.receive(b"a LOGIN bob x\r\n", &mut o, &mut e);
+    s.login_done("a", true, &mut o);
+    s
+}
+
+#[test]
+fn qresync_parameters_need_enable_qresync() {
+    let mut s = logged_in();
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    s.receive(b"b SELECT INBOX (QRESYNC (7 5))\r\n", &mut o, &mut e);
+    let text = String::from_utf8_lossy(&o);
+    assert!(text.contains("b BAD"), "RFC 7162 3.2.5: {text}");
+    assert!(e.is_empty());
+    s.command_done(State::Selected);
+    o.clear();
+    s.receive(
+        b"c UID FETCH 1:* FLAGS (CHANGEDSINCE 5 VANISHED)\r\n",
+        &mut o,
+        &mut e,
+    );
+    assert!(String::from_utf8_lossy(&o).contains("c BAD"));
+    assert!(e.is_empty());
+    s.receive(b"d ENABLE QRESYNC\r\n", &mut o, &mut e);
+    assert!(s.condstore, "QRESYNC implies CONDSTORE");
+    s.receive(b"e SELECT INBOX (QRESYNC (7 5 1:9))\r\n", &mut o, &mut e);
+    let [ImapEvent::Run(Command {
+        body: CommandBody::Select { params, .. },
+        ..
+    })] = &e[..]
+    else {
+        panic!("{e:?}");
+    };
+    let q = params.qresync.as_ref().map(|q| (q.uidvalidity, q.modseq));
+    assert_eq!(q, Some((7, 5)));
+    s.command_done(State::Selected);
+    e.clear();
+    s.receive(
+        b"f UID FETCH 1:* FLAGS (CHANGEDSINCE 5 VANISHED)\r\n",
+        &mut o,
+        &mut e,
+    );
+    assert!(matches!(
+        &e[..],
+        [ImapEvent::Run(Command {
+            body: CommandBody::Fetch { vanished: true, .. },
+            ..
+        })]
+    ));
+}
+
+/// The known-uids of `SELECT INBOX (QRESYNC (1 1 SET))`.
+fn known(set: &str) -> crate::proto::imap::types::SeqSet {
+    let line = format!("a SELECT INBOX (QRESYNC (1 1 {set}))");
+    match crate::proto::imap::parser::parse_command(line.as_bytes()) {
+        Ok(Command {
+            body: CommandBody::Select { params, .. },
+            ..
+        }) => params
+            .qresync
+            .and_then(|q| q.known_uids)
+            .expect("known uids"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn qresync_vanished_from_expunge_records() {
+    use super::super::qresync::{vanished, write_vanished, Expunges};
+    // Present 1,2,5,9; records say 3,4,6 went after the client's modseq
+    // (7 and 8 went before: the client knows).
+    let present = [1, 2, 5, 9];
+    let rec = Expunges::Known(vec![3, 4, 6]);
+    assert_eq!(vanished(None, 10, &present, &rec), vec![(3, 4), (6, 6)]);
+    // Only what the client says it knows.
+    let k = known("1:3,6:*");
+    assert_eq!(vanished(Some(&k), 10, &present, &rec), vec![(3, 3), (6, 6)]);
+    let mut out = Vec::new();
+    write_vanished(&mut out, true, &[(3, 4), (6, 6)]);
+    assert_eq!(out, b"* VANISHED (EARLIER) 3:4,6\r\n");
+    out.clear();
+    write_vanished(&mut out, true, &[]);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn qresync_forgotten_expunges_report_every_gap_in_ranges() {
+    use super::super::qresync::{resend, vanished, Expunges};
+    let present = [2, 5, 6, 9];
+    // Everything up to UIDNEXT-1 that is not here.
+    assert_eq!(
+        vanished(None, 12, &present, &Expunges::Forgotten),
+        vec![(1, 1), (3, 4), (7, 8), (10, 11)]
+    );
+    // A client naming every UID costs ranges, not 4 billion entries.
+    let k = known("1:4294967295");
+    assert_eq!(
+        vanished(Some(&k), 12, &present, &Expunges::Forgotten),
+        vec![(1, 1), (3, 4), (7, 8), (10, 11)]
+    );
+    let k = known("5:7");
+    assert_eq!(
+        vanished(Some(&k), 12, &present, &Expunges::Forgotten),
+        vec![(7, 7)]
+    );
+    // An empty mailbox never used: nothing can have vanished.
+    assert!(vanished(None, 1, &[], &Expunges::Forgotten).is_empty());
+    // FETCH again: changed after the modseq, among the known UIDs.
+    let k = known("1:5");
+    assert!(resend(Some(&k), 12, 5, 20, 10));
+    assert!(!resend(Some(&k), 12, 6, 20, 10), "not known to the client");
+    assert!(!resend(None, 12, 5, 10, 10), "not changed since");
+    assert!(resend(None, 12, 9, 11, 10));
+}
