@@ -105,13 +105,9 @@ SESSION = [
 # step turns red when fixed and the mark can go. (Fixed on imap-server by
 # 314a064 and unmarked: LIST's \\Noselect parents, EXAMINE's
 # PERMANENTFLAGS (), * FLAGS before a new keyword, CREATE/STATUS/DELETE of
-# p&AOQA5A-.)
-XFAIL = {
-    "list_mutf7": "LIST \"\" \"p&AOQA5A-\" finds nothing after CREATE \"p&AOQA5A-\" made it "
-                  "(a pattern with a modified UTF-7 run matches no name; Dovecot lists it)",
-    "select_invalid_mutf7": "a mailbox name that is not modified UTF-7 is a well-formed "
-                            "command naming no mailbox: NO (Dovecot), not BAD",
-}
+# p&AOQA5A-; on imap-proto: LIST with a modified UTF-7 pattern, NO for a
+# name that is not modified UTF-7.)
+XFAIL = {}
 
 
 def run_session(port, user, password, delim="."):

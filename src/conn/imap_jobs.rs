@@ -731,7 +731,10 @@ fn list(
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
     for (name, special, subscribed, exists) in &entries {
-        if !pats.iter().any(|p| matches_pattern(reference, p, name)) {
+        // The parser hands patterns over in UTF-8; names are stored in
+        // modified UTF-7: match in UTF-8 (`p&AOQA5A-` is `pää`).
+        let utf8 = utf8_name(name).0;
+        if !pats.iter().any(|p| matches_pattern(reference, p, &utf8)) {
             continue;
         }
         if subscribed_only && !subscribed {
@@ -784,7 +787,8 @@ fn lsub(tree: &Mailbox, reference: &str, pat: &str, out: &mut Vec<u8>) {
 fn lsub_entries(subs: &[String], reference: &str, pat: &str) -> Vec<(String, bool)> {
     let mut out: Vec<(String, bool)> = Vec::new();
     for name in subs {
-        if matches_pattern(reference, pat, name) && !out.iter().any(|e| &e.0 == name) {
+        if matches_pattern(reference, pat, &utf8_name(name).0) && !out.iter().any(|e| &e.0 == name)
+        {
             out.push((name.clone(), false));
         }
     }
@@ -797,7 +801,7 @@ fn lsub_entries(subs: &[String], reference: &str, pat: &str) -> Vec<(String, boo
             if subs.iter().any(|s| s == parent) || out.iter().any(|e| e.0 == parent) {
                 continue;
             }
-            if matches_pattern(reference, pat, parent) {
+            if matches_pattern(reference, pat, &utf8_name(parent).0) {
                 out.push((parent.to_string(), true));
             }
         }

@@ -217,6 +217,16 @@ impl ImapSession {
                     Input::Bad { tag, reason, close } => {
                         self.bad(tag.as_deref(), &reason, close, out, events)
                     }
+                    Input::No { tag, reason } => {
+                        self.bads = 0;
+                        // No code: Dovecot gives none (the name is not
+                        // one that could exist).
+                        if self.state == State::NotAuthenticated {
+                            response::status(out, Some(&tag), Status::Bad, None, "Log in first");
+                        } else {
+                            response::status(out, Some(&tag), Status::No, None, &reason);
+                        }
+                    }
                     Input::Command(cmd) => {
                         self.bads = 0;
                         self.command(cmd, out, events);

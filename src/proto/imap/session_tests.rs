@@ -288,3 +288,26 @@ fn qresync_forgotten_expunges_report_every_gap_in_ranges() {
     assert!(!resend(None, 12, 5, 10, 10), "not changed since");
     assert!(resend(None, 12, 9, 11, 10));
 }
+
+#[test]
+fn a_name_that_is_not_modified_utf7_is_no_not_bad() {
+    let mut s = logged_in();
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    s.receive(
+        b"b SELECT a&b\r\nc CREATE \"x&AOQ\"\r\nd SELECT \"p\xc3\xa4\"\r\n",
+        &mut o,
+        &mut e,
+    );
+    let text = String::from_utf8_lossy(&o);
+    for tag in ["b NO", "c NO", "d NO"] {
+        assert!(text.contains(tag), "{tag} (as Dovecot): {text}");
+    }
+    assert!(e.is_empty(), "nothing for the driver: {e:?}");
+    assert!(!s.is_closed(), "NOs do not count as BADs: {text}");
+    // Still BAD: a broken command, and anything before LOGIN.
+    o.clear();
+    s.receive(b"e SELECT\r\n", &mut o, &mut e);
+    assert!(String::from_utf8_lossy(&o).contains("e BAD"));
+    let (out, _) = both(params(true), b"a SELECT a&b\r\n");
+    assert!(out.contains("a BAD"), "{out}");
+}
