@@ -373,3 +373,33 @@ def test_modified_utf7_names(server):
     typ, data = m.select('"p&AOQA5A-"')
     assert typ == "OK"
     m.logout()
+
+
+def test_recent_exactly_once_across_selected_sessions(server):
+    """RFC 3501 2.3.2: a new message is \\Recent in exactly one session,
+    even when two have the folder selected when it arrives (imaptest
+    `append`); STATUS (RECENT) then counts it no more."""
+    a, b, c = client(server), client(server), client(server)
+    c.create_folder("RecentBox")
+    for s in (a, b):
+        s.select_folder("RecentBox")
+    for i in range(3):
+        c.append("RecentBox", f"Subject: r{i}\r\n\r\nbody\r\n".encode())
+    assert c.folder_status("RecentBox", ["MESSAGES", "RECENT"])[b"RECENT"] == 3, \
+        "nobody was told yet: all unclaimed"
+    a.noop()
+    b.noop()
+    recent = 0
+    for s in (a, b, a):  # a again: a session keeps what it claimed
+        flags = s.fetch([1, 2, 3], ["FLAGS"])
+        assert len(flags) == 3
+        recent += sum(imapclient.RECENT in f[b"FLAGS"] for f in flags.values())
+    assert recent in (3, 6), "each message recent in exactly one of a, b"
+    st = c.folder_status("RecentBox", ["MESSAGES", "RECENT"])
+    assert st == {b"MESSAGES": 3, b"RECENT": 0}
+    # A later SELECT claims nothing; EXAMINE neither.
+    d = client(server)
+    assert d.select_folder("RecentBox")[b"RECENT"] == 0
+    d.logout()
+    for s in (a, b, c):
+        s.logout()

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::imap::mime::{self, Presenter, SectionRange};
 use crate::proto::imap::qresync;
+use crate::proto::imap::recent::RecentSet;
 use crate::proto::imap::response::{self, Code, Fetch, Status};
 use crate::proto::imap::search::{self, ContentScan, MessageMeta};
 use crate::proto::imap::session::State;
@@ -43,8 +44,8 @@ pub struct Selected {
     /// positions here. Shared (Arc) with the store's other users.
     pub snap: Arc<Snapshot>,
     pub read_only: bool,
-    /// UIDs at or above this are \Recent for this session.
-    pub first_recent: u32,
+    /// The UIDs that are \Recent for this session (claimed by it).
+    pub recent: RecentSet,
 }
 
 /// Where the session's mailbox is and how it is configured.
@@ -220,7 +221,7 @@ pub fn report(
         let recent = new
             .messages
             .iter()
-            .filter(|m| m.uid >= sel.first_recent)
+            .filter(|m| sel.recent.contains(m.uid))
             .count();
         response::recent(out, recent as u32);
     }
@@ -262,7 +263,7 @@ fn fetch_flags(
     sel: &Selected,
     modes: Modes,
 ) {
-    let fl = flag_list(snap, m.flags, m.uid >= sel.first_recent);
+    let fl = flag_list(snap, m.flags, sel.recent.contains(m.uid));
     let mut f = Fetch::start(out, seq);
     if modes.qresync {
         f.uid(m.uid);
@@ -280,7 +281,7 @@ pub fn poll(sel: Selected, modes: Modes) -> Done {
     let mut sel = sel;
     let mut close = false;
     match sel.folder.sync_from(&sel.snap) {
-        Ok(new) => match report(&sel, new, modes, false, &mut out) {
+        Ok(new) => match report(claim_new(&mut sel, &new), new, modes, false, &mut out) {
             Ok(s) => sel.snap = s,
             Err(UidValidityChanged) => close = true,
         },
@@ -521,13 +522,15 @@ fn select(
     let got = if read_only {
         // EXAMINE claims no \Recent, but shows what is (RFC 3501 6.3.2).
         folder.sync().map(|s| {
-            let n = s.first_recent;
-            (s, n)
+            let r = RecentSet::examined(s.first_recent);
+            (s, r)
         })
     } else {
-        folder.select()
+        folder
+            .select()
+            .map(|(s, first)| (Arc::clone(&s), RecentSet::selected(first, s.uid_next)))
     };
-    let (snap, first_recent) = match got {
+    let (snap, recent) = match got {
         Ok(x) => x,
         Err(e) => return no(out, tag, &e),
     };
@@ -537,12 +540,12 @@ fn select(
     }
     response::flags(out, &flags_all);
     response::exists(out, snap.messages.len() as u32);
-    let recent = snap
+    let n_recent = snap
         .messages
         .iter()
-        .filter(|m| m.uid >= first_recent)
+        .filter(|m| recent.contains(m.uid))
         .count();
-    response::recent(out, recent as u32);
+    response::recent(out, n_recent as u32);
     if let Some(u) = snap.first_unseen() {
         response::status(
             out,
@@ -591,7 +594,7 @@ fn select(
             &snap,
             q.known_uids.as_ref(),
             q.modseq,
-            first_recent,
+            &recent,
             out,
         );
     }
@@ -607,7 +610,7 @@ fn select(
         folder,
         snap,
         read_only,
-        first_recent,
+        recent,
     });
 }
 
@@ -619,7 +622,7 @@ fn resync(
     snap: &Snapshot,
     known: Option<&SeqSet>,
     modseq: u64,
-    first_recent: u32,
+    recent: &RecentSet,
     out: &mut Vec<u8>,
 ) {
     let present: Vec<u32> = snap.messages.iter().map(|m| m.uid).collect();
@@ -632,7 +635,7 @@ fn resync(
     qresync::write_vanished(out, true, &gone);
     for (i, m) in snap.messages.iter().enumerate() {
         if qresync::resend(known, snap.uid_next, m.uid, m.modseq, modseq) {
-            let fl = flag_list(snap, m.flags, m.uid >= first_recent);
+            let fl = flag_list(snap, m.flags, recent.contains(m.uid));
             let mut f = Fetch::start(out, i as u32 + 1);
             f.uid(m.uid);
             f.flags(&fl);
@@ -843,6 +846,19 @@ fn status(
         .collect())
 }
 
+/// Before a session is told of new messages, it claims their \Recent
+/// (the first session told of a message gets it, RFC 3501 2.3.2). A
+/// failed claim costs the hint only: the messages show without it.
+fn claim_new<'a>(sel: &'a mut Selected, new: &Snapshot) -> &'a Selected {
+    if sel.recent.wants(new.uid_next) {
+        match sel.folder.claim_recent() {
+            Ok((lo, hi)) => sel.recent.claim(lo, hi),
+            Err(e) => log::warn!("imap: claiming \\Recent in {:?}: {e}", sel.folder.dir()),
+        }
+    }
+    sel
+}
+
 /// Brings the selected view up to date before a command (and tells the
 /// client), unless the command may not see expunges.
 fn refresh(done: &mut Done, no_expunge: bool, out: &mut Vec<u8>) -> bool {
@@ -850,7 +866,7 @@ fn refresh(done: &mut Done, no_expunge: bool, out: &mut Vec<u8>) -> bool {
         return false;
     };
     match sel.folder.sync_from(&sel.snap) {
-        Ok(new) => match report(sel, new, done.modes, no_expunge, out) {
+        Ok(new) => match report(claim_new(sel, &new), new, done.modes, no_expunge, out) {
             Ok(s) => sel.snap = s,
             Err(UidValidityChanged) => {
                 done.close = true;
@@ -991,7 +1007,7 @@ fn store(
                 if silent && !(modes.condstore && st.changed.iter().any(|c| c.0 == *u)) {
                     continue;
                 }
-                let fl = flag_list(&new, m.flags, m.uid >= sel.first_recent);
+                let fl = flag_list(&new, m.flags, sel.recent.contains(m.uid));
                 let mut f = Fetch::start(out, p as u32 + 1);
                 if uid || modes.qresync {
                     f.uid(m.uid);
@@ -1235,7 +1251,7 @@ pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) 
             seen_uids.push(m.uid);
             fl.system |= flags::SEEN;
         }
-        let flag_v = flag_list(&snap, fl, m.uid >= sel.first_recent);
+        let flag_v = flag_list(&snap, fl, sel.recent.contains(m.uid));
         let mut f = Fetch::start(out, seq);
         let mut flags_sent = false;
         for a in &rest.attrs {
@@ -1408,15 +1424,17 @@ fn search_cmd(
     let content = search::needs_content(key);
     let mut hits = Vec::new();
     let mut top_modseq = 0;
+    // In message order, as `hits`: MIN is the first, MAX the last.
+    let mut hit_modseqs = Vec::new();
     for (i, m) in snap.messages.iter().enumerate() {
-        let fl = flag_list(snap, m.flags, m.uid >= sel.first_recent);
+        let fl = flag_list(snap, m.flags, sel.recent.contains(m.uid));
         let meta = MessageMeta {
             seq: i as u32 + 1,
             uid: m.uid,
             max_seq,
             max_uid,
             flags: &fl,
-            recent: m.uid >= sel.first_recent,
+            recent: sel.recent.contains(m.uid),
             size: m
                 .vsize
                 .unwrap_or_else(|| sel.folder.rfc822_size(m).unwrap_or(0)),
@@ -1436,6 +1454,7 @@ fn search_cmd(
         };
         if search::matches(key, &meta, facts.as_ref()) {
             hits.push(if uid { m.uid } else { i as u32 + 1 });
+            hit_modseqs.push(m.modseq);
             top_modseq = top_modseq.max(m.modseq);
         }
     }
@@ -1447,13 +1466,26 @@ fn search_cmd(
                 response::status(out, t, Status::Bad, None, "SEARCHRES is not supported");
                 return;
             }
+            let (min, max) = (
+                r.contains(&SearchReturn::Min),
+                r.contains(&SearchReturn::Max),
+            );
+            let all = r.contains(&SearchReturn::All) || r.is_empty();
+            let count = r.contains(&SearchReturn::Count);
+            // RFC 7162 3.1.5: with MIN or MAX alone, MODSEQ is that
+            // message's; otherwise the highest of all matches.
+            let modseq = match (min, max, all || count) {
+                (true, false, false) => modseq.and(hit_modseqs.first().copied()),
+                (false, true, false) => modseq.and(hit_modseqs.last().copied()),
+                _ => modseq,
+            };
             let e = response::Esearch {
                 tag,
                 uid,
-                min: r.contains(&SearchReturn::Min),
-                max: r.contains(&SearchReturn::Max),
-                all: r.contains(&SearchReturn::All) || r.is_empty(),
-                count: r.contains(&SearchReturn::Count),
+                min,
+                max,
+                all,
+                count,
                 modseq,
             };
             response::esearch(out, &e, &hits);

@@ -21,8 +21,16 @@ use super::types::{Command, CommandBody};
 use crate::proto::sasl;
 
 /// Issue 13: three BADs in a row end the session (a client that speaks
-/// something else, or a fuzzer).
+/// something else, or a fuzzer). Only lines that are no IMAP command at
+/// all count (no tag, an unknown command): an IMAP client trying
+/// options the server lacks gets BAD for each and stays (imaptest's
+/// `listext` sends four such in a row; Dovecot allows them).
 pub const MAX_BADS_IN_A_ROW: u32 = 3;
+
+/// Whether a parse error is of a line that is no IMAP command.
+fn not_imap(tag: Option<&str>, reason: &str) -> bool {
+    tag.is_none() || reason.starts_with("unknown command") || reason == "expected a command"
+}
 
 /// What the connection allows; the driver decides.
 #[derive(Debug, Clone)]
@@ -263,6 +271,9 @@ impl ImapSession {
         events: &mut Vec<ImapEvent>,
     ) {
         response::status(out, tag, Status::Bad, None, reason);
+        if !not_imap(tag, reason) && !close {
+            return;
+        }
         self.bads += 1;
         if close || self.bads >= MAX_BADS_IN_A_ROW {
             response::status(out, None, Status::Bye, None, "Too many errors");

@@ -311,3 +311,48 @@ fn a_name_that_is_not_modified_utf7_is_no_not_bad() {
     let (out, _) = both(params(true), b"a SELECT a&b\r\n");
     assert!(out.contains("a BAD"), "{out}");
 }
+
+#[test]
+fn bads_of_known_commands_do_not_end_the_session() {
+    // imaptest listext: four refused LIST options in a row, then more.
+    let input = b"a LIST (imaptest) \"\" \"\"\r\nb LIST (recursivematch) \"\" \"\"\r\n\
+c LIST (recursivematch remote) \"\" \"\"\r\nd LIST \"\" \"\" RETURN (imaptest)\r\ne CAPABILITY\r\n";
+    let (out, ev) = both(params(true), input);
+    for t in ["a BAD", "b BAD", "c BAD", "d BAD", "e OK"] {
+        assert!(out.contains(t), "{t}: {out}");
+    }
+    assert!(!out.contains("* BYE"), "{out}");
+    assert!(ev.is_empty());
+    // Those do not reset the count of lines that are no IMAP at all.
+    let (out, ev) = both(
+        params(true),
+        b"GET / HTTP/1.1\r\nx NOOP y\r\nHost: a\r\nz FOO\r\n",
+    );
+    assert!(out.contains("* BYE"), "{out}");
+    assert_eq!(ev, vec![ImapEvent::Close]);
+}
+
+#[test]
+fn recent_is_claimed_once_per_uid() {
+    use super::super::recent::{RecentSet, MAX_CLAIMS};
+    // SELECT claimed 5..8; 8 and 9 went to another session; 10..12 here.
+    let mut r = RecentSet::selected(5, 8);
+    assert!(!r.contains(4) && r.contains(5) && r.contains(7) && !r.contains(8));
+    assert!(r.wants(10) && !r.wants(8));
+    r.claim(10, 10); // someone else was first: nothing, and not asked again
+    assert!(!r.wants(10) && !r.contains(9));
+    r.claim(10, 13);
+    assert!(r.contains(12) && !r.contains(13) && !r.contains(9));
+    r.claim(13, 14);
+    assert!(r.contains(13), "adjacent claims merge");
+    // EXAMINE shows the unclaimed as recent and never claims.
+    let e = RecentSet::examined(20);
+    assert!(e.contains(20) && e.contains(4_000_000_000) && !e.contains(19));
+    assert!(!e.wants(u32::MAX));
+    // Bounded: a session that keeps losing races forgets old claims.
+    let mut b = RecentSet::selected(1, 2);
+    for i in 0..(MAX_CLAIMS as u32 + 5) {
+        b.claim(10 + 2 * i, 11 + 2 * i);
+    }
+    assert!(!b.contains(1) && b.contains(10 + 2 * (MAX_CLAIMS as u32 + 4)));
+}

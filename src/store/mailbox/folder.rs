@@ -431,6 +431,18 @@ impl Folder {
         Ok((Arc::new(self.snapshot_of(&scan, self.stamp())), first))
     }
 
+    /// A selected session learnt of new messages: claims the \Recent of
+    /// those no session has claimed yet. Returns the claimed `[lo, hi)`
+    /// (empty when another session was first); durable before it returns.
+    pub fn claim_recent(&self) -> io::Result<(u32, u32)> {
+        let _lock = self.lock()?;
+        let mut scan = self.scan(true)?.ok_or_else(|| io::Error::other("scan"))?;
+        let hi = scan.list.next_uid;
+        let lo = scan.state.claim_recent(hi);
+        self.write_scan(&mut scan)?;
+        Ok((lo, hi))
+    }
+
     fn snapshot_of(&self, scan: &Scan, stamp: Stamp) -> Snapshot {
         Snapshot {
             name: self.name.clone(),
