@@ -7,6 +7,7 @@ what the store wrote; every assertion is on content the server returned.
 
 import email
 import imaplib
+import re
 import smtplib
 import socket
 import ssl
@@ -403,3 +404,39 @@ def test_recent_exactly_once_across_selected_sessions(server):
     d.logout()
     for s in (a, b, c):
         s.logout()
+
+
+def test_esearch_min_max_count_all_and_modseq(server):
+    """RFC 4731 RETURN (MIN MAX COUNT ALL) and RFC 7162 3.1.5 MODSEQ: with
+    MIN or MAX alone it is that message's modseq, otherwise the highest."""
+    from imap_interop import Imap
+    c = client(server)
+    c.create_folder("Esearch")
+    for i in range(4):
+        c.append("Esearch", f"Subject: e{i}\r\n\r\nbody\r\n".encode())
+    c.logout()
+    m = Imap(server.ports["imap"])
+    m.login(USER, PASSWORD)
+    m.ok("ENABLE CONDSTORE")
+    m.ok("SELECT Esearch")
+    ms = {}
+    for seq in (1, 3, 2, 4):  # 2 gets the highest modseq of 1:3
+        r = m.ok(f"STORE {seq} +FLAGS (\\Seen)")
+        ms[seq] = int(re.search(rb"MODSEQ \((\d+)\)", b" ".join(r)).group(1))
+    low = min(ms.values()) - 1
+
+    def es(ret, rng="1:3"):
+        r = m.ok(f"SEARCH RETURN ({ret}) {rng} MODSEQ {low}")
+        (line,) = [x for x in r if x.startswith(b"* ESEARCH")]
+        return line.split(b")", 1)[1].decode().split()
+
+    assert es("MIN") == ["MIN", "1", "MODSEQ", str(ms[1])]
+    assert es("MAX") == ["MAX", "3", "MODSEQ", str(ms[3])]
+    assert es("") == ["ALL", "1:3", "MODSEQ", str(ms[2])]
+    assert es("MIN MAX", "2:3") == ["MIN", "2", "MAX", "3", "MODSEQ", str(ms[2])]
+    assert es("COUNT MIN") == ["MIN", "1", "COUNT", "3", "MODSEQ", str(ms[2])] or \
+        es("COUNT MIN") == ["COUNT", "3", "MIN", "1", "MODSEQ", str(ms[2])]
+    # Nothing found: no MODSEQ, and no MIN/MAX/ALL.
+    r = m.ok("SEARCH RETURN (MIN MAX COUNT) 1:4 UNSEEN")
+    assert [x for x in r if x.startswith(b"* ESEARCH")][0].endswith(b"COUNT 0")
+    m.close()
