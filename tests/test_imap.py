@@ -440,3 +440,44 @@ def test_esearch_min_max_count_all_and_modseq(server):
     r = m.ok("SEARCH RETURN (MIN MAX COUNT) 1:4 UNSEEN")
     assert [x for x in r if x.startswith(b"* ESEARCH")][0].endswith(b"COUNT 0")
     m.close()
+
+
+def test_list_extended_subscribed_recursivematch_return(server):
+    """RFC 5258 as imaptest `listext` checks it: (SUBSCRIBED) lists a
+    subscribed name whose mailbox is gone \\NonExistent; RECURSIVEMATCH
+    gives a parent CHILDINFO when only a descendant the pattern does not
+    reach is subscribed; RETURN (SUBSCRIBED) marks subscribed ones; four
+    refused options in a row do not end the session."""
+    from imap_interop import Imap
+    m = Imap(server.ports["imap"])
+    m.login(USER, PASSWORD)
+    for f in ("Lx", "Lx.t1", "Lx.t2", "Lx.t2.t1", "Lx.t6", "Lx.t8", "Lx.t8.t8", "Lx.t8.t9"):
+        m.ok(f"CREATE {f}")
+    for f in ("Lx.t1", "Lx.t2.t1", "Lx.t6", "Lx.t8.t8", "Lx.t8.t9"):
+        m.ok(f"SUBSCRIBE {f}")
+    m.ok("DELETE Lx.t6")
+
+    def listed(cmd):
+        out = {}
+        for r in m.ok(cmd):
+            mt = re.match(rb'\* LIST \(([^)]*)\) "\." "?([^" ]+)"?(.*)', r)
+            out[mt.group(2).decode()] = (set(mt.group(1).decode().lower().split()),
+                                         mt.group(3).decode().strip())
+        return out
+
+    got = listed('LIST (SUBSCRIBED) "" "Lx.*"')
+    assert set(got) == {"Lx.t1", "Lx.t2.t1", "Lx.t6", "Lx.t8.t8", "Lx.t8.t9"}, got
+    assert "\\nonexistent" in got["Lx.t6"][0] and "\\noselect" not in got["Lx.t6"][0]
+    assert all("\\subscribed" in a for a, _ in got.values())
+    got = listed('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Lx.t2%"')
+    assert list(got) == ["Lx.t2"] and got["Lx.t2"][1].upper() == '(CHILDINFO ("SUBSCRIBED"))', got
+    got = listed('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Lx*t8"')
+    assert set(got) == {"Lx.t8", "Lx.t8.t8"} and "CHILDINFO" in got["Lx.t8"][1].upper(), got
+    got = listed('LIST "" "Lx.%" RETURN (CHILDREN SUBSCRIBED)')
+    assert "\\subscribed" in got["Lx.t1"][0] and "\\haschildren" not in got["Lx.t1"][0]
+    assert "\\haschildren" in got["Lx.t2"][0] and "\\subscribed" not in got["Lx.t2"][0]
+    for cmd in ('LIST (imaptest) "" ""', 'LIST (RECURSIVEMATCH) "" ""',
+                'LIST (RECURSIVEMATCH REMOTE) "" ""', 'LIST "" "" RETURN (imaptest)'):
+        assert m.cmd(cmd)[1].startswith(b"BAD")
+    m.ok("NOOP")
+    m.close()

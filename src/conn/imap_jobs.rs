@@ -376,7 +376,7 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             } else {
                 l.patterns.clone()
             };
-            list(&tree, &l.reference, &pats, l.select_subscribed, &mut out);
+            list(&tree, &l.reference, &pats, &l, &mut out);
             response::status(&mut out, t, Status::Ok, None, "LIST completed");
         }
         C::Lsub { reference, pattern } => {
@@ -693,7 +693,7 @@ fn list(
     tree: &Mailbox,
     reference: &str,
     pats: &[String],
-    subscribed_only: bool,
+    opts: &crate::proto::imap::types::ListCommand,
     out: &mut Vec<u8>,
 ) {
     if pats.len() == 1 && pats[0].is_empty() {
@@ -704,6 +704,8 @@ fn list(
         return;
     };
     let subs = tree.subscriptions().unwrap_or_default();
+    let subscribed_only = opts.select_subscribed;
+    let show_subscribed = opts.select_subscribed || opts.return_subscribed;
     // (name, special use, subscribed, exists): folders, then the parents
     // of `.Lists.Family` that have no directory of their own, listed
     // \Noselect so a client browsing with `%` finds the way down
@@ -730,23 +732,50 @@ fn list(
             at += i + 1;
         }
     }
-    entries.extend(parents.into_iter().map(|p| (p, None, false, false)));
+    let sub_names: Vec<String> = subs.iter().map(|s| s.imap(tree.separator())).collect();
+    for p in &mut parents {
+        let subscribed = sub_names.iter().any(|s| s == p);
+        entries.push((std::mem::take(p), None, subscribed, false));
+    }
+    let names: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+    if subscribed_only {
+        // RFC 5258 3: a subscribed name with no mailbox is listed
+        // \NonExistent (which implies \Noselect).
+        for s in &sub_names {
+            if !entries.iter().any(|e| &e.0 == s) {
+                entries.push((s.clone(), None, true, false));
+            }
+        }
+    }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    let matches = |name: &str| {
+        let utf8 = utf8_name(name).0;
+        pats.iter().any(|p| matches_pattern(reference, p, &utf8))
+    };
     for (name, special, subscribed, exists) in &entries {
         // The parser hands patterns over in UTF-8; names are stored in
         // modified UTF-7: match in UTF-8 (`p&AOQA5A-` is `pää`).
-        let utf8 = utf8_name(name).0;
-        if !pats.iter().any(|p| matches_pattern(reference, p, &utf8)) {
-            continue;
-        }
-        if subscribed_only && !subscribed {
+        if !matches(name) {
             continue;
         }
         let prefix = format!("{name}.");
+        // RFC 5258 4 RECURSIVEMATCH: a name whose own entry does not
+        // qualify is listed with CHILDINFO when a descendant the patterns
+        // do not reach is subscribed.
+        let childinfo = opts.select_recursive
+            && subscribed_only
+            && sub_names
+                .iter()
+                .any(|s| s.starts_with(&prefix) && !matches(s));
+        if subscribed_only && !subscribed && !childinfo {
+            continue;
+        }
         let children = names.iter().any(|n| n.starts_with(&prefix));
+        let nonexistent = !exists && !names.iter().any(|n| n == name);
         let mut attrs: Vec<&str> = Vec::new();
-        if !exists {
+        if nonexistent {
+            attrs.push("\\NonExistent");
+        } else if !exists {
             attrs.push("\\Noselect");
         }
         attrs.push(if children {
@@ -757,13 +786,16 @@ fn list(
         if let Some(u) = special {
             attrs.push(u.attribute());
         }
-        if subscribed_only {
+        if show_subscribed && *subscribed {
             attrs.push("\\Subscribed");
         }
         out.extend_from_slice(b"* LIST (");
         out.extend_from_slice(attrs.join(" ").as_bytes());
         out.extend_from_slice(b") \".\" ");
         response::mailbox(out, &utf8_name(name));
+        if childinfo {
+            out.extend_from_slice(b" (CHILDINFO (\"SUBSCRIBED\"))");
+        }
         out.extend_from_slice(b"\r\n");
     }
 }
