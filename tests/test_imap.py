@@ -481,3 +481,20 @@ def test_list_extended_subscribed_recursivematch_return(server):
         assert m.cmd(cmd)[1].startswith(b"BAD")
     m.ok("NOOP")
     m.close()
+
+
+def test_list_status(server):
+    """RFC 5819 (advertised LIST-STATUS): STATUS after each selectable
+    mailbox's LIST, none for a \\Noselect parent."""
+    from imap_interop import Imap
+    m = Imap(server.ports["imap"])
+    m.login(USER, PASSWORD)
+    m.ok("CREATE Ls.Kid")
+    m.ok("APPEND Ls.Kid {}", [b"Subject: s\r\n\r\nx\r\n"])
+    r = m.ok('LIST "" "Ls*" RETURN (STATUS (MESSAGES UIDNEXT))')
+    lists = [x for x in r if x.startswith(b"* LIST")]
+    status = [x for x in r if x.startswith(b"* STATUS")]
+    assert len(lists) == 2 and b"\\Noselect" in lists[0], r
+    assert status == [b'* STATUS "Ls.Kid" (MESSAGES 1 UIDNEXT 2)'], r
+    assert r.index(status[0]) == r.index(lists[1]) + 1, "right after its LIST"
+    m.close()

@@ -376,7 +376,7 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             } else {
                 l.patterns.clone()
             };
-            list(&tree, &l.reference, &pats, &l, &mut out);
+            list(&tree, acct, &l.reference, &pats, &l, &mut out);
             response::status(&mut out, t, Status::Ok, None, "LIST completed");
         }
         C::Lsub { reference, pattern } => {
@@ -691,6 +691,7 @@ fn matches_pattern(reference: &str, pat: &str, name: &str) -> bool {
 
 fn list(
     tree: &Mailbox,
+    acct: &Account,
     reference: &str,
     pats: &[String],
     opts: &crate::proto::imap::types::ListCommand,
@@ -797,6 +798,14 @@ fn list(
             out.extend_from_slice(b" (CHILDINFO (\"SUBSCRIBED\"))");
         }
         out.extend_from_slice(b"\r\n");
+        // RFC 5819 LIST-STATUS: STATUS after each selectable mailbox's
+        // LIST; one that cannot be read is left out (5819 2).
+        if let (Some(items), true) = (&opts.return_status, *exists) {
+            let mbox = utf8_name(name);
+            if let Ok(vals) = status(tree, &mbox, items, acct) {
+                response::status_data(out, &mbox, &vals);
+            }
+        }
     }
 }
 
