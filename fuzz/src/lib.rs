@@ -853,6 +853,13 @@ fn run_imap_parser(flags: u8, seed: u8, input: &[u8], split: bool) -> Vec<ImapIt
                     }
                     items.push(ImapItem::Bad(tag, reason.into_owned(), close));
                 }
+                Input::No { tag, reason } => {
+                    assert!(
+                        !tag.is_empty() && !tag.contains(' ') && !tag.contains('+'),
+                        "bad tag {tag:?}"
+                    );
+                    items.push(ImapItem::Bad(Some(tag), reason.into_owned(), false));
+                }
                 Input::AppendStart(h) => {
                     // Accept small ones, or per flag bit 1.
                     if h.size < 100_000 && (h.size % 2 == 0 || bit(flags, 1)) {

@@ -270,6 +270,27 @@ fn copy_and_move_remap_keywords_and_keep_one_copy() {
     assert_eq!(count(src.dir()) + count(dst.dir()), 6);
     assert_eq!(read_uidlist(src.dir()).records.len(), 1);
     assert_eq!(read_uidlist(dst.dir()).records.len(), 5);
+
+    // MOVE into the folder itself (RFC 6851: new UIDs at the end) and
+    // COPY into itself; flags and keywords go along, \Deleted or not.
+    let m = dst.move_to(&[2, 4], &dst).unwrap();
+    assert_eq!(m.uids, [(2, 6), (4, 7)]);
+    let uids: Vec<u32> = m.source.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 3, 5, 6, 7]);
+    assert_eq!(
+        m.source.keyword_names(m.source.find(6).unwrap().flags),
+        ["Work"]
+    );
+    assert_eq!(
+        m.source.diff(&dsnap).expunged,
+        [2, 4],
+        "the originals are gone, not merely \\Deleted"
+    );
+    assert_eq!(count(dst.dir()), 5);
+    let c = dst.copy_to(&[1], &dst).unwrap();
+    assert_eq!(c.uids, [(1, 8)]);
+    assert_eq!(count(dst.dir()), 6);
+    assert_eq!(read_uidlist(dst.dir()).records.len(), 6);
 }
 
 #[test]
