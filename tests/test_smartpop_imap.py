@@ -114,6 +114,8 @@ def test_single_drop_keep_no_expunges_after_delivery(make_server, dovecot):
     for m in msgs:
         assert m.get_payload().replace("\r\n", "\n") in bodies[m["Subject"]].decode()
         assert "smartpop isp" in m["X-Mailgate-Routed"]
+        # The trace says how it came (RFC 3848's name), not POP3.
+        assert " with IMAP id " in m["Received"], m["Received"]
     assert folder_count(dovecot, "INBOX") == 0
     # Pruned (on a worker, after the summary line): nothing left on the
     # server, nothing remembered.
@@ -208,6 +210,7 @@ def test_starttls_and_imaps_with_test_ca(make_server, ca, mode):
         assert summary[:3] == (1, 0, 1), server.log_text()[-3000:]
         (m,) = server.messages("bob@example.test")
         assert "(using TLSv1." in m["Received"], m["Received"]
+        assert " with IMAPS id " in m["Received"], m["Received"]
         assert re.search(r"imap-login: Info: Login: user=<bob123>.*TLS", d.log_text()), d.log_text()
     finally:
         d.cleanup()
@@ -271,3 +274,87 @@ def test_multidrop_routes_by_headers(make_server, dovecot):
     assert summary[:3] == (3, 0, 3), summary
     assert subjects(server.messages("alice@example.test")) == ["to-alice", "to-both"]
     assert subjects(server.messages("bob@example.test")) == ["nobody", "to-both"]
+
+
+def uidvalidity(dovecot, folder="INBOX"):
+    c = imap(dovecot)
+    try:
+        typ, data = c.status(folder, "(UIDVALIDITY)")
+        assert typ == "OK", data
+        return int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+    finally:
+        c.logout()
+
+
+def renumber(dovecot, user="bob123"):
+    """Makes Dovecot give INBOX a new UIDVALIDITY, as a server does after
+    a rebuild or a migration: its UID list and indexes go, and Dovecot
+    (restarted) makes new ones, UIDs from 1 again and a new, time-based
+    UIDVALIDITY."""
+    before = uidvalidity(dovecot)
+    dovecot.stop()
+    md = dovecot.maildir(user)
+    for p in md.iterdir():
+        if p.name.startswith("dovecot") and p.is_file():
+            p.unlink()
+    # UIDVALIDITY is the clock's seconds: make sure they moved on.
+    while int(time.time()) <= before:
+        time.sleep(0.1)
+    dovecot.start()
+    after = uidvalidity(dovecot)
+    assert after != before, (before, after)
+    return before, after
+
+
+def test_changed_uidvalidity_collects_only_what_is_new(make_server, dovecot):
+    """A new UIDVALIDITY with keep = yes: the messages collected before
+    are recognized by Message-ID and size and not collected again; only
+    the new one (and one that shares an ID but not the size) is."""
+    for s in ("one", "two", "three"):
+        dovecot.add("bob123", message(s))
+    server = make_server(extra=account("isp", dovecot.imap, keep="yes"))
+    assert wait_polls(server, "isp", 1)[0][:2] == (3, 3)
+    records = server.data_dir / "smartpop" / "isp"
+    assert len(re.findall(r"id=[0-9a-f]{16}/\d+", records.read_text())) == 3, records.read_text()
+    old, new = renumber(dovecot)
+    dovecot.add("bob123", message("four"))
+    # Same Message-ID as "one", another size: another message.
+    dovecot.add("bob123", message("one", body="a longer body this time\n"))
+    server.run("fetch", "isp")
+    polls = wait_polls(server, "isp", 2)
+    assert polls[1][:2] == (2, 5), polls
+    assert subjects(server.messages("bob@example.test")) == ["four", "one", "one", "three", "two"]
+    log = server.log_text()
+    assert (f"UIDVALIDITY of INBOX changed to {new}: 3 message(s) matched by Message-ID and size "
+            "are not collected again, 2 are collected as new") in log, log[-3000:]
+    # The records now know the new keys only (the old ones pruned), so a
+    # third poll fetches nothing and does not match again.
+    deadline = time.time() + 20
+    while f"imap:INBOX:{old}:" in records.read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    text = records.read_text()
+    assert f"imap:INBOX:{old}:" not in text and len(re.findall(rf"imap:INBOX:{new}:\d+ ", text)) == 5, text
+    server.run("fetch", "isp")
+    polls = wait_polls(server, "isp", 3)
+    assert polls[2][:2] == (0, 5), polls
+    assert server.log_text().count("matched by Message-ID") == 1
+    assert len(server.messages("bob@example.test")) == 5
+
+
+def test_changed_uidvalidity_with_keep_no_expunges_without_fetching(make_server, dovecot):
+    """keep = no, and the connection was cut after the messages were
+    stored and recorded but before they were expunged: after the change
+    they are matched and expunged, not delivered twice."""
+    for s in ("a", "b"):
+        dovecot.add("bob123", message(s))
+    # keep = yes for the first run stands for "stored, not yet expunged".
+    server = make_server(extra=account("isp", dovecot.imap, keep="yes"))
+    wait_polls(server, "isp", 1)
+    server.stop()
+    renumber(dovecot)
+    server.config.write_text(server.config.read_text().replace("keep = yes", "keep = no"))
+    server.start()
+    polls = wait_polls(server, "isp", 2)
+    assert polls[-1][:3] == (0, 0, 2), polls
+    assert subjects(server.messages("bob@example.test")) == ["a", "b"]
+    assert folder_count(dovecot, "INBOX") == 0

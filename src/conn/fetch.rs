@@ -618,7 +618,13 @@ impl<C: Collect> FetchDriver<C> {
                 Outcome::SmartPopNoted
             });
         }
-        let dirty = self.records_dirty;
+        let mut dirty = self.records_dirty;
+        if let Some(records) = self.records.as_mut() {
+            // Before the prune: it keeps the new keys and drops the old.
+            for (old, new) in &summary.rekeyed {
+                dirty |= records.rekey(old, new);
+            }
+        }
         if let Some(mut records) = self.records.take() {
             if summary.remaining.is_some() || dirty {
                 let remaining = summary.remaining;

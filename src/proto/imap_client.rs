@@ -12,7 +12,11 @@
 //! Must not: do IO; hold more than one line (bounded) plus one body chunk.
 //!
 //! Records are keyed `imap:FOLDER:UIDVALIDITY:UID` (FOLDER %-encoded to
-//! printable ASCII), so a changed UIDVALIDITY never matches an old record.
+//! printable ASCII), so a changed UIDVALIDITY never matches an old record
+//! by key. When the records hold keys of the folder under another
+//! UIDVALIDITY, the listing also asks for each message's Message-ID, and a
+//! message whose Message-ID and size match a recorded one takes over that
+//! record (`FetchSummary::rekeyed`) instead of being collected again.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use super::msgid::{message_id_hash, Fingerprint};
 pub use super::pop3_client::{Entry, FetchError, FetchEvent, FetchSummary, Keep};
 
 /// Longest response line we hold (literals excluded).
@@ -180,7 +185,12 @@ pub struct ImapFetch {
     folder: usize,
     uidvalidity: u32,
     exists: u32,
-    listed: Vec<(u32, u64)>,
+    /// UID, RFC822.SIZE and (after a UIDVALIDITY change) the Message-ID
+    /// hash of each message listed.
+    listed: Vec<(u32, u64, Option<u64>)>,
+    /// This folder's listing asks for Message-IDs (its UIDVALIDITY is not
+    /// the recorded one).
+    renumbered: bool,
     work: VecDeque<Work>,
     /// The message being fetched or acted on.
     current: Option<u32>,
@@ -222,6 +232,7 @@ impl ImapFetch {
             uidvalidity: 0,
             exists: 0,
             listed: Vec::new(),
+            renumbered: false,
             work: VecDeque::new(),
             current: None,
             actions: VecDeque::new(),
@@ -454,13 +465,24 @@ impl ImapFetch {
             }
             "EXPUNGE" => self.exists = self.exists.saturating_sub(1),
             "FETCH" if self.step == Step::List => {
-                let (uid, size) = (fetch_item(&upper, "UID"), fetch_item(&upper, "RFC822.SIZE"));
+                // The header literal (inlined) follows `BODY[HEADER...]`:
+                // the items are read before it, the Message-ID after it,
+                // in its own case.
+                let (items, id) = match upper.find("BODY[HEADER") {
+                    Some(at) => (
+                        &upper[..at],
+                        rest[at..].find(']').map(|e| &rest[at + e + 1..]),
+                    ),
+                    None => (upper.as_str(), None),
+                };
+                let (uid, size) = (fetch_item(items, "UID"), fetch_item(items, "RFC822.SIZE"));
                 if let (Some(uid), Some(size)) = (uid, size) {
                     if self.listed.len() >= MAX_LISTED {
                         self.fail(FetchError::Protocol("folder too large".into()), events);
                         return;
                     }
-                    self.listed.push((uid as u32, size));
+                    let id = id.and_then(|h| message_id_hash(h.trim_start().as_bytes()));
+                    self.listed.push((uid as u32, size, id));
                 }
             }
             _ => {}
@@ -717,9 +739,21 @@ impl ImapFetch {
         self.listed.clear();
         self.step = Step::List;
         self.new_mail = false;
+        let prefix = folder_prefix(self.folder_name());
+        let current = format!("{prefix}{}:", self.uidvalidity);
+        self.renumbered = self
+            .records
+            .iter()
+            .any(|(k, e)| e.delivered && k.starts_with(&prefix) && !k.starts_with(&current));
         if self.exists == 0 {
             // `UID FETCH 1:*` on an empty folder is an error at some servers.
             self.send(out, "NOOP");
+        } else if self.renumbered {
+            // One short header field per message, only after a change.
+            self.send(
+                out,
+                "UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+            );
         } else {
             self.send(out, "UID FETCH 1:* (UID RFC822.SIZE)");
         }
@@ -735,24 +769,32 @@ impl ImapFetch {
     /// Decides what each listed message needs.
     fn plan(&mut self, events: &mut Vec<FetchEvent>) {
         let folder = self.folder_name().to_string();
-        let prefix = folder_prefix(&folder);
-        let current = format!("{prefix}{}:", self.uidvalidity);
-        let stale = self
-            .records
-            .keys()
-            .any(|k| k.starts_with(&prefix) && !k.starts_with(&current));
-        if stale && !self.listed.is_empty() {
-            log::warn!(
-                "smartpop {}: UIDVALIDITY of {folder} changed to {}; its messages are collected again",
-                self.p.account,
-                self.uidvalidity
-            );
-        }
+        let mut known = if self.renumbered {
+            self.collected_before(&folder)
+        } else {
+            HashMap::new()
+        };
+        let (mut matched, mut unmatched) = (0usize, 0usize);
         self.work.clear();
-        for (uid, size) in std::mem::take(&mut self.listed) {
+        for (uid, size, id) in std::mem::take(&mut self.listed) {
             let key = record_key(&folder, self.uidvalidity, uid);
             self.present.push(key.clone());
-            let entry = self.records.get(&key).copied();
+            let mut entry = self.records.get(&key).copied();
+            if entry.is_none() && self.renumbered {
+                let old = id.and_then(|id| {
+                    let list = known.get_mut(&Fingerprint { id, size })?;
+                    list.pop()
+                });
+                match old {
+                    Some((old_key, e)) => {
+                        matched += 1;
+                        self.records.insert(key.clone(), e);
+                        self.summary.rekeyed.push((old_key, key.clone()));
+                        entry = Some(e);
+                    }
+                    None => unmatched += 1,
+                }
+            }
             match entry {
                 Some(e) if e.delivered => {
                     if self.acts_on(&e) {
@@ -782,6 +824,41 @@ impl ImapFetch {
                 _ => self.work.push_back(Work::Fetch { uid, size }),
             }
         }
+        if self.renumbered && (matched > 0 || unmatched > 0) {
+            log::warn!(
+                "smartpop {}: UIDVALIDITY of {folder} changed to {}: {matched} message(s) \
+                 matched by Message-ID and size are not collected again, {unmatched} are \
+                 collected as new",
+                self.p.account,
+                self.uidvalidity
+            );
+        }
+        if self.renumbered {
+            // Matched ones are known by their new keys now; the old keys
+            // can never match again, so a rescan (IDLE) does not redo this.
+            let prefix = folder_prefix(&folder);
+            let current = format!("{prefix}{}:", self.uidvalidity);
+            self.records
+                .retain(|k, _| !k.starts_with(&prefix) || k.starts_with(&current));
+            self.renumbered = false;
+        }
+    }
+
+    /// The delivered records of `folder` under another UIDVALIDITY, by
+    /// fingerprint (several when a message was in the folder twice).
+    fn collected_before(&self, folder: &str) -> HashMap<Fingerprint, Vec<(String, Entry)>> {
+        let prefix = folder_prefix(folder);
+        let current = format!("{prefix}{}:", self.uidvalidity);
+        let mut known: HashMap<Fingerprint, Vec<(String, Entry)>> = HashMap::new();
+        for (k, e) in &self.records {
+            if let (true, Some(fp)) = (
+                e.delivered && k.starts_with(&prefix) && !k.starts_with(&current),
+                e.fingerprint,
+            ) {
+                known.entry(fp).or_default().push((k.clone(), *e));
+            }
+        }
+        known
     }
 
     fn acts_on(&self, e: &Entry) -> bool {
@@ -1209,6 +1286,65 @@ mod tests {
         );
         assert_eq!(say("m7 OK\r\n"), "m8 EXPUNGE\r\n");
         assert_eq!(say("m8 OK\r\n"), "m9 LOGOUT\r\n");
+    }
+
+    /// A new UIDVALIDITY: the listing asks for Message-IDs, and a message
+    /// whose Message-ID and size match a record takes it over (not
+    /// fetched, `keep = yes` keeps it); one of another size, or without a
+    /// record, is fetched.
+    #[test]
+    fn changed_uidvalidity_matches_by_message_id_and_size() {
+        let auth = Auth::Password {
+            user: "bob".into(),
+            pass: "pw".into(),
+        };
+        let known = |id: &str, size| Entry {
+            first_seen: 5,
+            delivered: true,
+            fingerprint: Fingerprint::of(format!("Message-ID: {id}\r\n").as_bytes(), size),
+            ..Entry::default()
+        };
+        let records = [
+            ("imap:INBOX:77:1".to_string(), known("<a@x>", 100)),
+            ("imap:INBOX:77:2".to_string(), known("<b@x>", 200)),
+        ];
+        let mut p = params(auth, ImapKeep::Keep(Keep::Yes));
+        p.idle = true;
+        let mut core = ImapFetch::new(p, records.iter().map(|(k, e)| (k.as_str(), e)));
+        let mut ev = Vec::new();
+        let mut say = |s: &str| {
+            let mut out = Vec::new();
+            core.receive(s.as_bytes(), &mut out, &mut ev);
+            String::from_utf8(out).unwrap()
+        };
+        say("* OK ready\r\n");
+        say("* CAPABILITY IMAP4rev1 IDLE\r\nm1 OK\r\n");
+        say("m2 OK\r\n");
+        say("* CAPABILITY IMAP4rev1 IDLE\r\nm3 OK\r\n");
+        assert_eq!(
+            say("* 3 EXISTS\r\n* OK [UIDVALIDITY 78]\r\nm4 OK\r\n"),
+            "m5 UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])\r\n"
+        );
+        // Dovecot's form: the field as a literal; the second message has
+        // b's ID but another size, the third none at all.
+        let listing = "* 1 FETCH (UID 1 RFC822.SIZE 100 BODY[HEADER.FIELDS (MESSAGE-ID)] {20}\r\n\
+                       Message-ID: <a@x>\r\n\r\n)\r\n\
+                       * 2 FETCH (UID 2 RFC822.SIZE 201 BODY[HEADER.FIELDS (MESSAGE-ID)] {20}\r\n\
+                       Message-ID: <b@x>\r\n\r\n)\r\n\
+                       * 3 FETCH (UID 3 RFC822.SIZE 50 BODY[HEADER.FIELDS (MESSAGE-ID)] {2}\r\n\
+                       \r\n)\r\nm5 OK\r\n";
+        assert_eq!(say(listing), "m6 UID FETCH 2 (BODY.PEEK[])\r\n");
+        assert_eq!(say("m6 OK\r\n"), "m7 UID FETCH 3 (BODY.PEEK[])\r\n");
+        // Idling, a rescan lists without Message-IDs: done once.
+        assert_eq!(say("m7 OK\r\n"), "m8 IDLE\r\n");
+        assert_eq!(say("+ idling\r\n* 4 EXISTS\r\n"), "DONE\r\n");
+        assert_eq!(say("m8 OK\r\n"), "m9 UID FETCH 1:* (UID RFC822.SIZE)\r\n");
+        let s = core.abort(FetchError::Connection("test".into()));
+        assert_eq!(
+            s.rekeyed,
+            vec![("imap:INBOX:77:1".to_string(), "imap:INBOX:78:1".to_string())]
+        );
+        assert_eq!((s.kept, s.failed), (1, 2));
     }
 
     #[test]

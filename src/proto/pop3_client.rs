@@ -54,6 +54,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::dotstuff::DotUnstuffer;
+use super::msgid::Fingerprint;
 use super::sasl::BearerMech;
 use super::TlsMode;
 
@@ -86,6 +87,8 @@ pub struct Entry {
     pub oversized: bool,
     /// Local delivery refused it permanently: leave it, do not RETR again.
     pub rejected: bool,
+    /// IMAP: what recognizes the message after a UIDVALIDITY change.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Longest reply line we accept, CRLF excluded. RFC 2449 section 4 limits
@@ -202,6 +205,11 @@ pub struct FetchSummary {
     /// QUIT got +OK: the server removed what `deleted` counts (RFC 1939
     /// section 6). False: no deletion of this session took effect.
     pub committed: bool,
+    /// IMAP, after a UIDVALIDITY change: (old key, new key) of each
+    /// recorded message found again by its fingerprint. The driver copies
+    /// each old entry to its new key before pruning, so the message is
+    /// not collected again (in this run or the next).
+    pub rekeyed: Vec<(String, String)>,
 }
 
 /// Why a session failed. All are worth retrying at the next interval;
