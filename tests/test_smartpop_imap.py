@@ -358,3 +358,100 @@ def test_changed_uidvalidity_with_keep_no_expunges_without_fetching(make_server,
     assert polls[-1][:3] == (0, 0, 2), polls
     assert subjects(server.messages("bob@example.test")) == ["a", "b"]
     assert folder_count(dovecot, "INBOX") == 0
+
+
+def uids(dovecot, folder="INBOX"):
+    """(UIDVALIDITY, [UID...]) of a folder, as Dovecot numbers it."""
+    c = imap(dovecot)
+    try:
+        typ, data = c.select(folder, readonly=True)
+        assert typ == "OK", data
+        typ, data = c.uid("SEARCH", None, "ALL")
+        assert typ == "OK", data
+        return uidvalidity(dovecot, folder), [int(u) for u in data[0].split()]
+    finally:
+        c.logout()
+
+
+def test_keep_seven_days_expunges_only_what_is_a_week_old(make_server, dovecot):
+    for s in ("old one", "recent one", "new one"):
+        dovecot.add("bob123", message(s))
+    uv, (old, recent, new) = uids(dovecot)
+    server = make_server(extra=account("week", dovecot.imap, keep="7d"), start=False)
+    records = server.data_dir / "smartpop"
+    records.mkdir(parents=True)
+    now = int(time.time())
+    # Collected 8 days ago (only the expunge is due) and 1 day ago (kept).
+    (records / "week").write_text(
+        f"imap:INBOX:{uv}:{old} {now - 8 * 86400} d\nimap:INBOX:{uv}:{recent} {now - 86400} d\n"
+    )
+    server.start()
+    assert wait_polls(server, "week", 1)[0][:5] == (1, 2, 1, 0, 0)
+    assert subjects(server.messages("bob@example.test")) == ["new one"]
+    assert uids(dovecot) == (uv, [recent, new])
+    text = (records / "week").read_text()
+    assert f":{old} " not in text and f":{recent} " in text and f":{new} " in text, text
+
+
+def imap_processes(dovecot):
+    """PIDs of this Dovecot's imap processes (one per logged-in session),
+    found by parent: other Dovecots on the machine are not touched."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            status = open(f"/proc/{d}/status").read()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")[0]
+        except OSError:
+            continue
+        ppid = int(re.search(r"PPid:\s+(\d+)", status).group(1))
+        if ppid == dovecot.proc.pid and cmd.endswith(b"/imap"):
+            found.append(int(d))
+    return found
+
+
+def test_idle_reconnects_when_its_connection_is_killed(make_server, dovecot):
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h"))
+    deadline = time.time() + 15
+    while not imap_processes(dovecot):
+        assert time.time() < deadline, "no IMAP session at Dovecot"
+        time.sleep(0.1)
+    time.sleep(0.5)  # in IDLE
+    (pid,) = imap_processes(dovecot)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 15
+    while "reconnecting in 1s" not in server.log_text():
+        assert time.time() < deadline, server.log_text()[-3000:]
+        time.sleep(0.05)
+    # Back in IDLE on a new session: pushed mail arrives within seconds.
+    deadline = time.time() + 15
+    while imap_processes(dovecot) in ([], [pid]):
+        assert time.time() < deadline, "no new IMAP session"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    start = time.time()
+    append(dovecot, "INBOX", message("after-kill"))
+    wait_messages(server, "bob@example.test", 1, timeout=15)
+    assert time.time() - start < 5
+    assert server.log_text().count("reconnecting in") == 1
+
+
+def test_without_idle_offered_polls_at_the_interval(make_server, ca):
+    # Dovecot's announced capabilities, IDLE left out (it still accepts
+    # the command: only what is offered counts).
+    d = Dovecot({"bob123": "secret"}, ca, imap=True,
+                extra_conf="imap_capability = IMAP4rev1 LITERAL+ UIDPLUS MOVE\n")
+    d.start()
+    try:
+        d.add("bob123", message("first"))
+        server = make_server(extra=account("isp", d.imap, idle="yes", interval="2s"))
+        assert wait_polls(server, "isp", 1)[0][:3] == (1, 0, 1)
+        append(d, "INBOX", message("second"))
+        # A second poll (a session that ended: no IDLE) collects it.
+        polls = wait_polls(server, "isp", 3, timeout=20)
+        assert sum(p[0] for p in polls) == 2, polls
+        assert subjects(server.messages("bob@example.test")) == ["first", "second"]
+        assert folder_count(d, "INBOX") == 0
+    finally:
+        d.cleanup()
