@@ -455,3 +455,56 @@ def test_without_idle_offered_polls_at_the_interval(make_server, ca):
         assert folder_count(d, "INBOX") == 0
     finally:
         d.cleanup()
+
+
+def test_idle_push_with_several_folders(make_server, dovecot):
+    """idle = yes with two folders: one watcher connection per folder in
+    IDLE; mail APPENDed to either is in the local Maildir within 5 s."""
+    append(dovecot, "Lists", message("list-old"))
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h",
+                                       folders="INBOX, Lists"))
+    assert wait_polls(server, "isp", 1)[0][:3] == (1, 0, 1)
+    deadline = time.time() + 15
+    while len(imap_processes(dovecot)) < 2:
+        assert time.time() < deadline, f"sessions: {imap_processes(dovecot)}"
+        time.sleep(0.1)
+    time.sleep(1)  # both in IDLE
+    for i, folder in enumerate(["Lists", "INBOX", "Lists"]):
+        start = time.time()
+        append(dovecot, folder, message(f"pushed-{i}"))
+        wait_messages(server, "bob@example.test", 2 + i, timeout=30)
+        latency = time.time() - start
+        assert latency < 5, f"push {i} to {folder} took {latency:.1f}s"
+    assert folder_count(dovecot, "INBOX") == 0 and folder_count(dovecot, "Lists") == 0
+    # Each push was a run of its own (the watchers collect nothing); the
+    # two watchers are still there, and nothing came twice.
+    assert len(summaries(server, "isp")) >= 4
+    deadline = time.time() + 10  # the last run's session may still be ending
+    while len(imap_processes(dovecot)) != 2:
+        assert time.time() < deadline, f"sessions: {imap_processes(dovecot)}"
+        time.sleep(0.05)
+    assert "push for" not in server.log_text()
+    assert subjects(server.messages("bob@example.test")) == [
+        "list-old", "pushed-0", "pushed-1", "pushed-2"]
+
+
+def test_several_folders_without_idle_offered_poll(make_server, ca):
+    d = Dovecot({"bob123": "secret"}, ca, imap=True,
+                extra_conf="imap_capability = IMAP4rev1 LITERAL+ UIDPLUS MOVE\n")
+    d.start()
+    try:
+        server = make_server(extra=account("isp", d.imap, idle="yes", interval="2s",
+                                           folders="INBOX, Lists"))
+        wait_polls(server, "isp", 1)
+        deadline = time.time() + 15
+        while "offers no IDLE; polling every interval" not in server.log_text():
+            assert time.time() < deadline, server.log_text()[-3000:]
+            time.sleep(0.05)
+        append(d, "Lists", message("polled"))
+        wait_messages(server, "bob@example.test", 1, timeout=20)
+        time.sleep(2)
+        # Each watcher ended once; none is started again.
+        log = server.log_text()
+        assert log.count("offers no IDLE") == 1 and log.count("push for") == 2, log[-3000:]
+    finally:
+        d.cleanup()

@@ -34,12 +34,14 @@ use crate::smartpop::runner::FetchJob;
 /// cores speak in the same `FetchEvent`s and `FetchSummary`.
 pub trait Collect: Sized {
     /// The core for a new session of `account`; `records` says what was
-    /// collected before, `tls_active` whether implicit TLS is up already.
+    /// collected before, `tls_active` whether implicit TLS is up already,
+    /// `watch` that it is an IMAP push watcher of `account.folders[0]`.
     fn open(
         account: &SmartPopConfig,
         config: &Config,
         records: Option<&Records>,
         tls_active: bool,
+        watch: bool,
     ) -> Self;
     fn receive(&mut self, input: &[u8], out: &mut Vec<u8>, events: &mut Vec<FetchEvent>);
     fn tls_started(&mut self, out: &mut Vec<u8>);
@@ -61,6 +63,10 @@ pub trait Collect: Sized {
     /// Ends the current IDLE and starts another (servers may drop an IDLE
     /// after 30 minutes, RFC 2177).
     fn refresh_idle(&mut self, _out: &mut Vec<u8>) {}
+    /// A push watcher ended with `e` because the server cannot push.
+    fn push_unsupported(_e: &FetchError) -> bool {
+        false
+    }
 }
 
 /// A server that says nothing for this long (outside IDLE) is given up on
@@ -175,6 +181,12 @@ pub struct FetchDriver<C> {
     backoff: Duration,
     /// This run reached IDLE at least once: a drop means reconnect.
     idled: bool,
+    /// An IMAP push watcher of this folder (`FetchJob::watch`), not a
+    /// collection run: it never reads or writes the records or the
+    /// staging file, which belong to the account's runs.
+    watch: Option<String>,
+    /// Why the watcher ended.
+    end: Option<FetchError>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -183,9 +195,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 impl<C: Collect> FetchDriver<C> {
     pub fn new(job: FetchJob) -> FetchDriver<C> {
         let destination = Destination::Hosts(vec![job.account.host.clone()]);
+        let mut account = job.account;
+        if let Some(folder) = &job.watch {
+            account.folders = vec![folder.clone()];
+        }
         FetchDriver {
             connector: Connector::new(destination, job.config.resolver),
-            account: job.account,
+            watch: job.watch,
+            end: None,
+            account,
             config: job.config,
             tls_config: None,
             records: None,
@@ -273,7 +291,14 @@ impl<C: Collect> FetchDriver<C> {
                 return;
             }
         }
-        let core = C::open(&self.account, &self.config, self.records.as_ref(), implicit);
+        let watch = self.watch.is_some();
+        let core = C::open(
+            &self.account,
+            &self.config,
+            self.records.as_ref(),
+            implicit,
+            watch,
+        );
         self.phase = Phase::Session {
             t,
             core: Box::new(core),
@@ -544,6 +569,9 @@ impl<C: Collect> FetchDriver<C> {
                         Outcome::SmartPopNoted
                     });
                 }
+                FetchEvent::NewMail => cx.effect(Effect::NewMail {
+                    account: self.account.name.clone(),
+                }),
                 FetchEvent::Done(summary) => {
                     self.finish(cx, summary);
                     return;
@@ -585,6 +613,19 @@ impl<C: Collect> FetchDriver<C> {
                 t.close();
             }
             _ => {}
+        }
+        if let Some(folder) = &self.watch {
+            // Nothing collected, nothing to record or prune.
+            let why = summary
+                .error
+                .as_ref()
+                .map_or(String::new(), |e| e.to_string());
+            warn!("smartpop {}: push for {folder} ends: {why}", self.name());
+            self.end = summary.error;
+            self.records = None;
+            self.finished = true;
+            self.release_account(cx);
+            return;
         }
         // One line per poll. `deleted` counts only what the server really
         // removed: DELEs take effect at QUIT's +OK (RFC 1939 section 6).
@@ -649,7 +690,14 @@ impl<C: Collect> FetchDriver<C> {
 
     /// Frees the account for its next run once nothing of this one is left.
     fn release_account(&mut self, cx: &mut Ctx) {
-        if self.finished && self.jobs == 0 {
+        if let (true, 0, Some(folder)) = (self.finished, self.jobs, &self.watch) {
+            let unsupported = self.end.as_ref().is_some_and(C::push_unsupported);
+            cx.effect(Effect::WatchDone {
+                account: self.account.name.clone(),
+                folder: folder.clone(),
+                unsupported,
+            });
+        } else if self.finished && self.jobs == 0 {
             cx.effect(Effect::FetchDone {
                 account: self.account.name.clone(),
                 broken: self.broken,
@@ -673,8 +721,13 @@ impl<C: Collect> Driver for FetchDriver<C> {
                 self.jobs += 1;
                 let config = Arc::clone(&self.config);
                 let account = self.account.clone();
+                let watch = self.watch.is_some();
                 cx.submit(move || {
-                    Outcome::SmartPopReady(crate::smartpop::collect::prepare(&config, &account))
+                    Outcome::SmartPopReady(if watch {
+                        crate::smartpop::collect::prepare_watch(&config, &account)
+                    } else {
+                        crate::smartpop::collect::prepare(&config, &account)
+                    })
                 });
             }
             Phase::Connecting => {

@@ -2,7 +2,8 @@
 //! collection driver (`fetch::FetchDriver`) starts an `ImapFetch` session
 //! for an account, and the IDLE hooks that keep it connected for push.
 //!
-//! Owns: the account's settings as the IMAP core's `ImapParams`. Must
+//! Owns: the account's settings as the IMAP core's `ImapParams` (a
+//! collection run, or a push watcher of one folder). Must
 //! not: do any of the driver's work (that is `fetch`).
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use super::fetch::{Collect, FetchDriver};
 use crate::config::{Config, SmartPopConfig, TlsMode};
 use crate::proto::imap_client::{
     Auth, FetchError, FetchEvent, FetchSummary, ImapFetch, ImapKeep, ImapParams, IDLE_REFRESH,
+    NO_IDLE,
 };
 use crate::smartpop::records::Records;
 
@@ -22,6 +24,7 @@ impl Collect for ImapFetch {
         config: &Config,
         records: Option<&Records>,
         tls_active: bool,
+        watch: bool,
     ) -> ImapFetch {
         let params = ImapParams {
             account: account.name.clone(),
@@ -38,6 +41,7 @@ impl Collect for ImapFetch {
                 None => ImapKeep::Keep(account.keep),
             },
             idle: account.idle,
+            watch,
             max_message_size: config.smtp.max_message_size,
             now: crate::outbox::unix_secs(std::time::SystemTime::now()),
         };
@@ -78,5 +82,9 @@ impl Collect for ImapFetch {
 
     fn refresh_idle(&mut self, out: &mut Vec<u8>) {
         ImapFetch::refresh_idle(self, out)
+    }
+
+    fn push_unsupported(e: &FetchError) -> bool {
+        matches!(e, FetchError::Protocol(why) if why == NO_IDLE)
     }
 }

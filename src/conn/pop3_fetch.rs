@@ -17,6 +17,7 @@ impl Collect for Pop3Fetch {
         config: &Config,
         records: Option<&Records>,
         tls_active: bool,
+        _watch: bool,
     ) -> Pop3Fetch {
         let params = FetchParams {
             account: account.name.clone(),

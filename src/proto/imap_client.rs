@@ -7,7 +7,8 @@
 //! of what the records do not hold, and what `keep` asks once the driver
 //! says a message is durable (UID EXPUNGE, MOVE, or COPY + STORE + EXPUNGE).
 //! With IDLE offered and one folder, the session then idles and rescans on
-//! new mail. It speaks the POP3 core's events (`FetchEvent`, `FetchSummary`),
+//! new mail. With several folders, one watcher session per folder
+//! (`ImapParams::watch`) idles and only says when mail came. It speaks the POP3 core's events (`FetchEvent`, `FetchSummary`),
 //! so the driver and the records stay the same for both protocols.
 //! Must not: do IO; hold more than one line (bounded) plus one body chunk.
 //!
@@ -76,9 +77,17 @@ pub struct ImapParams {
     pub folders: Vec<String>,
     pub keep: ImapKeep,
     pub idle: bool,
+    /// A push watcher for `folders[0]`: EXAMINE it, IDLE, and say
+    /// `FetchEvent::NewMail` when mail arrives; collect nothing (a
+    /// collection run does that, so the records have one writer).
+    pub watch: bool,
     pub max_message_size: u64,
     pub now: u64,
 }
+
+/// Why a push watcher ends at once: the server does not offer IDLE (the
+/// account then polls at its interval).
+pub const NO_IDLE: &str = "the server does not offer IDLE";
 
 /// The records key of one message.
 pub fn record_key(folder: &str, uidvalidity: u32, uid: u32) -> String {
@@ -454,6 +463,13 @@ impl ImapFetch {
             return;
         };
         match kind {
+            "EXISTS" if self.p.watch => {
+                if matches!(self.step, Step::Idling | Step::IdleDone) && num > self.exists {
+                    // The watcher stays in IDLE: the run collects.
+                    events.push(FetchEvent::NewMail);
+                }
+                self.exists = num;
+            }
             "EXISTS" => {
                 if matches!(self.step, Step::Idling | Step::IdleDone) && num > self.exists {
                     self.new_mail = true;
@@ -620,6 +636,15 @@ impl ImapFetch {
                     );
                     return;
                 }
+                if self.p.watch {
+                    // Mail may have come between the last run's listing
+                    // and this EXAMINE: a run looks (at most one more).
+                    if self.exists > 0 {
+                        events.push(FetchEvent::NewMail);
+                    }
+                    self.watch_idle(out, events);
+                    return;
+                }
                 self.list(out);
             }
             Step::List => {
@@ -691,6 +716,13 @@ impl ImapFetch {
                 self.need_expunge = false;
                 self.folder_done(out, events);
             }
+            Step::Idling | Step::IdleDone if self.p.watch => {
+                if ok {
+                    self.watch_idle(out, events);
+                } else {
+                    self.fail(FetchError::Protocol(format!("IDLE: {info}")), events);
+                }
+            }
             Step::Idling => {
                 // IDLE refused or ended by the server: rescan.
                 self.rescan(out);
@@ -732,7 +764,9 @@ impl ImapFetch {
         self.uidvalidity = 0;
         self.exists = 0;
         self.step = Step::Select;
-        self.send(out, &format!("SELECT {q}"));
+        // A watcher only looks: EXAMINE changes no flag (RFC 3501 6.3.2).
+        let verb = if self.p.watch { "EXAMINE" } else { "SELECT" };
+        self.send(out, &format!("{verb} {q}"));
     }
 
     fn list(&mut self, out: &mut Vec<u8>) {
@@ -946,6 +980,16 @@ impl ImapFetch {
         self.next_folder(out, events);
     }
 
+    /// A watcher (re-)enters IDLE, or ends when the server has none.
+    fn watch_idle(&mut self, out: &mut Vec<u8>, events: &mut Vec<FetchEvent>) {
+        if self.has_cap("IDLE") {
+            self.step = Step::Idling;
+            self.send(out, "IDLE");
+        } else {
+            self.fail(FetchError::Protocol(NO_IDLE.into()), events);
+        }
+    }
+
     fn logout(&mut self, out: &mut Vec<u8>) {
         self.step = Step::Logout;
         self.send(out, "LOGOUT");
@@ -1065,6 +1109,7 @@ mod tests {
             folders: vec!["INBOX".into()],
             keep,
             idle: false,
+            watch: false,
             max_message_size: 1 << 20,
             now: 1_000_000,
         }
@@ -1345,6 +1390,51 @@ mod tests {
             vec![("imap:INBOX:77:1".to_string(), "imap:INBOX:78:1".to_string())]
         );
         assert_eq!((s.kept, s.failed), (1, 2));
+    }
+
+    /// A push watcher EXAMINEs, IDLEs, says `NewMail` on EXISTS without
+    /// leaving IDLE, re-IDLEs after a refresh, and fetches nothing.
+    #[test]
+    fn watcher_idles_and_reports_new_mail() {
+        let auth = Auth::Password {
+            user: "bob".into(),
+            pass: "pw".into(),
+        };
+        let mut p = params(auth.clone(), ImapKeep::Keep(Keep::No));
+        p.folders = vec!["Lists".into()];
+        p.idle = true;
+        p.watch = true;
+        let mut r = Run::new(p.clone());
+        r.say("* OK ready\r\n");
+        r.say("* CAPABILITY IMAP4rev1 IDLE\r\nm1 OK\r\n");
+        r.say("m2 OK\r\n");
+        assert_eq!(
+            r.say("* CAPABILITY IMAP4rev1 IDLE\r\nm3 OK\r\n"),
+            "m4 EXAMINE \"Lists\"\r\n"
+        );
+        assert_eq!(
+            r.say("* 2 EXISTS\r\n* OK [UIDVALIDITY 7]\r\nm4 OK\r\n"),
+            "m5 IDLE\r\n"
+        );
+        assert_eq!(r.events, vec![FetchEvent::NewMail]);
+        r.events.clear();
+        assert_eq!(r.say("+ idling\r\n* 1 EXPUNGE\r\n"), "");
+        assert!(r.events.is_empty() && r.core.idling());
+        assert_eq!(r.say("* 2 EXISTS\r\n"), "");
+        assert_eq!(r.events, vec![FetchEvent::NewMail]);
+        let mut out = Vec::new();
+        r.core.refresh_idle(&mut out);
+        assert_eq!(out, b"DONE\r\n");
+        assert_eq!(r.say("m5 OK\r\n"), "m6 IDLE\r\n");
+        // Without IDLE the watcher ends at once, saying why.
+        let mut r = Run::new(p);
+        r.say("* OK ready\r\n");
+        r.say("* CAPABILITY IMAP4rev1\r\nm1 OK\r\n");
+        r.say("m2 OK\r\n");
+        r.say("* CAPABILITY IMAP4rev1\r\nm3 OK\r\n");
+        assert_eq!(r.say("* 0 EXISTS\r\nm4 OK\r\n"), "");
+        assert!(matches!(r.events.as_slice(),
+            [FetchEvent::Done(s)] if s.error == Some(FetchError::Protocol(NO_IDLE.into()))));
     }
 
     #[test]

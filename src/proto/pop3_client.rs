@@ -181,6 +181,9 @@ pub enum FetchEvent {
     /// The session is over: the driver closes the connection (after writing
     /// any output) and prunes the records if `remaining` is `Some`.
     Done(FetchSummary),
+    /// IMAP push watcher (`ImapParams::watch`): the folder it idles on has
+    /// mail: a collection run of the account is due.
+    NewMail,
 }
 
 /// How a session went.
@@ -1651,6 +1654,7 @@ mod tests {
                     }
                     o.oversized.push((uidl, number));
                 }
+                FetchEvent::NewMail => panic!("POP3 has no push"),
                 FetchEvent::Done(s) => {
                     assert!(done.is_none(), "Done twice");
                     done = Some(s);
@@ -1714,6 +1718,7 @@ mod tests {
                             }
                         }
                         FetchEvent::Oversized { .. } | FetchEvent::Body(_) => {}
+                        FetchEvent::NewMail => panic!("POP3 has no push"),
                         FetchEvent::Done(s) => done = Some(s),
                     }
                     i += 1;

@@ -149,6 +149,18 @@ pub fn prepare(
     Ok((records, tls))
 }
 
+/// Before an IMAP push watcher starts, on a worker: only the TLS client
+/// config. A watcher leaves the records and the staging file alone (a
+/// collection run of the account may be using them), so it gets empty
+/// records that are never saved.
+pub fn prepare_watch(
+    _config: &Config,
+    account: &SmartPopConfig,
+) -> Result<(Records, Arc<rustls::ClientConfig>), String> {
+    let tls = crate::tls::client_config(account.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    Ok((Records::empty(PathBuf::new()), tls))
+}
+
 /// One message a collection core (POP3 or IMAP) fetched.
 pub struct Fetched {
     pub config: Arc<Config>,
