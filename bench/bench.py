@@ -170,7 +170,7 @@ def bench_smartpop_imap(tmp):
         cpu, hwm, _, _ = proc_stats(s.proc.pid)
         s.stop()
         row("SmartPop IMAP: collect 2000 from Dovecot", got, secs, cpu, hwm,
-            "durable + UID record, UID EXPUNGE each")
+            "durable + UID record each, UID EXPUNGE per 200")
     finally:
         remove_dovecot(dove)
     return secs if got == 2000 else None

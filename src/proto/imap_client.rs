@@ -37,6 +37,10 @@ pub const MAX_LISTED: usize = 500_000;
 const MAX_SMALL_LITERAL: u64 = 16 * 1024;
 /// Body literal octets handed out per `Body` event at most.
 const BODY_CHUNK: usize = 64 * 1024;
+/// UIDs marked `\Deleted` that wait for one `UID EXPUNGE` at most: an
+/// expunge per message cost Dovecot more than the rest of the collection
+/// (bench: 2000 messages 3.5x slower than POP3), and the line stays short.
+const EXPUNGE_BATCH: usize = 200;
 /// RFC 2177: re-issue IDLE at least every 29 minutes.
 pub const IDLE_REFRESH: Duration = Duration::from_secs(25 * 60);
 
@@ -206,6 +210,15 @@ pub struct ImapFetch {
     /// Commands still to send for `current` (each waits for its OK).
     actions: VecDeque<String>,
     need_expunge: bool,
+    /// UIDPLUS: collected UIDs marked `\Deleted`, for the next `UID
+    /// EXPUNGE` (sent at the folder's end or after `EXPUNGE_BATCH`).
+    expunge_uids: Vec<u32>,
+    /// Those the `UID EXPUNGE` in flight names.
+    expunging: Vec<u32>,
+    /// After that expunge, go on with the folder's work (not its end).
+    expunge_resume: bool,
+    /// The current message's actions end in the expunge batch.
+    batched: bool,
     /// Keys seen on the server, per folder listed to the end.
     present: Vec<String>,
     all_listed: bool,
@@ -246,6 +259,10 @@ impl ImapFetch {
             current: None,
             actions: VecDeque::new(),
             need_expunge: false,
+            expunge_uids: Vec::new(),
+            expunging: Vec::new(),
+            expunge_resume: false,
+            batched: false,
             present: Vec::new(),
             all_listed: true,
             new_mail: false,
@@ -702,10 +719,15 @@ impl ImapFetch {
                     return;
                 }
                 if self.actions.is_empty() {
-                    self.summary.deleted += 1;
-                    let key =
-                        record_key(self.folder_name(), self.uidvalidity, uid_of(self.current));
-                    self.present.retain(|k| *k != key);
+                    if self.batched {
+                        // Counted, and its record let go, once expunged.
+                        self.expunge_uids.push(uid_of(self.current));
+                    } else {
+                        self.summary.deleted += 1;
+                        let key =
+                            record_key(self.folder_name(), self.uidvalidity, uid_of(self.current));
+                        self.present.retain(|k| *k != key);
+                    }
                     self.current = None;
                     self.next_work(out, events);
                 } else {
@@ -713,8 +735,27 @@ impl ImapFetch {
                 }
             }
             Step::Expunge => {
-                self.need_expunge = false;
-                self.folder_done(out, events);
+                let batch = std::mem::take(&mut self.expunging);
+                if batch.is_empty() && !ok {
+                    // The plain EXPUNGE failed: what it would have removed
+                    // is still there, so no record may be pruned.
+                    self.all_listed = false;
+                } else if ok {
+                    self.summary.deleted += batch.len();
+                    let folder = self.folder_name().to_string();
+                    let gone: std::collections::HashSet<String> = batch
+                        .iter()
+                        .map(|&u| record_key(&folder, self.uidvalidity, u))
+                        .collect();
+                    self.present.retain(|k| !gone.contains(k));
+                }
+                // A refused UID EXPUNGE leaves those records: the next run
+                // marks and expunges them again without fetching them.
+                if std::mem::take(&mut self.expunge_resume) {
+                    self.next_work(out, events);
+                } else {
+                    self.folder_done(out, events);
+                }
             }
             Step::Idling | Step::IdleDone if self.p.watch => {
                 if ok {
@@ -904,6 +945,10 @@ impl ImapFetch {
     }
 
     fn next_work(&mut self, out: &mut Vec<u8>, events: &mut Vec<FetchEvent>) {
+        if self.expunge_uids.len() >= EXPUNGE_BATCH {
+            self.send_uid_expunge(true, out);
+            return;
+        }
         match self.work.pop_front() {
             Some(Work::Fetch { uid, .. }) => {
                 self.current = Some(uid);
@@ -921,13 +966,11 @@ impl ImapFetch {
         self.current = Some(uid);
         self.actions.clear();
         let uidplus = self.has_cap("UIDPLUS");
+        self.batched = uidplus;
         let delete = |a: &mut VecDeque<String>, need: &mut bool| {
             a.push_back(format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"));
-            if uidplus {
-                a.push_back(format!("UID EXPUNGE {uid}"));
-            } else {
-                *need = true;
-            }
+            // With UIDPLUS the UID EXPUNGE comes in a batch.
+            *need |= !uidplus;
         };
         match self.p.keep.clone() {
             ImapKeep::Move(dest) => {
@@ -939,6 +982,7 @@ impl ImapFetch {
                     return;
                 };
                 if self.has_cap("MOVE") {
+                    self.batched = false;
                     self.actions.push_back(format!("UID MOVE {uid} {q}"));
                 } else {
                     self.actions.push_back(format!("UID COPY {uid} {q}"));
@@ -958,10 +1002,25 @@ impl ImapFetch {
         }
     }
 
+    /// `UID EXPUNGE` of the batch; then `resume` the folder's work, or
+    /// end it.
+    fn send_uid_expunge(&mut self, resume: bool, out: &mut Vec<u8>) {
+        let batch = std::mem::take(&mut self.expunge_uids);
+        self.step = Step::Expunge;
+        self.expunge_resume = resume;
+        self.send(out, &format!("UID EXPUNGE {}", uid_set(&batch)));
+        self.expunging = batch;
+    }
+
     fn folder_done(&mut self, out: &mut Vec<u8>, events: &mut Vec<FetchEvent>) {
+        if !self.expunge_uids.is_empty() {
+            self.send_uid_expunge(false, out);
+            return;
+        }
         if self.need_expunge {
             // Without UIDPLUS: EXPUNGE also removes what another client
             // marked \Deleted, which is what it asked for.
+            self.need_expunge = false;
             self.step = Step::Expunge;
             self.send(out, "EXPUNGE");
             return;
@@ -1034,6 +1093,33 @@ impl ImapFetch {
         self.step = Step::FetchBody;
         self.next_work(out, events);
     }
+}
+
+/// A UID set (RFC 3501 `sequence-set`) naming `uids`, runs as ranges.
+fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut s = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = sorted[i];
+        }
+        if !s.is_empty() {
+            s.push(',');
+        }
+        if start == end {
+            s.push_str(&start.to_string());
+        } else {
+            s.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    s
 }
 
 fn uid_of(current: Option<u32>) -> u32 {
@@ -1280,6 +1366,7 @@ mod tests {
         let mut out = Vec::new();
         r.core.delivered(true, &mut out, &mut r.events);
         assert_eq!(out, b"m7 UID STORE 9 +FLAGS.SILENT (\\Deleted)\r\n");
+        // The folder's end: its batch of one.
         assert_eq!(r.say("m7 OK\r\n"), "m8 UID EXPUNGE 9\r\n");
         assert_eq!(r.say("* 1 EXPUNGE\r\nm8 OK\r\n"), "m9 LOGOUT\r\n");
         r.say("* BYE\r\nm9 OK\r\n");
@@ -1435,6 +1522,85 @@ mod tests {
         assert_eq!(r.say("* 0 EXISTS\r\nm4 OK\r\n"), "");
         assert!(matches!(r.events.as_slice(),
             [FetchEvent::Done(s)] if s.error == Some(FetchError::Protocol(NO_IDLE.into()))));
+    }
+
+    #[test]
+    fn uid_sets_are_ranges() {
+        assert_eq!(uid_set(&[]), "");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(
+            uid_set(&[3, 1, 2, 2, 7, 9, 8, u32::MAX]),
+            "1:3,7:9,4294967295"
+        );
+    }
+
+    /// With UIDPLUS, collected messages are marked one by one and
+    /// expunged in batches; only an expunge that got OK counts them and
+    /// lets their records go.
+    #[test]
+    fn expunges_come_in_batches() {
+        let mut r = logged_in(ImapKeep::Keep(Keep::No), "IMAP4rev1 UIDPLUS");
+        let n = EXPUNGE_BATCH as u32 + 2;
+        r.say(&format!(
+            "* {n} EXISTS\r\n* OK [UIDVALIDITY 5]\r\nm4 OK\r\n"
+        ));
+        let listing: String = (1..=n)
+            .map(|u| format!("* {u} FETCH (UID {u} RFC822.SIZE 3)\r\n"))
+            .collect();
+        let mut tag = 6;
+        assert_eq!(
+            r.say(&format!("{listing}m5 OK\r\n")),
+            "m6 UID FETCH 1 (BODY.PEEK[])\r\n"
+        );
+        for u in 1..=n {
+            r.say(&format!(
+                "* {u} FETCH (UID {u} BODY[] {{3}}\r\nx\r\n)\r\nm{tag} OK\r\n"
+            ));
+            let mut out = Vec::new();
+            r.core.delivered(true, &mut out, &mut r.events);
+            tag += 1;
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("m{tag} UID STORE {u} +FLAGS.SILENT (\\Deleted)\r\n")
+            );
+            let next = r.say(&format!("m{tag} OK\r\n"));
+            tag += 1;
+            if u == EXPUNGE_BATCH as u32 {
+                assert_eq!(next, format!("m{tag} UID EXPUNGE 1:{u}\r\n"));
+                // Refused: those stay recorded (not in a prune's list).
+                let next = r.say(&format!("m{tag} NO busy\r\n"));
+                tag += 1;
+                assert_eq!(
+                    next,
+                    format!("m{tag} UID FETCH {} (BODY.PEEK[])\r\n", u + 1)
+                );
+            } else if u == n {
+                assert_eq!(next, format!("m{tag} UID EXPUNGE {}:{n}\r\n", n - 1));
+                assert_eq!(
+                    r.say(&format!("m{tag} OK\r\n")),
+                    format!("m{} LOGOUT\r\n", tag + 1)
+                );
+            } else {
+                assert_eq!(
+                    next,
+                    format!("m{tag} UID FETCH {} (BODY.PEEK[])\r\n", u + 1)
+                );
+            }
+        }
+        r.say("* BYE\r\n");
+        let mut out = Vec::new();
+        r.core.receive(
+            format!("m{} OK\r\n", tag + 1).as_bytes(),
+            &mut out,
+            &mut r.events,
+        );
+        match r.events.last() {
+            Some(FetchEvent::Done(s)) => {
+                assert_eq!((s.fetched, s.deleted), (n as usize, 2));
+                assert_eq!(s.remaining.as_ref().map(Vec::len), Some(EXPUNGE_BATCH));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
