@@ -508,3 +508,29 @@ def test_several_folders_without_idle_offered_poll(make_server, ca):
         assert log.count("offers no IDLE") == 1 and log.count("push for") == 2, log[-3000:]
     finally:
         d.cleanup()
+
+
+@pytest.mark.parametrize("folders", ["INBOX", "INBOX, Lists"])
+def test_idle_is_reissued_and_push_still_works(make_server, dovecot, folders):
+    """IDLE is ended and re-issued at the refresh (25 min; 1 s by the
+    hidden test knob), on the run's own connection (one folder) and on
+    the watchers (several); push still works on the same connections."""
+    append(dovecot, "Lists", message("list-mail"))
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h",
+                                       folders=folders),
+                         env={"MAILGATE_TEST_IDLE_REFRESH": "1"})
+    want = len(folders.split(","))
+    deadline = time.time() + 15
+    while server.log_text().count("re-issuing IDLE") < 3 * want:
+        assert time.time() < deadline, server.log_text()[-3000:]
+        time.sleep(0.1)
+    sessions = imap_processes(dovecot)
+    start = time.time()
+    append(dovecot, "INBOX", message("after-refresh"))
+    # Lists' message (collected by the first run) counts with two folders.
+    wait_messages(server, "bob@example.test", want, timeout=15)
+    assert time.time() - start < 5
+    log = server.log_text()
+    assert "reconnecting in" not in log and "push for" not in log, log[-3000:]
+    # The same connections idle on (the run's own one, or the watchers).
+    assert len(sessions) == want and set(sessions) <= set(imap_processes(dovecot)), sessions

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
@@ -772,6 +772,7 @@ impl<C: Collect> Driver for FetchDriver<C> {
                 self.connect_step(step, cx);
             }
             Phase::Session { core, deadline, .. } if *deadline <= cx.now && core.idling() => {
+                debug!("smartpop {}: re-issuing IDLE", self.account.name);
                 core.refresh_idle(&mut self.out);
                 *deadline = cx.now + REPLY_TIMEOUT;
                 self.pump(cx);

@@ -1525,6 +1525,12 @@ mod tests {
     }
 
     #[test]
+    fn idle_is_reissued_before_29_minutes() {
+        // RFC 2177: servers may end an IDLE after 30 minutes of it.
+        assert!(IDLE_REFRESH < Duration::from_secs(29 * 60));
+    }
+
+    #[test]
     fn uid_sets_are_ranges() {
         assert_eq!(uid_set(&[]), "");
         assert_eq!(uid_set(&[5]), "5");
