@@ -63,6 +63,14 @@ impl Host for Server {
                     self.smartpop.broken(&account, now);
                 }
             }
+            Effect::WatchDone {
+                account,
+                folder,
+                unsupported,
+            } => self
+                .smartpop
+                .watch_done(&account, &folder, unsupported, now),
+            Effect::NewMail { account } => self.smartpop.request(Some(&account), now),
             Effect::MailboxesChanged(mailboxes) => {
                 for m in &mailboxes {
                     sv.mailboxes.changed(m, None);

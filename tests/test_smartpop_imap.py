@@ -114,6 +114,8 @@ def test_single_drop_keep_no_expunges_after_delivery(make_server, dovecot):
     for m in msgs:
         assert m.get_payload().replace("\r\n", "\n") in bodies[m["Subject"]].decode()
         assert "smartpop isp" in m["X-Mailgate-Routed"]
+        # The trace says how it came (RFC 3848's name), not POP3.
+        assert " with IMAP id " in m["Received"], m["Received"]
     assert folder_count(dovecot, "INBOX") == 0
     # Pruned (on a worker, after the summary line): nothing left on the
     # server, nothing remembered.
@@ -208,6 +210,7 @@ def test_starttls_and_imaps_with_test_ca(make_server, ca, mode):
         assert summary[:3] == (1, 0, 1), server.log_text()[-3000:]
         (m,) = server.messages("bob@example.test")
         assert "(using TLSv1." in m["Received"], m["Received"]
+        assert " with IMAPS id " in m["Received"], m["Received"]
         assert re.search(r"imap-login: Info: Login: user=<bob123>.*TLS", d.log_text()), d.log_text()
     finally:
         d.cleanup()
@@ -271,3 +274,263 @@ def test_multidrop_routes_by_headers(make_server, dovecot):
     assert summary[:3] == (3, 0, 3), summary
     assert subjects(server.messages("alice@example.test")) == ["to-alice", "to-both"]
     assert subjects(server.messages("bob@example.test")) == ["nobody", "to-both"]
+
+
+def uidvalidity(dovecot, folder="INBOX"):
+    c = imap(dovecot)
+    try:
+        typ, data = c.status(folder, "(UIDVALIDITY)")
+        assert typ == "OK", data
+        return int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+    finally:
+        c.logout()
+
+
+def renumber(dovecot, user="bob123"):
+    """Makes Dovecot give INBOX a new UIDVALIDITY, as a server does after
+    a rebuild or a migration: its UID list and indexes go, and Dovecot
+    (restarted) makes new ones, UIDs from 1 again and a new, time-based
+    UIDVALIDITY."""
+    before = uidvalidity(dovecot)
+    dovecot.stop()
+    md = dovecot.maildir(user)
+    for p in md.iterdir():
+        if p.name.startswith("dovecot") and p.is_file():
+            p.unlink()
+    # UIDVALIDITY is the clock's seconds: make sure they moved on.
+    while int(time.time()) <= before:
+        time.sleep(0.1)
+    dovecot.start()
+    after = uidvalidity(dovecot)
+    assert after != before, (before, after)
+    return before, after
+
+
+def test_changed_uidvalidity_collects_only_what_is_new(make_server, dovecot):
+    """A new UIDVALIDITY with keep = yes: the messages collected before
+    are recognized by Message-ID and size and not collected again; only
+    the new one (and one that shares an ID but not the size) is."""
+    for s in ("one", "two", "three"):
+        dovecot.add("bob123", message(s))
+    server = make_server(extra=account("isp", dovecot.imap, keep="yes"))
+    assert wait_polls(server, "isp", 1)[0][:2] == (3, 3)
+    records = server.data_dir / "smartpop" / "isp"
+    assert len(re.findall(r"id=[0-9a-f]{16}/\d+", records.read_text())) == 3, records.read_text()
+    old, new = renumber(dovecot)
+    dovecot.add("bob123", message("four"))
+    # Same Message-ID as "one", another size: another message.
+    dovecot.add("bob123", message("one", body="a longer body this time\n"))
+    server.run("fetch", "isp")
+    polls = wait_polls(server, "isp", 2)
+    assert polls[1][:2] == (2, 5), polls
+    assert subjects(server.messages("bob@example.test")) == ["four", "one", "one", "three", "two"]
+    log = server.log_text()
+    assert (f"UIDVALIDITY of INBOX changed to {new}: 3 message(s) matched by Message-ID and size "
+            "are not collected again, 2 are collected as new") in log, log[-3000:]
+    # The records now know the new keys only (the old ones pruned), so a
+    # third poll fetches nothing and does not match again.
+    deadline = time.time() + 20
+    while f"imap:INBOX:{old}:" in records.read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    text = records.read_text()
+    assert f"imap:INBOX:{old}:" not in text and len(re.findall(rf"imap:INBOX:{new}:\d+ ", text)) == 5, text
+    server.run("fetch", "isp")
+    polls = wait_polls(server, "isp", 3)
+    assert polls[2][:2] == (0, 5), polls
+    assert server.log_text().count("matched by Message-ID") == 1
+    assert len(server.messages("bob@example.test")) == 5
+
+
+def test_changed_uidvalidity_with_keep_no_expunges_without_fetching(make_server, dovecot):
+    """keep = no, and the connection was cut after the messages were
+    stored and recorded but before they were expunged: after the change
+    they are matched and expunged, not delivered twice."""
+    for s in ("a", "b"):
+        dovecot.add("bob123", message(s))
+    # keep = yes for the first run stands for "stored, not yet expunged".
+    server = make_server(extra=account("isp", dovecot.imap, keep="yes"))
+    wait_polls(server, "isp", 1)
+    server.stop()
+    renumber(dovecot)
+    server.config.write_text(server.config.read_text().replace("keep = yes", "keep = no"))
+    server.start()
+    polls = wait_polls(server, "isp", 2)
+    assert polls[-1][:3] == (0, 0, 2), polls
+    assert subjects(server.messages("bob@example.test")) == ["a", "b"]
+    assert folder_count(dovecot, "INBOX") == 0
+
+
+def uids(dovecot, folder="INBOX"):
+    """(UIDVALIDITY, [UID...]) of a folder, as Dovecot numbers it."""
+    c = imap(dovecot)
+    try:
+        typ, data = c.select(folder, readonly=True)
+        assert typ == "OK", data
+        typ, data = c.uid("SEARCH", None, "ALL")
+        assert typ == "OK", data
+        return uidvalidity(dovecot, folder), [int(u) for u in data[0].split()]
+    finally:
+        c.logout()
+
+
+def test_keep_seven_days_expunges_only_what_is_a_week_old(make_server, dovecot):
+    for s in ("old one", "recent one", "new one"):
+        dovecot.add("bob123", message(s))
+    uv, (old, recent, new) = uids(dovecot)
+    server = make_server(extra=account("week", dovecot.imap, keep="7d"), start=False)
+    records = server.data_dir / "smartpop"
+    records.mkdir(parents=True)
+    now = int(time.time())
+    # Collected 8 days ago (only the expunge is due) and 1 day ago (kept).
+    (records / "week").write_text(
+        f"imap:INBOX:{uv}:{old} {now - 8 * 86400} d\nimap:INBOX:{uv}:{recent} {now - 86400} d\n"
+    )
+    server.start()
+    assert wait_polls(server, "week", 1)[0][:5] == (1, 2, 1, 0, 0)
+    assert subjects(server.messages("bob@example.test")) == ["new one"]
+    assert uids(dovecot) == (uv, [recent, new])
+    text = (records / "week").read_text()
+    assert f":{old} " not in text and f":{recent} " in text and f":{new} " in text, text
+
+
+def imap_processes(dovecot):
+    """PIDs of this Dovecot's imap processes (one per logged-in session),
+    found by parent: other Dovecots on the machine are not touched."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            status = open(f"/proc/{d}/status").read()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")[0]
+        except OSError:
+            continue
+        ppid = int(re.search(r"PPid:\s+(\d+)", status).group(1))
+        if ppid == dovecot.proc.pid and cmd.endswith(b"/imap"):
+            found.append(int(d))
+    return found
+
+
+def test_idle_reconnects_when_its_connection_is_killed(make_server, dovecot):
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h"))
+    deadline = time.time() + 15
+    while not imap_processes(dovecot):
+        assert time.time() < deadline, "no IMAP session at Dovecot"
+        time.sleep(0.1)
+    time.sleep(0.5)  # in IDLE
+    (pid,) = imap_processes(dovecot)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 15
+    while "reconnecting in 1s" not in server.log_text():
+        assert time.time() < deadline, server.log_text()[-3000:]
+        time.sleep(0.05)
+    # Back in IDLE on a new session: pushed mail arrives within seconds.
+    deadline = time.time() + 15
+    while imap_processes(dovecot) in ([], [pid]):
+        assert time.time() < deadline, "no new IMAP session"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    start = time.time()
+    append(dovecot, "INBOX", message("after-kill"))
+    wait_messages(server, "bob@example.test", 1, timeout=15)
+    assert time.time() - start < 5
+    assert server.log_text().count("reconnecting in") == 1
+
+
+def test_without_idle_offered_polls_at_the_interval(make_server, ca):
+    # Dovecot's announced capabilities, IDLE left out (it still accepts
+    # the command: only what is offered counts).
+    d = Dovecot({"bob123": "secret"}, ca, imap=True,
+                extra_conf="imap_capability = IMAP4rev1 LITERAL+ UIDPLUS MOVE\n")
+    d.start()
+    try:
+        d.add("bob123", message("first"))
+        server = make_server(extra=account("isp", d.imap, idle="yes", interval="2s"))
+        assert wait_polls(server, "isp", 1)[0][:3] == (1, 0, 1)
+        append(d, "INBOX", message("second"))
+        # A second poll (a session that ended: no IDLE) collects it.
+        polls = wait_polls(server, "isp", 3, timeout=20)
+        assert sum(p[0] for p in polls) == 2, polls
+        assert subjects(server.messages("bob@example.test")) == ["first", "second"]
+        assert folder_count(d, "INBOX") == 0
+    finally:
+        d.cleanup()
+
+
+def test_idle_push_with_several_folders(make_server, dovecot):
+    """idle = yes with two folders: one watcher connection per folder in
+    IDLE; mail APPENDed to either is in the local Maildir within 5 s."""
+    append(dovecot, "Lists", message("list-old"))
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h",
+                                       folders="INBOX, Lists"))
+    assert wait_polls(server, "isp", 1)[0][:3] == (1, 0, 1)
+    deadline = time.time() + 15
+    while len(imap_processes(dovecot)) < 2:
+        assert time.time() < deadline, f"sessions: {imap_processes(dovecot)}"
+        time.sleep(0.1)
+    time.sleep(1)  # both in IDLE
+    for i, folder in enumerate(["Lists", "INBOX", "Lists"]):
+        start = time.time()
+        append(dovecot, folder, message(f"pushed-{i}"))
+        wait_messages(server, "bob@example.test", 2 + i, timeout=30)
+        latency = time.time() - start
+        assert latency < 5, f"push {i} to {folder} took {latency:.1f}s"
+    assert folder_count(dovecot, "INBOX") == 0 and folder_count(dovecot, "Lists") == 0
+    # Each push was a run of its own (the watchers collect nothing); the
+    # two watchers are still there, and nothing came twice.
+    assert len(summaries(server, "isp")) >= 4
+    deadline = time.time() + 10  # the last run's session may still be ending
+    while len(imap_processes(dovecot)) != 2:
+        assert time.time() < deadline, f"sessions: {imap_processes(dovecot)}"
+        time.sleep(0.05)
+    assert "push for" not in server.log_text()
+    assert subjects(server.messages("bob@example.test")) == [
+        "list-old", "pushed-0", "pushed-1", "pushed-2"]
+
+
+def test_several_folders_without_idle_offered_poll(make_server, ca):
+    d = Dovecot({"bob123": "secret"}, ca, imap=True,
+                extra_conf="imap_capability = IMAP4rev1 LITERAL+ UIDPLUS MOVE\n")
+    d.start()
+    try:
+        server = make_server(extra=account("isp", d.imap, idle="yes", interval="2s",
+                                           folders="INBOX, Lists"))
+        wait_polls(server, "isp", 1)
+        deadline = time.time() + 15
+        while "offers no IDLE; polling every interval" not in server.log_text():
+            assert time.time() < deadline, server.log_text()[-3000:]
+            time.sleep(0.05)
+        append(d, "Lists", message("polled"))
+        wait_messages(server, "bob@example.test", 1, timeout=20)
+        time.sleep(2)
+        # Each watcher ended once; none is started again.
+        log = server.log_text()
+        assert log.count("offers no IDLE") == 1 and log.count("push for") == 2, log[-3000:]
+    finally:
+        d.cleanup()
+
+
+@pytest.mark.parametrize("folders", ["INBOX", "INBOX, Lists"])
+def test_idle_is_reissued_and_push_still_works(make_server, dovecot, folders):
+    """IDLE is ended and re-issued at the refresh (25 min; 1 s by the
+    hidden test knob), on the run's own connection (one folder) and on
+    the watchers (several); push still works on the same connections."""
+    append(dovecot, "Lists", message("list-mail"))
+    server = make_server(extra=account("isp", dovecot.imap, idle="yes", interval="1h",
+                                       folders=folders),
+                         env={"MAILGATE_TEST_IDLE_REFRESH": "1"})
+    want = len(folders.split(","))
+    deadline = time.time() + 15
+    while server.log_text().count("re-issuing IDLE") < 3 * want:
+        assert time.time() < deadline, server.log_text()[-3000:]
+        time.sleep(0.1)
+    sessions = imap_processes(dovecot)
+    start = time.time()
+    append(dovecot, "INBOX", message("after-refresh"))
+    # Lists' message (collected by the first run) counts with two folders.
+    wait_messages(server, "bob@example.test", want, timeout=15)
+    assert time.time() - start < 5
+    log = server.log_text()
+    assert "reconnecting in" not in log and "push for" not in log, log[-3000:]
+    # The same connections idle on (the run's own one, or the watchers).
+    assert len(sessions) == want and set(sessions) <= set(imap_processes(dovecot)), sessions

@@ -752,7 +752,7 @@ pub fn pop3_client(data: &[u8]) {
                     }
                     c.delivered(ok, &mut out, &mut events);
                 }
-                FetchEvent::Oversized { .. } => {}
+                FetchEvent::Oversized { .. } | FetchEvent::NewMail => {}
                 FetchEvent::Done(_) => return,
             }
             continue;

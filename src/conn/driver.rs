@@ -151,6 +151,15 @@ pub enum Effect {
     /// A SmartPop run of this account is over; `broken`: it could not
     /// even start (records unreadable, bad CA file), so wait longer.
     FetchDone { account: String, broken: bool },
+    /// An IMAP push watcher of this account and folder ended;
+    /// `unsupported`: the server offers no IDLE (poll instead).
+    WatchDone {
+        account: String,
+        folder: String,
+        unsupported: bool,
+    },
+    /// A push watcher saw new mail: run this account's collection now.
+    NewMail { account: String },
     /// Mail arrived in or left these mailboxes.
     MailboxesChanged(Vec<String>),
 }

@@ -11,6 +11,7 @@ pub mod imap;
 pub mod imap_client;
 pub mod json;
 pub mod line;
+pub mod msgid;
 pub mod oauth;
 pub mod pop3_client;
 pub mod pop3_server;

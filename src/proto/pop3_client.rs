@@ -54,6 +54,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::dotstuff::DotUnstuffer;
+use super::msgid::Fingerprint;
 use super::sasl::BearerMech;
 use super::TlsMode;
 
@@ -86,6 +87,8 @@ pub struct Entry {
     pub oversized: bool,
     /// Local delivery refused it permanently: leave it, do not RETR again.
     pub rejected: bool,
+    /// IMAP: what recognizes the message after a UIDVALIDITY change.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Longest reply line we accept, CRLF excluded. RFC 2449 section 4 limits
@@ -178,6 +181,9 @@ pub enum FetchEvent {
     /// The session is over: the driver closes the connection (after writing
     /// any output) and prunes the records if `remaining` is `Some`.
     Done(FetchSummary),
+    /// IMAP push watcher (`ImapParams::watch`): the folder it idles on has
+    /// mail: a collection run of the account is due.
+    NewMail,
 }
 
 /// How a session went.
@@ -202,6 +208,11 @@ pub struct FetchSummary {
     /// QUIT got +OK: the server removed what `deleted` counts (RFC 1939
     /// section 6). False: no deletion of this session took effect.
     pub committed: bool,
+    /// IMAP, after a UIDVALIDITY change: (old key, new key) of each
+    /// recorded message found again by its fingerprint. The driver copies
+    /// each old entry to its new key before pruning, so the message is
+    /// not collected again (in this run or the next).
+    pub rekeyed: Vec<(String, String)>,
 }
 
 /// Why a session failed. All are worth retrying at the next interval;
@@ -1643,6 +1654,7 @@ mod tests {
                     }
                     o.oversized.push((uidl, number));
                 }
+                FetchEvent::NewMail => panic!("POP3 has no push"),
                 FetchEvent::Done(s) => {
                     assert!(done.is_none(), "Done twice");
                     done = Some(s);
@@ -1706,6 +1718,7 @@ mod tests {
                             }
                         }
                         FetchEvent::Oversized { .. } | FetchEvent::Body(_) => {}
+                        FetchEvent::NewMail => panic!("POP3 has no push"),
                         FetchEvent::Done(s) => done = Some(s),
                     }
                     i += 1;

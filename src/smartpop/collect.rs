@@ -25,7 +25,7 @@ use log::{error, info, warn};
 
 use crate::config::{Config, SmartPopConfig};
 use crate::outbox::unix_secs;
-use crate::smartpop::records::{records_path, Records};
+use crate::smartpop::records::{records_path, Fingerprint, Records};
 use crate::smartpop::route::{self, Route};
 use crate::store::deliver::{self, LocalDelivery, LocalRecipient};
 use crate::store::message::Message;
@@ -149,7 +149,19 @@ pub fn prepare(
     Ok((records, tls))
 }
 
-/// One message the POP3 core fetched.
+/// Before an IMAP push watcher starts, on a worker: only the TLS client
+/// config. A watcher leaves the records and the staging file alone (a
+/// collection run of the account may be using them), so it gets empty
+/// records that are never saved.
+pub fn prepare_watch(
+    _config: &Config,
+    account: &SmartPopConfig,
+) -> Result<(Records, Arc<rustls::ClientConfig>), String> {
+    let tls = crate::tls::client_config(account.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    Ok((Records::empty(PathBuf::new()), tls))
+}
+
+/// One message a collection core (POP3 or IMAP) fetched.
 pub struct Fetched {
     pub config: Arc<Config>,
     pub account: SmartPopConfig,
@@ -218,7 +230,13 @@ impl Fetched {
             hostname: self.config.server.hostname.clone(),
             helo: self.server.clone(),
             peer: self.peer,
-            protocol: if self.tls.is_some() { "POP3S" } else { "POP3" },
+            // RFC 3848's names, for the protocol the message came by.
+            protocol: match (self.account.imap, self.tls.is_some()) {
+                (true, true) => "IMAPS",
+                (true, false) => "IMAP",
+                (false, true) => "POP3S",
+                (false, false) => "POP3",
+            },
             tls: self.tls.clone(),
             auth_user: None,
             via: Some(format!("smartpop {}", self.account.name)),
@@ -255,6 +273,16 @@ impl Fetched {
         // message is neither lost nor fetched twice.
         let now_secs = unix_secs(now);
         let mut recorded = false;
+        let size = file
+            .and_then(|f| f.metadata().ok())
+            .map_or(head.len() as u64, |m| m.len());
+        // IMAP: what finds the message again if the folder's UIDVALIDITY
+        // changes (the size is the body literal's, RFC822.SIZE).
+        let fingerprint = if self.account.imap {
+            Fingerprint::of(head, size)
+        } else {
+            None
+        };
         // Deliveries of several accounts into one mailbox may run at once:
         // the copies are published as links (`Maildir::publish_linked`),
         // so another's sync of tmp/ (`sync_staged`) cannot make a copy's
@@ -268,7 +296,7 @@ impl Fetched {
                     // The record names the copies in tmp/: their names
                     // must be durable before it is.
                     Records::sync_staged(&self.config.server.data_dir, staged)?;
-                    r.record_staged(uidl, now_secs, staged)?;
+                    r.record_staged(uidl, now_secs, staged, fingerprint)?;
                     recorded = true;
                     Ok(())
                 }
@@ -310,9 +338,6 @@ impl Fetched {
             );
             return (false, records);
         }
-        let size = file
-            .and_then(|f| f.metadata().ok())
-            .map_or(head.len() as u64, |m| m.len());
         info!(
             "smartpop {}: delivered uidl={} to {} ({how}) size={size}",
             self.account.name,

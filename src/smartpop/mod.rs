@@ -1,9 +1,10 @@
-//! SmartPop: collecting ISP POP3 maildrops into local mailboxes.
+//! SmartPop: collecting ISP POP3 maildrops and IMAP folders into local
+//! mailboxes.
 //!
 //! Owns: what SmartPop remembers per account (`records`) and multi-drop
-//! routing by headers (`route`). The POP3 dialogue itself is the sans-IO
-//! core `proto::pop3_client`; the socket, TLS and timers are the driver's
-//! (`conn::pop3_fetch`).
+//! routing by headers (`route`). The POP3 and IMAP dialogues are the
+//! sans-IO cores `proto::pop3_client` and `proto::imap_client`; the
+//! socket, TLS and timers are the one collection driver's (`conn::fetch`).
 //! Must not: open sockets or run on the event-loop thread where it writes
 //! files (`Records::record_*` fsync; call them from a worker).
 //!

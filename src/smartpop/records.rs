@@ -13,13 +13,15 @@
 //! File format, one entry per line, fields separated by one space:
 //!
 //! ```text
-//! UIDL FIRST_SEEN FLAGS
+//! UIDL FIRST_SEEN FLAGS [id=HASH/SIZE] [staged=MAILBOX/NAME|...]
 //! ```
 //!
 //! `UIDL` is 1..=`MAX_UIDL_LEN` octets in 0x21..=0x7E (RFC 1939 section 7,
 //! so it never contains a space), `FIRST_SEEN` is unix seconds, `FLAGS` is
 //! `-` or any of `d` (delivered), `o` (oversized reported) and `r`
-//! (rejected by the local delivery). Lines that do
+//! (rejected by the local delivery). `id=` (IMAP keys) is the message's
+//! fingerprint (`proto::msgid`: its Message-ID hashed, and its size), by
+//! which it is found again after a UIDVALIDITY change. Lines that do
 //! not parse are skipped when loading (a torn or hand-edited file must never
 //! stop collection): the worst that follows is a duplicate delivery, never a
 //! loss, because a message is only DELEd after its line is durable.
@@ -29,6 +31,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use crate::proto::msgid::Fingerprint;
 pub use crate::proto::pop3_client::{valid_uidl, Entry, MAX_UIDL_LEN};
 use crate::store::deliver::StagedCopy;
 use crate::store::maildir::Maildir;
@@ -152,6 +155,10 @@ impl Records {
             if !any {
                 s.push('-');
             }
+            if let Some(fp) = &e.fingerprint {
+                s.push_str(" id=");
+                s.push_str(&fp.to_field());
+            }
             s.push('\n');
         }
         s
@@ -225,9 +232,19 @@ impl Records {
     /// and not yet renamed into `new/`: called between the two, so that a
     /// crash there is finished by `finish_staged` at the next start (the
     /// message in the mailbox once, not fetched again).
-    pub fn record_staged(&mut self, uidl: &str, now: u64, copies: &[StagedCopy]) -> io::Result<()> {
+    /// `fingerprint` (IMAP) is kept with it for a UIDVALIDITY change.
+    pub fn record_staged(
+        &mut self,
+        uidl: &str,
+        now: u64,
+        copies: &[StagedCopy],
+        fingerprint: Option<Fingerprint>,
+    ) -> io::Result<()> {
         let before = self.entries.get(uidl).copied();
-        self.mark_delivered(uidl, now);
+        self.mark(uidl, now, |e| {
+            e.delivered = true;
+            e.fingerprint = e.fingerprint.or(fingerprint);
+        });
         let result = self.append_with(uidl, staged_field(copies).as_deref());
         if result.is_err() {
             self.revert(uidl, before);
@@ -315,6 +332,19 @@ impl Records {
         }
     }
 
+    /// Gives `new` the entry of `old` (a message found again under a new
+    /// key after a UIDVALIDITY change), in memory; `old` goes at the next
+    /// prune. False when `old` is unknown or `new` cannot be a key.
+    pub fn rekey(&mut self, old: &str, new: &str) -> bool {
+        match self.entries.get(old).copied() {
+            Some(e) if valid_uidl(new) => {
+                self.entries.insert(new.to_string(), e);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets every UIDL not in `on_server` (the maildrop's listing after a
     /// session whose QUIT got +OK), so the file does not grow forever.
     /// Returns how many entries were dropped; call `save` if non-zero.
@@ -395,6 +425,7 @@ impl Records {
         e.delivered |= entry.delivered;
         e.oversized |= entry.oversized;
         e.rejected |= entry.rejected;
+        e.fingerprint = e.fingerprint.or(entry.fingerprint);
     }
 }
 
@@ -426,11 +457,18 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry, Vec<StagedCopy>)> {
     let uidl = fields.next()?;
     let first_seen = fields.next()?;
     let flags = fields.next()?;
-    let staged = match fields.next() {
-        None => Vec::new(),
-        Some(field) => parse_staged(field)?,
-    };
-    if fields.next().is_some() || !valid_uidl(uidl) {
+    let mut staged = None;
+    let mut fingerprint = None;
+    for field in fields {
+        match field.strip_prefix("id=") {
+            Some(fp) if fingerprint.is_none() => fingerprint = Some(Fingerprint::parse_field(fp)?),
+            Some(_) => return None,
+            None if staged.is_none() => staged = Some(parse_staged(field)?),
+            None => return None,
+        }
+    }
+    let staged = staged.unwrap_or_default();
+    if !valid_uidl(uidl) {
         return None;
     }
     if first_seen.is_empty() || !first_seen.bytes().all(|b| b.is_ascii_digit()) {
@@ -439,6 +477,7 @@ fn parse_line(line: &[u8]) -> Option<(String, Entry, Vec<StagedCopy>)> {
     let first_seen: u64 = first_seen.parse().ok()?;
     let mut entry = Entry {
         first_seen,
+        fingerprint,
         ..Entry::default()
     };
     if flags != "-" {
@@ -569,6 +608,31 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_roundtrip_and_move_with_rekey() {
+        let fp = Fingerprint::of(b"Message-ID: <m@x>\r\n", 4096);
+        let mut r = Records::empty(PathBuf::from("x"));
+        r.mark("imap:INBOX:1:5", 20, |e| {
+            e.delivered = true;
+            e.fingerprint = fp;
+        });
+        let text = r.to_text();
+        assert!(text.starts_with("imap:INBOX:1:5 20 d id="), "{text}");
+        let (back, skipped) = Records::parse(text.as_bytes());
+        assert_eq!((skipped, &back.entries), (0, &r.entries));
+        // With a staged= field after it, and a repeated or bad id= is junk.
+        let line = format!("{} staged=bob@x/n1\n", text.trim_end());
+        assert_eq!(Records::parse(line.as_bytes()).0.entries, r.entries);
+        let bad = "k 1 d id=00/1\nk 1 d id=0000000000000001/1 id=0000000000000001/1\n";
+        assert_eq!(Records::parse(bad.as_bytes()).1, 2);
+        assert!(r.rekey("imap:INBOX:1:5", "imap:INBOX:2:9"));
+        assert!(!r.rekey("imap:INBOX:7:7", "imap:INBOX:2:8"));
+        assert!(!r.rekey("imap:INBOX:1:5", "bad key"));
+        assert_eq!(r.get("imap:INBOX:2:9"), r.get("imap:INBOX:1:5"));
+        assert_eq!(r.prune(&["imap:INBOX:2:9"]), 1);
+        assert_eq!(r.get("imap:INBOX:2:9").and_then(|e| e.fingerprint), fp);
+    }
+
+    #[test]
     fn junk_lines_are_skipped() {
         let text: &[u8] = b"good 1 d\r\n\
             \n\
@@ -608,6 +672,7 @@ mod tests {
                 delivered: true,
                 oversized: true,
                 rejected: false,
+                fingerprint: None,
             })
         );
         assert!(r.get("trailing").is_some());
@@ -695,12 +760,12 @@ mod tests {
             "bob@example.test".to_string(),
             "100.M1P1Q1.host,S=3,W=3".to_string(),
         )];
-        r.record_staged("u1", 100, &copies).unwrap();
+        r.record_staged("u1", 100, &copies, None).unwrap();
         let done = [(
             "bob@example.test".to_string(),
             "100.M2P1Q2.host,S=3,W=3".to_string(),
         )];
-        r.record_staged("u2", 100, &done).unwrap();
+        r.record_staged("u2", 100, &done, None).unwrap();
         let mut back = Records::load(path.clone()).unwrap();
         assert!(back.get("u1").is_some_and(|e| e.delivered));
         assert_eq!(back.finish_staged(&dir).unwrap(), 1);
