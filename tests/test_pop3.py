@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import conftest
 from conftest import Raw
 
 
@@ -264,8 +265,7 @@ def test_large_message_streams(make_server):
     resp, lines, octets = p.retr(1)
     assert len(lines) > 50_000
     p.quit()
-    status = open(f"/proc/{server.proc.pid}/status").read()
-    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    rss_kb = conftest.rss_kib(server.proc.pid)
     # The 50 MB message went out in 64 KiB chunks, never whole in memory.
     assert rss_kb < 16_000, rss_kb
 

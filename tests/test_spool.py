@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Raw
+from conftest import Raw, rss_kib
 
 MIB = 1 << 20
 # The whole server, however many large messages it is receiving.
 RSS_LIMIT_KIB = 16 * 1024
 BIG = 20_000_000
 HOLD = 10
-
-
-def vm(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def body_of(size, tag):
@@ -107,7 +99,7 @@ def test_twenty_unfinished_20mb_messages_stay_under_16_mib(make_server, ram_data
     server.data_dir = ram_data_dir / "data"
     server.start()
     pid = server.proc.pid
-    idle = vm(pid, "VmRSS")
+    idle = rss_kib(pid, "VmRSS")
     port = server.ports["smtp"]
     want = {}
     conns = []
@@ -137,8 +129,8 @@ def test_twenty_unfinished_20mb_messages_stay_under_16_mib(make_server, ram_data
              lambda: sum(p.stat().st_size for p in spool_files(server)) > expect - 2 * HOLD * 256 * 1024,
              300)
     assert len(spool_files(server)) == 2 * HOLD
-    held = vm(pid, "VmRSS")
-    print(f"\nRSS idle {idle} KiB; holding {2 * HOLD} x {BIG} octets: {held} KiB (peak {vm(pid, 'VmHWM')} KiB)")
+    held = rss_kib(pid, "VmRSS")
+    print(f"\nRSS idle {idle} KiB; holding {2 * HOLD} x {BIG} octets: {held} KiB (peak {rss_kib(pid)} KiB)")
     assert held < RSS_LIMIT_KIB, f"RSS {held} KiB while receiving"
     # Finish them all; every one is stored whole.
     for c, end in conns:
@@ -154,7 +146,7 @@ def test_twenty_unfinished_20mb_messages_stay_under_16_mib(make_server, ram_data
         assert hashlib.sha256(data[i:]).hexdigest() == want[tag], f"{tag} not stored whole"
     assert spool_files(server) == []
     assert server.files_in("tmp") == []
-    peak = vm(pid, "VmHWM")
+    peak = rss_kib(pid)
     print(f"peak RSS after delivering them: {peak} KiB")
     assert peak < RSS_LIMIT_KIB, f"peak RSS {peak} KiB"
 
