@@ -6,7 +6,6 @@
 //! collection run, or a push watcher of one folder). Must
 //! not: do any of the driver's work (that is `fetch`).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::fetch::{Collect, FetchDriver};
@@ -80,15 +79,13 @@ impl Collect for ImapFetch {
     /// `IDLE_REFRESH`, or shorter with the hidden test knob
     /// `MAILGATE_TEST_IDLE_REFRESH=SECONDS` (the tests cannot wait 25
     /// minutes to see IDLE re-issued; it can never make the wait longer).
+    /// Read at each IDLE, which is rare: no process-wide cache (house rule).
     fn idle_refresh(&self) -> Duration {
-        static REFRESH: OnceLock<Duration> = OnceLock::new();
-        *REFRESH.get_or_init(|| {
-            std::env::var("MAILGATE_TEST_IDLE_REFRESH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(IDLE_REFRESH, Duration::from_secs)
-                .min(IDLE_REFRESH)
-        })
+        std::env::var("MAILGATE_TEST_IDLE_REFRESH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(IDLE_REFRESH, Duration::from_secs)
+            .min(IDLE_REFRESH)
     }
 
     fn refresh_idle(&mut self, out: &mut Vec<u8>) {
