@@ -141,6 +141,9 @@ impl ImapIn {
             let may_read = matches!(self.waiting, Waiting::Nothing) && self.fetch_rest.is_none();
             match self.io.pump(&cx.sv.tls, may_read, cx.now) {
                 Pumped::Events => self.handle_events(cx),
+                // The socket took what was queued: the next FETCH piece
+                // is due now, no writable event would come for it.
+                Pumped::Waiting if self.fetch_due() => continue,
                 Pumped::Waiting => return,
                 Pumped::Closed => {
                     self.release(cx);
@@ -157,9 +160,17 @@ impl ImapIn {
         }
     }
 
+    /// A FETCH has more to send and the socket has taken most of the
+    /// last piece (queued or not yet handed over: the file is read no
+    /// further ahead of the socket than this).
+    fn fetch_due(&self) -> bool {
+        let unsent = self.io.out.len() + self.io.t.pending_output();
+        self.fetch_rest.is_some() && self.waiting == Waiting::Nothing && unsent <= FETCH_LOW_WATER
+    }
+
     /// The next piece of a long FETCH, once the socket has taken the last.
     fn continue_fetch(&mut self, cx: &mut Ctx) {
-        if self.waiting != Waiting::Nothing || self.io.t.pending_output() > FETCH_LOW_WATER {
+        if !self.fetch_due() {
             return;
         }
         let Some(rest) = self.fetch_rest.take() else {
