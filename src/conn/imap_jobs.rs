@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::imap_append::{self, AppendBody};
 use super::imap_body;
 use crate::proto::imap::mime;
 use crate::proto::imap::response::{self, Code, Fetch, Status};
@@ -1436,18 +1437,15 @@ fn search_cmd(
     response::status(out, t, Status::Ok, None, "SEARCH completed");
 }
 
-/// APPEND: the message is in memory (at most `append_limit` octets);
-/// stored durably through a spool file in the folder's `tmp/`.
-#[allow(clippy::too_many_arguments)]
+/// APPEND: the literal is in a spool file in the mailbox's `tmp/` and
+/// `tail` (what came after its last chunk); stored durably by the
+/// folder, then the spool file goes, stored or not.
 pub fn append(
     acct: &Account,
     selected: Option<Selected>,
     modes: Modes,
     tag: &str,
-    mailbox: &MailboxName,
-    list: &[Flag],
-    date: Option<i64>,
-    message: Vec<u8>,
+    body: AppendBody,
 ) -> Done {
     let mut out = Vec::new();
     let mut done = Done {
@@ -1464,8 +1462,24 @@ pub fn append(
         modes,
     };
     let tree = acct.tree();
+    let AppendBody {
+        head,
+        spool,
+        tail,
+        failed,
+    } = body;
+    let list = &head.flags;
+    let date = head.date.map(|d| d.unix());
+    let mut spool_left = None;
     let r = (|| -> io::Result<(u32, u32)> {
-        let name = tree.parse(&wire(mailbox))?;
+        if let Some(e) = failed {
+            if let Some(s) = spool {
+                s.remove();
+            }
+            return Err(e);
+        }
+        let spool = spool_left.insert(imap_append::write_to(spool, &acct.root, &tail)?);
+        let name = tree.parse(&wire(&head.mailbox))?;
         let folder = tree.folder(&name);
         if !folder.exists() {
             return Err(io::Error::new(
@@ -1473,15 +1487,7 @@ pub fn append(
                 "[TRYCREATE] No such mailbox",
             ));
         }
-        let spool = acct.root.join("tmp").join(format!(
-            "imap-append.{}.{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::write(&spool, &message)?;
+        let spool = spool.path().to_path_buf();
         let (sys, kw) = split_flags(list);
         let kwr: Vec<&str> = kw.iter().map(String::as_str).collect();
         let nm = NewMessage {
@@ -1491,9 +1497,7 @@ pub fn append(
             internal_date: date
                 .map(|d| UNIX_EPOCH + std::time::Duration::from_secs(d.max(0) as u64)),
         };
-        let r = folder.append(&[nm]);
-        let _ = std::fs::remove_file(&spool);
-        let (uids, snap) = r?;
+        let (uids, snap) = folder.append(&[nm])?;
         Ok((snap.uidvalidity, uids.first().copied().unwrap_or(0)))
     })();
     match r {
@@ -1519,6 +1523,9 @@ pub fn append(
             "No such mailbox",
         ),
         Err(e) => no(&mut out, tag, &e),
+    }
+    if let Some(s) = spool_left {
+        s.remove();
     }
     done.out = out;
     done

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod budget;
 pub mod driver;
+pub mod imap_append;
 pub mod imap_body;
 pub mod imap_fetch;
 pub mod imap_in;
