@@ -387,8 +387,8 @@ impl ImapFetchDriver {
         let records = self.records.take();
         self.jobs += 1;
         cx.submit(move || {
-            let (ok, records) = job.deliver(records);
-            Outcome::SmartPopDelivered(ok, records.map(Box::new))
+            let (ok, records, reached) = job.deliver(records);
+            Outcome::SmartPopDelivered(ok, records.map(Box::new), reached)
         });
     }
 
@@ -675,8 +675,13 @@ impl Driver for ImapFetchDriver {
                     self.prepared(prepared, cx);
                 }
             }
-            Outcome::SmartPopDelivered(ok, records) => {
+            Outcome::SmartPopDelivered(ok, records, reached) => {
                 self.records = records.map(|r| *r);
+                // New mail: wake the IMAP sessions watching these
+                // mailboxes (IDLE), as an SMTP delivery does.
+                if !reached.is_empty() {
+                    cx.effect(Effect::MailboxesChanged(reached));
+                }
                 self.delivery_done(ok, cx);
             }
             Outcome::SmartPopStaged(written) => self.staged(written, cx),
