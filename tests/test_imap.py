@@ -249,6 +249,8 @@ def test_vanishing_client_mid_append_leaves_no_file(server):
     s.sendall(b"b APPEND INBOX {100000}\r\n")
     assert f.readline().startswith(b"+")
     s.sendall(b"x" * 5000)
+    # The makefile holds the socket open: close both, or nothing vanishes.
+    f.close()
     s.close()
     time.sleep(0.5)
     m = login(server)

@@ -830,3 +830,31 @@ def test_sigkill_during_polls_loses_nothing(make_server, dovecot):
     for m in msgs:
         n = m["Subject"].split()[-1]
         assert m.get_payload().rstrip().endswith(f"body {n}"), "no partial message"
+
+
+def test_collected_mail_wakes_imap_idle(make_server, dovecot):
+    """A message SmartPop delivers reaches an IMAP session in IDLE within
+    1 s, as one delivered over SMTP does (the mailbox's change notice)."""
+    import imapclient
+
+    server = make_server(extra=account("isp", dovecot.pop3))
+    wait_polls(server, "isp", 1)
+    watcher = imapclient.IMAPClient("127.0.0.1", port=server.ports["imap"], ssl=False, timeout=30)
+    watcher.login("bob@example.test", "secret")
+    assert watcher.select_folder("INBOX")[b"EXISTS"] == 0
+    watcher.idle()
+    dovecot.add("bob123", message("collected"))
+    fetch(server, "isp")
+    delivered = seen = None
+    deadline = time.time() + 20
+    while seen is None and time.time() < deadline:
+        if delivered is None and server.messages("bob@example.test"):
+            delivered = time.time()
+        if any(r[1:] == (b"EXISTS",) and r[0] == 1 for r in watcher.idle_check(timeout=0.05)):
+            seen = time.time()
+    watcher.idle_done()
+    watcher.logout()
+    assert seen is not None, "the IDLE session never heard of the collected message"
+    delivered = delivered or seen
+    assert seen - delivered < 1.0, f"EXISTS came {seen - delivered:.2f} s after the delivery"
+    assert subjects(server.messages("bob@example.test")) == ["collected"]

@@ -88,8 +88,8 @@ pub enum Outcome {
     /// SmartPop: the account's records and TLS setup, read before a run.
     SmartPopReady(Result<(Records, Arc<rustls::ClientConfig>), String>),
     /// SmartPop: a fetched message is (true) or is not durable, with the
-    /// account's records handed back.
-    SmartPopDelivered(bool, Option<Box<Records>>),
+    /// account's records handed back, and the mailboxes it reached.
+    SmartPopDelivered(bool, Option<Box<Records>>, Vec<String>),
     /// SmartPop: a chunk of a RETR body is in the staging file, which
     /// comes back for the next write.
     SmartPopStaged(std::io::Result<std::fs::File>),

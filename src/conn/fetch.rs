@@ -429,8 +429,8 @@ impl<C: Collect> FetchDriver<C> {
         let records = self.records.take();
         self.jobs += 1;
         cx.submit(move || {
-            let (ok, records) = job.deliver(records);
-            Outcome::SmartPopDelivered(ok, records.map(Box::new))
+            let (ok, records, reached) = job.deliver(records);
+            Outcome::SmartPopDelivered(ok, records.map(Box::new), reached)
         });
     }
 
@@ -752,8 +752,13 @@ impl<C: Collect> Driver for FetchDriver<C> {
                     self.prepared(prepared, cx);
                 }
             }
-            Outcome::SmartPopDelivered(ok, records) => {
+            Outcome::SmartPopDelivered(ok, records, reached) => {
                 self.records = records.map(|r| *r);
+                // New mail: wake the IMAP sessions watching these
+                // mailboxes (IDLE), as an SMTP delivery does.
+                if !reached.is_empty() {
+                    cx.effect(Effect::MailboxesChanged(reached));
+                }
                 self.delivery_done(ok, cx);
             }
             Outcome::SmartPopStaged(written) => self.staged(written, cx),

@@ -17,11 +17,11 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use super::imap_append::{self, AppendBody, AppendJob, AppendSink, AppendSpool};
 use super::imap_jobs::{self, Account, Done, FetchRest, Modes, Selected};
 use super::pump::{Inbound, Pumped, ServerCore};
 use super::{Ctx, Driver, IdleClock, ListenerKind, Outcome};
 use crate::net::canonical_ip;
-use crate::proto::imap::parser::AppendHead;
 use crate::proto::imap::response::{self, Code, Status};
 use crate::proto::imap::session::{ImapEvent, ImapSession, SessionParams};
 use crate::proto::imap::types::CommandBody;
@@ -40,6 +40,8 @@ pub enum ImapOutcome {
     /// The special-use folders are there (first login).
     Prepared(std::io::Result<()>),
     Done(Box<Done>),
+    /// An APPEND chunk's write came back (None: a spool file removed).
+    AppendWritten(Option<std::io::Result<AppendSpool>>),
 }
 
 impl ServerCore for ImapSession {
@@ -74,11 +76,6 @@ enum Waiting {
     FailureDelay(Instant, String),
 }
 
-struct AppendBuf {
-    head: AppendHead,
-    data: Vec<u8>,
-}
-
 pub struct ImapIn {
     io: Inbound<ImapSession>,
     waiting: Waiting,
@@ -94,7 +91,7 @@ pub struct ImapIn {
     /// A change was announced while a job ran: poll after it.
     poll_due: bool,
     fetch_rest: Option<Box<FetchRest>>,
-    append: Option<AppendBuf>,
+    append: Option<AppendSink>,
     login_by: Option<Instant>,
 }
 
@@ -138,9 +135,16 @@ impl ImapIn {
     fn pump(&mut self, cx: &mut Ctx) {
         loop {
             self.continue_fetch(cx);
-            let may_read = matches!(self.waiting, Waiting::Nothing) && self.fetch_rest.is_none();
+            // An APPEND chunk on its way to disk: no more is read until
+            // it is there (at most a chunk and a read held).
+            let may_read = matches!(self.waiting, Waiting::Nothing)
+                && self.fetch_rest.is_none()
+                && !self.append_busy();
             match self.io.pump(&cx.sv.tls, may_read, cx.now) {
                 Pumped::Events => self.handle_events(cx),
+                // The socket took what was queued: the next FETCH piece
+                // is due now, no writable event would come for it.
+                Pumped::Waiting if self.fetch_due() => continue,
                 Pumped::Waiting => return,
                 Pumped::Closed => {
                     self.release(cx);
@@ -157,9 +161,17 @@ impl ImapIn {
         }
     }
 
+    /// A FETCH has more to send and the socket has taken most of the
+    /// last piece (queued or not yet handed over: the file is read no
+    /// further ahead of the socket than this).
+    fn fetch_due(&self) -> bool {
+        let unsent = self.io.out.len() + self.io.t.pending_output();
+        self.fetch_rest.is_some() && self.waiting == Waiting::Nothing && unsent <= FETCH_LOW_WATER
+    }
+
     /// The next piece of a long FETCH, once the socket has taken the last.
     fn continue_fetch(&mut self, cx: &mut Ctx) {
-        if self.waiting != Waiting::Nothing || self.io.t.pending_output() > FETCH_LOW_WATER {
+        if !self.fetch_due() {
             return;
         }
         let Some(rest) = self.fetch_rest.take() else {
@@ -273,40 +285,33 @@ impl ImapIn {
                         if head.sync {
                             response::continuation(&mut self.io.out, "Ready for literal data");
                         }
-                        self.append = Some(AppendBuf {
-                            data: Vec::with_capacity((head.size as usize).min(1 << 20)),
-                            head,
-                        });
+                        let root = self.acct.as_ref().map(|a| a.root.clone());
+                        self.append = Some(AppendSink::new(head, root.unwrap_or_default()));
                     }
                     self.resume(cx);
                 }
                 ImapEvent::AppendData(d) => {
                     if let Some(a) = &mut self.append {
-                        a.data.extend_from_slice(&d);
+                        let next = a.data(&d);
+                        self.append_next(next, cx);
                     }
                 }
                 ImapEvent::AppendDone { tag } => {
-                    let Some(a) = self.append.take() else {
-                        continue;
-                    };
-                    let Some(acct) = self.acct.clone() else {
-                        continue;
-                    };
                     if tag.is_empty() {
                         // The command line after the literal was bad.
+                        if let Some(job) = self.append.as_mut().and_then(AppendSink::close) {
+                            self.submit_append(job, cx);
+                        }
                         self.io.core.command_done(self.io.core.state());
                         continue;
                     }
-                    let sel = self.selected.take();
-                    let modes = self.modes();
+                    // Carried on in `store_append` (now, or once the
+                    // chunk being written is back).
                     self.waiting = Waiting::Job { command: true };
-                    let date = a.head.date.map(|d| d.unix());
-                    cx.submit(move || {
-                        let h = a.head;
-                        Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(imap_jobs::append(
-                            &acct, sel, modes, &tag, &h.mailbox, &h.flags, date, a.data,
-                        )))))
-                    });
+                    if let Some(a) = &mut self.append {
+                        let next = a.end();
+                        self.append_next(next, cx);
+                    }
                 }
                 ImapEvent::IdleDone { tag } => {
                     self.idle_tag = None;
@@ -360,7 +365,50 @@ impl ImapIn {
 
     fn release(&mut self, cx: &mut Ctx) {
         cx.sv.mailboxes.unwatch(cx.token.0);
-        self.append = None;
+        // Gone mid-APPEND: the spool file goes (now, or when its write
+        // is back: the sink stays until then).
+        if let Some(job) = self.append.as_mut().and_then(AppendSink::close) {
+            self.submit_append(job, cx);
+        }
+    }
+
+    fn append_busy(&self) -> bool {
+        self.append.as_ref().is_some_and(AppendSink::busy)
+    }
+
+    /// Runs an APPEND's disk work on a worker.
+    fn submit_append(&mut self, job: AppendJob, cx: &mut Ctx) {
+        cx.submit(move || Outcome::Imap(Box::new(ImapOutcome::AppendWritten(job.run()))));
+    }
+
+    fn append_next(&mut self, next: imap_append::Next, cx: &mut Ctx) {
+        match next {
+            imap_append::Next::Nothing => {}
+            imap_append::Next::Job(job) => self.submit_append(job, cx),
+            imap_append::Next::Store(body) => {
+                self.append = None;
+                self.store_append(body, cx);
+            }
+        }
+    }
+
+    /// The whole literal is in: the store appends it (the tagged answer
+    /// comes with the job's end, `waiting` is already set).
+    fn store_append(&mut self, body: AppendBody, cx: &mut Ctx) {
+        let Some(acct) = self.acct.clone() else {
+            if let Some(s) = body.spool {
+                self.submit_append(AppendJob::Remove(s), cx);
+            }
+            return;
+        };
+        let sel = self.selected.take();
+        let modes = self.modes();
+        let tag = body.head.tag.clone();
+        cx.submit(move || {
+            Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(imap_jobs::append(
+                &acct, sel, modes, &tag, body,
+            )))))
+        });
     }
 
     fn job_done(&mut self, done: Done, command: bool, cx: &mut Ctx) {
@@ -413,6 +461,21 @@ impl Driver for ImapIn {
         let Outcome::Imap(answer) = done else {
             return;
         };
+        if let ImapOutcome::AppendWritten(r) = *answer {
+            // Not a command's job: `waiting` is left as it is.
+            if let (Some(r), Some(a)) = (r, &mut self.append) {
+                let next = a.written(r);
+                self.append_next(next, cx);
+            }
+            if self.append.as_ref().is_some_and(AppendSink::closed) && !self.append_busy() {
+                self.append = None;
+            }
+            if !self.io.is_done() {
+                self.handle_events(cx);
+                self.pump(cx);
+            }
+            return;
+        }
         let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
         if self.io.is_done() {
             return;
@@ -543,7 +606,9 @@ impl Driver for ImapIn {
     }
 
     fn is_idle(&self) -> bool {
-        matches!(self.waiting, Waiting::Nothing | Waiting::FailureDelay(..))
+        // A write of an APPEND chunk out: its completion must come back
+        // here, even after the socket is gone, to remove the file.
+        matches!(self.waiting, Waiting::Nothing | Waiting::FailureDelay(..)) && !self.append_busy()
     }
 
     fn interest(&self) -> Interest {

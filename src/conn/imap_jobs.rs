@@ -11,20 +11,24 @@
 //!
 //! Must not: run on the event loop thread, or keep state between jobs.
 
-use std::io::{self, Read};
+use std::io;
+
+use log::warn;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::proto::imap::mime::{self, Presenter, SectionRange};
+use super::imap_append::{self, AppendBody};
+use super::imap_body;
+use crate::proto::imap::mime;
 use crate::proto::imap::qresync;
 use crate::proto::imap::recent::RecentSet;
 use crate::proto::imap::response::{self, Code, Fetch, Status};
-use crate::proto::imap::search::{self, ContentScan, MessageMeta};
+use crate::proto::imap::search::{self, MessageMeta};
 use crate::proto::imap::session::State;
 use crate::proto::imap::types::{
-    Command, CommandBody, FetchAttr, Flag, MailboxName, Qresync, SearchReturn, SeqSet, StatusItem,
-    StoreMode,
+    Command, CommandBody, FetchAttr, Flag, MailboxName, Qresync, SearchReturn, Section,
+    SectionText, SeqSet, StatusItem, StoreMode,
 };
 use crate::proto::imap::view::UidValidityChanged;
 use crate::store::mailbox::flags::{self, Flags};
@@ -106,6 +110,29 @@ pub struct FetchRest {
     pub next: usize,
     pub attrs: Vec<FetchAttr>,
     pub changed_since: Option<u64>,
+    /// The message whose response the last piece stopped inside.
+    pub cur: Option<Box<MessageCursor>>,
+}
+
+/// One message's FETCH response, part written.
+#[derive(Debug)]
+pub struct MessageCursor {
+    seq: u32,
+    /// Its place in the snapshot the FETCH resolved against.
+    index: usize,
+    /// The open file and its structure, when an item needs them.
+    body: Option<(std::fs::File, mime::Structure)>,
+    flags: Vec<Flag>,
+    /// \Seen is set by this FETCH: FLAGS go out even if not asked for.
+    add_seen: bool,
+    flags_sent: bool,
+    /// `* n FETCH (` is out; `items`: and at least one item.
+    opened: bool,
+    items: bool,
+    /// The next of the FETCH's items to write.
+    attr: usize,
+    /// The literal being streamed (its item's head is out).
+    literal: Option<imap_body::Literal>,
 }
 
 /// The store names folders as the wire does (modified UTF-7); the
@@ -1197,13 +1224,6 @@ fn unix(t: SystemTime) -> i64 {
     }
 }
 
-fn read_all(folder: &Folder, m: &crate::store::mailbox::Message) -> io::Result<Vec<u8>> {
-    let mut f = folder.open(m)?;
-    let mut v = Vec::with_capacity(m.size.unwrap_or(4096).min(64 << 20) as usize);
-    f.read_to_end(&mut v)?;
-    Ok(v)
-}
-
 fn needs_file(a: &FetchAttr) -> bool {
     !matches!(
         a,
@@ -1262,11 +1282,13 @@ fn fetch_start(
         next: 0,
         attrs,
         changed_since,
+        cur: None,
     };
     fetch_more(done, Box::new(rest), out);
 }
 
-/// Answers FETCH for messages until about [`FETCH_PIECE`] octets are out.
+/// Answers FETCH for messages until about [`FETCH_PIECE`] octets are out;
+/// a big literal is cut there and carried on by the next piece.
 pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) {
     let Some(sel) = done.selected.as_mut() else {
         return;
@@ -1274,133 +1296,68 @@ pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) 
     let sets_seen = !sel.read_only && rest.attrs.iter().any(FetchAttr::sets_seen);
     let mut seen_uids = Vec::new();
     let snap = Arc::clone(&sel.snap);
-    while rest.next < rest.seqs.len() && out.len() < FETCH_PIECE {
-        let seq = rest.seqs[rest.next];
-        rest.next += 1;
-        let Some(m) = snap.messages.get(seq as usize - 1) else {
-            continue;
-        };
-        if rest.changed_since.is_some_and(|c| m.modseq <= c) {
-            continue;
-        }
-        let file = if rest.attrs.iter().any(needs_file) {
-            match read_all(&sel.folder, m) {
-                Ok(b) => Some(b),
-                // Expunged meanwhile (RFC 2180 4.1.2): leave it out.
-                Err(_) => continue,
+    while out.len() < FETCH_PIECE {
+        let mut cur = match rest.cur.take() {
+            Some(c) => c,
+            None => {
+                let Some(&seq) = rest.seqs.get(rest.next) else {
+                    break;
+                };
+                rest.next += 1;
+                let Some(m) = snap.messages.get(seq as usize - 1) else {
+                    continue;
+                };
+                if rest.changed_since.is_some_and(|c| m.modseq <= c) {
+                    continue;
+                }
+                let body = if rest.attrs.iter().any(needs_file) {
+                    match sel.folder.open(m).and_then(|f| {
+                        let st = imap_body::structure_of(&f)?;
+                        Ok((f, st))
+                    }) {
+                        Ok(b) => Some(b),
+                        // Expunged meanwhile (RFC 2180 4.1.2): leave it out.
+                        Err(_) => continue,
+                    }
+                } else {
+                    None
+                };
+                let mut fl = m.flags;
+                let mut add_seen = false;
+                if sets_seen && !fl.has(flags::SEEN) {
+                    seen_uids.push(m.uid);
+                    fl.system |= flags::SEEN;
+                    add_seen = true;
+                }
+                Box::new(MessageCursor {
+                    seq,
+                    index: seq as usize - 1,
+                    body,
+                    flags: flag_list(&snap, fl, sel.recent.contains(m.uid)),
+                    add_seen,
+                    flags_sent: false,
+                    opened: false,
+                    items: false,
+                    attr: 0,
+                    literal: None,
+                })
             }
-        } else {
-            None
         };
-        let structure = file.as_deref().map(mime::structure);
-        let mut fl = m.flags;
-        if sets_seen && !fl.has(flags::SEEN) {
-            seen_uids.push(m.uid);
-            fl.system |= flags::SEEN;
-        }
-        let flag_v = flag_list(&snap, fl, sel.recent.contains(m.uid));
-        let mut f = Fetch::start(out, seq);
-        let mut flags_sent = false;
-        for a in &rest.attrs {
-            match a {
-                FetchAttr::Uid => f.uid(m.uid),
-                FetchAttr::Flags => {
-                    f.flags(&flag_v);
-                    flags_sent = true;
-                }
-                FetchAttr::ModSeq => f.modseq(m.modseq.max(1)),
-                FetchAttr::InternalDate => {
-                    let d = sel.folder.internal_date(m).map(unix).unwrap_or(0);
-                    f.internal_date(d, 0);
-                }
-                FetchAttr::Rfc822Size => {
-                    let s = match &structure {
-                        Some(st) => st.size(),
-                        None => sel.folder.rfc822_size(m).unwrap_or(0),
-                    };
-                    f.number("RFC822.SIZE", s);
-                }
-                FetchAttr::Envelope => {
-                    if let Some(st) = &structure {
-                        let mut v = Vec::new();
-                        st.envelope(&mut v, 0);
-                        f.raw("ENVELOPE", &v);
-                    }
-                }
-                FetchAttr::Body | FetchAttr::BodyStructure => {
-                    if let Some(st) = &structure {
-                        let mut v = Vec::new();
-                        st.body_structure(&mut v, matches!(a, FetchAttr::BodyStructure));
-                        let name = if matches!(a, FetchAttr::Body) {
-                            "BODY"
-                        } else {
-                            "BODYSTRUCTURE"
-                        };
-                        f.raw(name, &v);
-                    }
-                }
-                FetchAttr::Rfc822
-                | FetchAttr::Rfc822Header
-                | FetchAttr::Rfc822Text
-                | FetchAttr::BodySection { .. } => {
-                    let (Some(st), Some(bytes)) = (&structure, &file) else {
-                        continue;
-                    };
-                    let (section, partial) = match a {
-                        FetchAttr::BodySection {
-                            section, partial, ..
-                        } => (section.clone(), *partial),
-                        FetchAttr::Rfc822Header => (
-                            crate::proto::imap::types::Section {
-                                part: vec![],
-                                text: Some(crate::proto::imap::types::SectionText::Header),
-                            },
-                            None,
-                        ),
-                        FetchAttr::Rfc822Text => (
-                            crate::proto::imap::types::Section {
-                                part: vec![],
-                                text: Some(crate::proto::imap::types::SectionText::Text),
-                            },
-                            None,
-                        ),
-                        _ => (Default::default(), None),
-                    };
-                    let mut body = Vec::new();
-                    match st.section(&section) {
-                        Some(SectionRange::Bytes(span)) => {
-                            let s = (span.raw_start as usize).min(bytes.len());
-                            let e = (span.raw_end as usize).clamp(s, bytes.len());
-                            let mut p = Presenter::new(partial);
-                            p.feed(&mut body, &bytes[s..e]);
-                        }
-                        Some(SectionRange::Fields { span, names, not }) => {
-                            let s = (span.raw_start as usize).min(bytes.len());
-                            let e = (span.raw_end as usize).clamp(s, bytes.len());
-                            let filtered = mime::filter_header(&bytes[s..e], &names, not);
-                            let mut p = Presenter::new(partial);
-                            p.feed(&mut body, &filtered);
-                        }
-                        None => {}
-                    }
-                    let mut name = response::fetch_attr_name(a);
-                    if let Some((o, _)) = partial {
-                        // RFC 3501 7.4.2: the origin, not the length.
-                        if let Some(i) = name.rfind('<') {
-                            name.truncate(i);
-                            name.push_str(&format!("<{o}>"));
-                        }
-                    }
-                    f.literal_head(&name, body.len() as u64);
-                    f.append(&body);
-                }
-                FetchAttr::Binary { .. } | FetchAttr::BinarySize(_) => {}
+        match fetch_message(&mut cur, sel, &snap, &rest.attrs, out) {
+            Ok(true) => {}
+            Ok(false) => {
+                rest.cur = Some(cur);
+                break;
+            }
+            Err(e) => {
+                // Part of a literal is out and its length announced: the
+                // only way on is to end the session (RFC 3501 7.1.5).
+                warn!("imap: reading {:?} mid-FETCH failed: {e}", sel.folder.dir());
+                response::status(out, None, Status::Bye, None, "Message vanished mid-FETCH");
+                done.close = true;
+                return;
             }
         }
-        if sets_seen && seen_uids.last() == Some(&m.uid) && !flags_sent {
-            f.flags(&flag_v);
-        }
-        f.finish();
     }
     if !seen_uids.is_empty() {
         if let Ok(st) = sel
@@ -1413,10 +1370,137 @@ pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) 
             }
         }
     }
-    if rest.next < rest.seqs.len() {
+    if rest.next < rest.seqs.len() || rest.cur.is_some() {
         done.more = Some(rest);
     } else {
         response::status(out, Some(&rest.tag), Status::Ok, None, "FETCH completed");
+    }
+}
+
+/// Writes one message's `* n FETCH (...)` from where `cur` left off;
+/// false when the piece filled up inside a literal.
+fn fetch_message(
+    cur: &mut MessageCursor,
+    sel: &Selected,
+    snap: &Snapshot,
+    attrs: &[FetchAttr],
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let Some(m) = snap.messages.get(cur.index) else {
+        return Ok(true);
+    };
+    let mut f = if cur.opened {
+        Fetch::resume(out, cur.items)
+    } else {
+        cur.opened = true;
+        Fetch::start(out, cur.seq)
+    };
+    loop {
+        if let (Some(lit), Some((file, _))) = (&mut cur.literal, &cur.body) {
+            if !lit.write(file, f.buffer(), FETCH_PIECE)? {
+                cur.items = true;
+                return Ok(false);
+            }
+            cur.literal = None;
+        }
+        let Some(a) = attrs.get(cur.attr) else {
+            break;
+        };
+        cur.attr += 1;
+        let structure = cur.body.as_ref().map(|(_, st)| st);
+        match a {
+            FetchAttr::Uid => f.uid(m.uid),
+            FetchAttr::Flags => {
+                f.flags(&cur.flags);
+                cur.flags_sent = true;
+            }
+            FetchAttr::ModSeq => f.modseq(m.modseq.max(1)),
+            FetchAttr::InternalDate => {
+                let d = sel.folder.internal_date(m).map(unix).unwrap_or(0);
+                f.internal_date(d, 0);
+            }
+            FetchAttr::Rfc822Size => {
+                let s = match structure {
+                    Some(st) => st.size(),
+                    None => sel.folder.rfc822_size(m).unwrap_or(0),
+                };
+                f.number("RFC822.SIZE", s);
+            }
+            FetchAttr::Envelope => {
+                if let Some(st) = structure {
+                    let mut v = Vec::new();
+                    st.envelope(&mut v, 0);
+                    f.raw("ENVELOPE", &v);
+                }
+            }
+            FetchAttr::Body | FetchAttr::BodyStructure => {
+                if let Some(st) = structure {
+                    let mut v = Vec::new();
+                    st.body_structure(&mut v, matches!(a, FetchAttr::BodyStructure));
+                    let name = if matches!(a, FetchAttr::Body) {
+                        "BODY"
+                    } else {
+                        "BODYSTRUCTURE"
+                    };
+                    f.raw(name, &v);
+                }
+            }
+            FetchAttr::Rfc822
+            | FetchAttr::Rfc822Header
+            | FetchAttr::Rfc822Text
+            | FetchAttr::BodySection { .. } => {
+                let Some((file, st)) = &cur.body else {
+                    continue;
+                };
+                let (section, partial) = section_of(a);
+                let mut name = response::fetch_attr_name(a);
+                if let Some((o, _)) = partial {
+                    // RFC 3501 7.4.2: the origin, not the length.
+                    if let Some(i) = name.rfind('<') {
+                        name.truncate(i);
+                        name.push_str(&format!("<{o}>"));
+                    }
+                }
+                match st.section(&section) {
+                    Some(range) => {
+                        let (lit, len) = imap_body::Literal::new(file, &range, partial)?;
+                        f.literal_head(&name, len);
+                        cur.literal = Some(lit);
+                    }
+                    None => f.literal_head(&name, 0),
+                }
+            }
+            FetchAttr::Binary { .. } | FetchAttr::BinarySize(_) => {}
+        }
+    }
+    if cur.add_seen && !cur.flags_sent {
+        f.flags(&cur.flags);
+    }
+    f.finish();
+    Ok(true)
+}
+
+/// The section and `<partial>` a body item asks for.
+fn section_of(a: &FetchAttr) -> (Section, Option<(u32, u32)>) {
+    match a {
+        FetchAttr::BodySection {
+            section, partial, ..
+        } => (section.clone(), *partial),
+        FetchAttr::Rfc822Header => (
+            Section {
+                part: vec![],
+                text: Some(SectionText::Header),
+            },
+            None,
+        ),
+        FetchAttr::Rfc822Text => (
+            Section {
+                part: vec![],
+                text: Some(SectionText::Text),
+            },
+            None,
+        ),
+        _ => (Section::default(), None),
     }
 }
 
@@ -1490,12 +1574,10 @@ fn search_cmd(
             modseq: m.modseq,
         };
         let facts = if content {
-            let Ok(bytes) = read_all(&sel.folder, m) else {
+            let Ok(facts) = sel.folder.open(m).and_then(|f| imap_body::scan_of(&f, key)) else {
                 continue;
             };
-            let mut scan = ContentScan::new(key);
-            scan.feed(&bytes);
-            Some(scan.finish())
+            Some(facts)
         } else {
             None
         };
@@ -1541,18 +1623,15 @@ fn search_cmd(
     response::status(out, t, Status::Ok, None, "SEARCH completed");
 }
 
-/// APPEND: the message is in memory (at most `append_limit` octets);
-/// stored durably through a spool file in the folder's `tmp/`.
-#[allow(clippy::too_many_arguments)]
+/// APPEND: the literal is in a spool file in the mailbox's `tmp/` and
+/// `tail` (what came after its last chunk); stored durably by the
+/// folder, then the spool file goes, stored or not.
 pub fn append(
     acct: &Account,
     selected: Option<Selected>,
     modes: Modes,
     tag: &str,
-    mailbox: &MailboxName,
-    list: &[Flag],
-    date: Option<i64>,
-    message: Vec<u8>,
+    body: AppendBody,
 ) -> Done {
     let mut out = Vec::new();
     let mut done = Done {
@@ -1569,8 +1648,24 @@ pub fn append(
         modes,
     };
     let tree = acct.tree();
+    let AppendBody {
+        head,
+        spool,
+        tail,
+        failed,
+    } = body;
+    let list = &head.flags;
+    let date = head.date.map(|d| d.unix());
+    let mut spool_left = None;
     let r = (|| -> io::Result<(u32, u32)> {
-        let name = tree.parse(&wire(mailbox))?;
+        if let Some(e) = failed {
+            if let Some(s) = spool {
+                s.remove();
+            }
+            return Err(e);
+        }
+        let spool = spool_left.insert(imap_append::write_to(spool, &acct.root, &tail)?);
+        let name = tree.parse(&wire(&head.mailbox))?;
         let folder = tree.folder(&name);
         if !folder.exists() {
             return Err(io::Error::new(
@@ -1578,15 +1673,7 @@ pub fn append(
                 "[TRYCREATE] No such mailbox",
             ));
         }
-        let spool = acct.root.join("tmp").join(format!(
-            "imap-append.{}.{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::write(&spool, &message)?;
+        let spool = spool.path().to_path_buf();
         let (sys, kw) = split_flags(list);
         let kwr: Vec<&str> = kw.iter().map(String::as_str).collect();
         let nm = NewMessage {
@@ -1596,9 +1683,7 @@ pub fn append(
             internal_date: date
                 .map(|d| UNIX_EPOCH + std::time::Duration::from_secs(d.max(0) as u64)),
         };
-        let r = folder.append(&[nm]);
-        let _ = std::fs::remove_file(&spool);
-        let (uids, snap) = r?;
+        let (uids, snap) = folder.append(&[nm])?;
         Ok((snap.uidvalidity, uids.first().copied().unwrap_or(0)))
     })();
     match r {
@@ -1624,6 +1709,9 @@ pub fn append(
             "No such mailbox",
         ),
         Err(e) => no(&mut out, tag, &e),
+    }
+    if let Some(s) = spool_left {
+        s.remove();
     }
     done.out = out;
     done

@@ -9,6 +9,8 @@ pub mod body;
 pub mod budget;
 pub mod driver;
 pub mod fetch;
+pub mod imap_append;
+pub mod imap_body;
 pub mod imap_fetch;
 pub mod imap_in;
 pub mod imap_jobs;

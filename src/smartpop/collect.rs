@@ -181,8 +181,10 @@ impl Fetched {
     /// Delivers from the staging file, then records the UIDL; true only
     /// when both are durable. On false, `records` marks the UIDL
     /// `rejected` when the delivery refused the message for good (and that
-    /// mark is durable). The staging file is removed either way.
-    pub fn deliver(mut self, records: Option<Records>) -> (bool, Option<Records>) {
+    /// mark is durable). The staging file is removed either way. Also the
+    /// mailboxes the message reached (none on failure): their IMAP IDLE
+    /// sessions are to be woken, as for an SMTP delivery.
+    pub fn deliver(mut self, records: Option<Records>) -> (bool, Option<Records>, Vec<String>) {
         let staged = self.staged.take();
         let data = std::mem::take(&mut self.data);
         let result = match &staged {
@@ -196,7 +198,7 @@ impl Fetched {
                     "smartpop {}: cannot read the staged message, left on the server: {e}",
                     self.account.name
                 );
-                (false, records)
+                (false, records, Vec::new())
             }
         };
         drop(staged);
@@ -213,7 +215,7 @@ impl Fetched {
         head: &[u8],
         file: Option<&File>,
         records: Option<Records>,
-    ) -> (bool, Option<Records>) {
+    ) -> (bool, Option<Records>, Vec<String>) {
         let mut records = records;
         let (mailboxes, how) = self.mailboxes(head);
         if mailboxes.is_empty() {
@@ -221,7 +223,7 @@ impl Fetched {
                 "smartpop {}: deliver_to {} reaches no local mailbox; message left on the server",
                 self.account.name, self.account.deliver_to
             );
-            return (false, records);
+            return (false, records, Vec::new());
         }
         let (reverse_path, message) = take_return_path(head);
         let reverse_path = reverse_path.unwrap_or_else(|| sender_of(&message));
@@ -330,13 +332,13 @@ impl Fetched {
                         self.account.name
                     ),
                 }
-                return (false, records);
+                return (false, records, Vec::new());
             }
             warn!(
                 "smartpop {}: delivery failed, left on the server: {e}",
                 self.account.name
             );
-            return (false, records);
+            return (false, records, Vec::new());
         }
         info!(
             "smartpop {}: delivered uidl={} to {} ({how}) size={size}",
@@ -344,7 +346,7 @@ impl Fetched {
             self.uidl.as_deref().unwrap_or("-"),
             mailboxes.join(","),
         );
-        (true, records)
+        (true, records, mailboxes)
     }
 
     /// The local mailboxes and a description of how they were chosen.

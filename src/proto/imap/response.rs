@@ -570,6 +570,18 @@ impl<'a> Fetch<'a> {
         Fetch { out, first: true }
     }
 
+    /// Goes on with a response an earlier piece began (`items`: it has
+    /// at least one item already).
+    pub fn resume(out: &'a mut Vec<u8>, items: bool) -> Fetch<'a> {
+        Fetch { out, first: !items }
+    }
+
+    /// The response buffer, for a literal's data streamed after
+    /// `literal_head`.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
     /// Starts an item: `NAME ` and returns the buffer for its value.
     pub fn item(&mut self, name: &str) -> &mut Vec<u8> {
         if !self.first {
