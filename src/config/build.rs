@@ -1178,12 +1178,6 @@ impl Builder {
             );
             return None;
         }
-        // The SASL exchanges and the token store exist; the sign-in
-        // (`mailgate oauth login`) and the refresh in the server do not yet.
-        self.warn(
-            sec.line,
-            format!("{what} auth = oauth2 cannot sign in yet in this version (no `mailgate oauth login`, no token refresh): logins fail until it can; use an app password where the provider allows one"),
-        );
         Some(c)
     }
 }

@@ -240,10 +240,18 @@ impl ImapFetchDriver {
         }
         let params = ImapParams {
             account: self.account.name.clone(),
-            // The OAuth2 token source gives `Auth::Bearer` here.
-            auth: Auth::Password {
-                user: self.account.username.clone(),
-                pass: self.account.password.clone(),
+            // With auth = oauth2 the server put the access token in
+            // `password`.
+            auth: if self.account.oauth.is_some() {
+                Auth::Bearer {
+                    user: self.account.username.clone(),
+                    token: self.account.password.clone(),
+                }
+            } else {
+                Auth::Password {
+                    user: self.account.username.clone(),
+                    pass: self.account.password.clone(),
+                }
             },
             starttls: self.account.tls == TlsMode::StartTls,
             tls_active: implicit,

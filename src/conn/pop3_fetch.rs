@@ -225,8 +225,9 @@ impl Pop3FetchDriver {
         let params = FetchParams {
             account: self.account.name.clone(),
             username: self.account.username.clone(),
+            // With auth = oauth2 the server put the access token here.
             password: self.account.password.clone(),
-            bearer: false,
+            bearer: self.account.oauth.is_some(),
             tls: self.account.tls,
             tls_active: implicit,
             keep: self.account.keep,
