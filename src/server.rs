@@ -97,6 +97,7 @@ impl Host for Server {
                     "fetch requested: {}",
                     account.as_deref().unwrap_or("all accounts")
                 );
+                self.tokens.reload_soon();
                 self.smartpop.request(account.as_deref(), now);
             }
             HostOutcome::OAuthLoaded(files) => {

@@ -99,6 +99,14 @@ impl Tokens {
         out
     }
 
+    /// `mailgate fetch`: read the files of accounts without a usable
+    /// token at the next tick (a login just made is taken up at once).
+    pub fn reload_soon(&mut self) {
+        for e in self.accounts.values_mut() {
+            e.reload_at = 0;
+        }
+    }
+
     /// A worker read the file of `name`.
     pub fn loaded(&mut self, name: &str, got: Result<Option<Stored>, String>, now: u64) {
         let Some(e) = self.accounts.get_mut(name) else {
