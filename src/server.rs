@@ -236,7 +236,7 @@ impl Host for Server {
         let unix = crate::oauth::unix_now();
         let tokens = self
             .tokens
-            .next_wakeup()
+            .next_wakeup(unix)
             .map(|at| Instant::now() + std::time::Duration::from_secs(at.saturating_sub(unix)));
         [outbox, smartpop, pickup, tokens]
             .into_iter()
@@ -261,6 +261,7 @@ impl Server {
             });
         }
         if stopping {
+            self.tokens.halt();
             return Vec::new();
         }
         let accounts = crate::oauth::accounts(&sv.config);

@@ -56,9 +56,24 @@ struct Entry {
     told_missing: bool,
 }
 
+impl Entry {
+    /// The file is worth reading (again): never read, or no token that
+    /// works or can be refreshed.
+    fn wants_file(&self, now: u64) -> bool {
+        let live = !self.revoked
+            && self
+                .tokens
+                .as_ref()
+                .is_some_and(|t| usable(t, now) || t.refresh_token.is_some());
+        !self.loaded || !live
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tokens {
     accounts: HashMap<String, Entry>,
+    /// The server is stopping: no refresh starts, so none is due.
+    halted: bool,
 }
 
 impl Tokens {
@@ -88,10 +103,7 @@ impl Tokens {
             if e.loading || e.refreshing || now < e.reload_at {
                 continue;
             }
-            let usable = !e.revoked && e.tokens.as_ref().is_some_and(|t| usable(t, now));
-            let refreshable =
-                !e.revoked && e.tokens.as_ref().is_some_and(|t| t.refresh_token.is_some());
-            if !e.loaded || !(usable || refreshable) {
+            if e.wants_file(now) {
                 e.loading = true;
                 out.push(name.clone());
             }
@@ -162,9 +174,17 @@ impl Tokens {
             .is_some_and(|e| e.loaded && (e.revoked || e.tokens.is_none()))
     }
 
+    /// The server is stopping: nothing more is due.
+    pub fn halt(&mut self) {
+        self.halted = true;
+    }
+
     /// Refreshes due now, as (account, refresh token); marks them running.
     pub fn take_due(&mut self, now: u64) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        if self.halted {
+            return out;
+        }
         for (name, e) in &mut self.accounts {
             if e.refreshing || e.loading || e.revoked || now < e.retry_at {
                 continue;
@@ -215,7 +235,10 @@ impl Tokens {
     }
 
     /// Unix seconds of the next refresh or file read.
-    pub fn next_wakeup(&self) -> Option<u64> {
+    pub fn next_wakeup(&self, now: u64) -> Option<u64> {
+        if self.halted {
+            return None;
+        }
         self.accounts
             .values()
             .filter(|e| !e.refreshing && !e.loading)
@@ -226,7 +249,7 @@ impl Tokens {
                     }
                     _ => None,
                 };
-                let reload = (!e.loaded || e.revoked || e.tokens.is_none()).then_some(e.reload_at);
+                let reload = e.wants_file(now).then_some(e.reload_at);
                 [refresh, reload].into_iter().flatten().min()
             })
             .min()
@@ -272,7 +295,7 @@ mod tests {
         assert_eq!(t.access("b", 1000), None);
         assert!(t.stopped("b") && !t.stopped("a"));
         assert!(t.take_due(1000).is_empty());
-        assert_eq!(t.next_wakeup(), Some(1000 + RELOAD_EVERY));
+        assert_eq!(t.next_wakeup(1000), Some(1000 + RELOAD_EVERY));
         // b is read again after RELOAD_EVERY; a is not (it has a token).
         assert_eq!(t.take_loads(1000 + RELOAD_EVERY), ["b"]);
         t.loaded("b", Ok(None), 1030);
@@ -313,5 +336,9 @@ mod tests {
         r.loaded("c", Ok(Some(s)), 0);
         assert!(r.stopped("c"));
         assert!(r.take_due(10).is_empty());
+        // Stopping: nothing is due, nothing wakes the loop.
+        t.halt();
+        assert!(t.take_due(99_999).is_empty());
+        assert_eq!(t.next_wakeup(99_999), None);
     }
 }
