@@ -744,6 +744,14 @@ impl Builder {
         p.oauth = self.oauth_finish(sec, &what, oauth);
         if p.oauth.is_some() {
             password = Some(String::new());
+            // `mailgate oauth login outbox` and data_dir/oauth/outbox are
+            // the smarthost's.
+            if p.name == "outbox" {
+                self.err(
+                    sec.line,
+                    format!("{what} auth = oauth2: the name outbox is the smarthost's; rename the account"),
+                );
+            }
         }
         for (key, present) in [
             ("host", seen_host),

@@ -294,3 +294,62 @@ pub fn status(config: &Config) -> Result<String, String> {
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_the_old_refresh_token_only_when_none_comes() {
+        let t = Tokens {
+            access_token: "a2".into(),
+            refresh_token: Some("r2".into()),
+            expires_in: Some(100),
+        };
+        let s = stored(&t, Some("r1"), 1000);
+        assert_eq!(
+            (
+                s.access_token.as_str(),
+                s.refresh_token.as_deref(),
+                s.expires_at
+            ),
+            ("a2", Some("r2"), 1100)
+        );
+        let t = Tokens {
+            refresh_token: None,
+            expires_in: None,
+            ..t
+        };
+        let s = stored(&t, Some("r1"), 1000);
+        assert_eq!(
+            (s.refresh_token.as_deref(), s.expires_at),
+            (Some("r1"), 4600)
+        );
+        assert_eq!(stored(&t, None, 0).refresh_token, None);
+    }
+
+    #[test]
+    fn endpoints_take_the_overrides() {
+        use crate::config::{OAuthConfig, OAuthProvider};
+        let mut o = OAuthConfig {
+            provider: OAuthProvider::Microsoft,
+            client_id: "c".into(),
+            client_secret: None,
+            authorize_url: None,
+            token_url: None,
+            device_url: None,
+            scope: None,
+        };
+        let e = crate::oauth::endpoints(&o);
+        assert!(e.device_url.is_some_and(|d| d.ends_with("/devicecode")));
+        o.provider = OAuthProvider::Google;
+        assert_eq!(crate::oauth::endpoints(&o).device_url, None, "code flow");
+        o.token_url = Some("https://t.example/token".into());
+        o.scope = Some("s".into());
+        let e = crate::oauth::endpoints(&o);
+        assert_eq!(
+            (e.token_url.as_str(), e.scope.as_str()),
+            ("https://t.example/token", "s")
+        );
+    }
+}
