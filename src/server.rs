@@ -264,19 +264,28 @@ impl Server {
             self.tokens.halt();
             return Vec::new();
         }
+        let due = self.tokens.take_due(unix);
+        if due.is_empty() {
+            return Vec::new();
+        }
         let accounts = crate::oauth::accounts(&sv.config);
-        self.tokens
-            .take_due(unix)
-            .into_iter()
-            .filter_map(|(name, refresh_token)| {
-                let account = accounts.iter().find(|a| a.name == name)?.clone();
-                Some(conn::oauth_refresh::RefreshJob {
-                    account,
+        let mut jobs = Vec::new();
+        for (name, refresh_token) in due {
+            match accounts.iter().find(|a| a.name == name) {
+                Some(a) => jobs.push(conn::oauth_refresh::RefreshJob {
+                    account: a.clone(),
                     refresh_token,
                     config: Arc::clone(&sv.config),
-                })
-            })
-            .collect()
+                }),
+                // Gone from the config since (the next reload drops it).
+                None => self.tokens.refreshed(
+                    &name,
+                    crate::oauth::tokens::Refreshed::Failed("account not configured".into()),
+                    unix,
+                ),
+            }
+        }
+        jobs
     }
 
     /// SIGHUP's result: the new config, or the old one kept.
