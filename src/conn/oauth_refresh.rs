@@ -287,6 +287,13 @@ impl Driver for OAuthRefresh {
 
     fn complete(&mut self, done: Outcome, cx: &mut Ctx) {
         match done {
+            Outcome::OAuthTls(_) if cx.stopping() => {
+                self.phase = Phase::Done;
+                cx.effect(Effect::OAuthRefreshed {
+                    account: self.name().to_string(),
+                    result: Refreshed::Failed("mailgate is stopping".into()),
+                });
+            }
             Outcome::OAuthTls(Ok(tls)) => {
                 self.tls = Some(tls);
                 if self.url.is_none() {
