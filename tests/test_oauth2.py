@@ -460,3 +460,53 @@ def test_smarthost_xoauth2(make_server, auth, ca):
         no_token_in_log(server, auth)
     finally:
         c.stop()
+
+
+# -- nothing slow on the loop thread ------------------------------------------------
+
+
+def test_refresh_and_revocation_touch_no_file_on_the_loop_thread(make_server, auth, ca, tmp_path,
+                                                                 monkeypatch):
+    """Under strace (as tests/test_loop_thread.py): a refresh with rotation,
+    then a revoked grant with its notice, and the token files read again;
+    the loop thread touches no file for any of it."""
+    import conftest
+    from test_durability import strace_usable
+    from test_loop_thread import TRACED, loop_thread_disk_calls
+
+    if strace_usable() is not None:
+        pytest.skip(str(strace_usable()))
+    log = tmp_path / "strace.log"
+    wrapper = tmp_path / "mailgate-under-strace"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec strace -f -yy -s 64 -e trace={TRACED} -o {log} {conftest.BIN} \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    # Two accounts: one refreshed (rotation), one revoked; no mail server
+    # is needed for the refresh, the collection is far off (interval 1h)
+    # and its first run fails to connect (port 1).
+    extra = smartpop("fresh", auth, ca, 1) + smartpop("gone", auth, ca, 1, user="carol")
+    server = make_server(extra=extra, start=False)
+    write_tokens(server, "fresh", auth.issue("bob123", ttl=302))
+    write_tokens(server, "gone", auth.issue("carol", ttl=302))
+    auth.revoke("carol")
+    monkeypatch.setattr(conftest, "BIN", str(wrapper))
+    server.start()
+    monkeypatch.undo()
+    pid = int(wait_for(lambda: (server.data_dir / "mailgate.pid").exists()
+                       and (server.data_dir / "mailgate.pid").read_text().split()[0], "pid", server))
+    wait_for(lambda: "oauth fresh: access token refreshed" in server.log_text(), "refresh", server)
+    wait_for(lambda: "oauth gone: stopped" in server.log_text(), "revocation", server)
+    wait_for(lambda: [m for m in server.messages("bob@example.test") if "revoked" in (m["Subject"] or "")],
+             "notice", server)
+    # `mailgate fetch` makes the server read the stopped account's file.
+    assert server.run("fetch").returncode == 0
+    time.sleep(1)
+    os.kill(pid, 15)
+    server.proc.wait(20)
+    trace = log.read_text(errors="replace")
+    assert "epoll_wait" in trace or "epoll_pwait" in trace, trace[:2000]
+    assert "data/oauth/fresh" in trace and "data/oauth/gone" in trace, "the files were touched"
+    found = loop_thread_disk_calls(trace, pid)
+    assert not found, "the loop thread touched the disk:\n" + "\n".join(found[:30])
