@@ -48,14 +48,14 @@ bench-deps:
 	./bench/setup.sh
 
 # strace -c and perf record -g on mailgate during the 50-session SMTP load
-# (bench/profile.py). Same optimisation as release, plus symbols and frame
+# (bench/profile.py; BENCH_PROFILE=pop3: pipelined POP3 RETR). Same optimisation as release, plus symbols and frame
 # pointers, in a target dir of its own. Not part of make test.
 PROFILE_TARGET = $(TARGET_DIR)/profile
 bench-profile: test-deps bench-deps
 	@command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 	CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
 	  RUSTFLAGS="-C force-frame-pointers=yes" $(CARGO) build --release --target-dir $(PROFILE_TARGET)
-	MAILGATE_BIN=$(abspath $(PROFILE_TARGET))/release/mailgate $(PYTHON) bench/profile.py
+	MAILGATE_BIN=$(abspath $(PROFILE_TARGET))/release/mailgate $(PYTHON) bench/profile.py $(BENCH_PROFILE)
 
 lint: fmt clippy
 

@@ -391,6 +391,30 @@ def mailgate_server(tmp, recipients, meter, extra="", replace=None):
     return s
 
 
+def smtp_rounds(fig, servers, sessions, peer_lag=True):
+    """Warm each server up, then ROUNDS alternating SMTP rounds into
+    `fig`. `servers`: who -> (meter, port, maildir of a recipient);
+    round i goes to recipient r{i}. `peer_lag`: record how long the
+    peer's queue took to deliver after the load ended (Postfix)."""
+    for who, (meter, port, md) in servers.items():
+        smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
+        wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
+    for i in range(ROUNDS):
+        for who, (meter, port, md) in servers.items():
+            rcpt = f"r{i}"
+            try:
+                with Others(meter) as others:
+                    secs, cpu, peak, lag = smtp_round(meter, port, sessions, SMTP_MESSAGES,
+                                                      md(rcpt), f"{rcpt}@{DOMAIN}")
+                fig.others.append(others.share)
+            except RuntimeError as e:
+                fig.failed.append(f"{who} round {i + 1}: {e}")
+                continue
+            fig.add(who, SMTP_MESSAGES, secs, cpu, peak)
+            if who == "peer" and peer_lag:
+                fig.lag.append(lag)
+
+
 def bench_smtp(tmp, table):
     why = postfix_peer.available()
     if why:
@@ -412,23 +436,7 @@ def bench_smtp(tmp, table):
                 "mailgate": (mg_meter, mg.ports["smtp"], lambda r: mg.maildir_path(f"{r}@{DOMAIN}")),
                 "peer": (pf_meter, pf.port, lambda r: pf.maildir(r)),
             }
-            for who, (meter, port, md) in servers.items():
-                smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
-                wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
-            for i in range(ROUNDS):
-                for who, (meter, port, md) in servers.items():
-                    rcpt = f"r{i}"
-                    try:
-                        with Others(meter) as others:
-                            secs, cpu, peak, lag = smtp_round(meter, port, sessions, SMTP_MESSAGES,
-                                                              md(rcpt), f"{rcpt}@{DOMAIN}")
-                        fig.others.append(others.share)
-                    except RuntimeError as e:
-                        fig.failed.append(f"{who} round {i + 1}: {e}")
-                        continue
-                    fig.add(who, SMTP_MESSAGES, secs, cpu, peak)
-                    if who == "peer":
-                        fig.lag.append(lag)
+            smtp_rounds(fig, servers, sessions)
         finally:
             mg.stop()
             pf.stop()
@@ -487,21 +495,7 @@ def bench_mailauth(tmp, table):
             "mailgate": (on_meter, on.ports["smtp"], lambda r: on.maildir_path(f"{r}@{DOMAIN}")),
             "peer": (off_meter, off.ports["smtp"], lambda r: off.maildir_path(f"{r}@{DOMAIN}")),
         }
-        for who, (meter, port, md) in servers.items():
-            smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
-            wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
-        for i in range(ROUNDS):
-            for who, (meter, port, md) in servers.items():
-                rcpt = f"r{i}"
-                try:
-                    with Others(meter) as others:
-                        secs, cpu, peak, lag = smtp_round(meter, port, sessions, SMTP_MESSAGES,
-                                                          md(rcpt), f"{rcpt}@{DOMAIN}")
-                    fig.others.append(others.share)
-                except RuntimeError as e:
-                    fig.failed.append(f"{who} round {i + 1}: {e}")
-                    continue
-                fig.add(who, SMTP_MESSAGES, secs, cpu, peak)
+        smtp_rounds(fig, servers, sessions, peer_lag=False)
         # The checks ran: every message carries their header.
         sample = next(iter(sorted((on.maildir_path(f"r0@{DOMAIN}") / "new").iterdir())), None)
         if sample is None or b"Authentication-Results: mx.example.test" not in sample.read_bytes():

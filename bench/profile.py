@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Profiles mailgate's SMTP intake under the bench's load (make bench-profile).
+"""Profiles mailgate under the bench's load (make bench-profile).
 
-  MAILGATE_BIN=target/profile/release/mailgate python3 bench/profile.py [strace] [perf]
+  MAILGATE_BIN=target/profile/release/mailgate python3 bench/profile.py [pop3] [strace] [perf]
 
 Starts mailgate with the bench's config, warms it up, then for each tool
-attaches it to the running server, loads it with smtp-source (50 sessions,
-3000 x 4 KiB, one connection per message, as `make bench`), detaches and
-prints:
+attaches it to the running server, loads it, detaches and prints the
+figures below. The load is SMTP intake by smtp-source (50 sessions, 3000 x
+4 KiB, one connection per message, as `make bench`), or with `pop3`, RETR
+of the bench's POP3 mailbox by the pipelined client (16 in flight, 5
+sessions one after another); the per-message figures count RETRs then.
+What is printed:
 - strace: `strace -c -f` over all of mailgate's threads, as calls per
   message (reads, writes, fsyncs, renames, epoll calls...); strace slows
   the server down many times, the counts per message stay right;
@@ -26,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
+import pop3load  # noqa: E402
 from meter import Meter  # noqa: E402
 
 SESSIONS = int(os.environ.get("PROFILE_SESSIONS", "50"))
@@ -54,6 +58,19 @@ def detach(p):
     return err.decode(errors="replace")
 
 
+POP3_SESSIONS = 5
+
+
+def pop3_load(s):
+    """RETR the POP3 mailbox POP3_SESSIONS times; returns (RETRs, seconds)."""
+    start = time.perf_counter()
+    n = 0
+    for _ in range(POP3_SESSIONS):
+        n += pop3load.retrieve_all(s.ports["pop3"], f"bob@{bench.DOMAIN}", "secret",
+                                   bench.POP3_DEPTH)[0]
+    return n, time.perf_counter() - start
+
+
 def load(port, rcpt):
     cmd = [bench.postfix_peer.SMTP_SOURCE, "-s", str(SESSIONS), "-m", str(MESSAGES), "-l", "4096",
            "-f", bench.SENDER, "-t", rcpt, f"127.0.0.1:{port}"]
@@ -62,12 +79,18 @@ def load(port, rcpt):
     return time.perf_counter() - start
 
 
-def strace_profile(s, out_dir):
+def strace_profile(s, out_dir, pop3):
     out = out_dir / "strace.txt"
     p = attach(["strace", "-c", "-f", "-qq", "-o", str(out), "-p", str(s.proc.pid)])
-    secs = load(s.ports["smtp"], f"r0@{bench.DOMAIN}")
-    err = detach(p)
-    got = bench.wait_count(s.maildir_path(f"r0@{bench.DOMAIN}"), MESSAGES, 60)
+    if pop3:
+        messages, secs = pop3_load(s)
+        err = detach(p)
+        got = messages
+    else:
+        messages = MESSAGES
+        secs = load(s.ports["smtp"], f"r0@{bench.DOMAIN}")
+        err = detach(p)
+        got = bench.wait_count(s.maildir_path(f"r0@{bench.DOMAIN}"), MESSAGES, 60)
     print(f"strace: {got} messages in {secs:.1f} s (slowed down by strace) {err.strip()}")
     counts = {}
     for line in out.read_text().splitlines():
@@ -79,24 +102,28 @@ def strace_profile(s, out_dir):
             errors = int(f[4]) if len(f) == 6 else 0
             counts[name] = (calls, errors, float(f[1]))
     total = sum(c for c, _, _ in counts.values())
-    print(f"\nsyscalls per message ({MESSAGES} messages, {SESSIONS} sessions), all threads:")
+    print(f"\nsyscalls per message ({messages} messages), all threads:")
     print(f"| {'syscall':<14} | {'per msg':>8} | {'errors/msg':>10} | {'sys s':>6} |")
     print(f"|{'-' * 16}|{'-' * 10}|{'-' * 12}|{'-' * 8}|")
     order = [n for n in NAMED if n in counts]
     order += sorted((n for n in counts if n not in NAMED), key=lambda n: -counts[n][0])
     for name in order:
         c, e, t = counts[name]
-        print(f"| {name:<14} | {c / MESSAGES:>8.2f} | {e / MESSAGES:>10.2f} | {t:>6.3f} |")
-    print(f"| {'total':<14} | {total / MESSAGES:>8.2f} | {'':>10} | {'':>6} |")
+        print(f"| {name:<14} | {c / messages:>8.2f} | {e / messages:>10.2f} | {t:>6.3f} |")
+    print(f"| {'total':<14} | {total / messages:>8.2f} | {'':>10} | {'':>6} |")
     print(f"(raw table: {out})")
 
 
-def perf_profile(s, out_dir):
+def perf_profile(s, out_dir, pop3):
     data = out_dir / "perf.data"
     p = attach(["perf", "record", "-g", "-F", "999", "-o", str(data), "-p", str(s.proc.pid)])
-    secs = load(s.ports["smtp"], f"r1@{bench.DOMAIN}")
+    if pop3:
+        messages, secs = pop3_load(s)
+    else:
+        messages = MESSAGES
+        secs = load(s.ports["smtp"], f"r1@{bench.DOMAIN}")
     detach(p)
-    print(f"perf: {MESSAGES} messages in {secs:.1f} s ({MESSAGES / secs:.0f} msg/s under perf)")
+    print(f"perf: {messages} messages in {secs:.1f} s ({messages / secs:.0f} msg/s under perf)")
     for title, extra in (("self time", ["--no-children"]), ("including callees", ["--children"])):
         out = run(["perf", "report", "-i", str(data), "--stdio", *extra, "-g", "none",
                    "--sort", "symbol", "--percent-limit", "1"],
@@ -109,7 +136,9 @@ def perf_profile(s, out_dir):
 
 
 def main():
-    tools = sys.argv[1:] or ["strace", "perf"]
+    args = sys.argv[1:]
+    pop3 = "pop3" in args
+    tools = [a for a in args if a != "pop3"] or ["strace", "perf"]
     out_dir = Path(tempfile.mkdtemp(prefix="mailgate-profile-"))
     os.chmod(out_dir, 0o755)
     meter = Meter("profile")
@@ -118,10 +147,16 @@ def main():
         print(f"mailgate {bench.BIN if hasattr(bench, 'BIN') else os.environ.get('MAILGATE_BIN')} "
               f"pid {s.proc.pid}, SMTP on 127.0.0.1:{s.ports['smtp']}")
         bench.smtp_source(s.ports["smtp"], SESSIONS, bench.WARMUP_MESSAGES, f"warmup@{bench.DOMAIN}")
+        if pop3:
+            bench.smtp_source(s.ports["smtp"], 10, bench.POP3_MESSAGES, f"bob@{bench.DOMAIN}")
+            md = s.maildir_path(f"bob@{bench.DOMAIN}")
+            if bench.wait_count(md, bench.POP3_MESSAGES, 120) != bench.POP3_MESSAGES:
+                raise RuntimeError("the POP3 mailbox did not fill")
+            pop3_load(s)  # untimed: new/ moves to cur/ once
         if "strace" in tools:
-            strace_profile(s, out_dir)
+            strace_profile(s, out_dir, pop3)
         if "perf" in tools:
-            perf_profile(s, out_dir)
+            perf_profile(s, out_dir, pop3)
     finally:
         s.stop()
         meter.close()

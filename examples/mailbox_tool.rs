@@ -12,7 +12,9 @@
 //!   stress SEED                            -> endless APPEND/MOVE/STORE, ACK lines
 
 use mailgate::store::mailbox::flags::{self, Flags};
-use mailgate::store::mailbox::{FlagOp, Folder, FolderName, Mailbox, NewMessage, Separator};
+use mailgate::store::mailbox::{
+    FlagOp, Folder, FolderName, LockTable, Mailbox, NewMessage, Separator,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -56,7 +58,7 @@ fn main() {
         die("usage: mailbox_tool ROOT COMMAND ARGS...")
     };
     let root = PathBuf::from(root);
-    let mb = Mailbox::new(&root, Separator::Dot);
+    let mb = Mailbox::new(&root, Separator::Dot, &LockTable::shared());
     let rest = args.get(2..).unwrap_or(&[]).to_vec();
     let arg = |i: usize| {
         rest.get(i)

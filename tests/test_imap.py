@@ -7,6 +7,7 @@ what the store wrote; every assertion is on content the server returned.
 
 import email
 import imaplib
+import re
 import smtplib
 import socket
 import ssl
@@ -373,3 +374,127 @@ def test_modified_utf7_names(server):
     typ, data = m.select('"p&AOQA5A-"')
     assert typ == "OK"
     m.logout()
+
+
+def test_recent_exactly_once_across_selected_sessions(server):
+    """RFC 3501 2.3.2: a new message is \\Recent in exactly one session,
+    even when two have the folder selected when it arrives (imaptest
+    `append`); STATUS (RECENT) then counts it no more."""
+    a, b, c = client(server), client(server), client(server)
+    c.create_folder("RecentBox")
+    for s in (a, b):
+        s.select_folder("RecentBox")
+    for i in range(3):
+        c.append("RecentBox", f"Subject: r{i}\r\n\r\nbody\r\n".encode())
+    assert c.folder_status("RecentBox", ["MESSAGES", "RECENT"])[b"RECENT"] == 3, \
+        "nobody was told yet: all unclaimed"
+    a.noop()
+    b.noop()
+    recent = 0
+    for s in (a, b, a):  # a again: a session keeps what it claimed
+        flags = s.fetch([1, 2, 3], ["FLAGS"])
+        assert len(flags) == 3
+        recent += sum(imapclient.RECENT in f[b"FLAGS"] for f in flags.values())
+    assert recent in (3, 6), "each message recent in exactly one of a, b"
+    st = c.folder_status("RecentBox", ["MESSAGES", "RECENT"])
+    assert st == {b"MESSAGES": 3, b"RECENT": 0}
+    # A later SELECT claims nothing; EXAMINE neither.
+    d = client(server)
+    assert d.select_folder("RecentBox")[b"RECENT"] == 0
+    d.logout()
+    for s in (a, b, c):
+        s.logout()
+
+
+def test_esearch_min_max_count_all_and_modseq(server):
+    """RFC 4731 RETURN (MIN MAX COUNT ALL) and RFC 7162 3.1.5 MODSEQ: with
+    MIN or MAX alone it is that message's modseq, otherwise the highest."""
+    from imap_interop import Imap
+    c = client(server)
+    c.create_folder("Esearch")
+    for i in range(4):
+        c.append("Esearch", f"Subject: e{i}\r\n\r\nbody\r\n".encode())
+    c.logout()
+    m = Imap(server.ports["imap"])
+    m.login(USER, PASSWORD)
+    m.ok("ENABLE CONDSTORE")
+    m.ok("SELECT Esearch")
+    ms = {}
+    for seq in (1, 3, 2, 4):  # 2 gets the highest modseq of 1:3
+        r = m.ok(f"STORE {seq} +FLAGS (\\Seen)")
+        ms[seq] = int(re.search(rb"MODSEQ \((\d+)\)", b" ".join(r)).group(1))
+    low = min(ms.values()) - 1
+
+    def es(ret, rng="1:3"):
+        r = m.ok(f"SEARCH RETURN ({ret}) {rng} MODSEQ {low}")
+        (line,) = [x for x in r if x.startswith(b"* ESEARCH")]
+        return line.split(b")", 1)[1].decode().split()
+
+    assert es("MIN") == ["MIN", "1", "MODSEQ", str(ms[1])]
+    assert es("MAX") == ["MAX", "3", "MODSEQ", str(ms[3])]
+    assert es("") == ["ALL", "1:3", "MODSEQ", str(ms[2])]
+    assert es("MIN MAX", "2:3") == ["MIN", "2", "MAX", "3", "MODSEQ", str(ms[2])]
+    assert es("COUNT MIN") == ["MIN", "1", "COUNT", "3", "MODSEQ", str(ms[2])] or \
+        es("COUNT MIN") == ["COUNT", "3", "MIN", "1", "MODSEQ", str(ms[2])]
+    # Nothing found: no MODSEQ, and no MIN/MAX/ALL.
+    r = m.ok("SEARCH RETURN (MIN MAX COUNT) 1:4 UNSEEN")
+    assert [x for x in r if x.startswith(b"* ESEARCH")][0].endswith(b"COUNT 0")
+    m.close()
+
+
+def test_list_extended_subscribed_recursivematch_return(server):
+    """RFC 5258 as imaptest `listext` checks it: (SUBSCRIBED) lists a
+    subscribed name whose mailbox is gone \\NonExistent; RECURSIVEMATCH
+    gives a parent CHILDINFO when only a descendant the pattern does not
+    reach is subscribed; RETURN (SUBSCRIBED) marks subscribed ones; four
+    refused options in a row do not end the session."""
+    from imap_interop import Imap
+    m = Imap(server.ports["imap"])
+    m.login(USER, PASSWORD)
+    for f in ("Lx", "Lx.t1", "Lx.t2", "Lx.t2.t1", "Lx.t6", "Lx.t8", "Lx.t8.t8", "Lx.t8.t9"):
+        m.ok(f"CREATE {f}")
+    for f in ("Lx.t1", "Lx.t2.t1", "Lx.t6", "Lx.t8.t8", "Lx.t8.t9"):
+        m.ok(f"SUBSCRIBE {f}")
+    m.ok("DELETE Lx.t6")
+
+    def listed(cmd):
+        out = {}
+        for r in m.ok(cmd):
+            mt = re.match(rb'\* LIST \(([^)]*)\) "\." "?([^" ]+)"?(.*)', r)
+            out[mt.group(2).decode()] = (set(mt.group(1).decode().lower().split()),
+                                         mt.group(3).decode().strip())
+        return out
+
+    got = listed('LIST (SUBSCRIBED) "" "Lx.*"')
+    assert set(got) == {"Lx.t1", "Lx.t2.t1", "Lx.t6", "Lx.t8.t8", "Lx.t8.t9"}, got
+    assert "\\nonexistent" in got["Lx.t6"][0] and "\\noselect" not in got["Lx.t6"][0]
+    assert all("\\subscribed" in a for a, _ in got.values())
+    got = listed('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Lx.t2%"')
+    assert list(got) == ["Lx.t2"] and got["Lx.t2"][1].upper() == '(CHILDINFO ("SUBSCRIBED"))', got
+    got = listed('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Lx*t8"')
+    assert set(got) == {"Lx.t8", "Lx.t8.t8"} and "CHILDINFO" in got["Lx.t8"][1].upper(), got
+    got = listed('LIST "" "Lx.%" RETURN (CHILDREN SUBSCRIBED)')
+    assert "\\subscribed" in got["Lx.t1"][0] and "\\haschildren" not in got["Lx.t1"][0]
+    assert "\\haschildren" in got["Lx.t2"][0] and "\\subscribed" not in got["Lx.t2"][0]
+    for cmd in ('LIST (imaptest) "" ""', 'LIST (RECURSIVEMATCH) "" ""',
+                'LIST (RECURSIVEMATCH REMOTE) "" ""', 'LIST "" "" RETURN (imaptest)'):
+        assert m.cmd(cmd)[1].startswith(b"BAD")
+    m.ok("NOOP")
+    m.close()
+
+
+def test_list_status(server):
+    """RFC 5819 (advertised LIST-STATUS): STATUS after each selectable
+    mailbox's LIST, none for a \\Noselect parent."""
+    from imap_interop import Imap
+    m = Imap(server.ports["imap"])
+    m.login(USER, PASSWORD)
+    m.ok("CREATE Ls.Kid")
+    m.ok("APPEND Ls.Kid {}", [b"Subject: s\r\n\r\nx\r\n"])
+    r = m.ok('LIST "" "Ls*" RETURN (STATUS (MESSAGES UIDNEXT))')
+    lists = [x for x in r if x.startswith(b"* LIST")]
+    status = [x for x in r if x.startswith(b"* STATUS")]
+    assert len(lists) == 2 and b"\\Noselect" in lists[0], r
+    assert status == [b'* STATUS "Ls.Kid" (MESSAGES 1 UIDNEXT 2)'], r
+    assert r.index(status[0]) == r.index(lists[1]) + 1, "right after its LIST"
+    m.close()

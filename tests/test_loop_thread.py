@@ -16,6 +16,8 @@ procd connect to a pipe (here the harness points them at a file).
 
 import os
 import poplib
+import sys
+from pathlib import Path
 import re
 import signal
 import socket
@@ -185,3 +187,50 @@ def test_loop_thread_touches_no_file_after_start(make_server, tmp_path, monkeypa
         sink.stop()
         if dovecot is not None:
             dovecot.cleanup()
+
+
+def test_pipelined_retr_answers_read_ahead_leave_in_few_writes(make_server, tmp_path, monkeypatch):
+    """20 RETRs sent in one packet, of messages the worker reads ahead in
+    batches: the answers of a batch leave the loop thread in one write
+    (up to 64 KiB), not one write each (issue 16: strace showed 0.97
+    sendto per message with 16 in flight, 0.15 after)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import pop3load
+    log = tmp_path / "strace.log"
+    wrapper = tmp_path / "mailgate-under-strace"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec strace -f -yy -e trace=sendto,write,writev -o {log} {conftest.BIN} \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(conftest, "BIN", str(wrapper))
+    server = make_server()
+    monkeypatch.undo()
+    pid = int(wait_for(lambda: (server.data_dir / "mailgate.pid").exists()
+                       and (server.data_dir / "mailgate.pid").read_text().split()[0]))
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
+        for i in range(20):
+            s.sendmail("carol@remote.test", ["bob@example.test"],
+                       f"Subject: m{i}\r\n\r\n{'x' * 2000}\r\n".encode())
+    assert len(server.wait_messages("bob@example.test", 20)) == 20
+    c = pop3load.Client(server.ports["pop3"])
+    c.command("USER bob@example.test")
+    c.command("PASS secret")
+    c.send(b"LIST\r\n")
+    sizes = [int(line.split()[1]) for line in c.multi().split(b"\r\n")[:-1]]
+    c.send(b"NOOP\r\n")
+    c.status()
+    with open(log, errors="replace") as f:
+        before = len(f.readlines())
+    c.send(b"".join(b"RETR %d\r\n" % (n + 1) for n in range(20)))
+    for n in range(20):
+        assert len(c.multi()) == sizes[n], f"RETR {n + 1}"
+    c.command("QUIT")
+    os.kill(pid, signal.SIGTERM)
+    server.proc.wait(20)
+    lines = open(log, errors="replace").read().splitlines()[before:]
+    sends = [line for line in lines
+             if line.startswith(f"{pid} ") and "TCP:" in line
+             and re.search(r"\b(sendto|write|writev)\(", line)]
+    # First RETR read on its own, then its batch; 20 separate writes before.
+    assert 1 <= len(sends) <= 6, "\n".join(sends)

@@ -853,6 +853,13 @@ fn run_imap_parser(flags: u8, seed: u8, input: &[u8], split: bool) -> Vec<ImapIt
                     }
                     items.push(ImapItem::Bad(tag, reason.into_owned(), close));
                 }
+                Input::No { tag, reason } => {
+                    assert!(
+                        !tag.is_empty() && !tag.contains(' ') && !tag.contains('+'),
+                        "bad tag {tag:?}"
+                    );
+                    items.push(ImapItem::Bad(Some(tag), reason.into_owned(), false));
+                }
                 Input::AppendStart(h) => {
                     // Accept small ones, or per flag bit 1.
                     if h.size < 100_000 && (h.size % 2 == 0 || bit(flags, 1)) {
@@ -1011,7 +1018,7 @@ pub fn imap_session(data: &[u8]) {
     assert_eq!(whole, split, "answers depend on where reads split");
 }
 
-fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>, usize) {
+fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>, usize, usize) {
     use mailgate::proto::imap::session::{ImapEvent, ImapSession, SessionParams, State};
     use mailgate::proto::imap::types::CommandBody;
     let mut reads = Rng::new(&[seed, flags, 3]);
@@ -1025,6 +1032,7 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
     let mut out = Vec::new();
     s.greeting(&mut out);
     let mut n_events = 0;
+    let mut appended = 0;
     let mut pos = 0;
     let mut steps = 0;
     while pos < input.len() && steps < MAX_STEPS && !s.is_closed() {
@@ -1038,7 +1046,12 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
         s.receive(&input[pos..pos + n], &mut out, &mut events);
         pos += n;
         while !events.is_empty() {
-            n_events += events.len();
+            // An APPEND literal comes as one AppendData per piece read,
+            // so only the other events are counted (its bytes are below).
+            n_events += events
+                .iter()
+                .filter(|e| !matches!(e, ImapEvent::AppendData(_)))
+                .count();
             for e in std::mem::take(&mut events) {
                 match e {
                     ImapEvent::Login { tag, .. } => s.login_done(&tag, flags & 8 != 0, &mut out),
@@ -1062,11 +1075,12 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
                     ImapEvent::AppendDone { .. } | ImapEvent::IdleDone { .. } => {
                         s.command_done(s.state())
                     }
-                    ImapEvent::AppendData(_) | ImapEvent::StartTls | ImapEvent::Close => {}
+                    ImapEvent::AppendData(bytes) => appended += bytes.len(),
+                    ImapEvent::StartTls | ImapEvent::Close => {}
                 }
             }
             s.run(&mut out, &mut events);
         }
     }
-    (out, n_events)
+    (out, n_events, appended)
 }

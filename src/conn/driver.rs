@@ -184,6 +184,9 @@ pub struct Services {
     /// that see the same state share one copy (1000 IDLE sessions on one
     /// INBOX hold one listing, not 1000).
     pub imap_snapshots: crate::store::mailbox::SharedSnapshots,
+    /// The mailbox locks (uidlist, subscriptions) this process holds;
+    /// one table for every worker, lent to each IMAP account.
+    pub mailbox_locks: Arc<crate::store::mailbox::LockTable>,
     effects: Vec<Effect>,
 }
 
@@ -205,6 +208,7 @@ impl Services {
             budget: Budget::default(),
             stopping: false,
             imap_snapshots: Default::default(),
+            mailbox_locks: crate::store::mailbox::LockTable::shared(),
             effects: Vec::new(),
         }
     }

@@ -433,6 +433,7 @@ impl Driver for ImapIn {
                                 .map(|(u, n)| (*u, n.clone()))
                                 .collect(),
                             append_limit: config.smtp.max_message_size,
+                            locks: Arc::clone(&cx.sv.mailbox_locks),
                         }),
                         Err(e) => {
                             warn!("imap {}: bad mailbox {m}: {e}", self.io.t.peer());

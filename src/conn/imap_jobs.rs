@@ -17,16 +17,19 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::imap::mime::{self, Presenter, SectionRange};
+use crate::proto::imap::qresync;
+use crate::proto::imap::recent::RecentSet;
 use crate::proto::imap::response::{self, Code, Fetch, Status};
 use crate::proto::imap::search::{self, ContentScan, MessageMeta};
 use crate::proto::imap::session::State;
 use crate::proto::imap::types::{
-    Command, CommandBody, FetchAttr, Flag, MailboxName, SearchReturn, SeqSet, StatusItem, StoreMode,
+    Command, CommandBody, FetchAttr, Flag, MailboxName, Qresync, SearchReturn, SeqSet, StatusItem,
+    StoreMode,
 };
 use crate::proto::imap::view::UidValidityChanged;
 use crate::store::mailbox::flags::{self, Flags};
 use crate::store::mailbox::{
-    FlagOp, Folder, FolderName, Mailbox, NewMessage, Snapshot, SpecialUse,
+    FlagOp, Folder, FolderName, LockTable, Mailbox, NewMessage, Snapshot, SpecialUse,
 };
 
 /// A FETCH answer is handed to the loop in pieces about this large, so
@@ -41,8 +44,8 @@ pub struct Selected {
     /// positions here. Shared (Arc) with the store's other users.
     pub snap: Arc<Snapshot>,
     pub read_only: bool,
-    /// UIDs at or above this are \Recent for this session.
-    pub first_recent: u32,
+    /// The UIDs that are \Recent for this session (claimed by it).
+    pub recent: RecentSet,
 }
 
 /// Where the session's mailbox is and how it is configured.
@@ -51,11 +54,17 @@ pub struct Account {
     pub root: PathBuf,
     pub special: Vec<(SpecialUse, String)>,
     pub append_limit: u64,
+    /// The server's uidlist/subscriptions lock table.
+    pub locks: Arc<LockTable>,
 }
 
 impl Account {
     fn tree(&self) -> Mailbox {
-        let m = Mailbox::new(&self.root, crate::store::mailbox::Separator::Dot);
+        let m = Mailbox::new(
+            &self.root,
+            crate::store::mailbox::Separator::Dot,
+            &self.locks,
+        );
         let names: Vec<(SpecialUse, &str)> =
             self.special.iter().map(|(u, n)| (*u, n.as_str())).collect();
         match m.clone().with_special_names(&names) {
@@ -212,12 +221,13 @@ pub fn report(
             }
         }
     }
-    if !d.added.is_empty() || (!d.expunged.is_empty() && modes.qresync) {
+    // VANISHED says how many are left (RFC 7162 3.2.10): no EXISTS for it.
+    if !d.added.is_empty() {
         response::exists(out, new.messages.len() as u32);
         let recent = new
             .messages
             .iter()
-            .filter(|m| m.uid >= sel.first_recent)
+            .filter(|m| sel.recent.contains(m.uid))
             .count();
         response::recent(out, recent as u32);
     }
@@ -259,7 +269,7 @@ fn fetch_flags(
     sel: &Selected,
     modes: Modes,
 ) {
-    let fl = flag_list(snap, m.flags, m.uid >= sel.first_recent);
+    let fl = flag_list(snap, m.flags, sel.recent.contains(m.uid));
     let mut f = Fetch::start(out, seq);
     if modes.qresync {
         f.uid(m.uid);
@@ -277,7 +287,7 @@ pub fn poll(sel: Selected, modes: Modes) -> Done {
     let mut sel = sel;
     let mut close = false;
     match sel.folder.sync_from(&sel.snap) {
-        Ok(new) => match report(&sel, new, modes, false, &mut out) {
+        Ok(new) => match report(claim_new(&mut sel, &new), new, modes, false, &mut out) {
             Ok(s) => sel.snap = s,
             Err(UidValidityChanged) => close = true,
         },
@@ -326,11 +336,13 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
     match cmd.body {
         C::Select { mailbox, params } => {
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
-            select(&tree, &mailbox, false, m, &tag, &mut done, &mut out);
+            let q = params.qresync.as_ref().filter(|_| modes.qresync);
+            select(&tree, &mailbox, false, m, q, &tag, &mut done, &mut out);
         }
         C::Examine { mailbox, params } => {
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
-            select(&tree, &mailbox, true, m, &tag, &mut done, &mut out);
+            let q = params.qresync.as_ref().filter(|_| modes.qresync);
+            select(&tree, &mailbox, true, m, q, &tag, &mut done, &mut out);
         }
         C::Create { mailbox, .. } => match tree.create(&wire(&mailbox)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "CREATE completed"),
@@ -370,7 +382,7 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             } else {
                 l.patterns.clone()
             };
-            list(&tree, &l.reference, &pats, l.select_subscribed, &mut out);
+            list(&tree, acct, &l.reference, &pats, &l, &mut out);
             response::status(&mut out, t, Status::Ok, None, "LIST completed");
         }
         C::Lsub { reference, pattern } => {
@@ -419,16 +431,21 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
             set,
             items,
             changed_since,
-            vanished: _,
-        } => fetch_start(
-            &mut done,
-            uid,
-            &set,
-            items.expand(),
-            changed_since,
-            &tag,
-            &mut out,
-        ),
+            vanished,
+        } => {
+            if let (true, Some(since)) = (vanished && uid && modes.qresync, changed_since) {
+                fetch_vanished(&mut done, &set, since, &mut out);
+            }
+            fetch_start(
+                &mut done,
+                uid,
+                &set,
+                items.expand(),
+                changed_since,
+                &tag,
+                &mut out,
+            )
+        }
         C::Store {
             uid,
             set,
@@ -480,11 +497,13 @@ const PERMANENT: [Flag; 5] = [
     Flag::Draft,
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn select(
     tree: &Mailbox,
     name: &MailboxName,
     read_only: bool,
     modes: Modes,
+    qresync: Option<&Qresync>,
     tag: &str,
     done: &mut Done,
     out: &mut Vec<u8>,
@@ -509,13 +528,15 @@ fn select(
     let got = if read_only {
         // EXAMINE claims no \Recent, but shows what is (RFC 3501 6.3.2).
         folder.sync().map(|s| {
-            let n = s.first_recent;
-            (s, n)
+            let r = RecentSet::examined(s.first_recent);
+            (s, r)
         })
     } else {
-        folder.select()
+        folder
+            .select()
+            .map(|(s, first)| (Arc::clone(&s), RecentSet::selected(first, s.uid_next)))
     };
-    let (snap, first_recent) = match got {
+    let (snap, recent) = match got {
         Ok(x) => x,
         Err(e) => return no(out, tag, &e),
     };
@@ -525,12 +546,12 @@ fn select(
     }
     response::flags(out, &flags_all);
     response::exists(out, snap.messages.len() as u32);
-    let recent = snap
+    let n_recent = snap
         .messages
         .iter()
-        .filter(|m| m.uid >= first_recent)
+        .filter(|m| recent.contains(m.uid))
         .count();
-    response::recent(out, recent as u32);
+    response::recent(out, n_recent as u32);
     if let Some(u) = snap.first_unseen() {
         response::status(
             out,
@@ -573,6 +594,16 @@ fn select(
         Some(&Code::HighestModSeq(snap.highest_modseq.max(1))),
         "Highest",
     );
+    if let Some(q) = qresync.filter(|q| q.uidvalidity == snap.uidvalidity) {
+        resync(
+            &folder,
+            &snap,
+            q.known_uids.as_ref(),
+            q.modseq,
+            &recent,
+            out,
+        );
+    }
     let code = if read_only {
         Code::ReadOnly
     } else {
@@ -585,8 +616,59 @@ fn select(
         folder,
         snap,
         read_only,
-        first_recent,
+        recent,
     });
+}
+
+/// RFC 7162 3.2.5.2: what changed since the client's `modseq`, as
+/// `VANISHED (EARLIER)` and then `FETCH (UID FLAGS MODSEQ)`. With another
+/// UIDVALIDITY the client's state is void and nothing is sent.
+fn resync(
+    folder: &Folder,
+    snap: &Snapshot,
+    known: Option<&SeqSet>,
+    modseq: u64,
+    recent: &RecentSet,
+    out: &mut Vec<u8>,
+) {
+    let present: Vec<u32> = snap.messages.iter().map(|m| m.uid).collect();
+    let expunges = match folder.vanished_since(snap.uidvalidity, modseq) {
+        Ok(Some(uids)) => qresync::Expunges::Known(uids),
+        // A modseq file that cannot be read: say more, never less.
+        Ok(None) | Err(_) => qresync::Expunges::Forgotten,
+    };
+    let gone = qresync::vanished(known, snap.uid_next, &present, &expunges);
+    qresync::write_vanished(out, true, &gone);
+    for (i, m) in snap.messages.iter().enumerate() {
+        if qresync::resend(known, snap.uid_next, m.uid, m.modseq, modseq) {
+            let fl = flag_list(snap, m.flags, recent.contains(m.uid));
+            let mut f = Fetch::start(out, i as u32 + 1);
+            f.uid(m.uid);
+            f.flags(&fl);
+            f.modseq(m.modseq);
+            f.finish();
+        }
+    }
+}
+
+/// RFC 7162 3.2.6: `UID FETCH set (...) (CHANGEDSINCE m VANISHED)`
+/// first names the UIDs of `set` expunged after `m`.
+fn fetch_vanished(done: &mut Done, set: &SeqSet, since: u64, out: &mut Vec<u8>) {
+    // Expunges made elsewhere are told here, not as VANISHED before it.
+    if !refresh(done, false, out) {
+        return;
+    }
+    let Some(sel) = done.selected.as_ref() else {
+        return;
+    };
+    let snap = &sel.snap;
+    let present: Vec<u32> = snap.messages.iter().map(|m| m.uid).collect();
+    let expunges = match sel.folder.vanished_since(snap.uidvalidity, since) {
+        Ok(Some(uids)) => qresync::Expunges::Known(uids),
+        Ok(None) | Err(_) => qresync::Expunges::Forgotten,
+    };
+    let gone = qresync::vanished(Some(set), snap.uid_next, &present, &expunges);
+    qresync::write_vanished(out, true, &gone);
 }
 
 /// RFC 3501 6.3.8 wildcard match: `*` anything, `%` anything but the
@@ -615,9 +697,10 @@ fn matches_pattern(reference: &str, pat: &str, name: &str) -> bool {
 
 fn list(
     tree: &Mailbox,
+    acct: &Account,
     reference: &str,
     pats: &[String],
-    subscribed_only: bool,
+    opts: &crate::proto::imap::types::ListCommand,
     out: &mut Vec<u8>,
 ) {
     if pats.len() == 1 && pats[0].is_empty() {
@@ -628,6 +711,8 @@ fn list(
         return;
     };
     let subs = tree.subscriptions().unwrap_or_default();
+    let subscribed_only = opts.select_subscribed;
+    let show_subscribed = opts.select_subscribed || opts.return_subscribed;
     // (name, special use, subscribed, exists): folders, then the parents
     // of `.Lists.Family` that have no directory of their own, listed
     // \Noselect so a client browsing with `%` finds the way down
@@ -654,20 +739,50 @@ fn list(
             at += i + 1;
         }
     }
-    entries.extend(parents.into_iter().map(|p| (p, None, false, false)));
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-    for (name, special, subscribed, exists) in &entries {
-        if !pats.iter().any(|p| matches_pattern(reference, p, name)) {
-            continue;
+    let sub_names: Vec<String> = subs.iter().map(|s| s.imap(tree.separator())).collect();
+    for p in &mut parents {
+        let subscribed = sub_names.iter().any(|s| s == p);
+        entries.push((std::mem::take(p), None, subscribed, false));
+    }
+    let names: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+    if subscribed_only {
+        // RFC 5258 3: a subscribed name with no mailbox is listed
+        // \NonExistent (which implies \Noselect).
+        for s in &sub_names {
+            if !entries.iter().any(|e| &e.0 == s) {
+                entries.push((s.clone(), None, true, false));
+            }
         }
-        if subscribed_only && !subscribed {
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let matches = |name: &str| {
+        let utf8 = utf8_name(name).0;
+        pats.iter().any(|p| matches_pattern(reference, p, &utf8))
+    };
+    for (name, special, subscribed, exists) in &entries {
+        // The parser hands patterns over in UTF-8; names are stored in
+        // modified UTF-7: match in UTF-8 (`p&AOQA5A-` is `pää`).
+        if !matches(name) {
             continue;
         }
         let prefix = format!("{name}.");
+        // RFC 5258 4 RECURSIVEMATCH: a name whose own entry does not
+        // qualify is listed with CHILDINFO when a descendant the patterns
+        // do not reach is subscribed.
+        let childinfo = opts.select_recursive
+            && subscribed_only
+            && sub_names
+                .iter()
+                .any(|s| s.starts_with(&prefix) && !matches(s));
+        if subscribed_only && !subscribed && !childinfo {
+            continue;
+        }
         let children = names.iter().any(|n| n.starts_with(&prefix));
+        let nonexistent = !exists && !names.iter().any(|n| n == name);
         let mut attrs: Vec<&str> = Vec::new();
-        if !exists {
+        if nonexistent {
+            attrs.push("\\NonExistent");
+        } else if !exists {
             attrs.push("\\Noselect");
         }
         attrs.push(if children {
@@ -678,27 +793,70 @@ fn list(
         if let Some(u) = special {
             attrs.push(u.attribute());
         }
-        if subscribed_only {
+        if show_subscribed && *subscribed {
             attrs.push("\\Subscribed");
         }
         out.extend_from_slice(b"* LIST (");
         out.extend_from_slice(attrs.join(" ").as_bytes());
         out.extend_from_slice(b") \".\" ");
         response::mailbox(out, &utf8_name(name));
+        if childinfo {
+            out.extend_from_slice(b" (CHILDINFO (\"SUBSCRIBED\"))");
+        }
         out.extend_from_slice(b"\r\n");
+        // RFC 5819 LIST-STATUS: STATUS after each selectable mailbox's
+        // LIST; one that cannot be read is left out (5819 2).
+        if let (Some(items), true) = (&opts.return_status, *exists) {
+            let mbox = utf8_name(name);
+            if let Ok(vals) = status(tree, &mbox, items, acct) {
+                response::status_data(out, &mbox, &vals);
+            }
+        }
     }
 }
 
 fn lsub(tree: &Mailbox, reference: &str, pat: &str, out: &mut Vec<u8>) {
     let subs = tree.subscriptions().unwrap_or_default();
-    for s in subs {
-        let name = s.imap(tree.separator());
-        if matches_pattern(reference, pat, &name) {
-            out.extend_from_slice(b"* LSUB () \".\" ");
-            response::mailbox(out, &utf8_name(&name));
-            out.extend_from_slice(b"\r\n");
+    let names: Vec<String> = subs.iter().map(|s| s.imap(tree.separator())).collect();
+    for (name, noselect) in lsub_entries(&names, reference, pat) {
+        out.extend_from_slice(if noselect {
+            b"* LSUB (\\Noselect) \".\" "
+        } else {
+            b"* LSUB () \".\" "
+        });
+        response::mailbox(out, &utf8_name(&name));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// RFC 3501 6.3.9: the subscribed names matching the pattern; with `%`,
+/// also an unsubscribed parent of a subscribed name that the pattern
+/// matches (`Lists` for `Lists.Family` and `%`), marked \Noselect, so
+/// a client browsing level by level finds the way down. `(name,
+/// noselect)`, each name once.
+fn lsub_entries(subs: &[String], reference: &str, pat: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for name in subs {
+        if matches_pattern(reference, pat, &utf8_name(name).0) && !out.iter().any(|e| &e.0 == name)
+        {
+            out.push((name.clone(), false));
         }
     }
+    if !format!("{reference}{pat}").contains('%') {
+        return out;
+    }
+    for name in subs {
+        for (i, _) in name.match_indices('.') {
+            let parent = &name[..i];
+            if subs.iter().any(|s| s == parent) || out.iter().any(|e| e.0 == parent) {
+                continue;
+            }
+            if matches_pattern(reference, pat, &utf8_name(parent).0) {
+                out.push((parent.to_string(), true));
+            }
+        }
+    }
+    out
 }
 
 fn status(
@@ -735,6 +893,19 @@ fn status(
         .collect())
 }
 
+/// Before a session is told of new messages, it claims their \Recent
+/// (the first session told of a message gets it, RFC 3501 2.3.2). A
+/// failed claim costs the hint only: the messages show without it.
+fn claim_new<'a>(sel: &'a mut Selected, new: &Snapshot) -> &'a Selected {
+    if sel.recent.wants(new.uid_next) {
+        match sel.folder.claim_recent() {
+            Ok((lo, hi)) => sel.recent.claim(lo, hi),
+            Err(e) => log::warn!("imap: claiming \\Recent in {:?}: {e}", sel.folder.dir()),
+        }
+    }
+    sel
+}
+
 /// Brings the selected view up to date before a command (and tells the
 /// client), unless the command may not see expunges.
 fn refresh(done: &mut Done, no_expunge: bool, out: &mut Vec<u8>) -> bool {
@@ -742,7 +913,7 @@ fn refresh(done: &mut Done, no_expunge: bool, out: &mut Vec<u8>) -> bool {
         return false;
     };
     match sel.folder.sync_from(&sel.snap) {
-        Ok(new) => match report(sel, new, done.modes, no_expunge, out) {
+        Ok(new) => match report(claim_new(sel, &new), new, done.modes, no_expunge, out) {
             Ok(s) => sel.snap = s,
             Err(UidValidityChanged) => {
                 done.close = true;
@@ -883,7 +1054,7 @@ fn store(
                 if silent && !(modes.condstore && st.changed.iter().any(|c| c.0 == *u)) {
                     continue;
                 }
-                let fl = flag_list(&new, m.flags, m.uid >= sel.first_recent);
+                let fl = flag_list(&new, m.flags, sel.recent.contains(m.uid));
                 let mut f = Fetch::start(out, p as u32 + 1);
                 if uid || modes.qresync {
                     f.uid(m.uid);
@@ -973,6 +1144,7 @@ fn copy_move(
         );
         return;
     }
+    let same = dest.dir() == sel.folder.dir();
     let res = if is_move {
         sel.folder
             .move_to(&uids, &dest)
@@ -1005,6 +1177,11 @@ fn copy_move(
                 response::status(out, t, Status::Ok, None, "MOVE completed");
             } else if map.is_empty() {
                 response::status(out, t, Status::Ok, None, "COPY completed");
+            } else if same {
+                // Into the selected folder: EXISTS for the copies now, as
+                // Dovecot does, rather than at the next command.
+                refresh(done, false, out);
+                response::status(out, t, Status::Ok, Some(&code), "COPY completed");
             } else {
                 response::status(out, t, Status::Ok, Some(&code), "COPY completed");
             }
@@ -1121,7 +1298,7 @@ pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) 
             seen_uids.push(m.uid);
             fl.system |= flags::SEEN;
         }
-        let flag_v = flag_list(&snap, fl, m.uid >= sel.first_recent);
+        let flag_v = flag_list(&snap, fl, sel.recent.contains(m.uid));
         let mut f = Fetch::start(out, seq);
         let mut flags_sent = false;
         for a in &rest.attrs {
@@ -1294,15 +1471,17 @@ fn search_cmd(
     let content = search::needs_content(key);
     let mut hits = Vec::new();
     let mut top_modseq = 0;
+    // In message order, as `hits`: MIN is the first, MAX the last.
+    let mut hit_modseqs = Vec::new();
     for (i, m) in snap.messages.iter().enumerate() {
-        let fl = flag_list(snap, m.flags, m.uid >= sel.first_recent);
+        let fl = flag_list(snap, m.flags, sel.recent.contains(m.uid));
         let meta = MessageMeta {
             seq: i as u32 + 1,
             uid: m.uid,
             max_seq,
             max_uid,
             flags: &fl,
-            recent: m.uid >= sel.first_recent,
+            recent: sel.recent.contains(m.uid),
             size: m
                 .vsize
                 .unwrap_or_else(|| sel.folder.rfc822_size(m).unwrap_or(0)),
@@ -1322,6 +1501,7 @@ fn search_cmd(
         };
         if search::matches(key, &meta, facts.as_ref()) {
             hits.push(if uid { m.uid } else { i as u32 + 1 });
+            hit_modseqs.push(m.modseq);
             top_modseq = top_modseq.max(m.modseq);
         }
     }
@@ -1333,13 +1513,26 @@ fn search_cmd(
                 response::status(out, t, Status::Bad, None, "SEARCHRES is not supported");
                 return;
             }
+            let (min, max) = (
+                r.contains(&SearchReturn::Min),
+                r.contains(&SearchReturn::Max),
+            );
+            let all = r.contains(&SearchReturn::All) || r.is_empty();
+            let count = r.contains(&SearchReturn::Count);
+            // RFC 7162 3.1.5: with MIN or MAX alone, MODSEQ is that
+            // message's; otherwise the highest of all matches.
+            let modseq = match (min, max, all || count) {
+                (true, false, false) => modseq.and(hit_modseqs.first().copied()),
+                (false, true, false) => modseq.and(hit_modseqs.last().copied()),
+                _ => modseq,
+            };
             let e = response::Esearch {
                 tag,
                 uid,
-                min: r.contains(&SearchReturn::Min),
-                max: r.contains(&SearchReturn::Max),
-                all: r.contains(&SearchReturn::All) || r.is_empty(),
-                count: r.contains(&SearchReturn::Count),
+                min,
+                max,
+                all,
+                count,
                 modseq,
             };
             response::esearch(out, &e, &hits);

@@ -145,34 +145,40 @@ impl Pop3In {
     }
 
     /// Queues the chunk read ahead once the socket has room, asks a worker
-    /// for the next, and ends the response at the end of the file.
+    /// for the next, and ends the response at the end of the file. When
+    /// that starts the next pipelined RETR and its message was read ahead
+    /// too, it goes on: up to STREAM_CHUNK of short answers leave in one
+    /// write, not one write each.
     fn feed_stream(&mut self, cx: &mut Ctx) {
-        let Waiting::Sending(st) = &mut self.waiting else {
-            return;
-        };
-        if self.io.t.pending_output() + self.io.out.len() <= STREAM_CHUNK {
-            if let Some(chunk) = st.ahead.take() {
-                st.stuffer.encode(&chunk, &mut self.io.out);
-                if st.stuffer.is_saturated() {
-                    // TOP's line limit reached: the rest is not needed. The
-                    // file is closed on a worker, like every file.
-                    st.eof = true;
-                    if let Some(file) = st.file.take() {
-                        cx.submit_quick(move || {
-                            drop(file);
-                            Outcome::Nothing
-                        });
+        loop {
+            let Waiting::Sending(st) = &mut self.waiting else {
+                return;
+            };
+            if self.io.t.pending_output() + self.io.out.len() <= STREAM_CHUNK {
+                if let Some(chunk) = st.ahead.take() {
+                    st.stuffer.encode(&chunk, &mut self.io.out);
+                    if st.stuffer.is_saturated() {
+                        // TOP's line limit reached: the rest is not needed.
+                        // The file is closed on a worker, like every file.
+                        st.eof = true;
+                        if let Some(file) = st.file.take() {
+                            cx.submit_quick(move || {
+                                drop(file);
+                                Outcome::Nothing
+                            });
+                        }
                     }
                 }
             }
-        }
-        if !st.reading && st.ahead.is_none() && !st.eof {
-            if let Some(file) = st.file.take() {
-                st.reading = true;
-                cx.submit_quick(move || Outcome::Pop3Read(read_chunk(file)));
+            if !st.reading && st.ahead.is_none() && !st.eof {
+                if let Some(file) = st.file.take() {
+                    st.reading = true;
+                    cx.submit_quick(move || Outcome::Pop3Read(read_chunk(file)));
+                }
             }
-        }
-        if st.eof && st.ahead.is_none() && !st.reading {
+            if !(st.eof && st.ahead.is_none() && !st.reading) {
+                return;
+            }
             st.stuffer.finish(&mut self.io.out);
             self.waiting = Waiting::Nothing;
             self.io

@@ -791,10 +791,15 @@ fn envelope(out: &mut Vec<u8>, m: &Part) {
     out.push(b' ');
     nstring(out, m.field("subject"));
     let from = m.field("from");
+    // RFC 3501 7.4.2: Sender and Reply-To absent *or empty* are From.
+    let given = |name| {
+        m.field(name)
+            .filter(|v| !v.iter().all(u8::is_ascii_whitespace))
+    };
     for f in [
         from,
-        m.field("sender").or(from),
-        m.field("reply-to").or(from),
+        given("sender").or(from),
+        given("reply-to").or(from),
         m.field("to"),
         m.field("cc"),
         m.field("bcc"),

@@ -342,3 +342,21 @@ fn a_content_type_comment_ending_in_a_backslash_is_not_a_panic() {
     s.body_structure(&mut v, true);
     assert!(v.starts_with(b"("), "{:?}", String::from_utf8_lossy(&v));
 }
+
+/// RFC 3501 7.4.2 (imaptest fetch-envelope message 5): Sender and
+/// Reply-To that are present but empty are From, like absent ones.
+#[test]
+fn empty_sender_and_reply_to_are_from() {
+    let msg = b"Date: Thu, 15 Feb 2007 01:02:03 +0200\r\nFrom: user@domain (Real Name)\r\n\
+Sender: \r\nReply-To:  \r\n\r\nbody\r\n";
+    let s = structure(msg);
+    let mut v = Vec::new();
+    s.envelope(&mut v, 0);
+    let from = "((\"Real Name\" NIL \"user\" \"domain\"))";
+    assert_eq!(
+        String::from_utf8_lossy(&v),
+        format!(
+            "(\"Thu, 15 Feb 2007 01:02:03 +0200\" NIL {from} {from} {from} NIL NIL NIL NIL NIL)"
+        )
+    );
+}

@@ -6,7 +6,9 @@
 //! (`types`), response encoding (`response`), message structure,
 //! sections and search matching computed from a message's bytes (`mime`,
 //! `search`), and the selected mailbox as a session sees it (`view`:
-//! sequence numbers, UIDs, flags, modseqs, and the untagged updates).
+//! sequence numbers, UIDs, flags, modseqs, and the untagged updates),
+//! QRESYNC's choice of what a resyncing client is told (`qresync`), and
+//! which messages are `\Recent` for a session (`recent`).
 //!
 //! Not here yet: the session state machine (states, dispatch, events to
 //! the driver); the driver and the store are written elsewhere.
@@ -18,6 +20,8 @@
 pub mod capability;
 pub mod mime;
 pub mod parser;
+pub mod qresync;
+pub mod recent;
 pub mod response;
 pub mod search;
 pub mod session;

@@ -62,6 +62,13 @@ pub enum Input {
         reason: Cow<'static, str>,
         close: bool,
     },
+    /// Answer `TAG NO reason`: a well-formed command naming a mailbox
+    /// that is not valid modified UTF-7 (it names no mailbox, as Dovecot
+    /// answers, rather than breaking the grammar).
+    No {
+        tag: String,
+        reason: Cow<'static, str>,
+    },
     /// An APPEND message literal is announced. Call `accept_append()`
     /// (then, if `sync`, send `+ ...`) and take `AppendData` until
     /// `AppendDone`; or `reject_append()` and answer the tag NO.
@@ -404,6 +411,10 @@ impl CommandReader {
             }
             let out = match parse_command(&self.cmd) {
                 Ok(c) => Input::Command(c),
+                Err(ParseError {
+                    tag: Some(tag),
+                    reason,
+                }) if utf7::is_name_error(&reason) => Input::No { tag, reason },
                 Err(e) => Input::Bad {
                     tag: e.tag,
                     reason: e.reason,

@@ -21,8 +21,16 @@ use super::types::{Command, CommandBody};
 use crate::proto::sasl;
 
 /// Issue 13: three BADs in a row end the session (a client that speaks
-/// something else, or a fuzzer).
+/// something else, or a fuzzer). Only lines that are no IMAP command at
+/// all count (no tag, an unknown command): an IMAP client trying
+/// options the server lacks gets BAD for each and stays (imaptest's
+/// `listext` sends four such in a row; Dovecot allows them).
 pub const MAX_BADS_IN_A_ROW: u32 = 3;
+
+/// Whether a parse error is of a line that is no IMAP command.
+fn not_imap(tag: Option<&str>, reason: &str) -> bool {
+    tag.is_none() || reason.starts_with("unknown command") || reason == "expected a command"
+}
 
 /// What the connection allows; the driver decides.
 #[derive(Debug, Clone)]
@@ -217,6 +225,16 @@ impl ImapSession {
                     Input::Bad { tag, reason, close } => {
                         self.bad(tag.as_deref(), &reason, close, out, events)
                     }
+                    Input::No { tag, reason } => {
+                        self.bads = 0;
+                        // No code: Dovecot gives none (the name is not
+                        // one that could exist).
+                        if self.state == State::NotAuthenticated {
+                            response::status(out, Some(&tag), Status::Bad, None, "Log in first");
+                        } else {
+                            response::status(out, Some(&tag), Status::No, None, &reason);
+                        }
+                    }
                     Input::Command(cmd) => {
                         self.bads = 0;
                         self.command(cmd, out, events);
@@ -253,6 +271,9 @@ impl ImapSession {
         events: &mut Vec<ImapEvent>,
     ) {
         response::status(out, tag, Status::Bad, None, reason);
+        if !not_imap(tag, reason) && !close {
+            return;
+        }
         self.bads += 1;
         if close || self.bads >= MAX_BADS_IN_A_ROW {
             response::status(out, None, Status::Bye, None, "Too many errors");
@@ -374,6 +395,16 @@ impl ImapSession {
                 State::Authenticated,
             ) => {
                 response::status(out, t, Status::Bad, None, "No mailbox selected");
+            }
+            // RFC 7162 3.2.5, 3.2.6: QRESYNC's SELECT parameter and
+            // UID FETCH's VANISHED are BAD until ENABLE QRESYNC.
+            (C::Select { params, .. } | C::Examine { params, .. }, _)
+                if params.qresync.is_some() && !self.qresync =>
+            {
+                response::status(out, t, Status::Bad, None, "QRESYNC is not enabled");
+            }
+            (C::Fetch { vanished: true, .. }, _) if !self.qresync => {
+                response::status(out, t, Status::Bad, None, "QRESYNC is not enabled");
             }
             (C::Idle, _) => {
                 response::continuation(out, "idling");

@@ -44,6 +44,23 @@ impl Utf7Error {
     }
 }
 
+/// Whether a parse error's reason is one of [`Utf7Error::reason`]'s: the
+/// command named a mailbox that is not modified UTF-7.
+pub fn is_name_error(reason: &str) -> bool {
+    use Utf7Error::*;
+    [
+        RawNonAscii,
+        Unterminated,
+        BadBase64,
+        BadPadding,
+        BadSurrogate,
+        NeedlessEncoding,
+        SplitRun,
+    ]
+    .iter()
+    .any(|e| e.reason() == reason)
+}
+
 fn printable(c: u32) -> bool {
     (0x20..=0x7e).contains(&c)
 }

@@ -6,10 +6,13 @@
 //! neither it nor the file it protects changed for the stale timeout
 //! (120 s for the uidlist). Released by unlinking it.
 //!
-//! Threads of this process share one PID, so a process-wide table of held
-//! locks stands in front of the file: two workers never both take a lock,
-//! and a lock file with our PID that no thread holds is left over from an
-//! earlier process with the same PID, hence stale.
+//! Threads of this process share one PID, so a table of the locks this
+//! process holds ([`LockTable`]) stands in front of the file: two workers
+//! never both take a lock, and a lock file with our PID that no thread
+//! holds is left over from an earlier process with the same PID, hence
+//! stale. The server makes one table and lends it to every mailbox it
+//! opens (`Services::mailbox_locks`); two tables in one process would
+//! each take the other's locks for stale ones.
 //!
 //! Must not: be held across anything but the short file work it guards;
 //! block the event loop (it sleeps while waiting: workers only).
@@ -19,7 +22,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT (maildir-uidlist.h).
@@ -32,14 +35,59 @@ const PID_CHECK_AGE: Duration = Duration::from_secs(2);
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_secs(3);
 
-static HELD: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
-static RELEASED: Condvar = Condvar::new();
+/// The lock files this process holds, and a wake-up for threads
+/// waiting for one of them.
+#[derive(Debug, Default)]
+pub struct LockTable {
+    held: Mutex<HashSet<PathBuf>>,
+    released: Condvar,
+}
+
+impl LockTable {
+    /// The table a process shares between all its mailboxes.
+    pub fn shared() -> Arc<LockTable> {
+        Arc::new(LockTable::default())
+    }
+
+    /// Take `lock_path` in this process, waiting until `deadline`.
+    fn enter(&self, lock_path: &Path, deadline: Instant) -> io::Result<()> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held.contains(lock_path) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, "lock busy"));
+            }
+            held = self
+                .released
+                .wait_timeout(held, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        held.insert(lock_path.to_path_buf());
+        Ok(())
+    }
+
+    fn leave(&self, lock_path: &Path) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(lock_path);
+        self.released.notify_all();
+    }
+}
+
+/// The table unit tests share: they are threads of one process, as the
+/// server's workers are.
+#[cfg(test)]
+pub(crate) fn test_table() -> Arc<LockTable> {
+    static TABLE: std::sync::OnceLock<Arc<LockTable>> = std::sync::OnceLock::new();
+    Arc::clone(TABLE.get_or_init(LockTable::shared))
+}
 
 /// A held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct Dotlock {
     lock_path: PathBuf,
     ino: u64,
+    table: Arc<LockTable>,
 }
 
 fn hostname() -> String {
@@ -63,34 +111,26 @@ fn pid_alive(pid: i32) -> bool {
 impl Dotlock {
     /// Lock `path` (the lock file is `path.lock`), waiting up to `wait`.
     /// `ErrorKind::WouldBlock` when the lock stays busy.
-    pub fn acquire(path: &Path, stale: Duration, wait: Duration) -> io::Result<Dotlock> {
+    pub fn acquire(
+        table: &Arc<LockTable>,
+        path: &Path,
+        stale: Duration,
+        wait: Duration,
+    ) -> io::Result<Dotlock> {
         let mut lock_os = path.as_os_str().to_owned();
         lock_os.push(".lock");
         let lock_path = PathBuf::from(lock_os);
         let deadline = Instant::now() + wait;
         // In-process first.
-        {
-            let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                let set = held.get_or_insert_with(HashSet::new);
-                if !set.contains(&lock_path) {
-                    set.insert(lock_path.clone());
-                    break;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(io::ErrorKind::WouldBlock, "lock busy"));
-                }
-                held = RELEASED
-                    .wait_timeout(held, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        }
+        table.enter(&lock_path, deadline)?;
         match Self::acquire_file(path, &lock_path, stale, deadline) {
-            Ok(ino) => Ok(Dotlock { lock_path, ino }),
+            Ok(ino) => Ok(Dotlock {
+                lock_path,
+                ino,
+                table: Arc::clone(table),
+            }),
             Err(e) => {
-                forget(&lock_path);
+                table.leave(&lock_path);
                 Err(e)
             }
         }
@@ -189,14 +229,6 @@ fn holder_is_dead(lock_path: &Path, me: &str) -> bool {
     }
 }
 
-fn forget(lock_path: &Path) {
-    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(set) = held.as_mut() {
-        set.remove(lock_path);
-    }
-    RELEASED.notify_all();
-}
-
 impl Drop for Dotlock {
     fn drop(&mut self) {
         // Only remove the file if it is still ours (not overridden).
@@ -209,7 +241,7 @@ impl Drop for Dotlock {
                 log::warn!("lock {} was overridden", self.lock_path.display());
             }
         }
-        forget(&self.lock_path);
+        self.table.leave(&self.lock_path);
     }
 }
 
@@ -222,19 +254,20 @@ mod tests {
     fn exclusive_between_threads_and_released_on_drop() {
         let t = TempDir::new("dotlock");
         let p = t.path().join("dovecot-uidlist");
-        let l = Dotlock::acquire(&p, UIDLIST_STALE, Duration::ZERO).unwrap();
+        let table = LockTable::shared();
+        let l = Dotlock::acquire(&table, &p, UIDLIST_STALE, Duration::ZERO).unwrap();
         let content = fs::read_to_string(l.path()).unwrap();
         assert!(content.starts_with(&format!("{}:", std::process::id())));
-        let p2 = p.clone();
+        let (p2, table2) = (p.clone(), Arc::clone(&table));
         let busy = std::thread::spawn(move || {
-            Dotlock::acquire(&p2, UIDLIST_STALE, Duration::from_millis(50)).map(|_| ())
+            Dotlock::acquire(&table2, &p2, UIDLIST_STALE, Duration::from_millis(50)).map(|_| ())
         })
         .join()
         .unwrap();
         assert_eq!(busy.unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        let p3 = p.clone();
+        let (p3, table3) = (p.clone(), Arc::clone(&table));
         let waiter = std::thread::spawn(move || {
-            Dotlock::acquire(&p3, UIDLIST_STALE, Duration::from_secs(5)).map(|_| ())
+            Dotlock::acquire(&table3, &p3, UIDLIST_STALE, Duration::from_secs(5)).map(|_| ())
         });
         std::thread::sleep(Duration::from_millis(50));
         drop(l);
@@ -248,6 +281,7 @@ mod tests {
         let p = t.path().join("dovecot-uidlist");
         let lock = t.path().join("dovecot-uidlist.lock");
         let old = SystemTime::now() - Duration::from_secs(10);
+        let table = LockTable::shared();
         // A dead process of this host (PID far above pid_max).
         fs::write(&lock, format!("2147483000:{}", hostname())).unwrap();
         fs::File::options()
@@ -256,15 +290,44 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        drop(Dotlock::acquire(&p, UIDLIST_STALE, Duration::from_secs(2)).unwrap());
+        drop(Dotlock::acquire(&table, &p, UIDLIST_STALE, Duration::from_secs(2)).unwrap());
         // A live one (PID 1) on this host, fresh: stays.
         fs::write(&lock, format!("1:{}", hostname())).unwrap();
-        let err = Dotlock::acquire(&p, UIDLIST_STALE, Duration::from_millis(300)).unwrap_err();
+        let err =
+            Dotlock::acquire(&table, &p, UIDLIST_STALE, Duration::from_millis(300)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert!(lock.exists());
         // Another host's lock unchanged past the stale timeout: overridden.
         fs::write(&lock, "1:otherhost").unwrap();
-        drop(Dotlock::acquire(&p, Duration::from_millis(200), Duration::from_secs(3)).unwrap());
+        drop(
+            Dotlock::acquire(
+                &table,
+                &p,
+                Duration::from_millis(200),
+                Duration::from_secs(3),
+            )
+            .unwrap(),
+        );
+        assert!(!lock.exists());
+    }
+
+    /// A lock file with our PID that this process's table does not hold
+    /// is a leftover of an earlier process with the same PID: overridden
+    /// once it is old enough to have its PID checked.
+    #[test]
+    fn our_pid_on_a_lock_no_thread_holds_is_stale() {
+        let t = TempDir::new("dotlock-own-pid");
+        let p = t.path().join("dovecot-uidlist");
+        let lock = t.path().join("dovecot-uidlist.lock");
+        fs::write(&lock, format!("{}:{}", std::process::id(), hostname())).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(10))
+            .unwrap();
+        let table = LockTable::shared();
+        drop(Dotlock::acquire(&table, &p, UIDLIST_STALE, Duration::from_secs(2)).unwrap());
         assert!(!lock.exists());
     }
 }

@@ -42,7 +42,7 @@
 //!
 //! Must not: rewrite a message, or run on the event-loop thread.
 
-use super::dotlock::{self, Dotlock};
+use super::dotlock::{self, Dotlock, LockTable};
 use super::flags::{self, Flags};
 use super::keywords::{self, Keywords};
 use super::modseq::State;
@@ -283,12 +283,22 @@ pub fn too_many_keywords() -> io::Error {
 }
 
 /// One folder of a mailbox. Creating the value touches no disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Folder {
     root: PathBuf,
     name: FolderName,
     dir: PathBuf,
+    /// The process's uidlist locks (see `dotlock`).
+    locks: Arc<LockTable>,
 }
+
+/// The same folder: the lock table is the process's, not part of it.
+impl PartialEq for Folder {
+    fn eq(&self, other: &Folder) -> bool {
+        self.root == other.root && self.name == other.name
+    }
+}
+impl Eq for Folder {}
 
 /// What a scan under the lock found, ready to be changed and written.
 struct Scan {
@@ -302,12 +312,13 @@ struct Scan {
 }
 
 impl Folder {
-    pub fn new(root: &Path, name: FolderName) -> Folder {
+    pub fn new(root: &Path, name: FolderName, locks: &Arc<LockTable>) -> Folder {
         let dir = name.dir(root);
         Folder {
             root: root.to_path_buf(),
             name,
             dir,
+            locks: Arc::clone(locks),
         }
     }
     pub fn name(&self) -> &FolderName {
@@ -338,6 +349,7 @@ impl Folder {
 
     fn lock(&self) -> io::Result<Dotlock> {
         Dotlock::acquire(
+            &self.locks,
             &self.dir.join(uidlist::FILE),
             dotlock::UIDLIST_STALE,
             dotlock::UIDLIST_WAIT,
@@ -429,6 +441,18 @@ impl Folder {
         let first = scan.state.claim_recent(scan.list.next_uid);
         self.write_scan(&mut scan)?;
         Ok((Arc::new(self.snapshot_of(&scan, self.stamp())), first))
+    }
+
+    /// A selected session learnt of new messages: claims the \Recent of
+    /// those no session has claimed yet. Returns the claimed `[lo, hi)`
+    /// (empty when another session was first); durable before it returns.
+    pub fn claim_recent(&self) -> io::Result<(u32, u32)> {
+        let _lock = self.lock()?;
+        let mut scan = self.scan(true)?.ok_or_else(|| io::Error::other("scan"))?;
+        let hi = scan.list.next_uid;
+        let lo = scan.state.claim_recent(hi);
+        self.write_scan(&mut scan)?;
+        Ok((lo, hi))
     }
 
     fn snapshot_of(&self, scan: &Scan, stamp: Stamp) -> Snapshot {
@@ -883,11 +907,28 @@ impl Folder {
     /// EXPUNGE (`uids` = None: every \Deleted message) or UID EXPUNGE
     /// (only those of `uids` that are \Deleted, RFC 4315 2.1).
     pub fn expunge(&self, uids: Option<&[u32]>) -> io::Result<(Vec<u32>, Arc<Snapshot>)> {
+        let sorted = uids.map(|u| {
+            let mut v = u.to_vec();
+            v.sort_unstable();
+            v
+        });
+        self.remove(sorted.as_deref(), true)
+    }
+
+    /// Removes `uids` (ascending; all with None), only the \Deleted ones if
+    /// `deleted_only` (EXPUNGE) or all of them (a MOVE's originals).
+    fn remove(
+        &self,
+        uids: Option<&[u32]>,
+        deleted_only: bool,
+    ) -> io::Result<(Vec<u32>, Arc<Snapshot>)> {
         let (_lock, mut scan) = self.locked_scan()?;
         let mut gone = Vec::new();
         let (mut in_new, mut in_cur) = (false, false);
         for m in &scan.messages {
-            if !m.flags.has(flags::DELETED) || uids.is_some_and(|u| !u.contains(&m.uid)) {
+            if (deleted_only && !m.flags.has(flags::DELETED))
+                || uids.is_some_and(|u| u.binary_search(&m.uid).is_err())
+            {
                 continue;
             }
             match self.remove_current(m)? {
@@ -1025,15 +1066,29 @@ impl Folder {
         }
     }
 
+    /// MOVE into the folder itself (RFC 6851 allows it; the messages get
+    /// new UIDs at the end, as Dovecot does): a COPY, then an EXPUNGE of
+    /// the originals. A crash between the two leaves the message twice
+    /// (both durable), never nowhere; rename cannot do it in one step
+    /// because the uidlist gives each file exactly one UID.
+    fn move_within(&self, uids: &[u32]) -> io::Result<Moved> {
+        let copied = self.copy_to(uids, self)?;
+        let mut from: Vec<u32> = copied.uids.iter().map(|p| p.0).collect();
+        from.sort_unstable();
+        let (_, source) = self.remove(Some(&from), false)?;
+        Ok(Moved {
+            uids: copied.uids,
+            target: Arc::clone(&source),
+            source,
+        })
+    }
+
     /// MOVE / UID MOVE into `dest` (RFC 6851), by rename: see the module
     /// header for the order. Returns the pairs for COPYUID and both
     /// snapshots (source, target).
     pub fn move_to(&self, uids: &[u32], dest: &Folder) -> io::Result<Moved> {
         if dest.dir == self.dir {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "source and target are the same",
-            ));
+            return self.move_within(uids);
         }
         dest.create_dirs_if_missing()?;
         // Lock order: by path, so two opposite MOVEs cannot deadlock.

@@ -30,6 +30,7 @@ pub mod tree;
 pub mod uidlist;
 pub mod uidvalidity;
 
+pub use dotlock::LockTable;
 pub use folder::{
     Copied, Diff, FlagOp, Folder, Message, Moved, NewMessage, Snapshot, Stored, UidMap,
 };

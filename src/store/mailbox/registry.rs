@@ -209,6 +209,7 @@ fn notify(e: &mut Entry, origin: Option<SessionId>, notice: Notice) -> Vec<Sessi
 mod tests {
     use super::*;
     use crate::store::durable::tests::TempDir;
+    use crate::store::mailbox::dotlock::test_table;
     use crate::store::mailbox::flags::SEEN;
     use crate::store::mailbox::folder::{FlagOp, Folder, NewMessage};
 
@@ -216,7 +217,7 @@ mod tests {
     fn notices_reach_other_sessions_and_wake_idle_ones() {
         let t = TempDir::new("registry");
         let root = t.path().join("m");
-        let f = Folder::new(&root, FolderName::Inbox);
+        let f = Folder::new(&root, FolderName::Inbox, &test_table());
         f.create_dirs().unwrap();
         let key = FolderKey {
             root: root.clone(),

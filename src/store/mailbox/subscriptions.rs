@@ -11,12 +11,13 @@
 //!
 //! Must not: keep a name that could not be a folder name.
 
-use super::dotlock::Dotlock;
+use super::dotlock::{Dotlock, LockTable};
 use super::names::{FolderName, Separator};
 use crate::store::durable;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const FILE: &str = "subscriptions";
@@ -104,10 +105,10 @@ pub fn read(root: &Path) -> io::Result<Vec<FolderName>> {
 
 /// Subscribe (`on`) or unsubscribe `name`; durable before it returns.
 /// Returns whether the file changed.
-pub fn set(root: &Path, name: &FolderName, on: bool) -> io::Result<bool> {
+pub fn set(locks: &Arc<LockTable>, root: &Path, name: &FolderName, on: bool) -> io::Result<bool> {
     durable::create_dir_all_durable(root)?;
     let path = root.join(FILE);
-    let _lock = Dotlock::acquire(&path, STALE, WAIT)?;
+    let _lock = Dotlock::acquire(locks, &path, STALE, WAIT)?;
     let mut names = read(root)?;
     let had = names.contains(name);
     if had == on {
@@ -128,6 +129,7 @@ pub fn set(root: &Path, name: &FolderName, on: bool) -> io::Result<bool> {
 mod tests {
     use super::*;
     use crate::store::durable::tests::TempDir;
+    use crate::store::mailbox::dotlock::test_table;
 
     fn n(s: &str) -> FolderName {
         FolderName::parse(s, Separator::Dot).unwrap()
@@ -150,15 +152,15 @@ mod tests {
             "a tab is never a valid level"
         );
         let t = TempDir::new("subs");
-        assert!(set(t.path(), &n("Sent"), true).unwrap());
-        assert!(!set(t.path(), &n("Sent"), true).unwrap());
-        assert!(set(t.path(), &n("Lists.Family"), true).unwrap());
-        assert!(set(t.path(), &FolderName::Inbox, true).unwrap());
+        assert!(set(&test_table(), t.path(), &n("Sent"), true).unwrap());
+        assert!(!set(&test_table(), t.path(), &n("Sent"), true).unwrap());
+        assert!(set(&test_table(), t.path(), &n("Lists.Family"), true).unwrap());
+        assert!(set(&test_table(), t.path(), &FolderName::Inbox, true).unwrap());
         assert_eq!(
             fs::read_to_string(t.path().join(FILE)).unwrap(),
             "V\t2\n\nSent\nLists\tFamily\nINBOX\n"
         );
-        assert!(set(t.path(), &n("Sent"), false).unwrap());
+        assert!(set(&test_table(), t.path(), &n("Sent"), false).unwrap());
         assert_eq!(
             read(t.path()).unwrap(),
             [n("Lists.Family"), FolderName::Inbox]

@@ -1,6 +1,7 @@
 //! Tests of the store as a whole: folders, operations, crash leftovers,
 //! POP3 sharing, scale.
 
+use super::dotlock::test_table;
 use super::flags::{self, Flags, DELETED, FLAGGED, SEEN};
 use super::folder::{FlagOp, Folder, NewMessage};
 use super::names::{FolderName, Separator};
@@ -19,7 +20,7 @@ fn spool(t: &TempDir, n: usize, body: &str) -> PathBuf {
 }
 
 fn inbox(root: &Path) -> Folder {
-    let f = Folder::new(root, FolderName::Inbox);
+    let f = Folder::new(root, FolderName::Inbox, &test_table());
     f.create_dirs().unwrap();
     f
 }
@@ -217,7 +218,7 @@ fn pop3_uidls_survive_imap_flag_renames() {
 fn copy_and_move_remap_keywords_and_keep_one_copy() {
     let t = TempDir::new("folder-copy");
     let root = t.path().join("m");
-    let mb = Mailbox::new(&root, Separator::Slash);
+    let mb = Mailbox::new(&root, Separator::Slash, &test_table());
     let src = inbox(&root);
     mb.create("Archive/2024").unwrap();
     let dst = mb.folder(&mb.parse("Archive/2024").unwrap());
@@ -269,6 +270,27 @@ fn copy_and_move_remap_keywords_and_keep_one_copy() {
     assert_eq!(count(src.dir()) + count(dst.dir()), 6);
     assert_eq!(read_uidlist(src.dir()).records.len(), 1);
     assert_eq!(read_uidlist(dst.dir()).records.len(), 5);
+
+    // MOVE into the folder itself (RFC 6851: new UIDs at the end) and
+    // COPY into itself; flags and keywords go along, \Deleted or not.
+    let m = dst.move_to(&[2, 4], &dst).unwrap();
+    assert_eq!(m.uids, [(2, 6), (4, 7)]);
+    let uids: Vec<u32> = m.source.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 3, 5, 6, 7]);
+    assert_eq!(
+        m.source.keyword_names(m.source.find(6).unwrap().flags),
+        ["Work"]
+    );
+    assert_eq!(
+        m.source.diff(&dsnap).expunged,
+        [2, 4],
+        "the originals are gone, not merely \\Deleted"
+    );
+    assert_eq!(count(dst.dir()), 5);
+    let c = dst.copy_to(&[1], &dst).unwrap();
+    assert_eq!(c.uids, [(1, 8)]);
+    assert_eq!(count(dst.dir()), 6);
+    assert_eq!(read_uidlist(dst.dir()).records.len(), 6);
 }
 
 #[test]
@@ -337,7 +359,7 @@ fn crash_leftovers_are_repaired_without_losing_uids() {
 fn mailbox_tree_operations() {
     let t = TempDir::new("mailbox-tree");
     let root = t.path().join("m");
-    let mb = Mailbox::new(&root, Separator::Dot);
+    let mb = Mailbox::new(&root, Separator::Dot, &test_table());
     let made = mb.ensure_defaults().unwrap();
     assert_eq!(made.len(), 5);
     assert!(root.join(".Sent/maildirfolder").exists() && root.join(".Sent/tmp").is_dir());
@@ -498,7 +520,7 @@ fn select_of_5000_messages_reads_names_only() {
 fn operations_find_files_pop3_renamed() {
     let t = TempDir::new("folder-race");
     let root = t.path().join("m");
-    let mb = Mailbox::new(&root, Separator::Dot);
+    let mb = Mailbox::new(&root, Separator::Dot, &test_table());
     mb.ensure_defaults().unwrap();
     let f = inbox(&root);
     let sp = spool(&t, 1, "r");
@@ -565,7 +587,7 @@ fn a_crash_at_every_step_keeps_the_invariants() {
     for step in steps {
         let t = TempDir::new("crash-step");
         let root = t.path().join("m");
-        let mb = Mailbox::new(&root, Separator::Dot);
+        let mb = Mailbox::new(&root, Separator::Dot, &test_table());
         mb.ensure_defaults().unwrap();
         let inbox = inbox(&root);
         let archive = mb.folder(&mb.parse("Archive").unwrap());
@@ -647,7 +669,7 @@ fn a_crash_at_every_step_keeps_the_invariants() {
 fn interrupted_move_and_store_names_are_settled() {
     let t = TempDir::new("leftovers");
     let root = t.path().join("m");
-    let mb = Mailbox::new(&root, Separator::Dot);
+    let mb = Mailbox::new(&root, Separator::Dot, &test_table());
     mb.ensure_defaults().unwrap();
     let inbox = inbox(&root);
     let archive = mb.folder(&mb.parse("Archive").unwrap());

@@ -8,6 +8,7 @@
 //! Must not: run on the event loop (it fsyncs), or follow a name that
 //! `names` refused.
 
+use super::dotlock::LockTable;
 use super::folder::{Folder, MAILDIRFOLDER};
 use super::names::{FolderName, NameError, Separator, SpecialUse, TRASH_DIR};
 use super::subscriptions;
@@ -15,6 +16,7 @@ use crate::store::durable;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One folder of the tree, for LIST.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,7 @@ pub struct Mailbox {
     /// Special-use folders and their names (config; defaults in
     /// [`SpecialUse::default_name`]).
     special: Vec<(SpecialUse, FolderName)>,
+    locks: Arc<LockTable>,
 }
 
 pub fn invalid(e: NameError) -> io::Error {
@@ -42,7 +45,8 @@ fn exists_error() -> io::Error {
 
 impl Mailbox {
     /// `root` is the user's Maildir (`store::maildir::Maildir::root`).
-    pub fn new(root: &Path, sep: Separator) -> Mailbox {
+    /// `locks`: the process's lock table (`dotlock::LockTable`).
+    pub fn new(root: &Path, sep: Separator, locks: &Arc<LockTable>) -> Mailbox {
         let special = SpecialUse::ALL
             .iter()
             .map(|&u| (u, FolderName::Sub(u.default_name().to_string())))
@@ -51,6 +55,7 @@ impl Mailbox {
             root: root.to_path_buf(),
             sep,
             special,
+            locks: Arc::clone(locks),
         }
     }
 
@@ -81,7 +86,7 @@ impl Mailbox {
     }
 
     pub fn folder(&self, name: &FolderName) -> Folder {
-        Folder::new(&self.root, name.clone())
+        Folder::new(&self.root, name.clone(), &self.locks)
     }
 
     pub fn special_use_of(&self, name: &FolderName) -> Option<SpecialUse> {
@@ -137,7 +142,7 @@ impl Mailbox {
             if !f.exists() {
                 f.create_dirs()?;
                 durable::fsync_dir(&self.root)?;
-                subscriptions::set(&self.root, name, true)?;
+                subscriptions::set(&self.locks, &self.root, name, true)?;
                 made.push(name.clone());
             }
         }
@@ -247,7 +252,7 @@ impl Mailbox {
 
     pub fn subscribe(&self, imap_name: &str, on: bool) -> io::Result<bool> {
         let name = self.parse(imap_name)?;
-        subscriptions::set(&self.root, &name, on)
+        subscriptions::set(&self.locks, &self.root, &name, on)
     }
 
     pub fn subscriptions(&self) -> io::Result<Vec<FolderName>> {
