@@ -72,7 +72,7 @@ clippy:
 # Rust, and twice the executions find more. `cargo test --manifest-path
 # fuzz/Cargo.toml` replays the same files on stable.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= smtp_server pop3_server config multidrop_route dns_response smtp_client pop3_client imap_parser imap_mime imap_session
+FUZZ_TARGETS ?= smtp_server pop3_server config multidrop_route dns_response smtp_client pop3_client imap_parser imap_mime imap_session oauth_answer
 FUZZ_FLAGS ?= --debug-assertions --sanitizer none
 
 fuzz:

@@ -21,6 +21,9 @@ commands:
   queue                 list the outbox
   flush                 make the running server retry the outbox now
   fetch [ACCOUNT]       make the running server run SmartPop now
+  oauth login NAME      sign an auth = oauth2 account in (NAME: a
+                        [smartpop NAME], or outbox for the smarthost)
+  oauth status          list OAuth2 accounts, token expiry, last error
   sendmail [-t] [-f FROM] [-i] [RCPT...]
                         inject a message from stdin
   dkim keygen DOMAIN [--selector S]
@@ -235,6 +238,25 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
             let config = load_as_user(&config_path(config))?;
             control::request(&config.server.data_dir, control::Request::Flush)?;
             println!("flush requested");
+            Ok(ExitCode::SUCCESS)
+        }
+        "oauth" => {
+            let args: Vec<String> = rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let config = load_as_user(&config_path(config))?;
+            match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                ["login", name] => {
+                    let stdin = std::io::stdin();
+                    let mut input = stdin.lock();
+                    let mut out = std::io::stdout();
+                    mailgate::oauth::login::login(&config, name, &mut input, &mut out)
+                        .map_err(|e| format!("oauth login {name}: {e}; nothing stored"))?;
+                }
+                ["status"] => print!("{}", mailgate::oauth::login::status(&config)?),
+                _ => return Err(format!("oauth takes login NAME or status\n{USAGE}")),
+            }
             Ok(ExitCode::SUCCESS)
         }
         "fetch" => {

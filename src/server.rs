@@ -18,6 +18,7 @@ use log::{error, info, warn};
 use crate::config::Config;
 use crate::conn::{self, Effect, HostOutcome, Job, ListenerKind, Outcome, Reload, Services, HOST};
 use crate::event_loop::{EventLoop, Host, Signal};
+use crate::oauth::tokens::Tokens;
 use crate::outbox::runner::Outbox;
 use crate::privileges;
 use crate::smartpop::runner::SmartPop;
@@ -37,6 +38,8 @@ const QUICK_THREADS: usize = 2;
 struct Server {
     outbox: Outbox,
     smartpop: SmartPop,
+    /// OAuth2 accounts' tokens and refresh schedule.
+    tokens: Tokens,
     /// A SIGHUP's re-read is on a worker; a second SIGHUP meanwhile waits.
     reloading: bool,
     reload_again: bool,
@@ -76,6 +79,10 @@ impl Host for Server {
                     sv.mailboxes.changed(m, None);
                 }
             }
+            Effect::OAuthRefreshed { account, result } => {
+                self.tokens
+                    .refreshed(&account, result, crate::oauth::unix_now())
+            }
         }
     }
 
@@ -98,7 +105,14 @@ impl Host for Server {
                     "fetch requested: {}",
                     account.as_deref().unwrap_or("all accounts")
                 );
+                self.tokens.reload_soon();
                 self.smartpop.request(account.as_deref(), now);
+            }
+            HostOutcome::OAuthLoaded(files) => {
+                let unix = crate::oauth::unix_now();
+                for (name, got) in files {
+                    self.tokens.loaded(&name, got, unix);
+                }
             }
             HostOutcome::PickedUp(picked) => {
                 self.pickup.running = false;
@@ -189,12 +203,36 @@ impl Host for Server {
                 Outcome::Host(HostOutcome::PickedUp(crate::pickup::pick_up(&config)))
             });
         }
+        let unix = crate::oauth::unix_now();
+        let refreshes = self.oauth_jobs(sv, unix, stopping);
+        self.outbox
+            .set_bearer(self.tokens.access(crate::oauth::OUTBOX, unix));
         let outbound = self.outbox.tick(&sv.config, now, stopping);
-        let fetches = self.smartpop.tick(&sv.config, now, stopping);
+        let mut fetches = self.smartpop.tick(&sv.config, now, stopping);
+        // An auth = oauth2 account runs with the access token in place of
+        // the password, or not at all (not signed in, revoked, or its
+        // refresh still under way: the next interval tries again).
+        fetches.retain_mut(|job| {
+            if job.account.oauth.is_none() {
+                return true;
+            }
+            match self.tokens.access(&job.account.name, unix) {
+                Some(token) => {
+                    job.account.password = token;
+                    true
+                }
+                None => {
+                    log::debug!("smartpop {}: no OAuth2 access token now", job.account.name);
+                    self.smartpop.finished(&job.account.name);
+                    false
+                }
+            }
+        });
         outbound
             .into_iter()
             .map(Job::Outbound)
             .chain(fetches.into_iter().map(Job::Fetch))
+            .chain(refreshes.into_iter().map(Job::OAuthRefresh))
             .map(conn::start)
             .collect()
     }
@@ -203,11 +241,61 @@ impl Host for Server {
         let outbox = self.outbox.next_wakeup();
         let smartpop = self.smartpop.next_wakeup();
         let pickup = (!self.pickup.running).then_some(self.pickup.next_scan);
-        [outbox, smartpop, pickup].into_iter().flatten().min()
+        let unix = crate::oauth::unix_now();
+        let tokens = self
+            .tokens
+            .next_wakeup(unix)
+            .map(|at| Instant::now() + std::time::Duration::from_secs(at.saturating_sub(unix)));
+        [outbox, smartpop, pickup, tokens]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
 impl Server {
+    /// Token files to read again, and the refreshes due now.
+    fn oauth_jobs(
+        &mut self,
+        sv: &mut Services,
+        unix: u64,
+        stopping: bool,
+    ) -> Vec<conn::oauth_refresh::RefreshJob> {
+        let loads = self.tokens.take_loads(unix);
+        if !loads.is_empty() {
+            let data_dir = sv.config.server.data_dir.clone();
+            sv.submit_for(HOST, move || {
+                Outcome::Host(HostOutcome::OAuthLoaded(load_tokens(&data_dir, loads)))
+            });
+        }
+        if stopping {
+            self.tokens.halt();
+            return Vec::new();
+        }
+        let due = self.tokens.take_due(unix);
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let accounts = crate::oauth::accounts(&sv.config);
+        let mut jobs = Vec::new();
+        for (name, refresh_token) in due {
+            match accounts.iter().find(|a| a.name == name) {
+                Some(a) => jobs.push(conn::oauth_refresh::RefreshJob {
+                    account: a.clone(),
+                    refresh_token,
+                    config: Arc::clone(&sv.config),
+                }),
+                // Gone from the config since (the next reload drops it).
+                None => self.tokens.refreshed(
+                    &name,
+                    crate::oauth::tokens::Refreshed::Failed("account not configured".into()),
+                    unix,
+                ),
+            }
+        }
+        jobs
+    }
+
     /// SIGHUP's result: the new config, or the old one kept.
     fn apply_reload(&mut self, reload: Reload, sv: &mut Services, now: Instant) {
         let path = sv.config.path.clone();
@@ -236,6 +324,7 @@ impl Server {
                 sv.config = Arc::from(config);
                 self.outbox.reload(outbox_tls);
                 self.smartpop.reload(&sv.config, now);
+                self.tokens.reload(&sv.config);
                 info!("reloaded {}", path.display());
             }
             Reload::Failed(diags) => {
@@ -290,6 +379,20 @@ fn read_config_again(path: &Path, running_data_dir: &Path, running_maildrop: &Pa
         }
         Err(diags) => Reload::Failed(diags.iter().map(|d| d.to_string()).collect()),
     }
+}
+
+/// On a worker (or at start): the token files of `names`.
+fn load_tokens(
+    data_dir: &Path,
+    names: Vec<String>,
+) -> Vec<(String, Result<Option<crate::oauth::store::Stored>, String>)> {
+    names
+        .into_iter()
+        .map(|n| {
+            let got = crate::oauth::store::load(data_dir, &n).map_err(|e| e.to_string());
+            (n, got)
+        })
+        .collect()
 }
 
 fn listeners(config: &Config) -> Vec<(SocketAddr, ListenerKind)> {
@@ -459,8 +562,16 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let registry = ev
         .registry()
         .map_err(|e| format!("cannot clone the poll registry: {e}"))?;
+    // Read before the first tick (as the queue is), so the first runs of
+    // OAuth2 accounts already have their tokens.
+    let mut tokens = Tokens::new(&config);
+    let unix = crate::oauth::unix_now();
+    for (name, got) in load_tokens(&data_dir, tokens.take_loads(unix)) {
+        tokens.loaded(&name, got, unix);
+    }
     let mut server = Server {
         outbox,
+        tokens,
         smartpop: SmartPop::new(&config, Instant::now()),
         reloading: false,
         reload_again: false,

@@ -1084,3 +1084,42 @@ fn run_imap_session(flags: u8, seed: u8, input: &[u8], split: bool) -> (Vec<u8>,
     }
     (out, n_events, appended)
 }
+
+// ---- OAuth2 token endpoint answers -------------------------------------------
+
+/// Header: a byte whose value splits the input into reads (1 to 256
+/// octets each, so the HTTP parser meets every split). The rest is what a
+/// token endpoint sends back: fed to the bounded HTTP response parser, and
+/// its body (or the raw input when it is no HTTP) to the token, device and
+/// JSON readers; the input as text is also the address a user pastes.
+pub fn oauth_answer(data: &[u8]) {
+    use mailgate::proto::{http, json, oauth};
+    let ([split], rest) = header::<1>(data);
+    let step = usize::from(split) + 1;
+    let mut p = http::ResponseParser::new();
+    let mut got = None;
+    for chunk in rest.chunks(step) {
+        match p.feed(chunk) {
+            Ok(Some(r)) => {
+                got = Some(r);
+                break;
+            }
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    let r = got.or_else(|| p.finish().ok());
+    let (status, ctype, body) = match &r {
+        Some(r) => (r.status, r.content_type.as_deref(), &r.body[..]),
+        None => (u16::from(split) + 200, None, rest),
+    };
+    if let Ok(t) = oauth::parse_tokens(status, ctype, body) {
+        assert!(!t.access_token.is_empty());
+    }
+    let _ = oauth::parse_device(status, ctype, body);
+    let _ = json::parse(body);
+    let text = String::from_utf8_lossy(rest);
+    let _ = oauth::code_from_redirect(&text, "state");
+    let _ = http::Url::parse(&text);
+    let _ = oauth::decode(&text);
+}

@@ -19,6 +19,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("imap_parser", mailgate_fuzz::imap_parser),
     ("imap_mime", mailgate_fuzz::imap_mime),
     ("imap_session", mailgate_fuzz::imap_session),
+    ("oauth_answer", mailgate_fuzz::oauth_answer),
 ];
 
 fn replay(folder: &str) -> usize {

@@ -744,6 +744,14 @@ impl Builder {
         p.oauth = self.oauth_finish(sec, &what, oauth);
         if p.oauth.is_some() {
             password = Some(String::new());
+            // `mailgate oauth login outbox` and data_dir/oauth/outbox are
+            // the smarthost's.
+            if p.name == "outbox" {
+                self.err(
+                    sec.line,
+                    format!("{what} auth = oauth2: the name outbox is the smarthost's; rename the account"),
+                );
+            }
         }
         for (key, present) in [
             ("host", seen_host),
@@ -1178,12 +1186,6 @@ impl Builder {
             );
             return None;
         }
-        // The SASL exchanges and the token store exist; the sign-in
-        // (`mailgate oauth login`) and the refresh in the server do not yet.
-        self.warn(
-            sec.line,
-            format!("{what} auth = oauth2 cannot sign in yet in this version (no `mailgate oauth login`, no token refresh): logins fail until it can; use an app password where the provider allows one"),
-        );
         Some(c)
     }
 }

@@ -1118,6 +1118,13 @@ fn oauth2_accounts_and_smarthost() {
             "{extra}: {errs:?}"
         );
     }
+    let text = sp("auth = oauth2\nprovider = google\nclient_id = c\n")
+        .replace("[smartpop x]", "[smartpop outbox]");
+    let errs = errors(&text);
+    assert!(
+        errs.iter().any(|(_, m)| m.contains("the smarthost's")),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -102,6 +102,10 @@ pub enum Outcome {
     MailAuthVerified(Box<super::mailauth_in::Hashed>),
     /// IMAP: a login, or a command carried out on the store.
     Imap(Box<super::imap_in::ImapOutcome>),
+    /// OAuth2 refresh: the TLS setup for the token endpoint.
+    OAuthTls(Result<Arc<rustls::ClientConfig>, String>),
+    /// OAuth2 refresh: its result, written to the token file.
+    OAuthSaved(crate::oauth::tokens::Refreshed),
     /// A job with nothing to report (closing a file off the loop thread).
     Nothing,
     /// For the server (token `HOST`): one of its own jobs.
@@ -125,6 +129,8 @@ pub enum HostOutcome {
     Reloaded(Box<Reload>),
     /// A maildrop scan: what it delivered and queued.
     PickedUp(crate::pickup::Picked),
+    /// OAuth2 token files read, by account.
+    OAuthLoaded(Vec<(String, Result<Option<crate::oauth::store::Stored>, String>)>),
 }
 
 /// A config read again on a worker (files, certificate, CA bundle), for
@@ -162,6 +168,11 @@ pub enum Effect {
     NewMail { account: String },
     /// Mail arrived in or left these mailboxes.
     MailboxesChanged(Vec<String>),
+    /// An OAuth2 refresh of this account is over (its result on disk).
+    OAuthRefreshed {
+        account: String,
+        result: crate::oauth::tokens::Refreshed,
+    },
 }
 
 /// What every driver may use, owned by the loop and lent on each call.

@@ -28,10 +28,18 @@ impl Collect for ImapFetch {
     ) -> ImapFetch {
         let params = ImapParams {
             account: account.name.clone(),
-            // The OAuth2 token source gives `Auth::Bearer` here.
-            auth: Auth::Password {
-                user: account.username.clone(),
-                pass: account.password.clone(),
+            // With auth = oauth2 the server put the access token in
+            // `password`.
+            auth: if account.oauth.is_some() {
+                Auth::Bearer {
+                    user: account.username.clone(),
+                    token: account.password.clone(),
+                }
+            } else {
+                Auth::Password {
+                    user: account.username.clone(),
+                    pass: account.password.clone(),
+                }
             },
             starttls: account.tls == TlsMode::StartTls,
             tls_active,

@@ -15,6 +15,7 @@ pub mod imap_fetch;
 pub mod imap_in;
 pub mod imap_jobs;
 pub mod mailauth_in;
+pub mod oauth_refresh;
 pub mod pop3_ahead;
 pub mod pop3_fetch;
 pub mod pop3_in;
@@ -80,6 +81,8 @@ pub fn accept(
 pub enum Job {
     Outbound(crate::outbox::OutboundJob),
     Fetch(crate::smartpop::runner::FetchJob),
+    /// An OAuth2 access token to refresh.
+    OAuthRefresh(oauth_refresh::RefreshJob),
 }
 
 /// The one place jobs become drivers.
@@ -88,6 +91,7 @@ pub fn start(job: Job) -> Box<dyn Driver> {
         Job::Outbound(job) => Box::new(smtp_out::SmtpOut::new(job)),
         Job::Fetch(job) if job.account.imap => Box::new(imap_fetch::ImapFetchDriver::new(job)),
         Job::Fetch(job) => Box::new(pop3_fetch::Pop3FetchDriver::new(job)),
+        Job::OAuthRefresh(job) => Box::new(oauth_refresh::OAuthRefresh::new(job)),
     }
 }
 

@@ -22,8 +22,9 @@ impl Collect for Pop3Fetch {
         let params = FetchParams {
             account: account.name.clone(),
             username: account.username.clone(),
+            // With auth = oauth2 the server put the access token here.
             password: account.password.clone(),
-            bearer: false,
+            bearer: account.oauth.is_some(),
             tls: account.tls,
             tls_active,
             keep: account.keep,

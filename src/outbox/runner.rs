@@ -78,6 +78,9 @@ pub struct Outbox {
     plaintext_hosts: HashSet<String>,
     verified_tls: Option<Arc<rustls::ClientConfig>>,
     opportunistic_tls: Arc<rustls::ClientConfig>,
+    /// `auth = oauth2`: the smarthost's access token now (the server's
+    /// token schedule sets it before each tick).
+    bearer: Option<String>,
 }
 
 impl Outbox {
@@ -108,7 +111,13 @@ impl Outbox {
             plaintext_hosts: HashSet::new(),
             verified_tls: Some(verified_tls),
             opportunistic_tls: crate::tls::opportunistic_client_config(),
+            bearer: None,
         })
+    }
+
+    /// The smarthost's OAuth2 access token for sessions started from now.
+    pub fn set_bearer(&mut self, token: Option<String>) {
+        self.bearer = token;
     }
 
     /// Something may be due now (a finished attempt, a free slot).
@@ -282,6 +291,13 @@ impl Outbox {
                     hosts: config.outbox.hosts.clone(),
                     tls: config.outbox.tls,
                     credentials: match (&config.outbox.username, &config.outbox.password) {
+                        // Without a token (not signed in, revoked) the
+                        // session fails with a 4.7.0 and the message waits.
+                        (Some(u), _) if config.outbox.oauth.is_some() => Some(Credentials {
+                            username: u.clone(),
+                            password: self.bearer.clone().unwrap_or_default(),
+                            bearer: true,
+                        }),
                         (Some(u), Some(p)) => Some(Credentials {
                             username: u.clone(),
                             password: p.clone(),
