@@ -112,6 +112,9 @@ pub struct FetchRest {
     pub changed_since: Option<u64>,
     /// The message whose response the last piece stopped inside.
     pub cur: Option<Box<MessageCursor>>,
+    /// RFC822.SIZEs this FETCH had to count from the files (UID, size):
+    /// kept in the uidlist at its end, so no later FETCH counts again.
+    pub counted: Vec<(u32, u64)>,
 }
 
 /// One message's FETCH response, part written.
@@ -1283,6 +1286,7 @@ fn fetch_start(
         attrs,
         changed_since,
         cur: None,
+        counted: Vec::new(),
     };
     fetch_more(done, Box::new(rest), out);
 }
@@ -1343,7 +1347,7 @@ pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) 
                 })
             }
         };
-        match fetch_message(&mut cur, sel, &snap, &rest.attrs, out) {
+        match fetch_message(&mut cur, sel, &snap, &rest.attrs, &mut rest.counted, out) {
             Ok(true) => {}
             Ok(false) => {
                 rest.cur = Some(cur);
@@ -1373,6 +1377,10 @@ pub fn fetch_more(done: &mut Done, mut rest: Box<FetchRest>, out: &mut Vec<u8>) 
     if rest.next < rest.seqs.len() || rest.cur.is_some() {
         done.more = Some(rest);
     } else {
+        // A cache: a failed write only means counting again next time.
+        if let Err(e) = sel.folder.remember_sizes(&rest.counted) {
+            log::debug!("imap: keeping counted sizes in {:?}: {e}", sel.folder.dir());
+        }
         response::status(out, Some(&rest.tag), Status::Ok, None, "FETCH completed");
     }
 }
@@ -1384,6 +1392,7 @@ fn fetch_message(
     sel: &Selected,
     snap: &Snapshot,
     attrs: &[FetchAttr],
+    counted: &mut Vec<(u32, u64)>,
     out: &mut Vec<u8>,
 ) -> io::Result<bool> {
     let Some(m) = snap.messages.get(cur.index) else {
@@ -1420,10 +1429,14 @@ fn fetch_message(
                 f.internal_date(d, 0);
             }
             FetchAttr::Rfc822Size => {
-                let s = match structure {
-                    Some(st) => st.size(),
-                    None => sel.folder.rfc822_size(m).unwrap_or(0),
+                let s = match (m.vsize, structure) {
+                    (Some(w), _) => w,
+                    (None, Some(st)) => st.size(),
+                    (None, None) => sel.folder.rfc822_size(m).unwrap_or(0),
                 };
+                if m.vsize.is_none() {
+                    counted.push((m.uid, s));
+                }
                 f.number("RFC822.SIZE", s);
             }
             FetchAttr::Envelope => {

@@ -1333,6 +1333,30 @@ impl Folder {
         Ok(n)
     }
 
+    /// Keeps RFC822.SIZEs counted from the files (UID, size) as the
+    /// uidlist's `W` field (Dovecot's own record of it), so the next
+    /// SELECT has them from the listing and FETCH RFC822.SIZE reads no
+    /// file again: without `,W=` in the names, a big folder's first
+    /// `UID FETCH 1:* (FLAGS RFC822.SIZE)` reads every message, and later
+    /// ones do not. One uidlist write, under its lock, for all of them.
+    pub fn remember_sizes(&self, sizes: &[(u32, u64)]) -> io::Result<()> {
+        if sizes.is_empty() {
+            return Ok(());
+        }
+        let sizes: HashMap<u32, u64> = sizes.iter().copied().collect();
+        let (_lock, mut scan) = self.locked_scan()?;
+        for rec in &mut scan.list.records {
+            let Some(w) = sizes.get(&rec.uid) else {
+                continue;
+            };
+            if rec.ext_value('W').is_none() && maildir::parse_sizes(&rec.base).1.is_none() {
+                rec.ext.push(format!("W{w}"));
+                scan.uidlist_dirty = true;
+            }
+        }
+        self.write_scan(&mut scan)
+    }
+
     /// QRESYNC: UIDs expunged after `modseq`, or `None` when that is older
     /// than the expunge records go (then report every gap, RFC 7162
     /// 3.2.5.2).

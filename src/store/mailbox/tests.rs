@@ -512,6 +512,34 @@ fn select_of_5000_messages_reads_names_only() {
     let _ = SystemTime::now();
 }
 
+/// Sizes FETCH counted from files without `,W=` are kept as the
+/// uidlist's `W` field: the next SELECT has them without a file read,
+/// names that carry `,W=` and records that have one are left alone.
+#[test]
+fn counted_sizes_are_kept_in_the_uidlist() {
+    let t = TempDir::new("folder-vsize");
+    let f = inbox(&t.path().join("m"));
+    fs::write(f.dir().join("new/1700000000.M1P1.h,S=3"), "a\nb").unwrap();
+    fs::write(f.dir().join("new/1700000001.M2P1.h,S=3,W=99"), "c\nd").unwrap();
+    let (snap, _) = f.select().unwrap();
+    let (a, b) = (&snap.messages[0], &snap.messages[1]);
+    assert_eq!((a.vsize, b.vsize), (None, Some(99)));
+    assert_eq!(f.rfc822_size(a).unwrap(), 4, "counted: LF becomes CRLF");
+    f.remember_sizes(&[(a.uid, 4), (b.uid, 5), (77, 1)])
+        .unwrap();
+    let list = read_uidlist(f.dir());
+    assert_eq!(list.records[0].ext_value('W'), Some("4"));
+    assert_eq!(list.records[1].ext_value('W'), None, "the name has it");
+    let (again, _) = f.select().unwrap();
+    assert_eq!(
+        (again.messages[0].vsize, again.messages[1].vsize),
+        (Some(4), Some(99))
+    );
+    assert_eq!(again.uidvalidity, snap.uidvalidity);
+    assert_eq!(again.messages[0].uid, a.uid);
+    f.remember_sizes(&[]).unwrap();
+}
+
 /// POP3 moves `new/X` to `cur/X:2,S` without the uidlist lock: STORE,
 /// MOVE and EXPUNGE after that (and a snapshot's `resolve`) find the
 /// files by base name. (A rename during an operation takes the same
