@@ -3,8 +3,11 @@
 The server runs under `strace -f -yy`; after the loop thread's first
 `epoll_wait` (start-up is over), the test drives every path that touches
 the disk: SMTP in (local and queued), POP3 login, RETR and QUIT with
-deletions, outbound delivery to a smarthost (aiosmtpd), a SmartPop poll
-from Dovecot, a maildrop pickup at the bell, `mailgate flush`, `mailgate fetch` and a SIGHUP reload.
+deletions, an IMAP session (login with the special-use folders made,
+SELECT, FETCH, STORE, APPEND, COPY, MOVE, EXPUNGE, CREATE/RENAME/DELETE,
+STATUS, IDLE hearing of an SMTP delivery), outbound delivery to a
+smarthost (aiosmtpd), SmartPop polls from Dovecot over POP3 and over IMAP
+(in IDLE), a maildrop pickup at the bell, `mailgate flush`, `mailgate fetch` and a SIGHUP reload.
 Then it reads the trace of the loop thread alone (its thread id is the
 process id) and fails on any system call that names a path, or that works
 on a descriptor of a regular file or folder (`-yy` prints `3</path>` for
@@ -14,6 +17,7 @@ Descriptors 1 and 2 are excluded: they carry the log, which systemd and
 procd connect to a pipe (here the harness points them at a file).
 """
 
+import imaplib
 import os
 import poplib
 import sys
@@ -121,11 +125,15 @@ def test_loop_thread_touches_no_file_after_start(make_server, tmp_path, monkeypa
              "retry = 1h\n")
     if available() is None:
         ca = TestCA(tmp_path / "ca", names=("localhost",))
-        dovecot = Dovecot({"bob123": "secret"}, ca).start()
+        dovecot = Dovecot({"bob123": "secret", "carol9": "secret"}, ca, imap=True).start()
         dovecot.add("bob123", message("collected"))
+        dovecot.add("carol9", message("collected over imap"))
         extra += (f"\n[smartpop isp]\nhost = 127.0.0.1:{dovecot.pop3}\ntls = none\n"
                   "username = bob123\npassword = secret\ndeliver_to = alice@example.test\n"
                   "interval = 1h\n")
+        extra += (f"\n[smartpop isp-imap]\nprotocol = imap\nhost = 127.0.0.1:{dovecot.imap}\n"
+                  "tls = none\nusername = carol9\npassword = secret\n"
+                  "deliver_to = info@other.test\ninterval = 1h\nidle = yes\nkeep = no\n")
     try:
         monkeypatch.setattr(conftest, "BIN", str(wrapper))
         server = make_server(extra=extra)
@@ -155,12 +163,45 @@ def test_loop_thread_touches_no_file_after_start(make_server, tmp_path, monkeypa
         p.dele(1)
         p.quit()
 
+        # IMAP: every command that reads or writes the store.
+        imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+        imap.login("bob@example.test", "secret")
+        assert imap.select("INBOX")[0] == "OK"
+        assert imap.fetch("1:*", "(FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[])")[0] == "OK"
+        assert imap.store("1", "+FLAGS", "(\\Seen \\Flagged)")[0] == "OK"
+        assert imap.append("Sent", "(\\Seen)", None, b"Subject: sent\r\n\r\nmine\r\n")[0] == "OK"
+        assert imap.copy("1", "Archive")[0] == "OK"
+        assert imap._simple_command("MOVE", "2", "Trash")[0] == "OK"
+        assert imap.search(None, "TEXT", "local")[0] == "OK"
+        assert imap.create("Projects")[0] == "OK"
+        assert imap.rename("Projects", "Done")[0] == "OK"
+        assert imap.delete("Done")[0] == "OK"
+        assert imap.status("Sent", "(MESSAGES UIDNEXT UNSEEN)")[0] == "OK"
+        assert imap.list()[0] == "OK"
+        assert imap.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert imap.expunge()[0] == "OK"
+        # IDLE, and a message arriving over SMTP meanwhile.
+        tag = imap._new_tag().decode()
+        imap.send(f"{tag} IDLE\r\n".encode())
+        assert imap.readline().startswith(b"+")
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
+            s.sendmail("carol@remote.test", ["bob@example.test"], b"Subject: pushed\r\n\r\nx\r\n")
+        assert b"EXISTS" in imap.readline()
+        imap.send(b"DONE\r\n")
+        while not imap.readline().startswith(tag.encode()):
+            pass
+        imap.logout()
+
         # SmartPop at start-up already polled; `fetch` polls again.
         if dovecot is not None:
             assert server.wait_messages("alice@example.test", 1, timeout=20)
             dovecot.add("bob123", message("second"))
             assert server.run("fetch").returncode == 0
             assert len(server.wait_messages("alice@example.test", 2, timeout=20)) == 2
+            # The IMAP account collected at start-up and waits in IDLE.
+            assert server.wait_messages("info@other.test", 1, timeout=20)
+            dovecot.add("carol9", message("pushed over imap"))
+            assert len(server.wait_messages("info@other.test", 2, timeout=20)) == 2
 
         # The maildrop: a dropped file, the bell, the pickup on a worker.
         dropped = server.maildrop / ("ab" * 16)
