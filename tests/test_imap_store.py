@@ -222,8 +222,13 @@ def test_store_reads_what_dovecot_wrote(dovecot, tmp_path):
     v2, n2, msgs2 = imap_state(c, "INBOX")
     c.logout()
     dovecot.stop()
+    # Dovecot's complaints about the Maildir. Not its own stats IPC: on a
+    # loaded CI machine imap-login may time out waiting for its stats-writer
+    # ("Timeout waiting for handshake response"), which says nothing of the
+    # files.
     complaints = [l for l in dovecot.log_text().splitlines()
-                  if re.search(r"(?i)error|broken|corrupt|fatal", l)]
+                  if re.search(r"(?i)error|broken|corrupt|fatal", l)
+                  and "stats-writer" not in l]
     assert complaints == []
     assert (v2, n2) == (int(v), int(uid) + 1)
     assert msgs2 == {**theirs["INBOX"][2], int(uid): frozenset({"\\Seen"})}
