@@ -17,7 +17,6 @@ Descriptors 1 and 2 are excluded: they carry the log, which systemd and
 procd connect to a pipe (here the harness points them at a file).
 """
 
-import imaplib
 import os
 import poplib
 import sys
@@ -29,6 +28,7 @@ import smtplib
 import subprocess
 import time
 
+import imapclient
 import pytest
 
 import conftest
@@ -164,32 +164,28 @@ def test_loop_thread_touches_no_file_after_start(make_server, tmp_path, monkeypa
         p.quit()
 
         # IMAP: every command that reads or writes the store.
-        imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+        imap = imapclient.IMAPClient("127.0.0.1", port=server.ports["imap"], ssl=False, timeout=20)
         imap.login("bob@example.test", "secret")
-        assert imap.select("INBOX")[0] == "OK"
-        assert imap.fetch("1:*", "(FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[])")[0] == "OK"
-        assert imap.store("1", "+FLAGS", "(\\Seen \\Flagged)")[0] == "OK"
-        assert imap.append("Sent", "(\\Seen)", None, b"Subject: sent\r\n\r\nmine\r\n")[0] == "OK"
-        assert imap.copy("1", "Archive")[0] == "OK"
-        assert imap._simple_command("MOVE", "2", "Trash")[0] == "OK"
-        assert imap.search(None, "TEXT", "local")[0] == "OK"
-        assert imap.create("Projects")[0] == "OK"
-        assert imap.rename("Projects", "Done")[0] == "OK"
-        assert imap.delete("Done")[0] == "OK"
-        assert imap.status("Sent", "(MESSAGES UIDNEXT UNSEEN)")[0] == "OK"
-        assert imap.list()[0] == "OK"
-        assert imap.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
-        assert imap.expunge()[0] == "OK"
+        imap.select_folder("INBOX")
+        assert imap.fetch(imap.search("ALL"), ["FLAGS", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY.PEEK[]"])
+        imap.add_flags([1], [imapclient.SEEN, imapclient.FLAGGED], silent=True)
+        imap.append("Sent", b"Subject: sent\r\n\r\nmine\r\n", flags=[imapclient.SEEN])
+        imap.copy([1], "Archive")
+        imap.move([2], "Trash")
+        assert imap.search(["TEXT", "local"])
+        imap.create_folder("Projects")
+        imap.rename_folder("Projects", "Done")
+        imap.delete_folder("Done")
+        assert imap.folder_status("Sent", ["MESSAGES", "UIDNEXT", "UNSEEN"])[b"MESSAGES"] == 1
+        assert imap.list_folders()
+        imap.add_flags([1], [imapclient.DELETED], silent=True)
+        imap.expunge()
         # IDLE, and a message arriving over SMTP meanwhile.
-        tag = imap._new_tag().decode()
-        imap.send(f"{tag} IDLE\r\n".encode())
-        assert imap.readline().startswith(b"+")
+        imap.idle()
         with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
             s.sendmail("carol@remote.test", ["bob@example.test"], b"Subject: pushed\r\n\r\nx\r\n")
-        assert b"EXISTS" in imap.readline()
-        imap.send(b"DONE\r\n")
-        while not imap.readline().startswith(tag.encode()):
-            pass
+        assert any(r[1:] == (b"EXISTS",) for r in imap.idle_check(timeout=20))
+        imap.idle_done()
         imap.logout()
 
         # SmartPop at start-up already polled; `fetch` polls again.
