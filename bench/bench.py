@@ -44,6 +44,7 @@ import postfix_peer  # noqa: E402
 import pop3load  # noqa: E402
 import imapload  # noqa: E402
 from meter import Meter  # noqa: E402
+import scratchfs  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SMTP_MESSAGES = int(os.environ.get("BENCH_SMTP_MESSAGES", "3000"))
@@ -434,8 +435,9 @@ def bench_smtp(tmp, table):
         # a journal (ext4 here) will not reuse a freed inode for a minute or
         # more and scans past each one when it creates a file, so deleting
         # thousands of files between rounds would slow the next rounds down.
-        pf = postfix_peer.Postfix(DOMAIN, rcpts, free_port(), parent=tmp).start(pf_meter)
+        pf = None
         try:
+            pf = postfix_peer.Postfix(DOMAIN, rcpts, free_port(), parent=tmp).start(pf_meter)
             servers = {
                 "mailgate": (mg_meter, mg.ports["smtp"], lambda r: mg.maildir_path(f"{r}@{DOMAIN}")),
                 "peer": (pf_meter, pf.port, lambda r: pf.maildir(r)),
@@ -443,7 +445,8 @@ def bench_smtp(tmp, table):
             smtp_rounds(fig, servers, sessions)
         finally:
             mg.stop()
-            pf.stop()
+            if pf:
+                pf.stop()
             mg_meter.close()
             pf_meter.close()
 
@@ -831,25 +834,34 @@ def main():
     print(f"mailgate benchmark: {binary} ({size / 1048576:.2f} MiB), {os.cpu_count()} CPUs, "
           f"{peers['SMTP']}, {peers['POP3']}")
     print(f"server CPU: {Meter('probe').method}; {ROUNDS} rounds each, alternating, medians")
-    print(f"files under {os.environ.get('BENCH_DIR') or tempfile.gettempdir()}: {fs_of(os.environ.get('BENCH_DIR') or tempfile.gettempdir())}")
     Meter("probe").close()
-    started = time.time()
     # Every server's files (mailgate's data_dir, Postfix's queue and
-    # Maildirs, Dovecot's Maildir) go under one directory: /tmp, or
-    # BENCH_DIR, e.g. a file system of their own (see README).
+    # Maildirs, Dovecot's Maildir) go under one directory: a fresh file
+    # system made for this run (scratchfs.py says why), or BENCH_DIR.
     if os.environ.get("BENCH_DIR"):
-        tempfile.tempdir = os.environ["BENCH_DIR"]
+        run(os.environ["BENCH_DIR"], "BENCH_DIR")
+        return
+    with scratchfs.fresh_ext4() as (mnt, why):
+        run(mnt or tempfile.gettempdir(), "a fresh file system" if mnt else f"no fresh file system: {why}")
+
+
+def run(where, how):
+    print(f"files under {where} ({how}): {fs_of(where)}")
+    print(f"that disk: {scratchfs.durable_writes_per_second(where):.0f} durable writes/s "
+          "(16 threads of 4 KiB tmp/ write, fsync, rename to new/, fsync new/)")
+    tempfile.tempdir = where
+    started = time.time()
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")
     os.chmod(tmp, 0o755)
     only = sys.argv[1:] or ["smtp", "mailauth", "pop3", "imap", "outbound", "smartpop", "memory"]
+    table = []
     try:
-        table = []
         for name in ("smtp", "mailauth", "pop3", "imap"):
             if name in only:
                 globals()[f"bench_{name}"](tmp, table)
         if table:
             print()
-            print_side_by_side(table, peers)
+            print_side_by_side(table, peer_versions())
         rest = [n for n in only if n not in ("smtp", "mailauth", "pop3", "imap")]
         if rest:
             print()
@@ -860,8 +872,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nbench took {time.time() - started:.0f} s")
-    failed = any(fig.failed for fig in table)
-    sys.exit(1 if failed else 0)
+    if any(fig.failed for fig in table):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
