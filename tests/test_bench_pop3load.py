@@ -112,6 +112,27 @@ def test_multi_line_split_anywhere(chunk, monkeypatch):
         c.status()
 
 
+@pytest.mark.parametrize("chunk", range(1, 12))
+def test_pipelined_sizes_split_anywhere(chunk, monkeypatch):
+    # The pipelined path sizes answers in place: a partial answer must
+    # consume nothing, and stuffed dots must not count.
+    monkeypatch.setattr(pop3load, "COMPACT", 5)
+    stream = b"+OK hi\r\n" + b"".join(
+        b"+OK %d\r\n" % len(m) + stuff(m) + b".\r\n" for m in MESSAGES) + b"-ERR no such message\r\n"
+    c = pop3load.Client(0, sock=Pieces(stream, chunk))
+    sizes = []
+    while len(sizes) < len(MESSAGES):
+        size = c.take_multi()
+        if size is None:
+            c._fill()
+        else:
+            sizes.append(size)
+    assert sizes == [len(m) for m in MESSAGES]
+    with pytest.raises(pop3load.Pop3Error, match="no such message"):
+        while c.take_multi() is None:
+            c._fill()
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 4, 5, 1 << 16])
 @pytest.mark.parametrize("depth", [1, 16])
 def test_reads_every_message_exactly(chunk, depth):
