@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import pop3load  # noqa: E402
 from meter import Meter  # noqa: E402
+import scratchfs  # noqa: E402
 
 SESSIONS = int(os.environ.get("PROFILE_SESSIONS", "50"))
 MESSAGES = int(os.environ.get("PROFILE_MESSAGES", "3000"))
@@ -141,8 +142,17 @@ def main():
     tools = [a for a in args if a != "pop3"] or ["strace", "perf"]
     out_dir = Path(tempfile.mkdtemp(prefix="mailgate-profile-"))
     os.chmod(out_dir, 0o755)
+    # The server's files on a fresh file system, as in `make bench`.
+    with scratchfs.fresh_ext4() as (mnt, why):
+        print(f"mailgate's files on {mnt or out_dir}: {bench.fs_of(mnt or out_dir)}"
+              + (f" (no fresh file system: {why})" if why else ""))
+        profile(str(mnt or out_dir), out_dir, pop3, tools)
+    print(f"\noutputs kept in {out_dir} (delete it when done)")
+
+
+def profile(where, out_dir, pop3, tools):
     meter = Meter("profile")
-    s = bench.mailgate_server(str(out_dir), ["warmup", "r0", "r1"], meter)
+    s = bench.mailgate_server(where, ["warmup", "r0", "r1"], meter)
     try:
         print(f"mailgate {bench.BIN if hasattr(bench, 'BIN') else os.environ.get('MAILGATE_BIN')} "
               f"pid {s.proc.pid}, SMTP on 127.0.0.1:{s.ports['smtp']}")
@@ -160,7 +170,6 @@ def main():
     finally:
         s.stop()
         meter.close()
-    print(f"\noutputs kept in {out_dir} (delete it when done)")
 
 
 if __name__ == "__main__":
