@@ -276,7 +276,7 @@ pub fn deliver_local(
     data_dir: &Path,
     req: &LocalDelivery<'_>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
-    deliver_local_with(data_dir, req, &mut |_| Ok(()))
+    deliver_into(data_dir, req, None, Publish::Rename)
 }
 
 /// A copy written and fsynced in `tmp/`, not yet in `new/`: the mailbox
@@ -287,13 +287,26 @@ pub type StagedCopy = (String, String);
 /// in `tmp/` and before any is renamed into `new/`. SmartPop records there
 /// which copies it staged, so that a crash during the renames is finished
 /// at the next start instead of fetching the message again. An error from
-/// it undoes the delivery.
+/// it undoes the delivery. Copies are published as hard links, their
+/// `tmp/` names removed once `new/` is synced ([`Maildir::publish_linked`]
+/// says why SmartPop's records need that).
 pub fn deliver_local_with(
     data_dir: &Path,
     req: &LocalDelivery<'_>,
     before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
-    deliver_into(data_dir, req, None, before_publish)
+    deliver_into(data_dir, req, None, Publish::Linked(before_publish))
+}
+
+/// How staged copies move from `tmp/` to `new/`.
+enum Publish<'a> {
+    /// Renamed. For a delivery that is acknowledged only after `new/` is
+    /// synced (SMTP, sendmail): a power cut that loses the rename loses an
+    /// unacknowledged message, which its sender sends again. One link and
+    /// one unlink fewer per copy than `Linked`.
+    Rename,
+    /// Linked, after calling the hook with the staged copies (SmartPop).
+    Linked(&'a mut dyn FnMut(&[StagedCopy]) -> io::Result<()>),
 }
 
 /// The Maildir++ folder quarantined mail goes to (IMAP's `Junk`).
@@ -306,7 +319,7 @@ pub fn deliver_local_junk(
     data_dir: &Path,
     req: &LocalDelivery<'_>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
-    deliver_into(data_dir, req, Some(JUNK_FOLDER), &mut |_| Ok(()))
+    deliver_into(data_dir, req, Some(JUNK_FOLDER), Publish::Rename)
 }
 
 /// The Maildir a copy for `mailbox` goes to: its INBOX, or `folder`
@@ -330,7 +343,7 @@ fn deliver_into(
     data_dir: &Path,
     req: &LocalDelivery<'_>,
     folder: Option<&str>,
-    before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
+    publish: Publish<'_>,
 ) -> Result<Vec<DeliveredCopy>, DeliveryError> {
     let mailboxes: Vec<&str> = req.recipients.iter().map(|r| r.mailbox.as_str()).collect();
     let facts = req
@@ -406,7 +419,7 @@ fn deliver_into(
         headers.push(hdr);
     }
 
-    let result = write_all_copies(&mut copies, &headers, req.message, before_publish);
+    let result = write_all_copies(&mut copies, &headers, req.message, publish);
     match result {
         Ok(()) => Ok(copies
             .into_iter()
@@ -430,22 +443,31 @@ fn write_all_copies(
     copies: &mut [Copy],
     headers: &[String],
     message: Message<'_>,
-    before_publish: &mut dyn FnMut(&[StagedCopy]) -> io::Result<()>,
+    publish: Publish<'_>,
 ) -> Result<(), (PathBuf, io::Error)> {
     for (c, hdr) in copies.iter_mut().zip(headers) {
         c.md.stage(&c.name, |w| message.write_stored(hdr.as_bytes(), w))
             .map_err(|e| (c.md.tmp_dir().join(&c.name), e))?;
         c.staged = true;
     }
-    let staged: Vec<StagedCopy> = copies
-        .iter()
-        .map(|c| (c.mailbox.clone(), c.name.clone()))
-        .collect();
-    before_publish(&staged).map_err(|e| (PathBuf::from("(before publish)"), e))?;
+    let link = match publish {
+        Publish::Rename => false,
+        Publish::Linked(before_publish) => {
+            let staged: Vec<StagedCopy> = copies
+                .iter()
+                .map(|c| (c.mailbox.clone(), c.name.clone()))
+                .collect();
+            before_publish(&staged).map_err(|e| (PathBuf::from("(before publish)"), e))?;
+            true
+        }
+    };
     for c in copies.iter_mut() {
-        c.linked =
+        let published = if link {
             c.md.publish_linked(&c.name)
-                .map_err(|e| (c.md.new_dir().join(&c.name), e))?;
+        } else {
+            c.md.publish(&c.name).map(|_| false)
+        };
+        c.linked = published.map_err(|e| (c.md.new_dir().join(&c.name), e))?;
         c.published = true;
     }
     // Group commit: one fsync per distinct new/ folder.
