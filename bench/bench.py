@@ -431,9 +431,9 @@ def bench_smtp(tmp, table):
         rcpts = ["warmup"] + [f"r{i}" for i in range(ROUNDS)]
         mg_meter, pf_meter = Meter("mailgate"), Meter("postfix")
         mg = mailgate_server(tmp, rcpts, mg_meter)
-        # Under tmp: removed with it at the very end. A file system without
-        # a journal (ext4 here) will not reuse a freed inode for a minute or
-        # more and scans past each one when it creates a file, so deleting
+        # Under tmp: removed with it at the very end. On a file system
+        # without a journal (BENCH_DIR on this VM's root, say) creating a
+        # file scans past every inode freed in the last minutes, so deleting
         # thousands of files between rounds would slow the next rounds down.
         pf = None
         try:
@@ -839,13 +839,14 @@ def main():
     # Maildirs, Dovecot's Maildir) go under one directory: a fresh file
     # system made for this run (scratchfs.py says why), or BENCH_DIR.
     if os.environ.get("BENCH_DIR"):
-        run(os.environ["BENCH_DIR"], "BENCH_DIR")
+        run(os.environ["BENCH_DIR"], "BENCH_DIR", peers)
         return
     with scratchfs.fresh_ext4() as (mnt, why):
-        run(mnt or tempfile.gettempdir(), "a fresh file system" if mnt else f"no fresh file system: {why}")
+        run(mnt or tempfile.gettempdir(), "a fresh file system" if mnt else f"no fresh file system: {why}",
+            peers)
 
 
-def run(where, how):
+def run(where, how, peers):
     print(f"files under {where} ({how}): {fs_of(where)}")
     print(f"that disk: {scratchfs.durable_writes_per_second(where):.0f} durable writes/s "
           "(16 threads of 4 KiB tmp/ write, fsync, rename to new/, fsync new/)")
@@ -861,7 +862,7 @@ def run(where, how):
                 globals()[f"bench_{name}"](tmp, table)
         if table:
             print()
-            print_side_by_side(table, peer_versions())
+            print_side_by_side(table, peers)
         rest = [n for n in only if n not in ("smtp", "mailauth", "pop3", "imap")]
         if rest:
             print()

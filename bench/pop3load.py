@@ -64,40 +64,11 @@ class Client:
             raise Pop3Error(line.decode(errors="replace"))
         return line
 
-    def multi(self) -> bytes:
-        """A multi-line response after its +OK line: the data, unstuffed,
-        with CRLF line ends and without the terminating '.' line."""
-        self.status()
-        while len(self.buf) - self.pos < 3:
-            self._fill()
-        if self.buf[self.pos:self.pos + 3] == b".\r\n":
-            self.pos += 3
-            return b""
-        # Not ".\r\n" at once, so the data has a first line, and the end is
-        # the first CRLF "." CRLF at or after pos.
-        scan = self.pos
-        while True:
-            i = self.buf.find(b"\r\n.\r\n", scan)
-            if i >= 0:
-                break
-            # The terminator may straddle the next read: rescan the last
-            # 4 bytes. Offsets are kept relative to pos, which moves when
-            # the buffer is compacted.
-            rel = max(scan, len(self.buf) - 4) - self.pos
-            self._fill()
-            scan = self.pos + rel
-        data = bytes(self.buf[self.pos:i + 2])
-        self.pos = i + 5
-        if data.startswith(b".") or b"\r\n." in data:
-            if data.startswith(b".."):
-                data = data[1:]
-            data = data.replace(b"\r\n..", b"\r\n.")
-        return data
-
-    def take_multi(self):
-        """The size, unstuffed, of the next multi-line response when it is
-        wholly in the buffer (consumed), else None (nothing consumed).
-        Sizes it without copying: each stuffed '.' is one octet less."""
+    def _take_body(self):
+        """(start, end) of the data of the next multi-line response when it
+        is wholly in the buffer, consumed, else None (nothing consumed).
+        The data is buf[start:end], CRLF line ends, still byte-stuffed,
+        without the terminating "." line. Raises on -ERR."""
         buf, pos = self.buf, self.pos
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
@@ -109,13 +80,35 @@ class Client:
             return None
         if buf[start:start + 3] == b".\r\n":
             self.pos = start + 3
-            return 0
+            return start, start
+        # Not ".\r\n" at once, so the data has a first line, and the end
+        # is the first CRLF "." CRLF after it.
         end = buf.find(b"\r\n.\r\n", start)
         if end < 0:
             return None
         self.pos = end + 5
-        stuffed = buf.count(b"\r\n..", start, end + 2) + (1 if buf.startswith(b"..", start) else 0)
-        return end + 2 - start - stuffed
+        return start, end + 2
+
+    def multi(self) -> bytes:
+        """A multi-line response: the data, unstuffed, with CRLF line ends
+        and without the terminating '.' line."""
+        while (body := self._take_body()) is None:
+            self._fill()
+        data = bytes(self.buf[body[0]:body[1]])
+        if data.startswith(b".."):
+            data = data[1:]
+        return data.replace(b"\r\n..", b"\r\n.")
+
+    def take_multi(self):
+        """The size, unstuffed, of the next multi-line response when it is
+        wholly in the buffer (consumed), else None (nothing consumed).
+        Sizes it without copying: each stuffed '.' is one octet less."""
+        body = self._take_body()
+        if body is None:
+            return None
+        start, end = body
+        stuffed = self.buf.count(b"\r\n..", start, end) + (1 if self.buf.startswith(b"..", start) else 0)
+        return end - start - stuffed
 
     def command(self, line: str) -> bytes:
         self.send(line.encode() + b"\r\n")

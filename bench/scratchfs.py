@@ -27,6 +27,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 
 IMAGE_BYTES = 6 << 30  # a full run writes ~1.5 GiB
 
@@ -79,8 +81,6 @@ def durable_writes_per_second(root, streams=16, count=2000, size=4096):
     a durable delivery must (write a tmp/ file, fsync it, rename it into
     new/, fsync new/), `count` in all. The ceiling the SMTP figures meet
     when a server does nothing but its fsyncs (fsync releases the GIL)."""
-    import threading
-    import time
     d = tempfile.mkdtemp(prefix="disk-", dir=root)
     tmp, new = os.path.join(d, "tmp"), os.path.join(d, "new")
     os.mkdir(tmp)

@@ -132,8 +132,9 @@ def map_fds(calls):
 
 
 def renames(calls):
-    """Renames and hard links: a Maildir delivery publishes its tmp/ file
-    in new/ as a link (Maildir::publish_linked), the queue by rename."""
+    """Renames and hard links: an SMTP delivery and the queue publish by
+    rename, a SmartPop delivery its tmp/ file in new/ as a link
+    (Maildir::publish_linked)."""
     out = []
     for c in calls:
         if c.name in ("rename", "renameat", "renameat2", "link", "linkat") and c.ret == 0:
