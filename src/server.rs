@@ -28,10 +28,12 @@ use crate::workers::Workers;
 /// a journaling file system commits the fsyncs in flight together, so
 /// more writers in flight mean fewer commits per message. On a journaled
 /// ext4 (`make bench`, 50 sessions) 4 writers took 1491 msg/s, 8 took
-/// 2291 and 16 took 2719; at 10 sessions, where only 10 messages can be
-/// in flight, all three took ~1700. Each costs a 512 KiB stack reserved
-/// and a few KiB of it touched.
-const WRITE_THREADS: usize = 16;
+/// 2291, 16 took 2719; later, in one run of alternating rounds, 16 took
+/// 3120, 32 took 3652, 48 3550 and 64 3611 (the two cores were full by
+/// then). At 10 sessions only 10 messages can be in flight and the count
+/// makes no difference. Each costs a 512 KiB stack reserved and a few KiB
+/// of it touched.
+const WRITE_THREADS: usize = 32;
 
 /// Threads for quick work (message reads, folder listings, password
 /// hashes), so a slow disk's fsyncs never hold up a session that reads.
