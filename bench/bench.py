@@ -51,6 +51,10 @@ SMTP_MESSAGES = int(os.environ.get("BENCH_SMTP_MESSAGES", "3000"))
 SMTP_SESSIONS = [int(x) for x in os.environ.get("BENCH_SMTP_SESSIONS", "10,50").split(",")]
 POP3_MESSAGES = int(os.environ.get("BENCH_POP3_MESSAGES", "5000"))
 POP3_DEPTH = 16
+# Sessions one after another in each POP3 round, per depth: one pipelined
+# session of 5000 takes mailgate ~0.07 s, short enough that one hiccup of
+# this VM moved a round by a third; a round of about a second does not.
+POP3_PASSES = {1: 3, POP3_DEPTH: 10}
 IMAP_MESSAGES = int(os.environ.get("BENCH_IMAP_MESSAGES", "20000"))
 IMAP_FULL = int(os.environ.get("BENCH_IMAP_FULL", "1000"))
 IMAP_IDLE = int(os.environ.get("BENCH_IMAP_IDLE", "1000"))
@@ -566,8 +570,13 @@ def bench_pop3(tmp, table):
                     meter.start_sampling()
                     cpu0 = meter.cpu()
                     try:
+                        n = secs = 0
                         with Others(meter) as others:
-                            n, _, secs = pop3load.retrieve_all(port, user, "secret", depth)
+                            for _ in range(POP3_PASSES[depth]):
+                                got, _, took = pop3load.retrieve_all(port, user, "secret", depth)
+                                if got != POP3_MESSAGES:
+                                    raise pop3load.Pop3Error(f"{got} of {POP3_MESSAGES} messages")
+                                n, secs = n + got, secs + took
                         fig.others.append(others.share)
                     except (pop3load.Pop3Error, OSError) as e:
                         meter.stop_sampling()
@@ -578,9 +587,6 @@ def bench_pop3(tmp, table):
                     time.sleep(0.1)
                     cpu = meter.cpu() - cpu0
                     peak = meter.stop_sampling()
-                    if n != POP3_MESSAGES:
-                        fig.failed.append(f"{who} round {i + 1}: {n} of {POP3_MESSAGES}")
-                        continue
                     fig.add(who, n, secs, cpu, peak)
     finally:
         mg.stop()
@@ -764,7 +770,8 @@ def print_side_by_side(table, peers):
     print(f"SMTP: {SMTP_MESSAGES} x 4 KiB by smtp-source, one connection per message, "
           f"vs {peers['SMTP']} (virtual Maildir)")
     print(f"POP3: login, LIST, UIDL, RETR all {POP3_MESSAGES} x 4 KiB, QUIT, vs {peers['POP3']} "
-          "(same Maildir files)")
+          f"(same Maildir files); {POP3_PASSES[1]} sessions a round one at a time, "
+          f"{POP3_PASSES[POP3_DEPTH]} pipelined")
     print(f"IMAP: {IMAP_MESSAGES} x 4 KiB in INBOX; login + SELECT + UID FETCH 1:* (FLAGS RFC822.SIZE), "
           f"and FETCH 1:{IMAP_FULL} BODY.PEEK[], vs {peers['IMAP']} (same Maildir files)")
     print()
