@@ -311,7 +311,7 @@ class Figure:
         self.failed = []
         self.lag = []
         self.others = []
-        self.floor = []  # the disk's durable writes/s, `writers` streams
+        self.ceiling = []  # the disk's durable writes/s, `writers` streams
         self.writers = 0
 
     def add(self, who, messages, seconds, cpu, peak):
@@ -402,13 +402,13 @@ def mailgate_server(tmp, recipients, meter, extra="", replace=None):
     return s
 
 
-def smtp_rounds(fig, servers, sessions, peer_lag=True, floor_dir=None):
+def smtp_rounds(fig, servers, sessions, peer_lag=True, ceiling_dir=None):
     """Warm each server up, then ROUNDS alternating SMTP rounds into
     `fig`. `servers`: who -> (meter, port, maildir of a recipient);
     round i goes to recipient r{i}. `peer_lag`: record how long the
     peer's queue took to deliver after the load ended (Postfix).
-    `floor_dir`: after each pair of rounds, measure there what the disk
-    allows with as many writers as there are sessions (fig.floor)."""
+    `ceiling_dir`: after each pair of rounds, measure there what the disk
+    allows with as many writers as there are sessions (fig.ceiling)."""
     for who, (meter, port, md) in servers.items():
         smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
         wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
@@ -426,10 +426,10 @@ def smtp_rounds(fig, servers, sessions, peer_lag=True, floor_dir=None):
             fig.add(who, SMTP_MESSAGES, secs, cpu, peak)
             if who == "peer" and peer_lag:
                 fig.lag.append(lag)
-        if floor_dir:
+        if ceiling_dir:
             fig.writers = sessions
-            fig.floor.append(scratchfs.durable_writes_per_second(
-                floor_dir, streams=sessions, count=SMTP_MESSAGES))
+            fig.ceiling.append(scratchfs.durable_writes_per_second(
+                ceiling_dir, streams=sessions, count=SMTP_MESSAGES))
 
 
 def bench_smtp(tmp, table):
@@ -454,7 +454,7 @@ def bench_smtp(tmp, table):
                 "mailgate": (mg_meter, mg.ports["smtp"], lambda r: mg.maildir_path(f"{r}@{DOMAIN}")),
                 "peer": (pf_meter, pf.port, lambda r: pf.maildir(r)),
             }
-            smtp_rounds(fig, servers, sessions, floor_dir=tmp)
+            smtp_rounds(fig, servers, sessions, ceiling_dir=tmp)
         finally:
             mg.stop()
             if pf:
@@ -802,13 +802,13 @@ def print_side_by_side(table, peers):
         if fig.others:
             print("    CPUs used meanwhile by all but server and bench (others' work, kernel threads): "
                   + "/".join(f"{o:.2f}" for o in fig.others))
-        if fig.floor:
-            floor = statistics.median(fig.floor)
-            print(f"    the disk's floor for {fig.writers} writers (bare 4 KiB tmp/ write, fsync, "
+        if fig.ceiling:
+            ceiling = statistics.median(fig.ceiling)
+            print(f"    the disk's ceiling for {fig.writers} writers (bare 4 KiB tmp/ write, fsync, "
                   f"rename, fsync new/; no SMTP), after each pair: "
-                  + "/".join(f"{f:.0f}" for f in fig.floor)
-                  + f" msg/s; mailgate at {fig.median('mailgate', 0) / floor:.0%} of it, "
-                  f"the floor at {floor / fig.median('peer', 0):.2f}x the peer")
+                  + "/".join(f"{f:.0f}" for f in fig.ceiling)
+                  + f" msg/s; mailgate at {fig.median('mailgate', 0) / ceiling:.0%} of it, "
+                  f"the ceiling at {ceiling / fig.median('peer', 0):.2f}x the peer")
         if fig.lag:
             print(f"    Postfix's last Maildir file came {statistics.median(fig.lag):.2f} s "
                   "after smtp-source ended (median)")
