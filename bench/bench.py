@@ -409,6 +409,7 @@ def smtp_rounds(fig, servers, sessions, peer_lag=True, ceiling_dir=None):
     peer's queue took to deliver after the load ended (Postfix).
     `ceiling_dir`: after each pair of rounds, measure there what the disk
     allows with as many writers as there are sessions (fig.ceiling)."""
+    fig.writers = sessions
     for who, (meter, port, md) in servers.items():
         smtp_source(port, sessions, WARMUP_MESSAGES, f"warmup@{DOMAIN}")
         wait_count(md("warmup"), WARMUP_MESSAGES, DELIVERY_TIMEOUT)
@@ -427,7 +428,6 @@ def smtp_rounds(fig, servers, sessions, peer_lag=True, ceiling_dir=None):
             if who == "peer" and peer_lag:
                 fig.lag.append(lag)
         if ceiling_dir:
-            fig.writers = sessions
             fig.ceiling.append(scratchfs.durable_writes_per_second(
                 ceiling_dir, streams=sessions, count=SMTP_MESSAGES))
 
@@ -870,8 +870,9 @@ def main():
 
 def run(where, how, peers):
     print(f"files under {where} ({how}): {fs_of(where)}")
-    print(f"that disk: {scratchfs.durable_writes_per_second(where):.0f} durable writes/s "
-          "(16 threads of 4 KiB tmp/ write, fsync, rename to new/, fsync new/)")
+    streams = 16
+    print(f"that disk: {scratchfs.durable_writes_per_second(where, streams=streams):.0f} durable writes/s "
+          f"({streams} threads of 4 KiB tmp/ write, fsync, rename to new/, fsync new/)")
     tempfile.tempdir = where
     started = time.time()
     tmp = tempfile.mkdtemp(prefix="mailgate-bench-")

@@ -25,7 +25,8 @@ type Job<T> = Box<dyn FnOnce() -> T + Send + 'static>;
 /// (as there were then) going idle after every message those yields
 /// (4.5 `sched_yield` per message under `strace -c`) were 9% of
 /// mailgate's samples in `perf` at SMTP load on a 2-core machine, where a
-/// yield hands the core to another runnable thread. Here a worker with nothing to do sleeps on the condvar.
+/// yield hands the core to another runnable thread. Here a worker with
+/// nothing to do sleeps on the condvar.
 struct JobQueue<J> {
     state: Mutex<QueueState<J>>,
     ready: Condvar,
