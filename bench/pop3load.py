@@ -1,24 +1,20 @@
-"""A POP3 load client on raw sockets: one command at a time, or pipelined.
+"""POP3 clients for the bench: the C load client's builder and runner
+(bench/pop3load.c: what the POP3 figures are measured with), and a
+Python client on raw sockets (Client) for tests that script a session.
 
 poplib reads line by line through a file object and is slower than either
-server; this client reads 256 KiB at a time and finds each response's end
+server; Client reads 256 KiB at a time and finds each response's end
 in the buffer. Multi-line responses (RFC 1939 3) end with a line holding
 only "."; a line that starts with "." arrives with one more "." in front
-(byte-stuffing), which is removed before the size is checked against LIST.
-
-Pipelined (RFC 2449 6.6, PIPELINING): `depth` RETR commands are in
-flight. After each read from the socket the client takes every answer
-that is wholly in its buffer, then sends the commands those answers freed
-in one write, so `depth` are in flight again: what a client that reads
-its socket does, and one send per read rather than per message (at one
-Python send per answer, the client, not the server, was the limit near
-40,000 answers/s). Every message's size is checked against LIST and the
-count against STAT, so a wrong or lost answer fails the round instead of
-counting as fast.
+(byte-stuffing), which multi() removes.
 """
 
+import shutil
 import socket
-import time
+import subprocess
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().with_suffix(".c")
 
 RECV = 1 << 18
 # Compact the buffer when this much of it has been consumed.
@@ -99,17 +95,6 @@ class Client:
             data = data[1:]
         return data.replace(b"\r\n..", b"\r\n.")
 
-    def take_multi(self):
-        """The size, unstuffed, of the next multi-line response when it is
-        wholly in the buffer (consumed), else None (nothing consumed).
-        Sizes it without copying: each stuffed '.' is one octet less."""
-        body = self._take_body()
-        if body is None:
-            return None
-        start, end = body
-        stuffed = self.buf.count(b"\r\n..", start, end) + (1 if self.buf.startswith(b"..", start) else 0)
-        return end - start - stuffed
-
     def command(self, line: str) -> bytes:
         self.send(line.encode() + b"\r\n")
         return self.status()
@@ -118,44 +103,25 @@ class Client:
         self.sock.close()
 
 
-def retrieve_all(port, user, password, depth=1):
-    """Logs in, STAT, LIST, UIDL, RETR every message (depth in flight), QUIT.
-    Returns (messages, bytes, seconds). Raises when anything is off."""
-    start = time.perf_counter()
-    c = Client(port)
-    try:
-        c.command(f"USER {user}")
-        c.command(f"PASS {password}")
-        count = int(c.command("STAT").split()[1])
-        c.send(b"LIST\r\n")
-        sizes = {}
-        for line in c.multi().split(b"\r\n")[:-1]:
-            n, size = line.split()
-            sizes[int(n)] = int(size)
-        c.send(b"UIDL\r\n")
-        uids = c.multi().split(b"\r\n")[:-1]
-        if len(sizes) != count or len(uids) != count:
-            raise Pop3Error(f"STAT says {count}, LIST {len(sizes)}, UIDL {len(uids)}")
-        total = 0
-        sent = min(depth, count)
-        c.send(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(sent)))
-        done = 0
-        while done < count:
-            freed = 0
-            while (size := c.take_multi()) is not None:
-                done += 1
-                if done > sent or size != sizes[done]:
-                    raise Pop3Error(f"RETR {done}: {size} octets, LIST said {sizes.get(done)}")
-                total += size
-                freed += 1
-            if not freed:
-                c._fill()
-                continue
-            more = range(sent + 1, min(sent + freed, count) + 1)
-            if more:
-                c.send(b"".join(b"RETR %d\r\n" % n for n in more))
-                sent = more[-1]
-        c.command("QUIT")
-    finally:
-        c.close()
-    return count, total, time.perf_counter() - start
+def build(out_dir) -> Path:
+    """Compiles the pipelined load client (bench/pop3load.c) into out_dir."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise Pop3Error("no C compiler for bench/pop3load.c")
+    exe = Path(out_dir) / "pop3load"
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(SOURCE)],
+                   check=True)
+    return exe
+
+
+def retrieve_all(exe, port, user, password, depth=1, sessions=1):
+    """`sessions` sessions one after another, each: login, STAT, LIST,
+    UIDL, RETR every message (`depth` in flight), QUIT, by the C client.
+    Returns (messages, octets, seconds), summed; raises Pop3Error with the
+    client's reason when anything is off."""
+    p = subprocess.run([str(exe), str(port), user, password, str(depth), str(sessions)],
+                       capture_output=True, timeout=600)
+    if p.returncode != 0:
+        raise Pop3Error(p.stderr.decode(errors="replace").strip() or f"exit {p.returncode}")
+    n, octets, secs = p.stdout.split()
+    return int(n), int(octets), float(secs)

@@ -62,13 +62,12 @@ def detach(p):
 POP3_SESSIONS = 5
 
 
-def pop3_load(s):
-    """RETR the POP3 mailbox POP3_SESSIONS times; returns (RETRs, seconds)."""
+def pop3_load(s, client):
+    """RETR the POP3 mailbox POP3_SESSIONS times with the C load client
+    (pop3load.build); returns (RETRs, seconds)."""
     start = time.perf_counter()
-    n = 0
-    for _ in range(POP3_SESSIONS):
-        n += pop3load.retrieve_all(s.ports["pop3"], f"bob@{bench.DOMAIN}", "secret",
-                                   bench.POP3_DEPTH)[0]
+    n = pop3load.retrieve_all(client, s.ports["pop3"], f"bob@{bench.DOMAIN}", "secret",
+                              bench.POP3_DEPTH, POP3_SESSIONS)[0]
     return n, time.perf_counter() - start
 
 
@@ -80,11 +79,12 @@ def load(port, rcpt):
     return time.perf_counter() - start
 
 
-def strace_profile(s, out_dir, pop3):
+# client: the POP3 load client to profile under, or None for SMTP.
+def strace_profile(s, out_dir, client):
     out = out_dir / "strace.txt"
     p = attach(["strace", "-c", "-f", "-qq", "-o", str(out), "-p", str(s.proc.pid)])
-    if pop3:
-        messages, secs = pop3_load(s)
+    if client:
+        messages, secs = pop3_load(s, client)
         err = detach(p)
         got = messages
     else:
@@ -115,11 +115,11 @@ def strace_profile(s, out_dir, pop3):
     print(f"(raw table: {out})")
 
 
-def perf_profile(s, out_dir, pop3):
+def perf_profile(s, out_dir, client):
     data = out_dir / "perf.data"
     p = attach(["perf", "record", "-g", "-F", "999", "-o", str(data), "-p", str(s.proc.pid)])
-    if pop3:
-        messages, secs = pop3_load(s)
+    if client:
+        messages, secs = pop3_load(s, client)
     else:
         messages = MESSAGES
         secs = load(s.ports["smtp"], f"r1@{bench.DOMAIN}")
@@ -157,16 +157,18 @@ def profile(where, out_dir, pop3, tools):
         print(f"mailgate {bench.BIN if hasattr(bench, 'BIN') else os.environ.get('MAILGATE_BIN')} "
               f"pid {s.proc.pid}, SMTP on 127.0.0.1:{s.ports['smtp']}")
         bench.smtp_source(s.ports["smtp"], SESSIONS, bench.WARMUP_MESSAGES, f"warmup@{bench.DOMAIN}")
+        client = None
         if pop3:
             bench.smtp_source(s.ports["smtp"], 10, bench.POP3_MESSAGES, f"bob@{bench.DOMAIN}")
             md = s.maildir_path(f"bob@{bench.DOMAIN}")
             if bench.wait_count(md, bench.POP3_MESSAGES, 120) != bench.POP3_MESSAGES:
                 raise RuntimeError("the POP3 mailbox did not fill")
-            pop3_load(s)  # untimed: new/ moves to cur/ once
+            client = pop3load.build(out_dir)
+            pop3_load(s, client)  # untimed: new/ moves to cur/ once
         if "strace" in tools:
-            strace_profile(s, out_dir, pop3)
+            strace_profile(s, out_dir, client)
         if "perf" in tools:
-            perf_profile(s, out_dir, pop3)
+            perf_profile(s, out_dir, client)
     finally:
         s.stop()
         meter.close()

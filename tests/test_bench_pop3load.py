@@ -1,9 +1,12 @@
-"""The bench's POP3 load client (bench/pop3load.py) reads responses right.
+"""The bench's POP3 clients (bench/pop3load.c, the load client the POP3
+figures are measured with, and pop3load.Client, the Python one tests script
+sessions with) read responses right.
 
-Its figures are only worth something if it neither loses nor invents data:
-a scripted server sends answers in awkward pieces (one byte at a time, the
-terminator split across reads, a buffer compaction in the middle) with
-byte-stuffed lines, and the client must hand back each message exactly.
+Their figures are only worth something if they neither lose nor invent
+data: a scripted server sends answers in awkward pieces (one byte at a
+time, the terminator split across reads, messages larger than the buffer)
+with byte-stuffed lines, and the load client must count each message's
+exact size, and fail on a wrong size, a short count, -ERR or a cut.
 """
 
 import socket
@@ -64,24 +67,43 @@ def serve(sock, chunk, messages):
             out(b"-ERR what\r\n")
 
 
-def run(chunk, depth, messages=MESSAGES):
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    try:
+        return pop3load.build(tmp_path_factory.mktemp("pop3load"))
+    except pop3load.Pop3Error as e:
+        pytest.skip(str(e))
+
+
+def scripted(script, sessions=1):
+    """A listening port whose connections, one after another, are handed to
+    script(conn); returns (port, join)."""
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(1)
-    port = lsock.getsockname()[1]
 
     def accept():
-        conn, _ = lsock.accept()
-        with conn:
-            serve(conn, chunk, messages)
+        for _ in range(sessions):
+            conn, _ = lsock.accept()
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                script(conn)
 
     t = threading.Thread(target=accept, daemon=True)
     t.start()
-    try:
-        return pop3load.retrieve_all(port, "u", "p", depth)
-    finally:
-        t.join(10)
+
+    def join():
+        t.join(30)
         lsock.close()
+    return lsock.getsockname()[1], join
+
+
+def run(client, chunk, depth, messages=MESSAGES, sessions=1):
+    port, join = scripted(lambda conn: serve(conn, chunk, messages), sessions)
+    try:
+        return pop3load.retrieve_all(client, port, "u", "p", depth, sessions)
+    finally:
+        join()
 
 
 class Pieces:
@@ -112,86 +134,64 @@ def test_multi_line_split_anywhere(chunk, monkeypatch):
         c.status()
 
 
-@pytest.mark.parametrize("chunk", range(1, 12))
-def test_pipelined_sizes_split_anywhere(chunk, monkeypatch):
-    # The pipelined path sizes answers in place: a partial answer must
-    # consume nothing, and stuffed dots must not count.
-    monkeypatch.setattr(pop3load, "COMPACT", 5)
-    stream = b"+OK hi\r\n" + b"".join(
-        b"+OK %d\r\n" % len(m) + stuff(m) + b".\r\n" for m in MESSAGES) + b"-ERR no such message\r\n"
-    c = pop3load.Client(0, sock=Pieces(stream, chunk))
-    sizes = []
-    while len(sizes) < len(MESSAGES):
-        size = c.take_multi()
-        if size is None:
-            c._fill()
-        else:
-            sizes.append(size)
-    assert sizes == [len(m) for m in MESSAGES]
-    with pytest.raises(pop3load.Pop3Error, match="no such message"):
-        while c.take_multi() is None:
-            c._fill()
-
-
-@pytest.mark.parametrize("chunk", [1, 3, 4, 5, 1 << 16])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 6, 7, 1 << 16])
 @pytest.mark.parametrize("depth", [1, 16])
-def test_reads_every_message_exactly(chunk, depth):
-    n, total, _ = run(chunk, depth)
+def test_load_client_sizes_every_message_exactly(client, chunk, depth):
+    n, total, secs = run(client, chunk, depth)
     assert n == len(MESSAGES)
     assert total == sum(map(len, MESSAGES))
+    assert secs > 0
 
 
-def test_buffer_compaction_keeps_the_data(monkeypatch):
-    # Compact after every read: offsets must survive the buffer moving.
-    monkeypatch.setattr(pop3load, "COMPACT", 3)
-    n, total, _ = run(7, 16, MESSAGES * 3)
-    assert (n, total) == (len(MESSAGES) * 3, 3 * sum(map(len, MESSAGES)))
+def test_load_client_buffer_grows_and_compacts(client):
+    # One message larger than the client's 1 MiB buffer (it must grow),
+    # then enough to make it move what is left to the front many times;
+    # two sessions, summed.
+    big = (b"." + b"y" * 998 + b"\r\n") * 3000
+    messages = [big] + MESSAGES * 20
+    n, total, _ = run(client, 1 << 16, 16, messages, sessions=2)
+    assert (n, total) == (2 * len(messages), 2 * sum(map(len, messages)))
 
 
-def test_wrong_size_fails_the_round():
+def answers(replies):
+    """A script that sends a greeting, then one reply per command line,
+    then closes."""
+    def script(conn):
+        conn.sendall(b"+OK\r\n")
+        f = conn.makefile("rb")
+        for reply in replies:
+            if not f.readline():
+                return
+            conn.sendall(reply)
+    return script
+
+
+def fails(client, replies, match):
+    port, join = scripted(answers(replies))
+    try:
+        with pytest.raises(pop3load.Pop3Error, match=match):
+            pop3load.retrieve_all(client, port, "u", "p", 16)
+    finally:
+        join()
+
+
+def test_wrong_size_fails_the_round(client):
     # A server whose RETR answer is shorter than LIST said must not count.
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    port = lsock.getsockname()[1]
-
-    def accept():
-        conn, _ = lsock.accept()
-        with conn:
-            conn.sendall(b"+OK\r\n")
-            f = conn.makefile("rb")
-            for reply in (b"+OK\r\n", b"+OK\r\n", b"+OK 1 10\r\n", b"+OK\r\n1 10\r\n.\r\n",
-                          b"+OK\r\n1 a\r\n.\r\n", b"+OK\r\nshort\r\n.\r\n"):
-                f.readline()
-                conn.sendall(reply)
-            f.readline()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    with pytest.raises(pop3load.Pop3Error, match="RETR 1: 7 octets, LIST said 10"):
-        pop3load.retrieve_all(port, "u", "p", 1)
-    t.join(10)
-    lsock.close()
+    fails(client, [b"+OK\r\n", b"+OK\r\n", b"+OK 1 10\r\n", b"+OK\r\n1 10\r\n.\r\n",
+                   b"+OK\r\n1 a\r\n.\r\n", b"+OK\r\nshort\r\n.\r\n"],
+          "RETR 1: 7 octets, LIST said 10")
 
 
-def test_err_reply_raises():
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    port = lsock.getsockname()[1]
+def test_listing_short_of_stat_fails(client):
+    fails(client, [b"+OK\r\n", b"+OK\r\n", b"+OK 2 20\r\n", b"+OK\r\n1 10\r\n.\r\n",
+                   b"+OK\r\n1 a\r\n.\r\n"],
+          "STAT says 2, LIST 1, UIDL 1")
 
-    def accept():
-        conn, _ = lsock.accept()
-        with conn:
-            conn.sendall(b"+OK\r\n")
-            conn.recv(100)
-            conn.sendall(b"+OK\r\n")
-            conn.recv(100)
-            conn.sendall(b"-ERR [AUTH] no\r\n")
 
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    with pytest.raises(pop3load.Pop3Error, match="AUTH"):
-        pop3load.retrieve_all(port, "u", "p", 1)
-    t.join(10)
-    lsock.close()
+def test_err_reply_fails(client):
+    fails(client, [b"+OK\r\n", b"-ERR [AUTH] no\r\n"], r"PASS p: -ERR \[AUTH\] no")
+
+
+def test_cut_mid_answer_fails(client):
+    fails(client, [b"+OK\r\n", b"+OK\r\n", b"+OK 1 10\r\n", b"+OK\r\n1 10\r\n.\r\n",
+                   b"+OK\r\n1 a\r\n.\r\n", b"+OK\r\n0123"], "connection closed")
