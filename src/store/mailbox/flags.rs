@@ -105,13 +105,18 @@ pub fn base(name: &str) -> &str {
 /// Flags in a file name: from the last `:` if it is `:2,`; unknown
 /// letters (and keyword letters past `known_keywords`) are ignored.
 pub fn parse(name: &str) -> Flags {
-    let mut f = Flags::NONE;
     let Some(i) = name.rfind(INFO_SEP) else {
-        return f;
+        return Flags::NONE;
     };
-    let Some(letters) = name.get(i..).and_then(|s| s.strip_prefix(INFO_FLAGS)) else {
-        return f;
-    };
+    match name.get(i..).and_then(|s| s.strip_prefix(INFO_FLAGS)) {
+        Some(letters) => parse_letters(letters),
+        None => Flags::NONE,
+    }
+}
+
+/// The flags of the letters after `:2,` (up to a `,`).
+pub fn parse_letters(letters: &str) -> Flags {
+    let mut f = Flags::NONE;
     for c in letters.chars() {
         if c == ',' {
             break;

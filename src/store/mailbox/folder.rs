@@ -43,6 +43,7 @@
 //! Must not: rewrite a message, or run on the event-loop thread.
 
 use super::dotlock::{self, Dotlock, LockTable};
+use super::fasthash::{self, FastMap};
 use super::flags::{self, Flags};
 use super::keywords::{self, Keywords};
 use super::modseq::State;
@@ -52,6 +53,7 @@ use super::uidvalidity;
 use crate::store::durable;
 use crate::store::maildir::{self, CrlfToLf, Sub};
 use std::cmp::Ordering;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -411,12 +413,12 @@ impl Folder {
         let stamp = self.stamp();
         let scan = self.scan(false)?;
         if let Some(scan) = scan {
-            return Ok(Arc::new(self.snapshot_of(&scan, stamp)));
+            return Ok(Arc::new(self.snapshot_taking(scan, stamp)));
         }
         let _lock = self.lock()?;
         let mut scan = self.scan(true)?.ok_or_else(|| io::Error::other("scan"))?;
         self.write_scan(&mut scan)?;
-        Ok(Arc::new(self.snapshot_of(&scan, self.stamp())))
+        Ok(Arc::new(self.snapshot_taking(scan, self.stamp())))
     }
 
     /// NOOP / IDLE poll: `snap` itself when nothing changed on disk since
@@ -440,7 +442,7 @@ impl Folder {
         let mut scan = self.scan(true)?.ok_or_else(|| io::Error::other("scan"))?;
         let first = scan.state.claim_recent(scan.list.next_uid);
         self.write_scan(&mut scan)?;
-        Ok((Arc::new(self.snapshot_of(&scan, self.stamp())), first))
+        Ok((Arc::new(self.snapshot_taking(scan, self.stamp())), first))
     }
 
     /// A selected session learnt of new messages: claims the \Recent of
@@ -453,6 +455,17 @@ impl Folder {
         let lo = scan.state.claim_recent(hi);
         self.write_scan(&mut scan)?;
         Ok((lo, hi))
+    }
+
+    /// [`Folder::snapshot_of`] of a scan that is done with: its messages
+    /// move instead of being copied (a SELECT of 20,000 messages spent a
+    /// tenth of its time copying and freeing their names).
+    fn snapshot_taking(&self, mut scan: Scan, stamp: Stamp) -> Snapshot {
+        let messages = std::mem::take(&mut scan.messages);
+        Snapshot {
+            messages,
+            ..self.snapshot_of(&scan, stamp)
+        }
     }
 
     fn snapshot_of(&self, scan: &Scan, stamp: Stamp) -> Snapshot {
@@ -556,7 +569,7 @@ impl Folder {
         } else {
             State::load(&self.dir, list.uidvalidity)?
         };
-        let mut live: HashMap<u32, ()> = HashMap::with_capacity(messages.len());
+        let mut live: FastMap<u32, ()> = fasthash::with_capacity(messages.len());
         for m in &mut messages {
             live.insert(m.uid, ());
             match state.messages.get(&m.uid) {
@@ -1441,14 +1454,14 @@ fn message_of(rec: &Record, sub: Sub, name: String, known_kw: u32) -> Message {
 /// Base name -> (subfolder, file name) for `new/` then `cur/` (Dovecot's
 /// order: a message moving from new/ to cur/ meanwhile is still seen).
 /// Hidden names are skipped; of two files with one base, `cur/` wins.
-fn list_files(dir: &Path) -> io::Result<HashMap<String, (Sub, String)>> {
+fn list_files(dir: &Path) -> io::Result<FastMap<String, (Sub, String)>> {
     Ok(list_all(dir)?.files)
 }
 
 /// What one listing of `new/` and `cur/` found.
 #[derive(Default)]
 struct Listing {
-    files: HashMap<String, (Sub, String)>,
+    files: FastMap<String, (Sub, String)>,
     /// `new/` names whose base is also in `cur/`: an interrupted STORE's
     /// twin when they are one file.
     twins: Vec<(String, String)>,
@@ -1487,9 +1500,17 @@ fn list_all(dir: &Path) -> io::Result<Listing> {
                 Ok(_) => continue,
                 Err(_) => continue,
             }
-            let base = flags::base(&name).to_string();
-            if let Some((Sub::New, twin)) = out.files.insert(base.clone(), (sub, name)) {
-                out.twins.push((base, twin));
+            // The base is cloned again only for a twin (rare): one
+            // allocation less per file.
+            match out.files.entry(flags::base(&name).to_string()) {
+                Entry::Vacant(v) => {
+                    v.insert((sub, name));
+                }
+                Entry::Occupied(mut o) => {
+                    if let (Sub::New, twin) = o.insert((sub, name)) {
+                        out.twins.push((o.key().clone(), twin));
+                    }
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 //! - `flags`: `:2,DFRST` + keyword letters.
 //! - `uidlist`, `keywords`, `uidvalidity`, `subscriptions`: Dovecot files.
 //! - `dotlock`: Dovecot's `dovecot-uidlist.lock`.
+//! - `fasthash`: the hash of the maps a folder scan builds.
 //! - `modseq`: our modseq and expunge records.
 //! - `folder`: sync (snapshots), APPEND, COPY, MOVE, STORE, EXPUNGE.
 //! - `tree`: the folder tree (LIST, CREATE, DELETE, RENAME,
@@ -19,6 +20,7 @@
 //! (every operation may fsync; the registry alone is plain data).
 
 pub mod dotlock;
+pub mod fasthash;
 pub mod flags;
 pub mod folder;
 pub mod keywords;

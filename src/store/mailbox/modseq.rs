@@ -27,9 +27,10 @@
 //!
 //! Must not: decrease H, or give one modseq to two changes.
 
+use super::fasthash::FastMap;
 use super::flags::{self, Flags};
 use crate::store::durable;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -52,7 +53,7 @@ pub struct State {
     pub first_recent: u32,
     /// Expunges with a modseq at or below this are forgotten.
     pub expunge_floor: u64,
-    pub messages: HashMap<u32, (u64, Flags)>,
+    pub messages: FastMap<u32, (u64, Flags)>,
     /// uid -> modseq of its expunge.
     pub expunged: BTreeMap<u32, u64>,
     lines: usize,
@@ -108,7 +109,7 @@ impl State {
             highest: h,
             first_recent: 1,
             expunge_floor: h,
-            messages: HashMap::new(),
+            messages: FastMap::default(),
             expunged: BTreeMap::new(),
             lines: 0,
             pending: String::new(),
@@ -137,6 +138,7 @@ impl State {
         }
         let body: Vec<&str> = lines.collect();
         let n = body.len();
+        st.messages.reserve(n);
         for (i, line) in body.into_iter().enumerate() {
             // The piece after the last newline is torn (or empty): skip.
             if i + 1 == n {
@@ -147,7 +149,7 @@ impl State {
             match (f.next(), f.next(), f.next()) {
                 (Some("m"), Some(uid), Some(ms)) => {
                     if let (Ok(uid), Ok(ms)) = (uid.parse(), parse_modseq(ms)) {
-                        let fl = flags::parse(&format!(":2,{}", f.next().unwrap_or("")));
+                        let fl = flags::parse_letters(f.next().unwrap_or(""));
                         st.highest = st.highest.max(ms);
                         st.messages.insert(uid, (ms, fl));
                     }

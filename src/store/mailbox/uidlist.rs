@@ -19,8 +19,8 @@
 //! Must not: write except by [`Uidlist::write`] (temporary file, fsync,
 //! rename, fsync folder) with the uidlist lock held.
 
+use super::fasthash::{self, FastMap};
 use crate::store::durable;
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
@@ -89,8 +89,8 @@ impl Uidlist {
         let mut damaged = torn || !complete && !text.is_empty();
         let mut it = lines.into_iter();
         let header = it.next().and_then(parse_header);
-        let mut records: Vec<Record> = Vec::new();
-        let mut by_base: HashMap<String, usize> = HashMap::new();
+        let mut records: Vec<Record> = Vec::with_capacity(it.len());
+        let mut by_base: FastMap<String, usize> = fasthash::with_capacity(it.len());
         let v1 = matches!(header, Some((1, ..)));
         for line in it {
             match parse_record(line, v1) {
