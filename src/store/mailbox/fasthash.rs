@@ -98,8 +98,8 @@ mod tests {
         }
         assert!(buckets.len() > 2400, "{} of 4096 buckets", buckets.len());
         assert_eq!(tags.len(), 128);
-        // Strings are prefix-free through Hash's terminator: "ab"+"c" is
-        // not "a"+"bc" in a tuple, and "" differs from "\0".
+        // Hash's terminator after a str and the length after octets keep
+        // neighbours apart: "ab"+"c" is not "a"+"bc", "a" is not "a\0".
         assert_ne!(hash(&("ab", "c")), hash(&("a", "bc")));
         assert_ne!(hash(&b"a"[..]), hash(&b"a\0"[..]));
         assert_ne!(hash(""), hash("\0"));
