@@ -220,13 +220,14 @@ static void session(int port, const char *user, const char *password, long depth
     if (!sizes)
         die("out of memory");
     long listed = 0;
+    /* Each line "n size" CRLF (the data ends in CRLF, so each has one). */
     for (char *p = c.buf + s, *stop = c.buf + e; p < stop; listed++) {
-        char *next;
+        char *eol = memmem(p, (size_t)(stop - p), "\r\n", 2), *next;
         long n = strtol(p, &next, 10), size = strtol(next, &next, 10);
-        if (n != listed + 1 || n > count || size < 0 || next + 2 > stop || memcmp(next, "\r\n", 2))
-            die("LIST line %ld: %.*s", listed + 1, (int)(strcspn(p, "\r") % 200), p);
+        if (n != listed + 1 || n > count || size < 0 || next != eol)
+            die("LIST line %ld: %.*s", listed + 1, eol - p > 200 ? 200 : (int)(eol - p), p);
         sizes[n] = size;
-        p = next + 2;
+        p = eol + 2;
     }
     send_all(&c, "UIDL\r\n", 6);
     body(&c, &s, &e, "UIDL");

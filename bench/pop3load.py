@@ -60,37 +60,22 @@ class Client:
             raise Pop3Error(line.decode(errors="replace"))
         return line
 
-    def _take_body(self):
-        """(start, end) of the data of the next multi-line response when it
-        is wholly in the buffer, consumed, else None (nothing consumed).
-        The data is buf[start:end], CRLF line ends, still byte-stuffed,
-        without the terminating "." line. Raises on -ERR."""
-        buf, pos = self.buf, self.pos
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        if not buf.startswith(b"+OK", pos):
-            raise Pop3Error(bytes(buf[pos:eol]).decode(errors="replace"))
-        start = eol + 2
-        if len(buf) - start < 3:
-            return None
-        if buf[start:start + 3] == b".\r\n":
-            self.pos = start + 3
-            return start, start
-        # Not ".\r\n" at once, so the data has a first line, and the end
-        # is the first CRLF "." CRLF after it.
-        end = buf.find(b"\r\n.\r\n", start)
-        if end < 0:
-            return None
-        self.pos = end + 5
-        return start, end + 2
-
     def multi(self) -> bytes:
         """A multi-line response: the data, unstuffed, with CRLF line ends
-        and without the terminating '.' line."""
-        while (body := self._take_body()) is None:
+        and without the terminating '.' line. Raises on -ERR."""
+        self.status()
+        while True:
+            if self.buf.startswith(b".\r\n", self.pos):
+                self.pos += 3
+                return b""
+            # Not "." at once, so the data has a first line, and the end
+            # is the first CRLF "." CRLF after it.
+            end = self.buf.find(b"\r\n.\r\n", self.pos)
+            if end >= 0:
+                break
             self._fill()
-        data = bytes(self.buf[body[0]:body[1]])
+        data = bytes(self.buf[self.pos:end + 2])
+        self.pos = end + 5
         if data.startswith(b".."):
             data = data[1:]
         return data.replace(b"\r\n..", b"\r\n.")

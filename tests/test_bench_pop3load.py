@@ -188,6 +188,11 @@ def test_listing_short_of_stat_fails(client):
           "STAT says 2, LIST 1, UIDL 1")
 
 
+def test_garbled_listing_fails(client):
+    fails(client, [b"+OK\r\n", b"+OK\r\n", b"+OK 1 10\r\n", b"+OK\r\n1 ten\r\n.\r\n"],
+          "LIST line 1: 1 ten")
+
+
 def test_err_reply_fails(client):
     fails(client, [b"+OK\r\n", b"-ERR [AUTH] no\r\n"], r"PASS p: -ERR \[AUTH\] no")
 

@@ -22,7 +22,7 @@ pub fn with_capacity<K, V>(n: usize) -> FastMap<K, V> {
 
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default)]
 pub struct FastHasher(u64);
 
 impl FastHasher {
