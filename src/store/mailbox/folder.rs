@@ -119,6 +119,24 @@ pub struct Stamp {
     new: (i64, i64),
     cur: (i64, i64),
     uidlist: (u64, i64, i64, u64),
+    /// `new/` or `cur/` changed less than [`SETTLE_SECS`] before the scan
+    /// began: a change during or just after it may leave the same mtime
+    /// (a coarse clock tick, FAT's 2 s), so the stamp cannot vouch that
+    /// nothing changed since. Dovecot's maildir sync has the same rule.
+    unsettled: bool,
+}
+
+/// How long after a folder's last change its mtimes can be trusted to
+/// tell a later change apart: FAT keeps mtimes to 2 s, and a kernel
+/// without fine-grained timestamps ticks every few ms.
+const SETTLE_SECS: i64 = 2;
+
+impl Stamp {
+    /// Nothing in the folder changed since `self` was taken, as far as
+    /// `now` (a fresh stamp) can tell.
+    fn vouches_for(&self, now: &Stamp) -> bool {
+        !self.unsettled && (self.new, self.cur, self.uidlist) == (now.new, now.cur, now.uidlist)
+    }
 }
 
 /// An immutable view of a folder, shared by the sessions that have it
@@ -311,6 +329,8 @@ struct Scan {
     messages: Vec<Message>,
     uidlist_dirty: bool,
     keywords_dirty: bool,
+    /// Unix seconds when the scan began (see [`Stamp::unsettled`]).
+    began: i64,
 }
 
 impl Folder {
@@ -384,9 +404,10 @@ impl Folder {
 
     /// Does the folder look changed since `snap` (3 stats, no listing)?
     pub fn changed_since(&self, snap: &Snapshot) -> bool {
-        self.stamp() != snap.stamp
+        !snap.stamp.vouches_for(&self.stamp())
     }
 
+    /// The stat fields; [`Folder::snapshot_of`] decides `unsettled`.
     fn stamp(&self) -> Stamp {
         let dir_stamp = |p: PathBuf| {
             fs::metadata(p)
@@ -400,6 +421,7 @@ impl Folder {
             new: dir_stamp(self.dir.join("new")),
             cur: dir_stamp(self.dir.join("cur")),
             uidlist: u,
+            unsettled: false,
         }
     }
 
@@ -460,7 +482,12 @@ impl Folder {
     /// The snapshot a finished scan leaves: its messages move into it
     /// (a copy cost a SELECT of 20,000 messages 20,000 names copied and
     /// freed, and STORE made one it never used).
-    fn snapshot_of(&self, scan: Scan, stamp: Stamp) -> Snapshot {
+    fn snapshot_of(&self, scan: Scan, mut stamp: Stamp) -> Snapshot {
+        // Against the scan's start, not the stamp's own time: a stamp taken
+        // after a slow scan must not vouch for a delivery made during it.
+        // A clock set back (a router before NTP) counts as unsettled: a
+        // needless scan, never a missed change.
+        stamp.unsettled = stamp.new.0.max(stamp.cur.0) > scan.began - SETTLE_SECS;
         Snapshot {
             name: self.name.clone(),
             uidvalidity: scan.list.uidvalidity,
@@ -477,6 +504,9 @@ impl Folder {
     /// Read everything. Without the lock, `None` means "something must be
     /// written: take the lock and scan again".
     fn scan(&self, locked: bool) -> io::Result<Option<Scan>> {
+        let began = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         let parsed = Uidlist::read(&self.dir)?;
         let keywords = Keywords::read(&self.dir)?;
         let mut listing = list_all(&self.dir)?;
@@ -598,6 +628,7 @@ impl Folder {
             messages,
             uidlist_dirty,
             keywords_dirty: false,
+            began,
         }))
     }
 

@@ -158,6 +158,7 @@ fn outside_changes_are_numbered_and_get_modseqs() {
     fs::write(f.dir().join("new/1700000002.M5P1Q1.h,S=3,W=4"), "b\n\n").unwrap();
     fs::write(f.dir().join("new/1700000001.M9P1Q2.h,S=3,W=4"), "a\n\n").unwrap();
     assert!(f.changed_since(&s));
+    settle(f.dir());
     let s2 = f.sync_from(&s).unwrap();
     assert!(
         std::sync::Arc::ptr_eq(&f.sync_from(&s2).unwrap(), &s2),
@@ -186,6 +187,43 @@ fn outside_changes_are_numbered_and_get_modseqs() {
         f.vanished_since(s4.uidvalidity, s3.highest_modseq).unwrap(),
         Some(vec![1])
     );
+}
+
+/// Dates `new/` and `cur/` back past the settle time, as if the last
+/// change to the folder were a minute old.
+fn settle(dir: &Path) {
+    let then = SystemTime::now() - Duration::from_secs(60);
+    for sub in ["new", "cur"] {
+        let d = fs::File::open(dir.join(sub)).unwrap();
+        d.set_times(fs::FileTimes::new().set_modified(then))
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_delivery_in_the_same_clock_tick_as_a_sync_is_not_missed() {
+    let t = TempDir::new("folder-tick");
+    let f = inbox(&t.path().join("m"));
+    fs::write(f.dir().join("new/1700000001.M1P1Q1.h,S=3,W=4"), "a\n\n").unwrap();
+    let s = f.sync().unwrap();
+    assert_eq!(s.messages.len(), 1);
+    // A second delivery whose mtime lands on the same tick (a coarse
+    // clock, FAT's 2 s): the stamps alone cannot tell it happened.
+    let new = f.dir().join("new");
+    let tick = fs::metadata(&new).unwrap().modified().unwrap();
+    fs::write(new.join("1700000002.M2P1Q1.h,S=3,W=4"), "b\n\n").unwrap();
+    let d = fs::File::open(&new).unwrap();
+    d.set_times(fs::FileTimes::new().set_modified(tick))
+        .unwrap();
+    assert!(f.changed_since(&s), "a fresh stamp does not vouch");
+    let s2 = f.sync_from(&s).unwrap();
+    assert_eq!(s2.messages.len(), 2, "IDLE and NOOP see the second one");
+    // Once the folder has been quiet past the settle time, the stamps
+    // vouch again and a poll is three stats.
+    settle(f.dir());
+    let s3 = f.sync().unwrap();
+    assert!(!f.changed_since(&s3));
+    assert!(std::sync::Arc::ptr_eq(&f.sync_from(&s3).unwrap(), &s3));
 }
 
 #[test]
