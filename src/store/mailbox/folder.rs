@@ -165,6 +165,12 @@ impl Snapshot {
     pub fn position(&self, uid: u32) -> Option<usize> {
         self.messages.binary_search_by_key(&uid, |m| m.uid).ok()
     }
+    /// Taken of the same on-disk state as far as its stats tell, and
+    /// vouching for it alike.
+    pub fn same_stamp(&self, other: &Snapshot) -> bool {
+        self.stamp == other.stamp
+    }
+
     /// What changed from `old` to `self`, for EXPUNGE/EXISTS/FETCH.
     pub fn diff(&self, old: &Snapshot) -> Diff {
         let mut d = Diff::default();

@@ -63,6 +63,10 @@ impl SharedSnapshots {
                 && other.highest_modseq == snap.highest_modseq
                 && other.messages.len() == snap.messages.len()
                 && snap.diff(&other).is_empty()
+                // The newer stamp wins: one that cannot vouch (taken just
+                // after a change) kept in place of one that can would make
+                // every later NOOP and IDLE wake-up a full rescan.
+                && other.same_stamp(&snap)
             {
                 return other;
             }

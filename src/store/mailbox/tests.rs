@@ -227,6 +227,30 @@ fn a_delivery_in_the_same_clock_tick_as_a_sync_is_not_missed() {
 }
 
 #[test]
+fn sessions_share_the_snapshot_whose_stamp_can_vouch() {
+    use std::sync::Arc;
+    let t = TempDir::new("folder-share");
+    let f = inbox(&t.path().join("m"));
+    fs::write(f.dir().join("new/1700000001.M1P1Q1.h,S=3,W=4"), "a\n\n").unwrap();
+    let mut shared = super::SharedSnapshots::default();
+    // Just after the delivery: equal contents, but only the second can vouch.
+    let early = shared.share(f.dir(), f.sync().unwrap());
+    assert!(f.changed_since(&early));
+    settle(f.dir());
+    let late = f.sync().unwrap();
+    let got = shared.share(f.dir(), Arc::clone(&late));
+    assert!(
+        Arc::ptr_eq(&got, &late),
+        "not the early one, which rescans on every poll"
+    );
+    assert!(!f.changed_since(&got));
+    let again = shared.share(f.dir(), f.sync().unwrap());
+    assert!(Arc::ptr_eq(&again, &late), "an equal one is shared");
+    assert_eq!(again.messages.len(), 1);
+    drop(early);
+}
+
+#[test]
 fn pop3_uidls_survive_imap_flag_renames() {
     let t = TempDir::new("folder-pop3");
     let f = inbox(&t.path().join("m"));
