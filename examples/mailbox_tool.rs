@@ -135,7 +135,7 @@ fn main() {
         "select" => {
             let f = folder(&mb, &arg(0));
             let t = Instant::now();
-            let (snap, _) = ok(f.select());
+            let (snap, _) = ok(f.select(None));
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             println!("{} messages in {ms:.1} ms", snap.messages.len());
         }

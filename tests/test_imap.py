@@ -11,11 +11,14 @@ import re
 import smtplib
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
 import imapclient
 import pytest
+
+from test_durability import strace_usable
 
 USER, PASSWORD = "bob@example.test", "secret"
 
@@ -406,6 +409,70 @@ def test_recent_exactly_once_across_selected_sessions(server):
     d.logout()
     for s in (a, b, c):
         s.logout()
+
+
+def folder_listings(server, trace, action):
+    """getdents64 calls on INBOX's new/ and cur/ while `action` runs, seen
+    by strace attached to the running server."""
+    st = subprocess.Popen(["strace", "-f", "-qq", "-yy", "-e", "trace=getdents64", "-o", str(trace),
+                           "-p", str(server.proc.pid)])
+    try:
+        time.sleep(1)  # attached to every thread
+        action()
+    finally:
+        st.terminate()
+        st.wait(timeout=30)
+    return [line for line in trace.read_text().splitlines()
+            if re.search(r"getdents64\(\d+</[^>]*/(new|cur)>", line)]
+
+
+@pytest.mark.skipif(strace_usable() is not None, reason=str(strace_usable()))
+def test_sessions_opening_a_quiet_folder_share_one_scan(server, tmp_path):
+    """A folder quiet for 2 s (its mtimes can vouch nothing changed):
+    SELECT and EXAMINE take the view another session holds and list
+    nothing, yet each answer is whole and \\Recent is claimed once. A
+    delivery or a flag change since makes the next SELECT list again."""
+    for i in range(3):
+        deliver(server, f"quiet {i}")
+    wait_exists(server, 3)
+    time.sleep(2.5)
+    first = client(server)
+    assert first.select_folder("INBOX")[b"RECENT"] == 3
+    others = []
+
+    def open_five():
+        for _ in range(4):
+            others.append(client(server))
+            got = others[-1].select_folder("INBOX")
+            assert (got[b"EXISTS"], got[b"RECENT"], got[b"UIDNEXT"]) == (3, 0, 4), got
+            assert len(others[-1].search("ALL")) == 3
+        others.append(client(server))
+        got = others[-1].select_folder("INBOX", readonly=True)
+        assert (got[b"EXISTS"], got[b"RECENT"]) == (3, 0), got
+
+    assert folder_listings(server, tmp_path / "quiet", open_five) == []
+
+    def deliver_and_select():
+        deliver(server, "quiet 3")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            others.append(client(server))
+            got = others[-1].select_folder("INBOX")
+            if got[b"EXISTS"] == 4:
+                assert (got[b"RECENT"], got[b"UIDNEXT"]) == (1, 5), got
+                return
+            time.sleep(0.2)
+        pytest.fail("the delivery never showed")
+
+    assert folder_listings(server, tmp_path / "delivered", deliver_and_select), \
+        "a SELECT after a delivery lists the folder"
+    time.sleep(2.5)
+    first.add_flags([1], [imapclient.FLAGGED])
+    late = client(server)
+    late.select_folder("INBOX")
+    assert imapclient.FLAGGED in late.get_flags([1])[1], "another session's flag change"
+    for c in others + [first, late]:
+        c.logout()
 
 
 def test_esearch_min_max_count_all_and_modseq(server):

@@ -25,7 +25,7 @@ use crate::net::canonical_ip;
 use crate::proto::imap::response::{self, Code, Status};
 use crate::proto::imap::session::{ImapEvent, ImapSession, SessionParams};
 use crate::proto::imap::types::CommandBody;
-use crate::store::mailbox::SpecialUse;
+use crate::store::mailbox::{Known, SpecialUse};
 use crate::store::maildir::Maildir;
 
 /// A failed login is answered after this pause.
@@ -258,9 +258,17 @@ impl ImapIn {
                             | CommandBody::Unselect
                             | CommandBody::Examine { .. }
                     );
+                    // A few Arc clones: what other sessions hold of this
+                    // account's folders, so a SELECT may skip its scan.
+                    let known = match cmd.body {
+                        CommandBody::Select { .. } | CommandBody::Examine { .. } => {
+                            cx.sv.imap_snapshots.under(&acct.root)
+                        }
+                        _ => Known::default(),
+                    };
                     let job = move || {
                         Outcome::Imap(Box::new(ImapOutcome::Done(Box::new(imap_jobs::run(
-                            &acct, sel, modes, cmd,
+                            &acct, sel, modes, cmd, &known,
                         )))))
                     };
                     if quick {

@@ -33,7 +33,7 @@ use crate::proto::imap::types::{
 use crate::proto::imap::view::UidValidityChanged;
 use crate::store::mailbox::flags::{self, Flags};
 use crate::store::mailbox::{
-    FlagOp, Folder, FolderName, LockTable, Mailbox, NewMessage, Snapshot, SpecialUse,
+    FlagOp, Folder, FolderName, Known, LockTable, Mailbox, NewMessage, Snapshot, SpecialUse,
 };
 
 /// A FETCH answer is handed to the loop in pieces about this large, so
@@ -343,8 +343,16 @@ pub fn poll(sel: Selected, modes: Modes) -> Done {
     }
 }
 
-/// Carries out one command for a logged-in session.
-pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Command) -> Done {
+/// Carries out one command for a logged-in session. `known`: snapshots
+/// other sessions hold of this account's folders (SELECT and EXAMINE
+/// start from them).
+pub fn run(
+    acct: &Account,
+    selected: Option<Selected>,
+    modes: Modes,
+    cmd: Command,
+    known: &Known,
+) -> Done {
     let mut out = Vec::new();
     let tag = cmd.tag.clone();
     let t = Some(tag.as_str());
@@ -367,12 +375,24 @@ pub fn run(acct: &Account, selected: Option<Selected>, modes: Modes, cmd: Comman
         C::Select { mailbox, params } => {
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
             let q = params.qresync.as_ref().filter(|_| modes.qresync);
-            select(&tree, &mailbox, false, m, q, &tag, &mut done, &mut out);
+            let how = Open {
+                read_only: false,
+                modes: m,
+                qresync: q,
+                known,
+            };
+            select(&tree, &mailbox, how, &tag, &mut done, &mut out);
         }
         C::Examine { mailbox, params } => {
             let m = modes_with(modes, params.condstore || params.qresync.is_some());
             let q = params.qresync.as_ref().filter(|_| modes.qresync);
-            select(&tree, &mailbox, true, m, q, &tag, &mut done, &mut out);
+            let how = Open {
+                read_only: true,
+                modes: m,
+                qresync: q,
+                known,
+            };
+            select(&tree, &mailbox, how, &tag, &mut done, &mut out);
         }
         C::Create { mailbox, .. } => match tree.create(&wire(&mailbox)) {
             Ok(_) => response::status(&mut out, t, Status::Ok, None, "CREATE completed"),
@@ -527,17 +547,28 @@ const PERMANENT: [Flag; 5] = [
     Flag::Draft,
 ];
 
-#[allow(clippy::too_many_arguments)]
+/// How SELECT or EXAMINE opens a folder.
+struct Open<'a> {
+    read_only: bool,
+    modes: Modes,
+    qresync: Option<&'a Qresync>,
+    known: &'a Known,
+}
+
 fn select(
     tree: &Mailbox,
     name: &MailboxName,
-    read_only: bool,
-    modes: Modes,
-    qresync: Option<&Qresync>,
+    how: Open<'_>,
     tag: &str,
     done: &mut Done,
     out: &mut Vec<u8>,
 ) {
+    let Open {
+        read_only,
+        modes,
+        qresync,
+        known,
+    } = how;
     // RFC 7162 3.2.11: leaving a mailbox is announced once QRESYNC or
     // CONDSTORE is on.
     if done.selected.take().is_some() && modes.condstore {
@@ -555,15 +586,20 @@ fn select(
         Err(e) => return no(out, tag, &e),
     };
     let folder = tree.folder(&fname);
+    let known = known.of(folder.dir());
     let got = if read_only {
         // EXAMINE claims no \Recent, but shows what is (RFC 3501 6.3.2).
-        folder.sync().map(|s| {
+        match known {
+            Some(k) if folder.exists() => folder.sync_from(k),
+            _ => folder.sync(),
+        }
+        .map(|s| {
             let r = RecentSet::examined(s.first_recent);
             (s, r)
         })
     } else {
         folder
-            .select()
+            .select(known)
             .map(|(s, first)| (Arc::clone(&s), RecentSet::selected(first, s.uid_next)))
     };
     let (snap, recent) = match got {

@@ -462,11 +462,21 @@ impl Folder {
     /// Sync and claim the \Recent messages (SELECT, not EXAMINE): returns
     /// the snapshot and the first UID that is \Recent for this session
     /// (RFC 3501 2.3.2: exactly one session sees a message as recent).
-    pub fn select(&self) -> io::Result<(Arc<Snapshot>, u32)> {
+    ///
+    /// `known`: another session's snapshot of this folder. When its stamp
+    /// vouches that nothing changed since and it left nothing to claim,
+    /// it is the answer, without a scan (a scan of 20,000 names is 30 to
+    /// 70 ms: 1000 sessions opening one INBOX spent a minute listing it).
+    pub fn select(&self, known: Option<&Arc<Snapshot>>) -> io::Result<(Arc<Snapshot>, u32)> {
         if !self.exists() {
             return Err(not_found());
         }
         let _lock = self.lock()?;
+        if let Some(k) = known.filter(|k| k.first_recent >= k.uid_next) {
+            if k.stamp.vouches_for(&self.stamp()) {
+                return Ok((Arc::clone(k), k.uid_next));
+            }
+        }
         let mut scan = self.scan(true)?.ok_or_else(|| io::Error::other("scan"))?;
         let first = scan.state.claim_recent(scan.list.next_uid);
         self.write_scan(&mut scan)?;

@@ -78,6 +78,29 @@ impl SharedSnapshots {
             .insert(dir.to_path_buf(), std::sync::Arc::downgrade(&snap));
         snap
     }
+
+    /// The live snapshots of folders under `root` (one account's), for a
+    /// SELECT or EXAMINE on a worker to start from.
+    pub fn under(&self, root: &std::path::Path) -> Known {
+        Known(
+            self.by_dir
+                .iter()
+                .filter(|(dir, _)| dir.starts_with(root))
+                .filter_map(|(dir, w)| Some((dir.clone(), w.upgrade()?)))
+                .collect(),
+        )
+    }
+}
+
+/// Snapshots other sessions hold, by folder directory (see
+/// [`SharedSnapshots::under`]); [`Folder::select`] checks one before use.
+#[derive(Debug, Default)]
+pub struct Known(Vec<(std::path::PathBuf, std::sync::Arc<Snapshot>)>);
+
+impl Known {
+    pub fn of(&self, dir: &std::path::Path) -> Option<&std::sync::Arc<Snapshot>> {
+        self.0.iter().find(|(d, _)| d == dir).map(|(_, s)| s)
+    }
 }
 
 #[cfg(test)]

@@ -251,6 +251,39 @@ fn sessions_share_the_snapshot_whose_stamp_can_vouch() {
 }
 
 #[test]
+fn select_starts_from_a_known_snapshot_only_when_it_vouches() {
+    use std::sync::Arc;
+    let t = TempDir::new("folder-known");
+    let f = inbox(&t.path().join("m"));
+    fs::write(f.dir().join("new/1700000001.M1P1Q1.h,S=3,W=4"), "a\n\n").unwrap();
+    let (s1, first) = f.select(None).unwrap();
+    assert_eq!((first, s1.uid_next), (1, 2), "the first session claims it");
+    let (again, first) = f.select(Some(&s1)).unwrap();
+    assert!(!Arc::ptr_eq(&again, &s1), "just changed: no vouching");
+    assert_eq!(first, 2);
+    settle(f.dir());
+    let (s2, _) = f.select(None).unwrap();
+    let (s3, first) = f.select(Some(&s2)).unwrap();
+    assert!(Arc::ptr_eq(&s3, &s2), "quiet folder: no scan");
+    assert_eq!(first, s2.uid_next, "nothing is \\Recent for this one");
+    // A delivery since: the known one is stale, the new message is claimed.
+    fs::write(f.dir().join("new/1700000002.M2P1Q1.h,S=3,W=4"), "b\n\n").unwrap();
+    let (s4, first) = f.select(Some(&s2)).unwrap();
+    assert_eq!((s4.messages.len(), first), (2, 2));
+    // A snapshot that saw a message no session claimed yet is not used:
+    // its SELECT must claim it.
+    fs::write(f.dir().join("new/1700000003.M3P1Q1.h,S=3,W=4"), "c\n\n").unwrap();
+    settle(f.dir());
+    let seen = f.sync().unwrap();
+    assert!(!f.changed_since(&seen));
+    let (s5, first) = f.select(Some(&seen)).unwrap();
+    assert!(!Arc::ptr_eq(&s5, &seen));
+    assert_eq!((s5.messages.len(), first), (3, 3));
+    let (_, first) = f.select(None).unwrap();
+    assert_eq!(first, 4, "claimed once");
+}
+
+#[test]
 fn pop3_uidls_survive_imap_flag_renames() {
     let t = TempDir::new("folder-pop3");
     let f = inbox(&t.path().join("m"));
@@ -555,7 +588,7 @@ fn select_of_5000_messages_reads_names_only() {
     let numbering = t0.elapsed();
     assert_eq!(first.messages.len(), n as usize);
     let t1 = Instant::now();
-    let (snap, _) = f.select().unwrap();
+    let (snap, _) = f.select(None).unwrap();
     let select = t1.elapsed();
     for (i, m) in snap.messages.iter().enumerate() {
         assert_eq!(m.uid, i as u32 + 1);
@@ -583,7 +616,7 @@ fn counted_sizes_are_kept_in_the_uidlist() {
     let f = inbox(&t.path().join("m"));
     fs::write(f.dir().join("new/1700000000.M1P1.h,S=3"), "a\nb").unwrap();
     fs::write(f.dir().join("new/1700000001.M2P1.h,S=3,W=99"), "c\nd").unwrap();
-    let (snap, _) = f.select().unwrap();
+    let (snap, _) = f.select(None).unwrap();
     let (a, b) = (&snap.messages[0], &snap.messages[1]);
     assert_eq!((a.vsize, b.vsize), (None, Some(99)));
     assert_eq!(f.rfc822_size(a).unwrap(), 4, "counted: LF becomes CRLF");
@@ -592,7 +625,7 @@ fn counted_sizes_are_kept_in_the_uidlist() {
     let list = read_uidlist(f.dir());
     assert_eq!(list.records[0].ext_value('W'), Some("4"));
     assert_eq!(list.records[1].ext_value('W'), None, "the name has it");
-    let (again, _) = f.select().unwrap();
+    let (again, _) = f.select(None).unwrap();
     assert_eq!(
         (again.messages[0].vsize, again.messages[1].vsize),
         (Some(4), Some(99))
