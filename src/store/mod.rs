@@ -4,10 +4,11 @@
 //! delivered from memory or from it, the POP3 view of a Maildir, and the
 //! IMAP mailbox store (`mailbox`: folders, UIDs, flags and modseqs as
 //! Dovecot keeps them); and, in memory, who has which mailbox open
-//! (`mailboxes`, and `mailbox::registry` per IMAP folder).
+//! (`mailboxes`) and the folder views IMAP sessions share
+//! (`mailbox::SharedSnapshots`).
 //!
 //! Must not: speak any protocol or run on the event-loop thread (every
-//! function here but `mailboxes`' and `mailbox::registry`'s may block on
+//! function here but `mailboxes`' and `SharedSnapshots`' may block on
 //! fsync; call it from `crate::workers`).
 
 pub mod deliver;

@@ -14,10 +14,11 @@
 //! - `folder`: sync (snapshots), APPEND, COPY, MOVE, STORE, EXPUNGE.
 //! - `tree`: the folder tree (LIST, CREATE, DELETE, RENAME,
 //!   special-use, subscriptions).
-//! - `registry`: sessions per folder and change notices (loop-owned).
+//! - here: `SharedSnapshots`, the folder views sessions share
+//!   (loop-owned).
 //!
 //! Must not: speak IMAP (that is `proto::imap`) or run on the event loop
-//! (every operation may fsync; the registry alone is plain data).
+//! (every operation may fsync; `SharedSnapshots` alone is plain data).
 
 pub mod dotlock;
 pub mod fasthash;
@@ -26,7 +27,6 @@ pub mod folder;
 pub mod keywords;
 pub mod modseq;
 pub mod names;
-pub mod registry;
 pub mod subscriptions;
 pub mod tree;
 pub mod uidlist;
@@ -37,7 +37,6 @@ pub use folder::{
     Copied, Diff, FlagOp, Folder, Message, Moved, NewMessage, Snapshot, Stored, UidMap,
 };
 pub use names::{FolderName, NameError, Separator, SpecialUse};
-pub use registry::{FolderKey, Notice, Registry, SessionId};
 pub use tree::{Listed, Mailbox};
 
 /// Snapshots sessions may share, by folder directory (loop-owned plain
