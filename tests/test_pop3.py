@@ -183,7 +183,7 @@ def test_pipelined_retr_read_ahead_serves_each_message_whole(make_server):
     server = make_server(replace={"max_message_size = 1M": "max_message_size = 2M"})
     bodies = []
     for i in range(40):
-        size = 150_000 if i == 20 else 200 + 97 * i
+        size = 250_000 if i == 20 else 200 + 97 * i
         line = f".dot line of message {i} " + "z" * 60 + "\r\n"
         body = (line * (size // len(line) + 1))[:size].rsplit("\r\n", 1)[0] + "\r\n"
         bodies.append(body)
