@@ -371,25 +371,13 @@ pub fn run(
         modes,
     };
     use CommandBody as C;
+    let read_only = matches!(cmd.body, C::Examine { .. });
     match cmd.body {
-        C::Select { mailbox, params } => {
-            let m = modes_with(modes, params.condstore || params.qresync.is_some());
-            let q = params.qresync.as_ref().filter(|_| modes.qresync);
+        C::Select { mailbox, params } | C::Examine { mailbox, params } => {
             let how = Open {
-                read_only: false,
-                modes: m,
-                qresync: q,
-                known,
-            };
-            select(&tree, &mailbox, how, &tag, &mut done, &mut out);
-        }
-        C::Examine { mailbox, params } => {
-            let m = modes_with(modes, params.condstore || params.qresync.is_some());
-            let q = params.qresync.as_ref().filter(|_| modes.qresync);
-            let how = Open {
-                read_only: true,
-                modes: m,
-                qresync: q,
+                read_only,
+                modes: modes_with(modes, params.condstore || params.qresync.is_some()),
+                qresync: params.qresync.as_ref().filter(|_| modes.qresync),
                 known,
             };
             select(&tree, &mailbox, how, &tag, &mut done, &mut out);
