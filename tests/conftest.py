@@ -97,32 +97,51 @@ class Server:
     def __init__(self, tmp_path: Path, extra: str = "", replace: dict | None = None):
         self.dir = tmp_path
         self.data_dir = tmp_path / "data"
-        names = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
-        self.ports = dict(zip(names, free_ports(len(names))))
         # Each server its own maildrop (the default is one for the box).
         self.maildrop = tmp_path / "maildrop"
-        text = BASE_CONFIG.format(data_dir=self.data_dir, maildrop=self.maildrop, **self.ports)
-        for old, new in (replace or {}).items():
-            assert old in text, f"config has no {old!r}"
-            text = text.replace(old, new)
-        self.config_text = text + extra
         self.config = tmp_path / "mailgate.ini"
+        self.extra, self.replace = extra, replace or {}
         tmp_path.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(self.config_text)
+        self.choose_ports()
         self.log = tmp_path / "mailgate.log"
         self.proc = None
 
+    def choose_ports(self):
+        """Free loopback ports for the server's listeners, and the config
+        file that names them."""
+        names = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+        self.ports = dict(zip(names, free_ports(len(names))))
+        text = BASE_CONFIG.format(data_dir=self.data_dir, maildrop=self.maildrop, **self.ports)
+        for old, new in self.replace.items():
+            assert old in text, f"config has no {old!r}"
+            text = text.replace(old, new)
+        self.config_text = text + self.extra
+        self.config.write_text(self.config_text)
+
     # -- lifecycle -------------------------------------------------------
     def start(self, wait=True, env=None):
-        logf = open(self.log, "ab")
         e = dict(os.environ)
         e.setdefault("RUST_LOG", "debug")
         e.update(env or {})
-        self.proc = subprocess.Popen(
-            [BIN, "-c", str(self.config), "serve"], stdout=logf, stderr=logf, env=e
-        )
-        if wait:
-            self.wait_ready()
+        for attempt in range(3):
+            with open(self.log, "ab") as logf:
+                self.proc = subprocess.Popen(
+                    [BIN, "-c", str(self.config), "serve"], stdout=logf, stderr=logf, env=e
+                )
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError:
+                # A port chosen free was taken before the server bound it
+                # (tests run in parallel, and clients' own ports come from
+                # the same range): choose again, at most twice, unless the
+                # test wrote a config of its own.
+                clash = self.proc.poll() is not None and "Address already in use" in self.log_text()[-300:]
+                if attempt == 2 or not clash or self.config.read_text() != self.config_text:
+                    raise
+                self.choose_ports()
         return self
 
     def wait_ready(self, timeout=15):
