@@ -7,6 +7,7 @@ what the store wrote; every assertion is on content the server returned.
 
 import email
 import imaplib
+import os
 import re
 import smtplib
 import socket
@@ -409,6 +410,35 @@ def test_recent_exactly_once_across_selected_sessions(server):
     d.logout()
     for s in (a, b, c):
         s.logout()
+
+
+def test_noop_sees_mail_dropped_in_the_same_clock_tick(server):
+    """A coarse clock (FAT keeps mtimes to 2 s, an older kernel ticks
+    slowly): another program drops a message into new/ in the same tick
+    as the SELECT that just read the folder, so new/'s mtime stays what
+    the SELECT saw. A NOOP must still find it: a folder changed less than
+    2 s before it was read is read again, whatever its mtimes say."""
+    deliver(server, "first")
+    wait_exists(server, 1)
+    new = server.maildir_path(USER) / "new"
+    os.utime(new)  # changed just now: the SELECT below reads a fresh folder
+    m = login(server)
+    typ, data = m.select("INBOX")
+    assert typ == "OK" and data == [b"1"], data
+    m.response("EXISTS")  # imaplib keeps untagged answers until asked
+    tick = os.stat(new).st_mtime_ns
+    # As procmail or a Dovecot LDA would: tmp/, then a rename into new/.
+    body = b"Subject: dropped\n\nin the same tick\n"
+    name = f"{int(time.time())}.M1P{os.getpid()}.other,S={len(body)}"
+    (new.parent / "tmp" / name).write_bytes(body)
+    os.rename(new.parent / "tmp" / name, new / name)
+    os.utime(new, ns=(tick, tick))
+    typ, _ = m.noop()
+    assert typ == "OK"
+    assert m.response("EXISTS") == ("EXISTS", [b"2"]), m.untagged_responses
+    typ, data = m.fetch("2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert b"dropped" in data[0][1], data
+    m.logout()
 
 
 def folder_listings(server, trace, action):
